@@ -1,0 +1,334 @@
+// Package broker embeds a NATS server with JetStream: the transport of every
+// request and the store of the control plane's key-value buckets.
+//
+// A Broker is built from a Config with New, started with Start, and stopped
+// with Shutdown. Clients in the same process may connect in-process (no TCP)
+// with the option from InProcessOption; everything else connects to
+// ClientURL. One node is the default; Config.Cluster makes it a member of a
+// cluster of three or more.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// ErrConfig is returned (wrapped) by Validate for a bad configuration.
+var ErrConfig = errors.New("broker config")
+
+// Config configures a Broker.
+type Config struct {
+	// Name is the server name, unique in a cluster. Default: "natserve-" + host name.
+	Name string
+	// Host is the client listen address. Default: 127.0.0.1.
+	Host string
+	// Port is the client port; -1 picks a free port. Default: 4222.
+	Port int
+	// DataDir holds JetStream's file store. Required.
+	DataDir string
+	// SyncAlways makes JetStream fsync every write (recommended for a cluster
+	// holding the control plane, see Jepsen's NATS 2.12.1 analysis). Default: false.
+	SyncAlways bool
+	// MaxPayload is the largest message in bytes. Default: 8 MiB.
+	MaxPayload int32
+	// Cluster, when its Port is not 0, makes the broker a cluster member.
+	Cluster ClusterConfig
+	// ReadyTimeout bounds how long Start waits for the server. Default: 10s.
+	ReadyTimeout time.Duration
+	// Logger receives the server's log. Default: slog.Default() at warn level and up.
+	Logger *slog.Logger
+	// Debug passes nats-server's debug log to Logger. Default: false.
+	Debug bool
+}
+
+// ClusterConfig configures cluster membership.
+type ClusterConfig struct {
+	// Name of the cluster; all members use the same. Default: "natserve".
+	Name string
+	// Host is the route listen address. Default: Config.Host.
+	Host string
+	// Port is the route port; 0 means no cluster, -1 picks a free one. Default: 0.
+	Port int
+	// Routes are the peers, as nats-route://host:port URLs. Default: none.
+	Routes []string
+}
+
+// DefaultConfig returns the defaults for one node on loopback.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		Name:         "natserve-" + sanitize(host),
+		Host:         "127.0.0.1",
+		Port:         4222,
+		MaxPayload:   8 << 20,
+		ReadyTimeout: 10 * time.Second,
+		Cluster:      ClusterConfig{Name: "natserve"},
+	}
+}
+
+func sanitize(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			b[i] = '-'
+		}
+	}
+	if len(b) == 0 {
+		return "local"
+	}
+	return string(b)
+}
+
+// Validate reports the first problem with c.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return fmt.Errorf("%w: data dir is required", ErrConfig)
+	}
+	if c.Port < -1 || c.Port > 65535 {
+		return fmt.Errorf("%w: port %d out of range", ErrConfig, c.Port)
+	}
+	if c.Cluster.Port < -1 || c.Cluster.Port > 65535 {
+		return fmt.Errorf("%w: cluster port %d out of range", ErrConfig, c.Cluster.Port)
+	}
+	if c.MaxPayload <= 0 || c.MaxPayload > 64<<20 {
+		return fmt.Errorf("%w: max payload %d out of range (1 B to 64 MiB)", ErrConfig, c.MaxPayload)
+	}
+	for _, r := range c.Cluster.Routes {
+		if _, err := parseRoute(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func parseRoute(r string) (*url.URL, error) {
+	u, err := url.Parse(r)
+	if err != nil {
+		return nil, fmt.Errorf("%w: cluster route %q: %v", ErrConfig, r, err)
+	}
+	if u.Scheme != "nats-route" && u.Scheme != "nats" {
+		return nil, fmt.Errorf("%w: cluster route %q: want nats-route://host:port", ErrConfig, r)
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil || host == "" {
+		return nil, fmt.Errorf("%w: cluster route %q: want nats-route://host:port", ErrConfig, r)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
+		return nil, fmt.Errorf("%w: cluster route %q: bad port %q", ErrConfig, r, port)
+	}
+	return u, nil
+}
+
+// Broker is an embedded NATS server.
+type Broker struct {
+	cfg Config
+
+	mu  sync.Mutex // guards srv
+	srv *server.Server
+}
+
+// New returns a Broker for cfg; it does not start it.
+func New(cfg Config) (*Broker, error) {
+	d := DefaultConfig()
+	if cfg.Name == "" {
+		cfg.Name = d.Name
+	}
+	if cfg.Host == "" {
+		cfg.Host = d.Host
+	}
+	if cfg.Port == 0 {
+		cfg.Port = d.Port
+	}
+	if cfg.MaxPayload == 0 {
+		cfg.MaxPayload = d.MaxPayload
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = d.ReadyTimeout
+	}
+	if cfg.Cluster.Name == "" {
+		cfg.Cluster.Name = d.Cluster.Name
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Broker{cfg: cfg}, nil
+}
+
+func (b *Broker) options() (*server.Options, error) {
+	c := b.cfg
+	o := &server.Options{
+		ServerName:    c.Name,
+		Host:          c.Host,
+		Port:          c.Port,
+		JetStream:     true,
+		StoreDir:      c.DataDir,
+		MaxPayload:    c.MaxPayload,
+		NoSigs:        true,
+		SyncAlways:    c.SyncAlways,
+		PingInterval:  20 * time.Second, // find dead clients in ~1 min, not 4
+		MaxPingsOut:   3,
+		WriteDeadline: 5 * time.Second,
+	}
+	if c.Cluster.Port != 0 {
+		o.Cluster.Name = c.Cluster.Name
+		o.Cluster.Host = c.Cluster.Host
+		if o.Cluster.Host == "" {
+			o.Cluster.Host = c.Host
+		}
+		o.Cluster.Port = c.Cluster.Port
+		for _, r := range c.Cluster.Routes {
+			u, err := parseRoute(r)
+			if err != nil {
+				return nil, err
+			}
+			u.Scheme = "nats-route"
+			o.Routes = append(o.Routes, u)
+		}
+	}
+	return o, nil
+}
+
+// Start starts the server and waits until it accepts clients and JetStream
+// is ready (in a cluster: until this node is connected, not until the
+// cluster has a meta leader).
+func (b *Broker) Start(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.srv != nil {
+		return nil
+	}
+	if err := os.MkdirAll(b.cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("broker: data dir %s: %w", b.cfg.DataDir, err)
+	}
+	opts, err := b.options()
+	if err != nil {
+		return err
+	}
+	for _, port := range []int{opts.Port, opts.Cluster.Port} {
+		if port <= 0 {
+			continue
+		}
+		addr := net.JoinHostPort(opts.Host, strconv.Itoa(port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("broker: cannot listen on %s: address in use or not allowed (%v)", addr, err)
+		}
+		_ = l.Close()
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	srv.SetLoggerV2(&logger{l: b.cfg.Logger, debug: b.cfg.Debug}, b.cfg.Debug, false, false)
+	go srv.Start()
+	timeout := b.cfg.ReadyTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = time.Until(dl)
+	}
+	if !srv.ReadyForConnections(timeout) {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return fmt.Errorf("broker: not ready after %v on %s:%d (is the port taken or the data dir %s locked by another broker?)", timeout, b.cfg.Host, b.cfg.Port, b.cfg.DataDir)
+	}
+	b.srv = srv
+	return nil
+}
+
+// ClientURL is the URL clients connect to.
+func (b *Broker) ClientURL() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.srv == nil {
+		return ""
+	}
+	return b.srv.ClientURL()
+}
+
+// ClusterAddr is the route listener's address, or nil without a cluster.
+func (b *Broker) ClusterAddr() net.Addr {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.srv == nil {
+		return nil
+	}
+	return b.srv.ClusterAddr()
+}
+
+// Server returns the embedded server, for in-process connections and tests.
+func (b *Broker) Server() *server.Server {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.srv
+}
+
+// InProcessOption connects a nats.Conn to this broker without TCP.
+func (b *Broker) InProcessOption() nats.Option { return nats.InProcessServer(b.Server()) }
+
+// Shutdown stops the server and waits for it, or until ctx ends. Idempotent.
+func (b *Broker) Shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	srv := b.srv
+	b.srv = nil
+	b.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	done := make(chan struct{})
+	go func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("broker: shutdown: %w", ctx.Err())
+	}
+}
+
+// logger adapts nats-server's Logger to slog.
+type logger struct {
+	l     *slog.Logger
+	debug bool
+}
+
+func (g *logger) Noticef(format string, v ...any) {
+	if g.debug {
+		g.l.Info("nats", "msg", fmt.Sprintf(format, v...))
+	}
+}
+func (g *logger) Warnf(format string, v ...any) {
+	g.l.Warn("nats", "msg", fmt.Sprintf(format, v...))
+}
+func (g *logger) Fatalf(format string, v ...any) {
+	g.l.Error("nats fatal", "msg", fmt.Sprintf(format, v...))
+}
+func (g *logger) Errorf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	if strings.Contains(msg, "Error trying to connect to route") && !g.debug {
+		return // expected while peers start
+	}
+	g.l.Error("nats", "msg", msg)
+}
+func (g *logger) Debugf(format string, v ...any) {
+	if g.debug {
+		g.l.Debug("nats", "msg", fmt.Sprintf(format, v...))
+	}
+}
+func (g *logger) Tracef(string, ...any) {}

@@ -1,0 +1,206 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"time"
+
+	"github.com/natserve/natserve/internal/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+)
+
+// DefaultURL is the server a Client connects to when neither the URL argument
+// nor NATSERVE_URL names one.
+const DefaultURL = "nats://127.0.0.1:4222"
+
+// Options configure a Client.
+type Options struct {
+	// Name identifies the connection in the broker's monitoring. Default: "natserve-client".
+	Name string
+	// Timeout is the deadline of a call whose context has none. Default: 60s.
+	Timeout time.Duration
+	// MaxBusyRetries bounds how often a call that found every replica busy is
+	// sent again; 0 retries until the deadline (a caller-side queue, as Ray
+	// Serve's handles have). Default: 0.
+	MaxBusyRetries int
+	// ConnectTimeout bounds Connect. Default: 5s.
+	ConnectTimeout time.Duration
+	// NATSOptions are passed to nats.Connect.
+	NATSOptions []nats.Option
+}
+
+// An Option changes Options.
+type Option func(*Options)
+
+// WithTimeout sets Options.Timeout.
+func WithTimeout(d time.Duration) Option { return func(o *Options) { o.Timeout = d } }
+
+// WithMaxBusyRetries sets Options.MaxBusyRetries.
+func WithMaxBusyRetries(n int) Option { return func(o *Options) { o.MaxBusyRetries = n } }
+
+// WithName sets Options.Name.
+func WithName(name string) Option { return func(o *Options) { o.Name = name } }
+
+// WithNATSOptions adds options for nats.Connect.
+func WithNATSOptions(opts ...nats.Option) Option {
+	return func(o *Options) { o.NATSOptions = append(o.NATSOptions, opts...) }
+}
+
+func buildOptions(opts []Option) Options {
+	o := Options{Name: "natserve-client", Timeout: 60 * time.Second, ConnectTimeout: 5 * time.Second}
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+// Client calls deployments and the control plane over one NATS connection.
+// It is safe for concurrent use.
+type Client struct {
+	nc   *nats.Conn
+	own  bool
+	opts Options
+}
+
+// Connect connects to the natserve broker at url; an empty url means
+// $NATSERVE_URL, then DefaultURL. url may list several servers separated by
+// commas (a cluster).
+func Connect(ctx context.Context, url string, opts ...Option) (*Client, error) {
+	o := buildOptions(opts)
+	if url == "" {
+		url = os.Getenv("NATSERVE_URL")
+	}
+	if url == "" {
+		url = DefaultURL
+	}
+	timeout := o.ConnectTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = time.Until(dl)
+	}
+	nopts := append([]nats.Option{
+		nats.Name(o.Name),
+		nats.Timeout(timeout),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+	}, o.NATSOptions...)
+	nc, err := nats.Connect(url, nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach natserve at %s: %w", url, err)
+	}
+	return &Client{nc: nc, own: true, opts: o}, nil
+}
+
+// New returns a Client over an existing connection, which the caller keeps
+// owning (Close does not close it).
+func New(nc *nats.Conn, opts ...Option) *Client {
+	return &Client{nc: nc, opts: buildOptions(opts)}
+}
+
+// Conn returns the underlying NATS connection.
+func (c *Client) Conn() *nats.Conn { return c.nc }
+
+// Close closes the connection if Connect opened it. Idempotent.
+func (c *Client) Close() {
+	if c.own {
+		c.nc.Close()
+	}
+}
+
+// Handle returns a handle to the deployment called name. It does no I/O: a
+// deployment that does not exist answers calls with ErrNoReplicas.
+func (c *Client) Handle(name string) *Handle {
+	return &Handle{c: c, deployment: name, subject: wire.DeploymentSubject(name)}
+}
+
+type ctxKey int
+
+const requestIDKey ctxKey = 0
+
+// WithRequestID returns a context whose calls carry request id id.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestIDKey, id)
+}
+
+// RequestID returns the request id ctx carries, or "".
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey).(string)
+	return id
+}
+
+// NewRequestID returns a fresh request id.
+func NewRequestID() string { return nuid.Next() }
+
+// RequestMsg sends msg (subject, headers and payload already set) to the
+// deployment and returns the successful reply. It sets the timeout and
+// protocol headers, retries while replicas answer busy (they did not accept
+// the request, so no call runs twice), and turns failures into *Error. The
+// ingress and handles share it.
+func (c *Client) RequestMsg(ctx context.Context, deployment, method string, msg *nats.Msg) (*nats.Msg, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.opts.Timeout)
+		defer cancel()
+	}
+	deadline, _ := ctx.Deadline()
+	if msg.Header == nil {
+		msg.Header = nats.Header{}
+	}
+	msg.Header[wire.HeaderProto] = []string{wire.ProtoVersion}
+	fail := func(code wire.Code, text, replica string) error {
+		return &Error{Deployment: deployment, Method: method, Code: string(code), Message: text, Replica: replica}
+	}
+	backoff := time.Millisecond
+	for attempt := 0; ; attempt++ {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, fail(wire.CodeDeadline, "deadline passed before a replica accepted the request", "")
+		}
+		msg.Header[wire.HeaderTimeout] = []string{wire.FormatTimeout(left)}
+		reply, err := c.nc.RequestMsgWithContext(ctx, msg)
+		switch {
+		case err == nil:
+		case errors.Is(err, nats.ErrNoResponders):
+			return nil, fail(wire.CodeNoReplicas, "no replica is serving "+deployment, "")
+		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+			return nil, fail(wire.CodeDeadline, fmt.Sprintf("no reply within %v", left.Round(time.Millisecond)), "")
+		case errors.Is(err, context.Canceled):
+			return nil, err
+		case errors.Is(err, nats.ErrConnectionClosed):
+			return nil, fmt.Errorf("%s: %w", deployment, ErrClosed)
+		default:
+			return nil, fail(wire.CodeInternal, err.Error(), "")
+		}
+		code := wire.Code(reply.Header.Get(wire.HeaderCode))
+		if code == "" {
+			if v := reply.Header.Get(wire.HeaderProto); v != wire.ProtoVersion {
+				return nil, fail(wire.CodeProto, fmt.Sprintf("reply of protocol version %q, want %q", v, wire.ProtoVersion), reply.Header.Get(wire.HeaderReplica))
+			}
+			return reply, nil
+		}
+		if !code.Retryable() {
+			return nil, fail(code, reply.Header.Get(wire.HeaderError), reply.Header.Get(wire.HeaderReplica))
+		}
+		if c.opts.MaxBusyRetries > 0 && attempt >= c.opts.MaxBusyRetries {
+			return nil, fail(wire.CodeBusy, fmt.Sprintf("every replica was busy after %d attempts", attempt+1), "")
+		}
+		// Full jitter between backoff/2 and backoff, 1 ms doubling to 32 ms.
+		sleep := backoff/2 + rand.N(backoff/2+1)
+		if backoff < 32*time.Millisecond {
+			backoff *= 2
+		}
+		if time.Until(deadline) < sleep {
+			return nil, fail(wire.CodeDeadline, fmt.Sprintf("every replica stayed busy until the deadline (%d attempts)", attempt+1), "")
+		}
+		t := time.NewTimer(sleep)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+	}
+}

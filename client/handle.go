@@ -1,0 +1,120 @@
+package client
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/natserve/natserve/internal/wire"
+	"github.com/nats-io/nats.go"
+)
+
+// Handle calls one method of one deployment. Handles are cheap values and
+// safe for concurrent use.
+type Handle struct {
+	c          *Client
+	deployment string
+	method     string
+	subject    string
+}
+
+// Deployment returns the name of the deployment the handle calls.
+func (h *Handle) Deployment() string { return h.deployment }
+
+// Method returns a handle to the named method of the same deployment (the
+// seed's handle.other_method.remote); "" is the default method, Call.
+func (h *Handle) Method(name string) *Handle {
+	h2 := *h
+	h2.method = name
+	return &h2
+}
+
+// Call calls the method with args and decodes the result into out (a
+// pointer, or nil to discard it).
+func (h *Handle) Call(ctx context.Context, out any, args ...any) error {
+	data, err := h.call(ctx, args)
+	if err != nil {
+		return err
+	}
+	return h.decode(data, out)
+}
+
+func (h *Handle) decode(data []byte, out any) error {
+	if out == nil || len(data) == 0 {
+		return nil
+	}
+	if err := wire.UnmarshalValue(data, out); err != nil {
+		return &Error{Deployment: h.deployment, Method: h.method, Code: string(wire.CodeBadRequest), Message: fmt.Sprintf("decoding the result into %T: %v", out, err)}
+	}
+	return nil
+}
+
+func (h *Handle) call(ctx context.Context, args []any) ([]byte, error) {
+	if err := wire.ValidateMethod(h.method); err != nil {
+		return nil, &Error{Deployment: h.deployment, Method: h.method, Code: string(wire.CodeUnknownMethod), Message: err.Error()}
+	}
+	payload, err := wire.MarshalArgs(args)
+	if err != nil {
+		return nil, &Error{Deployment: h.deployment, Method: h.method, Code: string(wire.CodeBadRequest), Message: "encoding the arguments: " + err.Error()}
+	}
+	id := RequestID(ctx)
+	if id == "" {
+		id = NewRequestID()
+	}
+	hdr := nats.Header{
+		wire.HeaderKind:      []string{wire.KindCall},
+		wire.HeaderRequestID: []string{id},
+	}
+	if h.method != "" {
+		hdr[wire.HeaderMethod] = []string{h.method}
+	}
+	reply, err := h.c.RequestMsg(ctx, h.deployment, h.method, &nats.Msg{Subject: h.subject, Header: hdr, Data: payload})
+	if err != nil {
+		return nil, err
+	}
+	return reply.Data, nil
+}
+
+// Remote starts the call and returns at once; the result is awaited with
+// Response.Result (the seed's handle.remote(...) and ray.get).
+func (h *Handle) Remote(ctx context.Context, args ...any) *Response {
+	r := &Response{h: h, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		r.data, r.err = h.call(ctx, args)
+	}()
+	return r
+}
+
+// Response is the pending result of Handle.Remote.
+type Response struct {
+	h    *Handle
+	done chan struct{}
+	data []byte // set before done is closed
+	err  error  // set before done is closed
+}
+
+// Done is closed when the result is in.
+func (r *Response) Done() <-chan struct{} { return r.done }
+
+// Result waits for the call and decodes its result into out.
+func (r *Response) Result(out any) error {
+	<-r.done
+	if r.err != nil {
+		return r.err
+	}
+	return r.h.decode(r.data, out)
+}
+
+// Call calls h with args and returns the result as a T.
+func Call[T any](ctx context.Context, h *Handle, args ...any) (T, error) {
+	var out T
+	err := h.Call(ctx, &out, args...)
+	return out, err
+}
+
+// Await waits for r and returns its result as a T.
+func Await[T any](r *Response) (T, error) {
+	var out T
+	err := r.Result(&out)
+	return out, err
+}

@@ -1,0 +1,117 @@
+// Command testprog is a user program as natserve's tests need one: it
+// registers classes that report their pid, sleep, fail, panic, count their
+// concurrency and call other deployments, and hands control to natserve.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/natserve/natserve/worker"
+)
+
+// Probe is the test class.
+type Probe struct {
+	tag string
+
+	mu      sync.Mutex // guards running, maxSeen
+	running int
+	maxSeen int
+	calls   int
+}
+
+// NewProbe is Probe's constructor; a tag starting with "fail:" fails it.
+func NewProbe(tag string) (*Probe, error) {
+	if len(tag) > 5 && tag[:5] == "fail:" {
+		return nil, errors.New(tag[5:])
+	}
+	return &Probe{tag: tag}, nil
+}
+
+// Call answers handle calls and HTTP requests with the tag and pid.
+func (p *Probe) Call(ctx context.Context, req *worker.Request) (string, error) {
+	if req.IsHTTP() {
+		return fmt.Sprintf("tag=%s pid=%d path=%s rel=%s query=%s body=%s", p.tag, os.Getpid(), req.Path, req.RelPath(), req.RawQuery, req.Body), nil
+	}
+	var s string
+	if req.NumArgs() > 0 {
+		if err := req.Arg(0, &s); err != nil {
+			return "", err
+		}
+	}
+	return fmt.Sprintf("tag=%s pid=%d arg=%s", p.tag, os.Getpid(), s), nil
+}
+
+// PID returns the process id.
+func (p *Probe) PID() int { return os.Getpid() }
+
+// Work sleeps ms milliseconds, counting calls running at once; returns the pid.
+func (p *Probe) Work(ctx context.Context, ms int) (int, error) {
+	p.mu.Lock()
+	p.running++
+	p.calls++
+	if p.running > p.maxSeen {
+		p.maxSeen = p.running
+	}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.running--
+		p.mu.Unlock()
+	}()
+	select {
+	case <-time.After(time.Duration(ms) * time.Millisecond):
+		return os.Getpid(), nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// Stats is what MaxSeen reports.
+type Stats struct {
+	PID     int `json:"pid"`
+	MaxSeen int `json:"max_seen"`
+	Calls   int `json:"calls"`
+}
+
+// MaxSeen reports the most Work calls that ran at once.
+func (p *Probe) MaxSeen() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return Stats{PID: os.Getpid(), MaxSeen: p.maxSeen, Calls: p.calls}
+}
+
+// Sleep ignores its context and sleeps ms milliseconds.
+func (p *Probe) Sleep(ms int) int {
+	time.Sleep(time.Duration(ms) * time.Millisecond)
+	return ms
+}
+
+// Fail returns an error with msg.
+func (p *Probe) Fail(msg string) error { return errors.New(msg) }
+
+// Panic panics with msg.
+func (p *Probe) Panic(msg string) int { panic(msg) }
+
+// Add adds.
+func (p *Probe) Add(a, b float64) float64 { return a + b }
+
+// Relay calls deployment target's Add through a handle: composition.
+func (p *Probe) Relay(ctx context.Context, target string, a, b float64) (string, error) {
+	var sum float64
+	if err := worker.Handle(ctx, target).Method("Add").Call(ctx, &sum, a, b); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%s via pid %d: %v", target, os.Getpid(), sum), nil
+}
+
+func main() {
+	var reg worker.Registry
+	reg.Class("Probe", NewProbe)
+	reg.Func("double", func(x int) int { return 2 * x })
+	worker.Main(&reg)
+}

@@ -1,0 +1,151 @@
+package wire
+
+import "fmt"
+
+// The HTTP envelopes. A request is a msgpack array
+//
+//	[method str, path str, prefix str, query str, headers [k, v, k, v, …] of str, body bin]
+//
+// and a reply is
+//
+//	[status uint, headers [k, v, …] of str, body bin]
+//
+// Decoders accept and ignore extra trailing elements so that a later
+// protocol version may add fields.
+
+// MaxHeaders bounds the header lines an envelope may carry.
+const MaxHeaders = 512
+
+// HTTPRequest is an HTTP request as a replica receives it.
+type HTTPRequest struct {
+	Method  string
+	Path    string   // full path, e.g. /api/v2/items
+	Prefix  string   // the route prefix that matched, e.g. /api
+	Query   string   // raw query string without '?'
+	Headers []string // alternating names and values
+	Body    []byte
+}
+
+// HTTPReply is the reply a replica sends for an HTTPRequest.
+type HTTPReply struct {
+	Status  int
+	Headers []string // alternating names and values
+	Body    []byte
+}
+
+// AppendHTTPRequestHead starts a request envelope; the caller then appends
+// exactly nheaders header pairs with AppendHeader and the body with
+// AppendBody. The ingress builds envelopes this way straight from fasthttp's
+// buffers without an intermediate struct.
+func AppendHTTPRequestHead[T string | []byte](b []byte, method, path, prefix, query T, nheaders int) []byte {
+	b = append(b, 0x96)
+	b = appendStr(b, method)
+	b = appendStr(b, path)
+	b = appendStr(b, prefix)
+	b = appendStr(b, query)
+	return appendArrayLen(b, 2*nheaders)
+}
+
+// AppendHeader appends one header pair.
+func AppendHeader[T string | []byte](b []byte, name, value T) []byte {
+	return appendStr(appendStr(b, name), value)
+}
+
+// AppendBody appends the body that ends an envelope.
+func AppendBody(b, body []byte) []byte { return appendBin(b, body) }
+
+// AppendHTTPRequest appends the envelope of r.
+func AppendHTTPRequest(b []byte, r *HTTPRequest) []byte {
+	b = AppendHTTPRequestHead(b, r.Method, r.Path, r.Prefix, r.Query, len(r.Headers)/2)
+	for i := 0; i+1 < len(r.Headers); i += 2 {
+		b = AppendHeader(b, r.Headers[i], r.Headers[i+1])
+	}
+	return AppendBody(b, r.Body)
+}
+
+// AppendHTTPReply appends the envelope of r.
+func AppendHTTPReply(b []byte, r *HTTPReply) []byte {
+	b = append(b, 0x93)
+	status := r.Status
+	if status <= 0 {
+		status = 200
+	}
+	b = appendUint(b, uint64(status))
+	b = appendArrayLen(b, len(r.Headers)/2*2)
+	for i := 0; i+1 < len(r.Headers); i += 2 {
+		b = AppendHeader(b, r.Headers[i], r.Headers[i+1])
+	}
+	return AppendBody(b, r.Body)
+}
+
+func (r *reader) headers() []string {
+	n := r.arrayLen()
+	if r.err != nil {
+		return nil
+	}
+	if n%2 != 0 || n/2 > MaxHeaders {
+		r.fail("%d header elements: want an even number, at most %d pairs", n, MaxHeaders)
+		return nil
+	}
+	if n == 0 {
+		return nil
+	}
+	h := make([]string, n)
+	for i := range h {
+		h[i] = string(r.rawStr())
+	}
+	return h
+}
+
+func (r *reader) tail(fields, want int) {
+	for i := want; i < fields && r.err == nil; i++ {
+		r.skip(1)
+	}
+	if r.err == nil && r.off != len(r.b) {
+		r.fail("%d trailing bytes", len(r.b)-r.off)
+	}
+}
+
+// DecodeHTTPRequest decodes a request envelope. Body aliases b.
+func DecodeHTTPRequest(b []byte) (*HTTPRequest, error) {
+	r := reader{b: b}
+	n := r.arrayLen()
+	if r.err == nil && n < 6 {
+		r.fail("request envelope has %d fields, want 6", n)
+	}
+	req := &HTTPRequest{
+		Method: string(r.rawStr()),
+		Path:   string(r.rawStr()),
+		Prefix: string(r.rawStr()),
+		Query:  string(r.rawStr()),
+	}
+	req.Headers = r.headers()
+	req.Body = r.rawStr()
+	r.tail(n, 6)
+	if r.err != nil {
+		return nil, fmt.Errorf("http request envelope: %w", r.err)
+	}
+	return req, nil
+}
+
+// DecodeHTTPReply decodes a reply envelope. Body aliases b.
+func DecodeHTTPReply(b []byte) (*HTTPReply, error) {
+	r := reader{b: b}
+	n := r.arrayLen()
+	if r.err == nil && n < 3 {
+		r.fail("reply envelope has %d fields, want 3", n)
+	}
+	rep := &HTTPReply{}
+	st := r.uint()
+	if r.err == nil && (st < 100 || st > 999) {
+		r.fail("status %d out of range", st)
+	}
+	rep.Status = int(st)
+	rep.Headers = r.headers()
+	rep.Body = r.rawStr()
+	r.tail(n, 3)
+	if r.err != nil {
+		return nil, fmt.Errorf("http reply envelope: %w", r.err)
+	}
+	return rep, nil
+}

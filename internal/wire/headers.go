@@ -1,0 +1,76 @@
+package wire
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// ProtoVersion is the data-plane protocol version carried in HeaderProto.
+// A replica refuses requests of a version it does not speak with CodeProto.
+const ProtoVersion = "1"
+
+// Header names on NATS messages.
+const (
+	HeaderProto     = "Natserve-Proto"      // protocol version, request and reply
+	HeaderRequestID = "Natserve-Request-Id" // request id, taken from X-Request-Id or generated
+	HeaderKind      = "Natserve-Kind"       // KindHTTP or KindCall
+	HeaderMethod    = "Natserve-Method"     // method name; absent for the default entry point
+	HeaderTimeout   = "Natserve-Timeout"    // remaining budget in microseconds when sent
+	HeaderCode      = "Natserve-Code"       // reply: error code; absent on success
+	HeaderError     = "Natserve-Error"      // reply: error message
+	HeaderReplica   = "Natserve-Replica"    // reply: the replica that answered
+)
+
+// Request kinds.
+const (
+	KindHTTP = "http" // payload is an HTTP request envelope
+	KindCall = "call" // payload is a msgpack array of arguments
+)
+
+// MaxTimeout bounds the budget a request may ask for.
+const MaxTimeout = 24 * time.Hour
+
+// FormatTimeout encodes a remaining budget for HeaderTimeout.
+func FormatTimeout(d time.Duration) string {
+	if d < time.Microsecond {
+		d = time.Microsecond
+	}
+	return strconv.FormatInt(int64(d/time.Microsecond), 10)
+}
+
+// ParseTimeout decodes HeaderTimeout. Empty means no budget (0).
+func ParseTimeout(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if len(s) > 12 {
+		return 0, fmt.Errorf("%s %.20q: too long", HeaderTimeout, s)
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%s %q: want a positive number of microseconds", HeaderTimeout, s)
+	}
+	d := time.Duration(n) * time.Microsecond
+	if d > MaxTimeout {
+		d = MaxTimeout
+	}
+	return d, nil
+}
+
+// MaxRequestIDLen bounds request ids taken from outside.
+const MaxRequestIDLen = 128
+
+// ValidRequestID reports whether id (taken from a client) is safe to carry
+// and echo: 1 to 128 visible ASCII characters.
+func ValidRequestID(id string) bool {
+	if id == "" || len(id) > MaxRequestIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,38 @@
+package wire
+
+// Subjects and queue groups. Every subject natserve uses is built here.
+//
+//	natserve.dep.<deployment>          requests to a deployment; queue group <deployment>
+//	natserve.rep.<replica>.<verb>      control of one replica (ping, reconfigure, stop)
+//	natserve.api.<verb>                the controller's control API
+//	natserve.agent.<node>.<verb>       commands to one node agent
+//	natserve.evt.<kind>                events (replica state, load reports)
+const (
+	subjectRoot = "natserve."
+)
+
+// DeploymentSubject is the subject a deployment's replicas serve on.
+func DeploymentSubject(deployment string) string { return subjectRoot + "dep." + deployment }
+
+// QueueGroup is the queue group the replicas of a deployment join, so that
+// each request reaches exactly one of them.
+func QueueGroup(deployment string) string { return deployment }
+
+// ReplicaSubject is the control subject of one replica for verb.
+func ReplicaSubject(replica, verb string) string { return subjectRoot + "rep." + replica + "." + verb }
+
+// Replica control verbs.
+const (
+	VerbPing        = "ping"
+	VerbReconfigure = "reconfigure"
+	VerbStop        = "stop"
+)
+
+// APISubject is the control API subject for verb.
+func APISubject(verb string) string { return subjectRoot + "api." + verb }
+
+// AgentSubject is the subject of a node agent's command verb.
+func AgentSubject(node, verb string) string { return subjectRoot + "agent." + node + "." + verb }
+
+// EventSubject is the subject events of kind are published on.
+func EventSubject(kind string) string { return subjectRoot + "evt." + kind }

@@ -1,0 +1,209 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+func TestValidateName(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"rep-1", true}, {"MyFirstDeployment", true}, {"a", true}, {"x_y-9", true},
+		{"", false}, {"-a", false}, {"_a", false}, {"a.b", false}, {"a*", false}, {"a>", false},
+		{"a b", false}, {"ä", false}, {string(make([]byte, 64)), false},
+		{"abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghij123", true},
+		{"abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghij1234", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := ValidateName("deployment name", tc.name)
+			if (err == nil) != tc.ok {
+				t.Fatalf("ValidateName(%q) = %v, want ok=%v", tc.name, err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, ErrInvalidName) {
+				t.Fatalf("error %v is not ErrInvalidName", err)
+			}
+		})
+	}
+}
+
+func TestValidateMethod(t *testing.T) {
+	for s, ok := range map[string]bool{"": true, "Predict": true, "other_method": true, "a1": true, "1a": false, "a.b": false, "a b": false} {
+		if err := ValidateMethod(s); (err == nil) != ok {
+			t.Errorf("ValidateMethod(%q) = %v, want ok=%v", s, err, ok)
+		}
+	}
+}
+
+func TestTimeout(t *testing.T) {
+	for _, d := range []time.Duration{time.Microsecond, 1500 * time.Millisecond, time.Hour} {
+		got, err := ParseTimeout(FormatTimeout(d))
+		if err != nil || got != d {
+			t.Errorf("round trip %v: got %v, %v", d, got, err)
+		}
+	}
+	for _, s := range []string{"-1", "0", "x", "1e9", "9999999999999"} {
+		if _, err := ParseTimeout(s); err == nil {
+			t.Errorf("ParseTimeout(%q) accepted", s)
+		}
+	}
+	if got, _ := ParseTimeout("999999999999"); got != MaxTimeout {
+		t.Errorf("huge timeout not clamped: %v", got)
+	}
+}
+
+func TestHTTPRequestRoundTrip(t *testing.T) {
+	in := &HTTPRequest{
+		Method: "POST", Path: "/api/v2/x", Prefix: "/api", Query: "a=1&b=2",
+		Headers: []string{"Content-Type", "application/json", "X-Long", string(bytes.Repeat([]byte("v"), 70000))},
+		Body:    bytes.Repeat([]byte{1, 2, 3}, 30000),
+	}
+	b := AppendHTTPRequest(nil, in)
+	if err := CheckMsgpack(b); err != nil {
+		t.Fatalf("CheckMsgpack: %v", err)
+	}
+	out, err := DecodeHTTPRequest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Method != in.Method || out.Path != in.Path || out.Prefix != in.Prefix || out.Query != in.Query ||
+		!bytes.Equal(out.Body, in.Body) || len(out.Headers) != 4 || out.Headers[3] != in.Headers[3] {
+		t.Fatalf("round trip mismatch: %+v", out)
+	}
+	// The generic msgpack library reads the same bytes.
+	var generic []any
+	if err := msgpack.Unmarshal(b, &generic); err != nil || len(generic) != 6 {
+		t.Fatalf("msgpack/v5 cannot read the envelope: %v %d", err, len(generic))
+	}
+}
+
+func TestHTTPReplyRoundTrip(t *testing.T) {
+	in := &HTTPReply{Status: 201, Headers: []string{"A", "b"}, Body: []byte("hello")}
+	out, err := DecodeHTTPReply(AppendHTTPReply(nil, in))
+	if err != nil || out.Status != 201 || string(out.Body) != "hello" || len(out.Headers) != 2 {
+		t.Fatalf("got %+v, %v", out, err)
+	}
+	// Extra trailing fields (a later protocol) are skipped.
+	b := append([]byte{0x94}, AppendHTTPReply(nil, in)[1:]...)
+	b = append(b, 0xc0)
+	if _, err := DecodeHTTPReply(b); err != nil {
+		t.Fatalf("extra field: %v", err)
+	}
+}
+
+var bombs = [][]byte{
+	{0xdd, 0xff, 0xff, 0xff, 0xff},       // array32
+	{0xdf, 0xff, 0xff, 0xff, 0xff},       // map32
+	{0xdb, 0xff, 0xff, 0xff, 0xff},       // str32
+	{0xc6, 0xff, 0xff, 0xff, 0xff},       // bin32
+	{0xc9, 0xff, 0xff, 0xff, 0xff, 0x00}, // ext32
+	{0x96, 0xdb, 0xff, 0xff, 0xff, 0xff},
+	{0x96, 0xa3, 'G', 'E', 'T', 0xa1, '/', 0xa0, 0xa0, 0xdd, 0xff, 0xff, 0xff, 0xfe},
+	{0x93, 0xcc, 200, 0x90, 0xc6, 0xff, 0xff, 0xff, 0xff},
+	{0xd4}, {0xd8, 1, 2}, {0xc1}, {},
+}
+
+func TestBombsRefused(t *testing.T) {
+	for _, b := range bombs {
+		if err := CheckMsgpack(b); err == nil {
+			t.Errorf("CheckMsgpack(% x) accepted", b)
+		}
+		if _, err := DecodeHTTPRequest(b); !errors.Is(err, ErrMalformed) {
+			t.Errorf("DecodeHTTPRequest(% x) = %v", b, err)
+		}
+		if _, err := DecodeHTTPReply(b); !errors.Is(err, ErrMalformed) {
+			t.Errorf("DecodeHTTPReply(% x) = %v", b, err)
+		}
+	}
+	deep := bytes.Repeat([]byte{0x91}, 10000)
+	if err := CheckMsgpack(append(deep, 0)); err == nil {
+		t.Error("10000-deep nesting accepted")
+	}
+}
+
+// allocBound checks that decoding b allocated at most 8× its size + 64 KiB.
+func allocBound(t testing.TB, b []byte, f func()) {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(8*len(b)+64<<10); got > limit {
+		t.Fatalf("decoding %d bytes allocated %d bytes (limit %d): % x", len(b), got, limit, b[:min(len(b), 16)])
+	}
+}
+
+func fuzzSeeds(f *testing.F) {
+	for _, b := range bombs {
+		f.Add(b)
+	}
+	f.Add(AppendHTTPRequest(nil, &HTTPRequest{Method: "GET", Path: "/a", Headers: []string{"k", "v"}, Body: []byte("x")}))
+	f.Add(AppendHTTPReply(nil, &HTTPReply{Status: 200, Body: []byte("x")}))
+}
+
+func FuzzDecodeHTTPRequest(f *testing.F) {
+	fuzzSeeds(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		allocBound(t, b, func() {
+			req, err := DecodeHTTPRequest(b)
+			if err == nil {
+				if again, err := DecodeHTTPRequest(AppendHTTPRequest(nil, req)); err != nil || again.Path != req.Path {
+					t.Fatalf("re-encoding a decoded request fails: %v", err)
+				}
+			}
+		})
+	})
+}
+
+func FuzzDecodeHTTPReply(f *testing.F) {
+	fuzzSeeds(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		allocBound(t, b, func() { _, _ = DecodeHTTPReply(b) })
+	})
+}
+
+// FuzzCheckThenDecode feeds values that pass CheckMsgpack to the generic
+// decoder used for user arguments: bounded allocation, no panic.
+func FuzzCheckThenDecode(f *testing.F) {
+	fuzzSeeds(f)
+	f.Add([]byte{0x92, 0x01, 0xa1, 'x'})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if CheckMsgpack(b) != nil {
+			return
+		}
+		allocBound(t, b, func() {
+			var v []any
+			_ = msgpack.Unmarshal(b, &v)
+		})
+	})
+}
+
+func FuzzHeaders(f *testing.F) {
+	f.Add("123", "req-1")
+	f.Add("-5", "\x00")
+	f.Fuzz(func(t *testing.T, timeout, id string) {
+		if d, err := ParseTimeout(timeout); err == nil && (d < 0 || d > MaxTimeout) {
+			t.Fatalf("ParseTimeout(%q) = %v", timeout, d)
+		}
+		_ = ValidRequestID(id)
+		_ = ValidateName("name", id)
+		_ = ValidateMethod(id)
+	})
+}
+
+func TestCodeHTTPStatus(t *testing.T) {
+	want := map[Code]int{CodeBusy: 503, CodeNoReplicas: 503, CodeDeadline: 504, CodeUser: 500, CodePanic: 500, CodeBadRequest: 400, Code("zzz"): 500}
+	for c, s := range want {
+		if got := c.HTTPStatus(); got != s {
+			t.Errorf("%s → %d, want %d", c, got, s)
+		}
+	}
+	if !CodeBusy.Retryable() || CodeUser.Retryable() {
+		t.Error("Retryable is wrong")
+	}
+}

@@ -1,0 +1,427 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/wire"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Replica serves one deployment in this process: it joins the deployment's
+// queue group and runs calls on one instance of the class, at most
+// max_ongoing_requests at once.
+type Replica struct {
+	spec ReplicaSpec
+	reg  *Registry
+	log  *slog.Logger
+	pid  int
+
+	cls  *class
+	inst *instance
+	nc   *nats.Conn
+	cl   *client.Client
+
+	sem      chan struct{}  // one token per running call
+	inflight sync.WaitGroup // running calls
+	draining atomic.Bool
+
+	mu     sync.Mutex // guards sub, ctlSub
+	sub    *nats.Subscription
+	ctlSub *nats.Subscription
+
+	stop     chan struct{} // closed by Stop
+	stopOnce sync.Once
+}
+
+// NewReplica returns a replica for spec; it does no I/O.
+func NewReplica(reg *Registry, spec ReplicaSpec, log *slog.Logger) (*Replica, error) {
+	if err := spec.Normalize(); err != nil {
+		return nil, err
+	}
+	cls, err := reg.lookup(spec.Class)
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("deployment", spec.Deployment, "replica", spec.Replica)
+	return &Replica{
+		spec: spec, reg: reg, log: log, pid: os.Getpid(), cls: cls,
+		sem: make(chan struct{}, spec.MaxOngoingRequests), stop: make(chan struct{}),
+	}, nil
+}
+
+// Stop asks Run to drain and return. Safe to call more than once.
+func (r *Replica) Stop() { r.stopOnce.Do(func() { close(r.stop) }) }
+
+// Run connects, constructs the instance, serves until ctx ends or Stop is
+// called, then drains: it leaves the queue group, lets in-flight calls
+// finish for up to graceful_shutdown_timeout_s, and returns.
+func (r *Replica) Run(ctx context.Context) error {
+	nc, err := nats.Connect(r.spec.NATSURL,
+		nats.Name("replica "+r.spec.Replica+" of "+r.spec.Deployment),
+		nats.MaxReconnects(120), nats.ReconnectWait(time.Second),
+		nats.ClosedHandler(func(*nats.Conn) { r.Stop() }),
+	)
+	if err != nil {
+		return fmt.Errorf("replica %s: connecting to %s: %w", r.spec.Replica, r.spec.NATSURL, err)
+	}
+	defer nc.Close()
+	r.nc = nc
+	r.cl = client.New(nc)
+
+	base := context.WithValue(context.Background(), replicaKey, r)
+	inst, err := r.cls.construct(base, r.spec.InitArgs)
+	if err != nil {
+		return err
+	}
+	r.inst = inst
+	defer r.closeInstance()
+	if len(r.spec.UserConfig) > 0 {
+		if err := r.reconfigure(base, r.spec.UserConfig); err != nil {
+			return fmt.Errorf("%w: class %s: reconfigure with user_config: %w", ErrConstructor, r.spec.Class, err)
+		}
+	}
+
+	r.mu.Lock()
+	r.ctlSub, err = nc.Subscribe(wire.ReplicaSubject(r.spec.Replica, "*"), r.onControl)
+	if err == nil {
+		r.sub, err = nc.QueueSubscribe(wire.DeploymentSubject(r.spec.Deployment), wire.QueueGroup(r.spec.Deployment), r.onRequest)
+	}
+	r.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("replica %s: subscribing: %w", r.spec.Replica, err)
+	}
+	_ = r.sub.SetPendingLimits(-1, -1) // bounded by the publishers' deadlines, not by count
+	if err := nc.Flush(); err != nil {
+		return fmt.Errorf("replica %s: %w", r.spec.Replica, err)
+	}
+	r.log.Info("replica serving", "class", r.spec.Class, "pid", r.pid, "max_ongoing_requests", r.spec.MaxOngoingRequests)
+
+	select {
+	case <-ctx.Done():
+	case <-r.stop:
+	}
+	return r.drain()
+}
+
+func (r *Replica) drain() error {
+	r.draining.Store(true)
+	timeout := r.spec.gracefulTimeout()
+	deadline := time.Now().Add(timeout)
+	r.log.Info("replica draining", "graceful_shutdown_timeout", timeout)
+	r.mu.Lock()
+	sub := r.sub
+	r.mu.Unlock()
+	// Drain sends UNSUB, then delivers what the server had already routed
+	// here; those calls run normally.
+	if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		r.log.Warn("drain subscription", "err", err)
+	}
+	for sub.IsValid() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	done := make(chan struct{})
+	go func() { r.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Until(deadline)):
+		n := len(r.sem)
+		r.log.Warn("graceful shutdown timed out", "in_flight", n)
+		return fmt.Errorf("replica %s: graceful shutdown timed out after %v with %d calls in flight", r.spec.Replica, timeout, n)
+	}
+	r.log.Info("replica drained")
+	return nil
+}
+
+func (r *Replica) closeInstance() {
+	m := r.cls.methods[CloseMethod]
+	if r.inst == nil || m == nil {
+		return
+	}
+	if _, err := r.inst.invoke(context.Background(), m, nil); err != nil {
+		r.log.Warn("close hook failed", "err", err)
+	}
+}
+
+// onRequest runs on the subscription's goroutine, one message at a time:
+// admit or refuse at once, then run the call on its own goroutine.
+func (r *Replica) onRequest(m *nats.Msg) {
+	select {
+	case r.sem <- struct{}{}:
+	default:
+		r.replyError(m, wire.CodeBusy, "replica is at max_ongoing_requests")
+		return
+	}
+	r.inflight.Add(1)
+	go r.serve(m)
+}
+
+func (r *Replica) serve(m *nats.Msg) {
+	defer func() {
+		<-r.sem
+		r.inflight.Done()
+	}()
+	if v := m.Header.Get(wire.HeaderProto); v != wire.ProtoVersion {
+		r.replyError(m, wire.CodeProto, fmt.Sprintf("protocol version %q not spoken; this replica speaks %q", v, wire.ProtoVersion))
+		return
+	}
+	timeout, err := wire.ParseTimeout(m.Header.Get(wire.HeaderTimeout))
+	if err != nil {
+		r.replyError(m, wire.CodeBadRequest, err.Error())
+		return
+	}
+	ctx := context.WithValue(context.Background(), replicaKey, r)
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	id := m.Header.Get(wire.HeaderRequestID)
+	if !wire.ValidRequestID(id) {
+		id = client.NewRequestID()
+	}
+	ctx = client.WithRequestID(ctx, id)
+
+	name := m.Header.Get(wire.HeaderMethod)
+	if err := wire.ValidateMethod(name); err != nil {
+		r.replyError(m, wire.CodeUnknownMethod, err.Error())
+		return
+	}
+	if name == "" {
+		name = DefaultMethod
+	}
+	meth := r.cls.methods[name]
+	if meth == nil || hook(name) {
+		r.replyError(m, wire.CodeUnknownMethod, fmt.Sprintf("class %s has no method %s", r.cls.name, name))
+		return
+	}
+
+	isHTTP := m.Header.Get(wire.HeaderKind) == wire.KindHTTP
+	var args []reflect.Value
+	if isHTTP {
+		args, err = r.httpArgs(m.Data, id, meth)
+	} else {
+		args, err = callArgs(m.Data, meth)
+	}
+	if err != nil {
+		r.replyError(m, wire.CodeBadRequest, fmt.Sprintf("%s.%s: %v", r.cls.name, name, err))
+		return
+	}
+
+	result, err := r.inst.invoke(ctx, meth, args)
+	if err != nil {
+		var pe *PanicError
+		switch {
+		case errors.As(err, &pe):
+			r.log.Error("method panicked", "method", name, "request_id", id, "panic", fmt.Sprint(pe.Value), "stack", string(pe.Stack))
+			r.replyError(m, wire.CodePanic, pe.Error())
+		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+			r.replyError(m, wire.CodeDeadline, err.Error())
+		default:
+			r.replyError(m, wire.CodeUser, err.Error())
+		}
+		return
+	}
+	var data []byte
+	if isHTTP {
+		data = wire.AppendHTTPReply(nil, httpReply(result))
+	} else if data, err = wire.MarshalValue(result); err != nil {
+		r.replyError(m, wire.CodeInternal, fmt.Sprintf("encoding the result of %s.%s: %v", r.cls.name, name, err))
+		return
+	}
+	r.reply(m, nats.Header{}, data)
+}
+
+func (r *Replica) reply(m *nats.Msg, h nats.Header, data []byte) {
+	if m.Reply == "" {
+		return
+	}
+	h[wire.HeaderProto] = []string{wire.ProtoVersion}
+	h[wire.HeaderReplica] = []string{r.spec.Replica}
+	if err := r.nc.PublishMsg(&nats.Msg{Subject: m.Reply, Header: h, Data: data}); err != nil {
+		r.log.Warn("reply failed", "err", err)
+	}
+}
+
+func (r *Replica) replyError(m *nats.Msg, code wire.Code, text string) {
+	if len(text) > 4096 {
+		text = text[:4096] + "…"
+	}
+	r.reply(m, nats.Header{wire.HeaderCode: {string(code)}, wire.HeaderError: {text}}, nil)
+}
+
+// callArgs decodes a msgpack array of arguments for m.
+func callArgs(data []byte, m *method) ([]reflect.Value, error) {
+	if err := wire.CheckMsgpack(data); err != nil {
+		return nil, err
+	}
+	dec := wire.NewDecoder(data)
+	n, err := dec.DecodeArrayLen()
+	if err != nil {
+		return nil, fmt.Errorf("arguments must be a msgpack array: %w", err)
+	}
+	if m.takesReq {
+		req := &Request{args: make([]msgpack.RawMessage, 0, max(n, 0))}
+		for i := 0; i < n; i++ {
+			raw, err := dec.DecodeRaw()
+			if err != nil {
+				return nil, fmt.Errorf("argument %d: %w", i, err)
+			}
+			req.args = append(req.args, raw)
+		}
+		return []reflect.Value{reflect.ValueOf(req)}, nil
+	}
+	if n != len(m.in) {
+		return nil, fmt.Errorf("takes %d arguments, got %d", len(m.in), n)
+	}
+	args := make([]reflect.Value, n)
+	for i, t := range m.in {
+		p := reflect.New(t)
+		if err := dec.Decode(p.Interface()); err != nil {
+			return nil, fmt.Errorf("argument %d (%v): %w", i, t, err)
+		}
+		args[i] = p.Elem()
+	}
+	return args, nil
+}
+
+// httpArgs turns an HTTP envelope into arguments for m: the *Request itself,
+// or the JSON body (a method of one argument takes the whole body; of
+// several, a JSON array).
+func (r *Replica) httpArgs(data []byte, id string, m *method) ([]reflect.Value, error) {
+	env, err := wire.DecodeHTTPRequest(data)
+	if err != nil {
+		return nil, err
+	}
+	req := newHTTPRequest(env, id)
+	if m.takesReq {
+		return []reflect.Value{reflect.ValueOf(req)}, nil
+	}
+	switch len(m.in) {
+	case 0:
+		return nil, nil
+	case 1:
+		if len(req.Body) == 0 {
+			return nil, errors.New("takes 1 argument: send it as the JSON body")
+		}
+		p := reflect.New(m.in[0])
+		if err := json.Unmarshal(req.Body, p.Interface()); err != nil {
+			return nil, fmt.Errorf("JSON body: %w", err)
+		}
+		return []reflect.Value{p.Elem()}, nil
+	}
+	var raw []json.RawMessage
+	if err := json.Unmarshal(req.Body, &raw); err != nil || len(raw) != len(m.in) {
+		return nil, fmt.Errorf("takes %d arguments: send them as a JSON array", len(m.in))
+	}
+	args := make([]reflect.Value, len(raw))
+	for i, t := range m.in {
+		p := reflect.New(t)
+		if err := json.Unmarshal(raw[i], p.Interface()); err != nil {
+			return nil, fmt.Errorf("argument %d: %w", i, err)
+		}
+		args[i] = p.Elem()
+	}
+	return args, nil
+}
+
+// httpReply turns a method's result into an HTTP reply: a *Response as it
+// is, a string as text/plain, bytes as application/octet-stream, nothing as
+// 204, anything else as JSON.
+func httpReply(v any) *wire.HTTPReply {
+	switch x := v.(type) {
+	case nil:
+		return &wire.HTTPReply{Status: http.StatusNoContent}
+	case *Response:
+		if x == nil {
+			return &wire.HTTPReply{Status: http.StatusNoContent}
+		}
+		rep := &wire.HTTPReply{Status: x.Status, Body: x.Body}
+		for k, vs := range x.Header {
+			for _, v := range vs {
+				rep.Headers = append(rep.Headers, k, v)
+			}
+		}
+		return rep
+	case string:
+		return &wire.HTTPReply{Status: 200, Headers: []string{"Content-Type", "text/plain; charset=utf-8"}, Body: []byte(x)}
+	case []byte:
+		return &wire.HTTPReply{Status: 200, Headers: []string{"Content-Type", "application/octet-stream"}, Body: x}
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return &wire.HTTPReply{Status: 500, Headers: []string{"Content-Type", "text/plain; charset=utf-8"}, Body: []byte("encoding the result as JSON: " + err.Error())}
+	}
+	return &wire.HTTPReply{Status: 200, Headers: []string{"Content-Type", "application/json"}, Body: b}
+}
+
+// onControl answers ping (status and the class's CheckHealth), reconfigure
+// (user_config, in place) and stop.
+func (r *Replica) onControl(m *nats.Msg) {
+	verb := m.Subject[len(wire.ReplicaSubject(r.spec.Replica, "")):]
+	switch verb {
+	case wire.VerbPing:
+		st := r.Status()
+		if hm := r.cls.methods[HealthMethod]; hm != nil && !st.Draining {
+			ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), replicaKey, r), 30*time.Second)
+			if _, err := r.inst.invoke(ctx, hm, nil); err != nil {
+				st.Healthy, st.Error = false, err.Error()
+			}
+			cancel()
+		}
+		b, _ := json.Marshal(st)
+		_ = m.Respond(b)
+	case wire.VerbReconfigure:
+		ctx := context.WithValue(context.Background(), replicaKey, r)
+		if err := r.reconfigure(ctx, m.Data); err != nil {
+			_ = m.RespondMsg(&nats.Msg{Header: nats.Header{wire.HeaderCode: {string(wire.CodeUser)}, wire.HeaderError: {err.Error()}}})
+			return
+		}
+		_ = m.Respond(nil)
+	case wire.VerbStop:
+		_ = m.Respond(nil)
+		r.Stop()
+	}
+}
+
+func (r *Replica) reconfigure(ctx context.Context, cfg json.RawMessage) error {
+	hm := r.cls.methods[ReconfigureMethod]
+	if hm == nil {
+		return nil
+	}
+	var args []reflect.Value
+	if len(hm.in) == 1 {
+		p := reflect.New(hm.in[0])
+		if err := json.Unmarshal(cfg, p.Interface()); err != nil {
+			return fmt.Errorf("user_config does not fit %v: %w", hm.in[0], err)
+		}
+		args = append(args, p.Elem())
+	} else if len(hm.in) > 1 {
+		return fmt.Errorf("%s must take (ctx, config)", ReconfigureMethod)
+	}
+	_, err := r.inst.invoke(ctx, hm, args)
+	return err
+}
+
+// Status reports the replica's state.
+func (r *Replica) Status() ReplicaStatus {
+	return ReplicaStatus{
+		Replica: r.spec.Replica, Deployment: r.spec.Deployment, Class: r.spec.Class, Version: r.spec.Version,
+		Node: r.spec.Node, PID: r.pid, Ongoing: len(r.sem), MaxOngoing: cap(r.sem),
+		Draining: r.draining.Load(), Healthy: true,
+	}
+}

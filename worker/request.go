@@ -1,0 +1,122 @@
+package worker
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/natserve/natserve/internal/wire"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Request is what a class's default method receives when it takes a
+// *Request: an HTTP request routed by the ingress, or a handle call whose
+// arguments are read with Arg (the seed's isinstance(request, Request)
+// check becomes req.IsHTTP()).
+type Request struct {
+	// Method is the HTTP method; "" for a handle call.
+	Method string
+	// Path is the full request path, e.g. /api/v2/items.
+	Path string
+	// RoutePrefix is the route prefix that matched, e.g. /api.
+	RoutePrefix string
+	// RawQuery is the query string without '?'.
+	RawQuery string
+	// Header holds the request headers.
+	Header http.Header
+	// Body is the request body.
+	Body []byte
+	// ID is the request id (X-Request-Id).
+	ID string
+
+	query   url.Values
+	args    []msgpack.RawMessage
+	isHTTP  bool
+	argsErr error
+}
+
+// IsHTTP reports whether the request came over HTTP rather than a handle.
+func (r *Request) IsHTTP() bool { return r.isHTTP }
+
+// RelPath is the path below the route prefix, always starting with '/'
+// (the seed's ASGI root_path split).
+func (r *Request) RelPath() string {
+	p := strings.TrimPrefix(r.Path, strings.TrimSuffix(r.RoutePrefix, "/"))
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	return p
+}
+
+// Query returns the parsed query parameters.
+func (r *Request) Query() url.Values {
+	if r.query == nil {
+		r.query, _ = url.ParseQuery(r.RawQuery)
+		if r.query == nil {
+			r.query = url.Values{}
+		}
+	}
+	return r.query
+}
+
+// QueryParam returns the first value of query parameter name, or "".
+func (r *Request) QueryParam(name string) string { return r.Query().Get(name) }
+
+// JSON decodes the body as JSON into v.
+func (r *Request) JSON(v any) error {
+	if err := json.Unmarshal(r.Body, v); err != nil {
+		return fmt.Errorf("request body is not valid JSON for %T: %w", v, err)
+	}
+	return nil
+}
+
+// NumArgs is the number of handle-call arguments (0 over HTTP).
+func (r *Request) NumArgs() int { return len(r.args) }
+
+// Arg decodes handle-call argument i into v (a pointer).
+func (r *Request) Arg(i int, v any) error {
+	if r.argsErr != nil {
+		return r.argsErr
+	}
+	if i < 0 || i >= len(r.args) {
+		return fmt.Errorf("argument %d requested, the call has %d", i, len(r.args))
+	}
+	if err := wire.NewDecoder(r.args[i]).Decode(v); err != nil {
+		return fmt.Errorf("argument %d: %w", i, err)
+	}
+	return nil
+}
+
+func newHTTPRequest(env *wire.HTTPRequest, id string) *Request {
+	h := make(http.Header, len(env.Headers)/2)
+	for i := 0; i+1 < len(env.Headers); i += 2 {
+		h.Add(env.Headers[i], env.Headers[i+1])
+	}
+	return &Request{
+		Method: env.Method, Path: env.Path, RoutePrefix: env.Prefix, RawQuery: env.Query,
+		Header: h, Body: env.Body, ID: id, isHTTP: true,
+	}
+}
+
+// Response is a full HTTP response a method may return.
+type Response struct {
+	Status int         // default 200
+	Header http.Header // optional
+	Body   []byte
+}
+
+// Text returns a text/plain response.
+func Text(status int, s string) *Response {
+	return &Response{Status: status, Header: http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, Body: []byte(s)}
+}
+
+// JSON returns an application/json response of v; an unencodable v gives a 500.
+func JSON(status int, v any) *Response {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return Text(http.StatusInternalServerError, "encoding the result as JSON: "+err.Error())
+	}
+	return &Response{Status: status, Header: http.Header{"Content-Type": {"application/json"}}, Body: b}
+}

@@ -1,0 +1,83 @@
+package worker
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/natserve/natserve/internal/wire"
+)
+
+// Replica defaults, as in Ray Serve.
+const (
+	DefaultMaxOngoingRequests       = 5
+	DefaultGracefulShutdownTimeoutS = 20.0
+)
+
+// ReplicaSpec is everything one replica process needs to know. The node
+// agent passes it to the re-executed program in the environment variable
+// SpecEnv as JSON.
+type ReplicaSpec struct {
+	Deployment string `json:"deployment"`
+	Class      string `json:"class"`
+	Replica    string `json:"replica"`
+	Version    string `json:"version,omitempty"`
+	Node       string `json:"node,omitempty"`
+	// InitArgs is a JSON array of constructor arguments.
+	InitArgs json.RawMessage `json:"init_args,omitempty"`
+	// UserConfig is passed to Reconfigure before the replica serves.
+	UserConfig json.RawMessage `json:"user_config,omitempty"`
+	// MaxOngoingRequests bounds the calls running at once. Default: 5.
+	MaxOngoingRequests int `json:"max_ongoing_requests,omitempty"`
+	// GracefulShutdownTimeoutS bounds the drain on stop. Default: 20.
+	GracefulShutdownTimeoutS float64 `json:"graceful_shutdown_timeout_s,omitempty"`
+	// NATSURL is the broker (comma-separated for a cluster).
+	NATSURL string `json:"nats_url"`
+}
+
+// SpecEnv is the environment variable that carries a ReplicaSpec.
+const SpecEnv = "NATSERVE_REPLICA_SPEC"
+
+// Normalize fills defaults and validates s.
+func (s *ReplicaSpec) Normalize() error {
+	if s.MaxOngoingRequests == 0 {
+		s.MaxOngoingRequests = DefaultMaxOngoingRequests
+	}
+	if s.GracefulShutdownTimeoutS == 0 {
+		s.GracefulShutdownTimeoutS = DefaultGracefulShutdownTimeoutS
+	}
+	for _, n := range []struct{ what, v string }{{"deployment name", s.Deployment}, {"class name", s.Class}, {"replica id", s.Replica}} {
+		if err := wire.ValidateName(n.what, n.v); err != nil {
+			return fmt.Errorf("%w: %w", ErrSpec, err)
+		}
+	}
+	if s.MaxOngoingRequests < 1 || s.MaxOngoingRequests > 1<<20 {
+		return fmt.Errorf("%w: max_ongoing_requests %d out of range (1 to 1048576)", ErrSpec, s.MaxOngoingRequests)
+	}
+	if s.GracefulShutdownTimeoutS < 0 {
+		return fmt.Errorf("%w: graceful_shutdown_timeout_s %v is negative", ErrSpec, s.GracefulShutdownTimeoutS)
+	}
+	if s.NATSURL == "" {
+		return fmt.Errorf("%w: nats_url is required", ErrSpec)
+	}
+	return nil
+}
+
+func (s *ReplicaSpec) gracefulTimeout() time.Duration {
+	return time.Duration(s.GracefulShutdownTimeoutS * float64(time.Second))
+}
+
+// ReplicaStatus is a replica's answer to a ping.
+type ReplicaStatus struct {
+	Replica    string `json:"replica"`
+	Deployment string `json:"deployment"`
+	Class      string `json:"class"`
+	Version    string `json:"version,omitempty"`
+	Node       string `json:"node,omitempty"`
+	PID        int    `json:"pid"`
+	Ongoing    int    `json:"ongoing"`
+	MaxOngoing int    `json:"max_ongoing"`
+	Draining   bool   `json:"draining,omitempty"`
+	Healthy    bool   `json:"healthy"`
+	Error      string `json:"error,omitempty"`
+}
