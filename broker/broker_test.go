@@ -8,10 +8,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/natserve/natserve/broker"
-	"github.com/natserve/natserve/internal/testutil"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natserve/natserve/broker"
+	"github.com/natserve/natserve/internal/testutil"
 )
 
 func TestBrokerServesJetStreamKV(t *testing.T) {

@@ -8,9 +8,9 @@ import (
 	"os"
 	"time"
 
-	"github.com/natserve/natserve/internal/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // DefaultURL is the server a Client connects to when neither the URL argument

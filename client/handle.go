@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/natserve/natserve/internal/wire"
 	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // Handle calls one method of one deployment. Handles are cheap values and

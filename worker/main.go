@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,10 +21,11 @@ const (
 	ExitConstructor = 3 // the constructor (or first reconfigure) failed; retrying may not help
 )
 
-// Main runs the program as natserve's worker side and exits: with the
-// argument "replica" (how the node agent re-executes it) it serves one
-// replica described by $NATSERVE_REPLICA_SPEC; with "classes" it lists the
-// registered classes. SIGINT and SIGTERM stop it gracefully.
+// Main runs the program as natserve's worker side and exits. With no
+// argument or "agent [-nats URL] [-name NODE]" it is a node agent; with
+// "replica" (how the agent re-executes it) it serves one replica described
+// by $NATSERVE_REPLICA_SPEC; with "classes" it lists the registered classes.
+// SIGINT and SIGTERM stop it gracefully.
 func Main(reg *Registry) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := Run(ctx, reg, os.Args[1:], os.Stdout, os.Stderr)
@@ -42,11 +44,13 @@ func Run(ctx context.Context, reg *Registry, args []string, stdout, stderr io.Wr
 	if err := reg.Err(); err != nil {
 		return err
 	}
-	cmd := ""
+	cmd := "agent"
 	if len(args) > 0 {
-		cmd = args[0]
+		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
+	case "agent":
+		return runAgent(ctx, reg, args, stderr)
 	case "replica":
 		return RunReplicaFromEnv(ctx, reg, stderr)
 	case "classes":
@@ -55,7 +59,32 @@ func Run(ctx context.Context, reg *Registry, args []string, stdout, stderr io.Wr
 		}
 		return nil
 	}
-	return fmt.Errorf("unknown command %q (want: replica, classes)", cmd)
+	return fmt.Errorf("unknown command %q (want: agent, classes)", cmd)
+}
+
+// runAgent parses the agent's flags and runs it until ctx ends.
+func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("nats", envOr("NATSERVE_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated ($NATSERVE_URL)")
+	name := fs.String("name", os.Getenv("NATSERVE_NODE"), "node name ($NATSERVE_NODE; default: the host name)")
+	kvReplicas := fs.Int("kv-replicas", 1, "replication of the control-plane buckets if the agent creates them")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	a, err := NewAgent(AgentConfig{Name: *name, NATSURL: *url, Registry: reg, KVReplicas: *kvReplicas, Logger: log, ReplicaOutput: stderr})
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
 }
 
 // RunReplicaFromEnv serves the replica described by $NATSERVE_REPLICA_SPEC

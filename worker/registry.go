@@ -102,8 +102,8 @@ func (r *Registry) Methods(className string) ([]string, error) {
 		return nil, err
 	}
 	var names []string
-	for n := range c.methods {
-		if !hook(n) {
+	for n, m := range c.methods {
+		if !hook(n) && m.name == n {
 			names = append(names, n)
 		}
 	}
@@ -124,6 +124,24 @@ func (r *Registry) lookup(name string) (*class, error) {
 		return nil, fmt.Errorf("%w %q (this program provides: %s)", ErrUnknownClass, name, strings.Join(known, ", "))
 	}
 	return c, nil
+}
+
+// snakeCase turns OtherMethod into other_method and HTTPGet into http_get.
+func snakeCase(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'A' && c <= 'Z' {
+			prevLower := i > 0 && (s[i-1] >= 'a' && s[i-1] <= 'z' || s[i-1] >= '0' && s[i-1] <= '9')
+			nextLower := i+1 < len(s) && s[i+1] >= 'a' && s[i+1] <= 'z'
+			if i > 0 && (prevLower || nextLower && s[i-1] >= 'A' && s[i-1] <= 'Z') {
+				b.WriteByte('_')
+			}
+			c += 'a' - 'A'
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 func hook(name string) bool {
@@ -198,6 +216,15 @@ func newClass(name string, ctor any) (*class, error) {
 			return nil, fmt.Errorf("%w: class %q: %v (unexport it if handles need not call it)", ErrRegistration, name, err)
 		}
 		c.methods[m.Name] = mm
+	}
+	// Ray Serve users call methods by their Python names: other_method for
+	// OtherMethod. Add each snake_case name that does not clash.
+	for name, mm := range c.methods {
+		if alias := snakeCase(name); alias != name && !hook(name) {
+			if _, taken := c.methods[alias]; !taken {
+				c.methods[alias] = mm
+			}
+		}
 	}
 	if len(c.methods) == 0 {
 		return nil, fmt.Errorf("%w: class %q: %v has no exported methods to call", ErrRegistration, name, it)

@@ -114,3 +114,11 @@ func TestConstruct(t *testing.T) {
 		}
 	}
 }
+
+func TestSnakeCase(t *testing.T) {
+	for in, want := range map[string]string{"OtherMethod": "other_method", "Predict": "predict", "HTTPGet": "http_get", "PID": "pid", "Call": "call", "GetV2": "get_v2"} {
+		if got := snakeCase(in); got != want {
+			t.Errorf("snakeCase(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

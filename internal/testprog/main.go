@@ -18,10 +18,48 @@ import (
 type Probe struct {
 	tag string
 
-	mu      sync.Mutex // guards running, maxSeen
+	mu      sync.Mutex // guards running, maxSeen, calls, config, healthy
 	running int
 	maxSeen int
 	calls   int
+	config  map[string]any
+	sick    string
+}
+
+// Reconfigure takes user_config in place.
+func (p *Probe) Reconfigure(ctx context.Context, cfg map[string]any) error {
+	if v, ok := cfg["fail"].(string); ok {
+		return errors.New(v)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.config = cfg
+	return nil
+}
+
+// Config returns the user_config and the pid.
+func (p *Probe) Config() map[string]any {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return map[string]any{"pid": os.Getpid(), "config": p.config}
+}
+
+// SetSick makes CheckHealth fail with msg ("" heals).
+func (p *Probe) SetSick(msg string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sick = msg
+	return os.Getpid()
+}
+
+// CheckHealth fails while the probe is sick.
+func (p *Probe) CheckHealth(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sick != "" {
+		return errors.New(p.sick)
+	}
+	return nil
 }
 
 // NewProbe is Probe's constructor; a tag starting with "fail:" fails it.

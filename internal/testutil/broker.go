@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/natserve/natserve/broker"
 	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/broker"
 )
 
 // Broker starts an embedded broker on a random loopback port with its data in

@@ -1,0 +1,166 @@
+package client
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/natserve/natserve/internal/wire"
+)
+
+// ErrInvalidSpec is returned (wrapped) for a deployment spec that cannot be
+// applied; the message names the field.
+var ErrInvalidSpec = errors.New("invalid deployment spec")
+
+// Deployment defaults, as in Ray Serve.
+const (
+	DefaultNumReplicas              = 1
+	DefaultMaxOngoingRequests       = 5
+	DefaultMaxQueuedRequests        = -1
+	DefaultGracefulShutdownTimeoutS = 20.0
+	DefaultHealthCheckPeriodS       = 10.0
+	DefaultHealthCheckTimeoutS      = 30.0
+	DefaultMaxConstructorRetryCount = 20
+)
+
+// DeploymentSpec is the desired state of one deployment. Field names follow
+// Ray Serve's options.
+type DeploymentSpec struct {
+	// Name is unique; it is the handle name and the default route prefix.
+	Name string `json:"name"`
+	// Class is a class (or function) a node's program registered.
+	Class string `json:"class"`
+	// InitArgs is a JSON array passed to the constructor.
+	InitArgs json.RawMessage `json:"init_args,omitempty"`
+	// NumReplicas is the replica count. Default: 1.
+	NumReplicas int `json:"num_replicas"`
+	// RoutePrefix is where the ingress serves the deployment. nil means
+	// "/"+Name; a pointer to "" means not exposed over HTTP.
+	RoutePrefix *string `json:"route_prefix"`
+	// MaxOngoingRequests bounds the calls one replica runs at once. Default: 5.
+	MaxOngoingRequests int `json:"max_ongoing_requests"`
+	// MaxQueuedRequests bounds the requests each caller holds waiting for a
+	// free replica; -1 is no limit. Default: -1.
+	MaxQueuedRequests int `json:"max_queued_requests"`
+	// UserConfig is passed to the class's Reconfigure; changing it alone
+	// reconfigures replicas in place.
+	UserConfig json.RawMessage `json:"user_config,omitempty"`
+	// GracefulShutdownTimeoutS bounds a replica's drain. Default: 20.
+	GracefulShutdownTimeoutS float64 `json:"graceful_shutdown_timeout_s"`
+	// HealthCheckPeriodS is the time between health checks. Default: 10.
+	HealthCheckPeriodS float64 `json:"health_check_period_s"`
+	// HealthCheckTimeoutS bounds one health check. Default: 30.
+	HealthCheckTimeoutS float64 `json:"health_check_timeout_s"`
+	// MaxConstructorRetryCount bounds constructor retries before
+	// DEPLOY_FAILED; the limit is min(num_replicas*3, this). Default: 20.
+	MaxConstructorRetryCount int `json:"max_constructor_retry_count"`
+	// Version labels the code; changing it rolls the replicas. Default: "".
+	Version string `json:"version,omitempty"`
+}
+
+// Route returns the route prefix and whether the deployment is on HTTP.
+func (s *DeploymentSpec) Route() (string, bool) {
+	if s.RoutePrefix == nil {
+		return "/" + s.Name, true
+	}
+	return *s.RoutePrefix, *s.RoutePrefix != ""
+}
+
+// Normalize fills defaults and validates the spec. Every error names the
+// field and wraps ErrInvalidSpec.
+func (s *DeploymentSpec) Normalize() error {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s: %s", ErrInvalidSpec, s.Name, field, fmt.Sprintf(format, args...))
+	}
+	if err := wire.ValidateName("deployment name", s.Name); err != nil {
+		return fmt.Errorf("%w: name: %w", ErrInvalidSpec, err)
+	}
+	if s.Class == "" {
+		return bad("class", "is required")
+	}
+	if err := wire.ValidateName("class name", s.Class); err != nil {
+		return bad("class", "%v", err)
+	}
+	if len(s.InitArgs) > 0 {
+		if t := bytes.TrimSpace(s.InitArgs); len(t) == 0 || (t[0] != '[' && string(t) != "null") || !json.Valid(t) {
+			return bad("init_args", "must be a JSON array")
+		}
+	}
+	if len(s.UserConfig) > 0 && !json.Valid(s.UserConfig) {
+		return bad("user_config", "must be valid JSON")
+	}
+	if s.NumReplicas < 0 {
+		return bad("num_replicas", "%d is negative", s.NumReplicas)
+	}
+	if s.NumReplicas > 10000 {
+		return bad("num_replicas", "%d is more than 10000", s.NumReplicas)
+	}
+	if s.RoutePrefix == nil {
+		p := "/" + s.Name
+		s.RoutePrefix = &p
+	}
+	if p := *s.RoutePrefix; p != "" {
+		if err := ValidateRoutePrefix(p); err != nil {
+			return bad("route_prefix", "%v", err)
+		}
+	}
+	setInt := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	setFloat := func(v *float64, d float64) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	setInt(&s.MaxOngoingRequests, DefaultMaxOngoingRequests)
+	setInt(&s.MaxQueuedRequests, DefaultMaxQueuedRequests)
+	setInt(&s.MaxConstructorRetryCount, DefaultMaxConstructorRetryCount)
+	setFloat(&s.GracefulShutdownTimeoutS, DefaultGracefulShutdownTimeoutS)
+	setFloat(&s.HealthCheckPeriodS, DefaultHealthCheckPeriodS)
+	setFloat(&s.HealthCheckTimeoutS, DefaultHealthCheckTimeoutS)
+	switch {
+	case s.MaxOngoingRequests < 1:
+		return bad("max_ongoing_requests", "%d must be at least 1", s.MaxOngoingRequests)
+	case s.MaxQueuedRequests < -1:
+		return bad("max_queued_requests", "%d must be -1 (no limit) or at least 0", s.MaxQueuedRequests)
+	case s.MaxConstructorRetryCount < 1:
+		return bad("max_constructor_retry_count", "%d must be at least 1", s.MaxConstructorRetryCount)
+	case s.GracefulShutdownTimeoutS < 0:
+		return bad("graceful_shutdown_timeout_s", "%v is negative", s.GracefulShutdownTimeoutS)
+	case s.HealthCheckPeriodS < 0.05:
+		return bad("health_check_period_s", "%v is below 0.05", s.HealthCheckPeriodS)
+	case s.HealthCheckTimeoutS < 0.05:
+		return bad("health_check_timeout_s", "%v is below 0.05", s.HealthCheckTimeoutS)
+	case len(s.Version) > 128:
+		return bad("version", "longer than 128 characters")
+	}
+	return nil
+}
+
+// ValidateRoutePrefix checks a route prefix: it starts with '/', has no
+// trailing '/' (except "/" itself), no query, fragment, empty segment, '.'
+// or '..' segment, and at most 256 bytes.
+func ValidateRoutePrefix(p string) error {
+	switch {
+	case !strings.HasPrefix(p, "/"):
+		return fmt.Errorf("%q must start with '/'", p)
+	case len(p) > 256:
+		return fmt.Errorf("%.20q… is longer than 256 bytes", p)
+	case p == "/":
+		return nil
+	case strings.HasSuffix(p, "/"):
+		return fmt.Errorf("%q must not end with '/'", p)
+	case strings.ContainsAny(p, "?#%\\ \t\r\n"):
+		return fmt.Errorf("%q must not contain '?', '#', '%%', '\\' or white space", p)
+	}
+	for _, seg := range strings.Split(p[1:], "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return fmt.Errorf("%q has an empty, '.' or '..' segment", p)
+		}
+	}
+	return nil
+}

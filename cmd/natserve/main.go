@@ -1,0 +1,73 @@
+// Command natserve runs natserve's servers: each alone (broker, controller,
+// ingress, worker) for a fleet of machines, or all of them in one process
+// tree for one machine (up).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/natserve/natserve/examples/seed"
+	"github.com/natserve/natserve/worker"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "natserve: "+err.Error())
+		if errors.Is(err, worker.ErrConstructor) || errors.Is(err, worker.ErrUnknownClass) {
+			os.Exit(worker.ExitConstructor)
+		}
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: natserve <command> [flags]
+
+commands:
+  up          run broker, controller, ingress and a node agent in one process tree
+  broker      run the embedded NATS broker (JetStream)
+  controller  run a controller (one leads, others stand by)
+  ingress     run an HTTP ingress
+  worker      run a node agent providing the built-in example classes
+  classes     list the built-in example classes
+
+Run 'natserve <command> -h' for its flags.
+`
+
+func registry() *worker.Registry {
+	var reg worker.Registry
+	seed.Register(&reg)
+	return &reg
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "broker":
+		return runBroker(ctx, rest, stdout, stderr)
+	case "controller":
+		return runController(ctx, rest, stderr)
+	case "worker":
+		return worker.Run(ctx, registry(), append([]string{"agent"}, rest...), stdout, stderr)
+	case "replica", "classes":
+		return worker.Run(ctx, registry(), args, stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", cmd)
+}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/natserve/natserve/broker"
+	"github.com/natserve/natserve/controlplane"
+)
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}
+
+func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	d := broker.DefaultConfig()
+	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	name := fs.String("name", d.Name, "server name, unique in a cluster")
+	host := fs.String("host", d.Host, "client listen address")
+	port := fs.Int("port", d.Port, "client port")
+	data := fs.String("data", "natserve-data/broker", "JetStream data directory")
+	sync := fs.Bool("sync-always", false, "fsync every JetStream write (recommended in a cluster)")
+	cluster := fs.String("cluster-name", d.Cluster.Name, "cluster name")
+	clusterHost := fs.String("cluster-host", "", "route listen address (default: -host)")
+	clusterPort := fs.Int("cluster-port", 0, "route port; 0 runs without a cluster")
+	var routes listFlag
+	fs.Var(&routes, "routes", "cluster peers, nats-route://host:port, comma-separated or repeated")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+	b, err := broker.New(broker.Config{
+		Name: *name, Host: *host, Port: *port, DataDir: *data, SyncAlways: *sync, Logger: log, Debug: *level == "debug",
+		Cluster: broker.ClusterConfig{Name: *cluster, Host: *clusterHost, Port: *clusterPort, Routes: routes},
+	})
+	if err != nil {
+		return err
+	}
+	if err := b.Start(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "natserve broker %s listening on %s (data in %s)\n", *name, b.ClientURL(), *data)
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return b.Shutdown(sctx)
+}
+
+func runController(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("nats", envOr("NATSERVE_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated ($NATSERVE_URL)")
+	id := fs.String("id", "", "controller id (default: host-pid-random)")
+	kvReplicas := fs.Int("kv-replicas", 1, "replication of the control-plane buckets (3 in a cluster)")
+	nodeTimeout := fs.Duration("node-timeout", 5*time.Second, "how long a node may miss heartbeats before its replicas move")
+	leaseTTL := fs.Duration("lease-ttl", 6*time.Second, "how long the leader's lease outlives it")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+	c, err := controlplane.New(controlplane.Config{NATSURL: *url, ID: *id, KVReplicas: *kvReplicas, NodeTimeout: *nodeTimeout, LeaseTTL: *leaseTTL, Logger: log})
+	if err != nil {
+		return err
+	}
+	return c.Run(ctx)
+}

@@ -1,0 +1,242 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/store"
+	"github.com/natserve/natserve/internal/wire"
+)
+
+// apiError is a control API failure with its code.
+type apiError struct {
+	code wire.APICode
+	msg  string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func fail(code wire.APICode, format string, args ...any) error {
+	return &apiError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// serveAPI answers one control API request.
+func (c *Controller) serveAPI(ctx context.Context, st *state, m *nats.Msg) {
+	verb := strings.TrimPrefix(m.Subject, "natserve.api.")
+	var data any
+	var err error
+	if len(m.Data) > wire.MaxAPIRequest {
+		err = fail(wire.APIInvalid, "request of %d bytes is over the %d byte limit", len(m.Data), wire.MaxAPIRequest)
+	} else {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		data, err = c.handle(rctx, st, verb, m.Data)
+		cancel()
+	}
+	var rep wire.APIReply
+	if err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) {
+			rep.Code, rep.Error = ae.code, ae.msg
+		} else {
+			rep.Code, rep.Error = wire.APIInternal, err.Error()
+		}
+	} else if data != nil {
+		rep.Data, err = json.Marshal(data)
+		if err != nil {
+			rep.Code, rep.Error = wire.APIInternal, err.Error()
+		}
+	}
+	b, _ := json.Marshal(rep)
+	_ = m.Respond(b)
+}
+
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fail(wire.APIInvalid, "request: %v", err)
+	}
+	return nil
+}
+
+func (c *Controller) handle(ctx context.Context, st *state, verb string, body []byte) (any, error) {
+	switch verb {
+	case wire.APIDeploy:
+		var spec client.DeploymentSpec
+		if err := decodeStrict(body, &spec); err != nil {
+			return nil, err
+		}
+		var present struct {
+			NumReplicas *int `json:"num_replicas"`
+		}
+		if json.Unmarshal(body, &present) == nil && present.NumReplicas == nil {
+			spec.NumReplicas = client.DefaultNumReplicas
+		}
+		return c.deploy(ctx, st, spec)
+	case wire.APIDelete:
+		var req wire.APIName
+		if err := decodeStrict(body, &req); err != nil {
+			return nil, err
+		}
+		_, rev, ok := st.deps.get(req.Name)
+		if !ok {
+			return nil, fail(wire.APINotFound, "deployment %q not found", req.Name)
+		}
+		if err := c.kv.Deployments.Delete(ctx, req.Name, jetstream.LastRevision(rev)); err != nil {
+			return nil, conflictOr(err, req.Name)
+		}
+		st.deps.del(req.Name, rev)
+		c.log.Info("deployment deleted", "deployment", req.Name)
+		return nil, nil
+	case wire.APIList:
+		deps := st.deps.all()
+		out := make([]client.Deployment, 0, len(deps))
+		for _, d := range deps {
+			out = append(out, c.view(st, d.val))
+		}
+		return out, nil
+	case wire.APIGet:
+		var req wire.APIName
+		if err := decodeStrict(body, &req); err != nil {
+			return nil, err
+		}
+		spec, _, ok := st.deps.get(req.Name)
+		if !ok {
+			return nil, fail(wire.APINotFound, "deployment %q not found", req.Name)
+		}
+		return c.view(st, spec), nil
+	case wire.APIScale:
+		var req wire.APIScaleRequest
+		if err := decodeStrict(body, &req); err != nil {
+			return nil, err
+		}
+		spec, _, ok := st.deps.get(req.Name)
+		if !ok {
+			return nil, fail(wire.APINotFound, "deployment %q not found", req.Name)
+		}
+		spec.NumReplicas = req.NumReplicas
+		return c.deploy(ctx, st, spec)
+	case wire.APIStatus:
+		return c.status(st), nil
+	}
+	return nil, fail(wire.APIInvalid, "unknown control API verb %q", verb)
+}
+
+func conflictOr(err error, name string) error {
+	if errors.Is(err, jetstream.ErrKeyExists) || strings.Contains(err.Error(), "wrong last sequence") {
+		return fail(wire.APIConflict, "deployment %q changed concurrently; read it again and retry", name)
+	}
+	return err
+}
+
+// deploy validates a spec and writes it; equal specs are not rewritten, so
+// applying the same spec twice restarts nothing.
+func (c *Controller) deploy(ctx context.Context, st *state, spec client.DeploymentSpec) (any, error) {
+	if err := spec.Normalize(); err != nil {
+		return nil, fail(wire.APIInvalid, "%v", err)
+	}
+	alive := st.alive(c.cfg.NodeTimeout)
+	provided := map[string]bool{}
+	for _, n := range alive {
+		for _, cl := range n.Classes {
+			provided[cl] = true
+		}
+	}
+	if !provided[spec.Class] {
+		names := make([]string, 0, len(provided))
+		for n := range provided {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		if len(names) == 0 {
+			return nil, fail(wire.APIUnknownClass, "%s: class: no node agent is running to provide class %s", spec.Name, spec.Class)
+		}
+		return nil, fail(wire.APIUnknownClass, "%s: class: unknown class %s (the nodes provide: %s)", spec.Name, spec.Class, strings.Join(names, ", "))
+	}
+	if prefix, on := spec.Route(); on {
+		for _, d := range st.deps.all() {
+			if p, on2 := d.val.Route(); on2 && p == prefix && d.key != spec.Name {
+				return nil, fail(wire.APIConflict, "%s: route_prefix: %s is already the route of deployment %s", spec.Name, prefix, d.key)
+			}
+		}
+	}
+	old, rev, exists := st.deps.get(spec.Name)
+	if exists {
+		a, _ := json.Marshal(old)
+		b, _ := json.Marshal(spec)
+		if bytes.Equal(a, b) {
+			return c.view(st, spec), nil
+		}
+	}
+	nrev, err := store.Update(ctx, c.kv.Deployments, spec.Name, spec, rev)
+	if err != nil {
+		return nil, conflictOr(err, spec.Name)
+	}
+	st.deps.put(spec.Name, nrev, spec)
+	c.log.Info("deployment applied", "deployment", spec.Name, "class", spec.Class, "num_replicas", spec.NumReplicas, "revision", nrev)
+	return c.view(st, spec), nil
+}
+
+// view is a deployment as the API reports it.
+func (c *Controller) view(st *state, spec client.DeploymentSpec) client.Deployment {
+	ds := st.snapshot(spec.Name)
+	_, rev, _ := st.deps.get(spec.Name)
+	d := client.Deployment{Spec: spec, Status: ds.status, Message: ds.message, Ready: ds.ready, Target: spec.NumReplicas}
+	if ds.specRev != rev { // not reconciled since the last change
+		d.Status = client.StatusUpdating
+		d.Message = "applying the new spec"
+	}
+	code, cfg := hashes(&spec)
+	for _, a := range st.asgs.all() {
+		if a.val.Deployment != spec.Name {
+			continue
+		}
+		r := client.Replica{ID: a.val.Replica, Node: a.val.Node, State: client.ReplicaStarting,
+			Current: a.val.CodeHash == code && a.val.ConfigHash == cfg, Healthy: st.healthy(a.val.Replica)}
+		if rs, _, ok := st.reps.get(a.val.Replica); ok {
+			r.PID, r.State, r.Started, r.Error = rs.PID, rs.State, rs.Started, rs.Error
+		}
+		if a.val.Desired != store.DesiredRun && r.State == client.ReplicaRunning {
+			r.State = client.ReplicaStopping
+		}
+		d.Replicas = append(d.Replicas, r)
+	}
+	return d
+}
+
+func (c *Controller) status(st *state) client.ClusterStatus {
+	out := client.ClusterStatus{Leader: c.cfg.ID}
+	for _, d := range st.deps.all() {
+		v := c.view(st, d.val)
+		v.Replicas = nil
+		out.Deployments = append(out.Deployments, v)
+	}
+	alive := st.alive(c.cfg.NodeTimeout)
+	count := map[string]int{}
+	for _, a := range st.asgs.all() {
+		if a.val.Desired == store.DesiredRun {
+			count[a.val.Node]++
+		}
+	}
+	st.mu.Lock()
+	seen := make(map[string]time.Time, len(st.seen))
+	for k, v := range st.seen {
+		seen[k] = v
+	}
+	st.mu.Unlock()
+	for _, n := range st.nodes.all() {
+		_, up := alive[n.key]
+		out.Nodes = append(out.Nodes, client.Node{Name: n.key, Host: n.val.Host, PID: n.val.PID, Classes: n.val.Classes,
+			Alive: up, Replicas: count[n.key], LastSeen: seen[n.key]})
+	}
+	return out
+}

@@ -1,0 +1,101 @@
+package controlplane
+
+import (
+	"encoding/json"
+	"sort"
+	"sync"
+)
+
+// table caches one KV bucket, kept current by a watch and by the
+// controller's own writes. An event older than what the table holds for
+// its key is ignored, so a watch that lags behind a local write cannot undo
+// it, and a deleted key cannot come back from a stale put.
+type table[T any] struct {
+	mu   sync.Mutex // guards rows
+	rows map[string]*row[T]
+}
+
+type row[T any] struct {
+	val     T
+	rev     uint64
+	deleted bool
+}
+
+func newTable[T any]() *table[T] { return &table[T]{rows: map[string]*row[T]{}} }
+
+// put records a value at rev; it reports whether it was newer.
+func (t *table[T]) put(key string, rev uint64, v T) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if r, ok := t.rows[key]; ok && r.rev >= rev {
+		return false
+	}
+	t.rows[key] = &row[T]{val: v, rev: rev}
+	return true
+}
+
+// putJSON decodes b and records it; undecodable values are dropped.
+func (t *table[T]) putJSON(key string, rev uint64, b []byte) bool {
+	var v T
+	if json.Unmarshal(b, &v) != nil {
+		return false
+	}
+	return t.put(key, rev, v)
+}
+
+// del records that key was deleted at rev (the revision of the delete
+// marker, or the last revision known when deleting locally).
+func (t *table[T]) del(key string, rev uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if r, ok := t.rows[key]; ok && r.rev > rev {
+		return
+	}
+	var zero T
+	t.rows[key] = &row[T]{val: zero, rev: rev, deleted: true}
+}
+
+func (t *table[T]) get(key string) (T, uint64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r, ok := t.rows[key]
+	if !ok || r.deleted {
+		var zero T
+		var rev uint64
+		if ok {
+			rev = r.rev
+		}
+		return zero, rev, false
+	}
+	return r.val, r.rev, true
+}
+
+// rev returns the last revision known for key, deleted or not.
+func (t *table[T]) revOf(key string) uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if r, ok := t.rows[key]; ok {
+		return r.rev
+	}
+	return 0
+}
+
+type keyed[T any] struct {
+	key string
+	val T
+	rev uint64
+}
+
+// all returns the live rows sorted by key.
+func (t *table[T]) all() []keyed[T] {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]keyed[T], 0, len(t.rows))
+	for k, r := range t.rows {
+		if !r.deleted {
+			out = append(out, keyed[T]{k, r.val, r.rev})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
+	return out
+}

@@ -1,0 +1,348 @@
+// Package controlplane is natserve's controller: it keeps the desired state
+// of deployments in JetStream KV, serves the control API (deploy, delete,
+// list, get, scale, status) on NATS request/reply subjects, places replicas
+// on node agents and keeps their count, version and health true.
+//
+// Several controllers may run; one holds a lease in KV and acts, the others
+// wait to take over. All state is in KV, so a restarted controller adopts
+// the running replicas instead of restarting them. Data flows in through the
+// API and the agents' records (nodes, replica states) and out as
+// assignments the agents carry out.
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/store"
+)
+
+// Config configures a Controller.
+type Config struct {
+	// NATSURL is the broker (comma-separated for a cluster). Required.
+	NATSURL string
+	// NATSOptions are extra connection options (e.g. an in-process connection).
+	NATSOptions []nats.Option
+	// ID names this controller in the lease. Default: host-pid-random.
+	ID string
+	// KVReplicas is the replication of the buckets (3 in a cluster). Default: 1.
+	KVReplicas int
+	// LeaseTTL is how long the lease outlives a dead leader. Default: 6s.
+	LeaseTTL time.Duration
+	// NodeTimeout is how long a node may miss heartbeats before its replicas
+	// are placed elsewhere. Default: 5s.
+	NodeTimeout time.Duration
+	// ReconcileInterval is the control loop period. Default: 100ms.
+	ReconcileInterval time.Duration
+	// Logger. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// Controller is the control plane.
+type Controller struct {
+	cfg Config
+	log *slog.Logger
+
+	nc *nats.Conn
+	kv *store.Buckets
+
+	mu      sync.Mutex // guards leading, st
+	leading bool
+	st      *state // the leader's view; nil when not leading
+}
+
+// New returns a controller for cfg; it does no I/O.
+func New(cfg Config) (*Controller, error) {
+	if cfg.NATSURL == "" && len(cfg.NATSOptions) == 0 {
+		return nil, errors.New("controller: NATS URL is required")
+	}
+	if cfg.ID == "" {
+		h, _ := os.Hostname()
+		cfg.ID = fmt.Sprintf("%s-%d-%s", h, os.Getpid(), strings.ToLower(nuid.Next()[18:]))
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 6 * time.Second
+	}
+	if cfg.NodeTimeout == 0 {
+		cfg.NodeTimeout = 5 * time.Second
+	}
+	if cfg.ReconcileInterval == 0 {
+		cfg.ReconcileInterval = 100 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Controller{cfg: cfg, log: cfg.Logger.With("controller", cfg.ID)}, nil
+}
+
+// ID returns the controller's id.
+func (c *Controller) ID() string { return c.cfg.ID }
+
+// Leading reports whether this controller holds the lease.
+func (c *Controller) Leading() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leading
+}
+
+// Run campaigns for the lease and, while it holds it, acts as the
+// controller, until ctx ends. On a clean exit it releases the lease so a
+// standby takes over at once.
+func (c *Controller) Run(ctx context.Context) error {
+	opts := append([]nats.Option{
+		nats.Name("natserve controller " + c.cfg.ID), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+	}, c.cfg.NATSOptions...)
+	nc, err := nats.Connect(c.cfg.NATSURL, opts...)
+	if err != nil {
+		return fmt.Errorf("controller: connecting to %s: %w", c.cfg.NATSURL, err)
+	}
+	defer nc.Close()
+	c.nc = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	for {
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c.kv, err = store.Open(octx, js, store.Config{Replicas: c.cfg.KVReplicas, LeaseTTL: c.cfg.LeaseTTL})
+		cancel()
+		if err == nil {
+			break
+		}
+		c.log.Warn("opening the store failed; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+	c.log.Info("controller started; campaigning for the lease")
+	for ctx.Err() == nil {
+		rev, err := store.Update(ctx, c.kv.Leader, store.LeaderKey, c.lease(), 0)
+		if err == nil {
+			c.lead(ctx, rev)
+			continue
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(c.cfg.LeaseTTL / 6):
+		}
+	}
+	return nil
+}
+
+func (c *Controller) lease() store.Lease {
+	h, _ := os.Hostname()
+	return store.Lease{Holder: c.cfg.ID, Host: h, PID: os.Getpid(), Renewed: time.Now()}
+}
+
+// lead acts as the controller until the lease is lost or ctx ends.
+func (c *Controller) lead(parent context.Context, rev uint64) {
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	c.log.Info("became leader")
+	st := newState()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+
+	// Load the state before acting on it.
+	synced := make(chan string, 4)
+	watch := func(kv jetstream.KeyValue, apply func(jetstream.KeyValueEntry)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.watch(ctx, kv, apply, synced)
+		}()
+	}
+	watch(c.kv.Deployments, func(e jetstream.KeyValueEntry) { applyEntry(st.deps, e) })
+	watch(c.kv.Assignments, func(e jetstream.KeyValueEntry) { applyEntry(st.asgs, e) })
+	watch(c.kv.Replicas, func(e jetstream.KeyValueEntry) { applyEntry(st.reps, e) })
+	watch(c.kv.Nodes, func(e jetstream.KeyValueEntry) {
+		applyEntry(st.nodes, e)
+		st.sawNode(e.Key(), e.Operation() == jetstream.KeyValuePut)
+	})
+	for i := 0; i < 4; i++ {
+		select {
+		case <-synced:
+		case <-ctx.Done():
+			return
+		}
+	}
+
+	c.mu.Lock()
+	c.leading, c.st = true, st
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.leading, c.st = false, nil
+		c.mu.Unlock()
+	}()
+
+	sub, err := c.nc.QueueSubscribe("natserve.api.*", "natserve-controller", func(m *nats.Msg) { c.serveAPI(ctx, st, m) })
+	if err != nil {
+		c.log.Error("subscribing to the control API failed", "err", err)
+		return
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c.healthLoop(ctx, st)
+	}()
+
+	renew := time.NewTicker(c.cfg.LeaseTTL / 4)
+	defer renew.Stop()
+	tick := time.NewTicker(c.cfg.ReconcileInterval)
+	defer tick.Stop()
+	lastRenew := time.Now()
+	for {
+		select {
+		case <-parent.Done():
+			dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = c.kv.Leader.Delete(dctx, store.LeaderKey, jetstream.LastRevision(rev))
+			dcancel()
+			c.log.Info("released the lease")
+			return
+		case <-renew.C:
+			rctx, rcancel := context.WithTimeout(ctx, c.cfg.LeaseTTL/4)
+			nrev, err := store.Update(rctx, c.kv.Leader, store.LeaderKey, c.lease(), rev)
+			rcancel()
+			switch {
+			case err == nil:
+				rev, lastRenew = nrev, time.Now()
+			case errors.Is(err, jetstream.ErrKeyExists) || time.Since(lastRenew) > c.cfg.LeaseTTL*3/4:
+				c.log.Warn("lost the lease; stepping down", "err", err)
+				return
+			default:
+				c.log.Warn("renewing the lease failed; retrying", "err", err)
+			}
+		case <-tick.C:
+			c.reconcile(ctx, st)
+		}
+	}
+}
+
+func applyEntry[T any](t *table[T], e jetstream.KeyValueEntry) {
+	if e.Operation() == jetstream.KeyValuePut {
+		t.putJSON(e.Key(), e.Revision(), e.Value())
+	} else {
+		t.del(e.Key(), e.Revision())
+	}
+}
+
+func (c *Controller) watch(ctx context.Context, kv jetstream.KeyValue, apply func(jetstream.KeyValueEntry), synced chan<- string) {
+	for ctx.Err() == nil {
+		w, err := kv.WatchAll(ctx)
+		if err != nil {
+			c.log.Warn("watch failed; retrying", "bucket", kv.Bucket(), "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+				continue
+			}
+		}
+		for e := range w.Updates() {
+			if e == nil {
+				synced <- kv.Bucket()
+				continue
+			}
+			apply(e)
+		}
+		_ = w.Stop()
+	}
+}
+
+// state is the leader's view of the store plus what it keeps in memory.
+type state struct {
+	deps  *table[client.DeploymentSpec]
+	asgs  *table[store.Assignment]
+	reps  *table[store.ReplicaState]
+	nodes *table[store.Node]
+
+	mu     sync.Mutex // guards seen, dep, health, busy
+	seen   map[string]time.Time
+	dep    map[string]*depState
+	health map[string]*healthState
+	busy   map[string]bool // replicas with a reconfigure in flight
+}
+
+func newState() *state {
+	return &state{
+		deps: newTable[client.DeploymentSpec](), asgs: newTable[store.Assignment](),
+		reps: newTable[store.ReplicaState](), nodes: newTable[store.Node](),
+		seen: map[string]time.Time{}, dep: map[string]*depState{}, health: map[string]*healthState{}, busy: map[string]bool{},
+	}
+}
+
+func (s *state) sawNode(name string, alive bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if alive {
+		s.seen[name] = time.Now()
+	} else {
+		delete(s.seen, name)
+	}
+}
+
+// alive returns the nodes that heartbeated within timeout.
+func (s *state) alive(timeout time.Duration) map[string]store.Node {
+	out := map[string]store.Node{}
+	s.mu.Lock()
+	seen := make(map[string]time.Time, len(s.seen))
+	for k, v := range s.seen {
+		seen[k] = v
+	}
+	s.mu.Unlock()
+	for _, n := range s.nodes.all() {
+		if t, ok := seen[n.key]; ok && time.Since(t) < timeout {
+			out[n.key] = n.val
+		}
+	}
+	return out
+}
+
+// depState is what the controller remembers of a deployment between loops.
+type depState struct {
+	specRev    uint64
+	failHash   string // code hash the constructor failures count against
+	failures   int
+	lastErr    string
+	lastCrash  string
+	nextStart  time.Time
+	healthyRev uint64 // spec revision that last reached HEALTHY
+	status     string
+	message    string
+	ready      int
+}
+
+func (s *state) depState(name string) *depState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.dep[name]
+	if !ok {
+		d = &depState{status: client.StatusUpdating}
+		s.dep[name] = d
+	}
+	return d
+}
+
+func (s *state) snapshot(name string) depState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d, ok := s.dep[name]; ok {
+		return *d
+	}
+	return depState{status: client.StatusUpdating}
+}

@@ -1,0 +1,173 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/store"
+	"github.com/natserve/natserve/internal/wire"
+	"github.com/natserve/natserve/worker"
+)
+
+// UnhealthyThreshold is how many health checks in a row a replica may fail
+// before it is killed and replaced (Ray Serve's
+// REPLICA_HEALTH_CHECK_UNHEALTHY_THRESHOLD).
+const UnhealthyThreshold = 3
+
+type healthState struct {
+	fails    int
+	next     time.Time
+	inflight bool
+}
+
+// healthy reports whether a replica passed its last health check (or has
+// not been checked yet).
+func (s *state) healthy(replica string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, ok := s.health[replica]
+	return !ok || h.fails == 0
+}
+
+func (s *state) forgetHealth(replica string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.health, replica)
+}
+
+// healthLoop pings every running replica each health_check_period_s; a
+// replica that fails UnhealthyThreshold checks in a row (no answer within
+// health_check_timeout_s, or its CheckHealth failed) is killed, and the
+// control loop replaces it.
+func (c *Controller) healthLoop(ctx context.Context, st *state) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		for _, a := range st.asgs.all() {
+			if a.val.Desired != store.DesiredRun {
+				continue
+			}
+			rs, _, ok := st.reps.get(a.val.Replica)
+			if !ok || rs.State != client.ReplicaRunning {
+				continue
+			}
+			spec, _, ok := st.deps.get(a.val.Deployment)
+			if !ok {
+				continue
+			}
+			period := time.Duration(spec.HealthCheckPeriodS * float64(time.Second))
+			timeout := time.Duration(spec.HealthCheckTimeoutS * float64(time.Second))
+			st.mu.Lock()
+			h, ok := st.health[a.val.Replica]
+			if !ok {
+				h = &healthState{next: now.Add(period)}
+				st.health[a.val.Replica] = h
+			}
+			due := !h.inflight && !now.Before(h.next)
+			if due {
+				h.inflight = true
+			}
+			st.mu.Unlock()
+			if due {
+				go c.check(ctx, st, a.key, a.val.Replica, period, timeout)
+			}
+		}
+	}
+}
+
+func (c *Controller) check(ctx context.Context, st *state, key, replica string, period, timeout time.Duration) {
+	start := time.Now()
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	m, err := c.nc.RequestWithContext(pctx, wire.ReplicaSubject(replica, wire.VerbPing), nil)
+	cancel()
+	reason := ""
+	if err != nil {
+		reason = "health check: " + err.Error()
+	} else {
+		var rs worker.ReplicaStatus
+		if jerr := json.Unmarshal(m.Data, &rs); jerr != nil {
+			reason = "health check: bad reply: " + jerr.Error()
+		} else if !rs.Healthy {
+			reason = "check_health failed: " + rs.Error
+		}
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	st.mu.Lock()
+	h, ok := st.health[replica]
+	if !ok {
+		st.mu.Unlock()
+		return
+	}
+	h.inflight = false
+	h.next = start.Add(period)
+	if reason == "" {
+		h.fails = 0
+	} else {
+		h.fails++
+	}
+	fails := h.fails
+	st.mu.Unlock()
+	if reason == "" {
+		return
+	}
+	c.log.Warn("replica failed a health check", "replica", replica, "fails", fails, "reason", reason)
+	if fails < UnhealthyThreshold {
+		return
+	}
+	a, rev, ok := st.asgs.get(key)
+	if !ok || a.Desired != store.DesiredRun {
+		return
+	}
+	c.log.Warn("replica unhealthy; killing it", "deployment", a.Deployment, "replica", replica)
+	c.setDesired(ctx, st, view{a: a, rev: rev}, store.DesiredKill)
+}
+
+// reconfigure sends a new user_config to a running replica and records it in
+// the assignment when the replica took it.
+func (c *Controller) reconfigure(st *state, v view, spec *client.DeploymentSpec, cfg string) {
+	st.mu.Lock()
+	if st.busy[v.a.Replica] {
+		st.mu.Unlock()
+		return
+	}
+	st.busy[v.a.Replica] = true
+	st.mu.Unlock()
+	userConfig := spec.UserConfig
+	timeout := time.Duration(spec.HealthCheckTimeoutS * float64(time.Second))
+	go func() {
+		defer func() {
+			st.mu.Lock()
+			delete(st.busy, v.a.Replica)
+			st.mu.Unlock()
+		}()
+		m, err := c.nc.Request(wire.ReplicaSubject(v.a.Replica, wire.VerbReconfigure), userConfig, timeout)
+		if err == nil && m.Header.Get(wire.HeaderCode) != "" {
+			err = &client.Error{Code: m.Header.Get(wire.HeaderCode), Message: m.Header.Get(wire.HeaderError), Deployment: v.a.Deployment, Method: "Reconfigure"}
+		}
+		if err != nil {
+			c.log.Warn("reconfigure failed", "deployment", v.a.Deployment, "replica", v.a.Replica, "err", err)
+			return
+		}
+		a := v.a
+		a.UserConfig, a.ConfigHash = userConfig, cfg
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		rev, err := store.Update(ctx, c.kv.Assignments, a.Key(), a, v.rev)
+		if err != nil {
+			c.log.Warn("recording a reconfigure failed", "replica", a.Replica, "err", err)
+			return
+		}
+		st.asgs.put(a.Key(), rev, a)
+		c.log.Info("replica reconfigured", "deployment", a.Deployment, "replica", a.Replica)
+	}()
+}

@@ -1,0 +1,202 @@
+// Package store holds the control plane's state in JetStream key-value
+// buckets: the bucket names and settings, the records kept in them, and
+// typed, compare-and-set access. The controller and the node agents share
+// it; each key has one writer:
+//
+//	natserve_deployments  <deployment>        client.DeploymentSpec  controller (from the API)
+//	natserve_assignments  <node>.<replica>    Assignment             controller
+//	natserve_replicas     <replica>           ReplicaState           node agent
+//	natserve_nodes        <node>              Node                   node agent (heartbeat)
+//	natserve_leader       controller          Lease                  the leading controller
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Bucket names.
+const (
+	BucketDeployments = "natserve_deployments"
+	BucketAssignments = "natserve_assignments"
+	BucketReplicas    = "natserve_replicas"
+	BucketNodes       = "natserve_nodes"
+	BucketLeader      = "natserve_leader"
+)
+
+// LeaderKey is the key of the controller lease.
+const LeaderKey = "controller"
+
+// Config sets how buckets are created.
+type Config struct {
+	// Replicas is the JetStream replication factor (3 in a cluster). Default: 1.
+	Replicas int
+	// LeaseTTL is how long a controller lease lives without renewal. Default: 6s.
+	LeaseTTL time.Duration
+}
+
+// Buckets are the opened buckets.
+type Buckets struct {
+	Deployments jetstream.KeyValue
+	Assignments jetstream.KeyValue
+	Replicas    jetstream.KeyValue
+	Nodes       jetstream.KeyValue
+	Leader      jetstream.KeyValue
+}
+
+// Open creates the buckets that do not exist yet (with cfg) and opens them.
+func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Buckets, error) {
+	if cfg.Replicas == 0 {
+		cfg.Replicas = 1
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 6 * time.Second
+	}
+	open := func(name string, history uint8, ttl time.Duration) (jetstream.KeyValue, error) {
+		kv, err := js.KeyValue(ctx, name)
+		if err == nil {
+			return kv, nil
+		}
+		if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, fmt.Errorf("store: opening bucket %s: %w", name, err)
+		}
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: name, History: history, TTL: ttl, Replicas: cfg.Replicas, Storage: jetstream.FileStorage,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			return js.KeyValue(ctx, name)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store: creating bucket %s: %w", name, err)
+		}
+		return kv, nil
+	}
+	var b Buckets
+	var err error
+	if b.Deployments, err = open(BucketDeployments, 5, 0); err != nil {
+		return nil, err
+	}
+	if b.Assignments, err = open(BucketAssignments, 1, 0); err != nil {
+		return nil, err
+	}
+	if b.Replicas, err = open(BucketReplicas, 1, 0); err != nil {
+		return nil, err
+	}
+	if b.Nodes, err = open(BucketNodes, 1, 0); err != nil {
+		return nil, err
+	}
+	if b.Leader, err = open(BucketLeader, 1, cfg.LeaseTTL); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+// Desired states of an assignment.
+const (
+	DesiredRun  = "run"  // keep the replica running
+	DesiredStop = "stop" // drain it (SIGTERM), then the record is deleted
+	DesiredKill = "kill" // kill it at once (SIGKILL): it failed its health checks
+)
+
+// Assignment places one replica on one node.
+type Assignment struct {
+	Replica    string          `json:"replica"`
+	Node       string          `json:"node"`
+	Deployment string          `json:"deployment"`
+	Class      string          `json:"class"`
+	InitArgs   json.RawMessage `json:"init_args,omitempty"`
+	UserConfig json.RawMessage `json:"user_config,omitempty"`
+	Version    string          `json:"version,omitempty"`
+	// CodeHash identifies everything that needs a restart to change.
+	CodeHash string `json:"code_hash"`
+	// ConfigHash identifies the user_config the replica should have.
+	ConfigHash               string    `json:"config_hash"`
+	MaxOngoingRequests       int       `json:"max_ongoing_requests"`
+	GracefulShutdownTimeoutS float64   `json:"graceful_shutdown_timeout_s"`
+	Desired                  string    `json:"desired"`
+	Created                  time.Time `json:"created"`
+}
+
+// Key is the assignment's key.
+func (a *Assignment) Key() string { return AssignmentKey(a.Node, a.Replica) }
+
+// AssignmentKey is the key of a replica's assignment on node.
+func AssignmentKey(node, replica string) string { return node + "." + replica }
+
+// SplitAssignmentKey splits an assignment key into node and replica.
+func SplitAssignmentKey(key string) (node, replica string, ok bool) {
+	return strings.Cut(key, ".")
+}
+
+// ReplicaState is what a node agent observes of one replica.
+type ReplicaState struct {
+	Replica    string    `json:"replica"`
+	Node       string    `json:"node"`
+	Deployment string    `json:"deployment"`
+	PID        int       `json:"pid,omitempty"`
+	State      string    `json:"state"` // client.Replica* states
+	ExitCode   int       `json:"exit_code,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	CodeHash   string    `json:"code_hash"`
+	ConfigHash string    `json:"config_hash"`
+	Started    time.Time `json:"started,omitzero"`
+	Updated    time.Time `json:"updated"`
+}
+
+// Node is a node agent's heartbeat record.
+type Node struct {
+	Name      string    `json:"name"`
+	Host      string    `json:"host"`
+	PID       int       `json:"pid"`
+	Classes   []string  `json:"classes"`
+	Started   time.Time `json:"started"`
+	Heartbeat time.Time `json:"heartbeat"`
+}
+
+// Lease is the controller lease.
+type Lease struct {
+	Holder  string    `json:"holder"`
+	Host    string    `json:"host"`
+	PID     int       `json:"pid"`
+	Renewed time.Time `json:"renewed"`
+}
+
+// Put writes v as JSON under key, unconditionally.
+func Put(ctx context.Context, kv jetstream.KeyValue, key string, v any) (uint64, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0, err
+	}
+	return kv.Put(ctx, key, b)
+}
+
+// Update writes v under key if the key's revision is still rev (0: only if
+// the key does not exist). It returns jetstream.ErrKeyExists on a conflict.
+func Update(ctx context.Context, kv jetstream.KeyValue, key string, v any, rev uint64) (uint64, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0, err
+	}
+	if rev == 0 {
+		return kv.Create(ctx, key, b)
+	}
+	return kv.Update(ctx, key, b, rev)
+}
+
+// Get reads key into v and returns its revision.
+func Get(ctx context.Context, kv jetstream.KeyValue, key string, v any) (uint64, error) {
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	if err := json.Unmarshal(e.Value(), v); err != nil {
+		return 0, fmt.Errorf("store: %s/%s: %w", kv.Bucket(), key, err)
+	}
+	return e.Revision(), nil
+}

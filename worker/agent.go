@@ -1,0 +1,598 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/store"
+	"github.com/natserve/natserve/internal/wire"
+)
+
+// AgentConfig configures a node agent.
+type AgentConfig struct {
+	// Name is the node's name, unique in the cluster. Default: the host name.
+	Name string
+	// NATSURL is the broker (comma-separated for a cluster). Required.
+	NATSURL string
+	// NATSOptions are extra options for the agent's own connection.
+	NATSOptions []nats.Option
+	// Registry lists the classes this program provides. Required.
+	Registry *Registry
+	// Program is the binary re-executed for each replica with the argument
+	// "replica". Default: this program (os.Executable).
+	Program string
+	// HeartbeatInterval is how often the node's record is refreshed. Default: 1s.
+	HeartbeatInterval time.Duration
+	// ReadyTimeout bounds a replica's start (constructor included). Default: 5m.
+	ReadyTimeout time.Duration
+	// StopReplicasOnExit drains every replica when Run returns; otherwise they
+	// keep serving and a restarted agent adopts them. Default: false.
+	StopReplicasOnExit bool
+	// KillReplicasWithAgent gives replicas SIGKILL when the agent process
+	// dies (for natserve up, which must leave no orphans). Default: false.
+	KillReplicasWithAgent bool
+	// KVReplicas is the replication of buckets the agent creates. Default: 1.
+	KVReplicas int
+	// ReplicaOutput receives the replicas' stdout and stderr, each line
+	// prefixed with the deployment and replica. Default: os.Stderr.
+	ReplicaOutput io.Writer
+	// Logger is the agent's logger. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// Agent is a node agent: it heartbeats the node's record, starts the
+// replica processes the controller assigns to this node, watches them and
+// reports their state.
+type Agent struct {
+	cfg AgentConfig
+	log *slog.Logger
+
+	nc *nats.Conn
+	kv *store.Buckets
+
+	mu    sync.Mutex // guards procs
+	procs map[string]*proc
+
+	spawn chan func() // run on a locked OS thread when KillReplicasWithAgent
+	wg    sync.WaitGroup
+}
+
+// NewAgent returns an agent for cfg; it does no I/O.
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	if cfg.Registry == nil {
+		return nil, fmt.Errorf("agent: a registry is required")
+	}
+	if err := cfg.Registry.Err(); err != nil {
+		return nil, err
+	}
+	if cfg.Name == "" {
+		h, _ := os.Hostname()
+		cfg.Name = sanitizeName(h)
+	}
+	if err := wire.ValidateName("node name", cfg.Name); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if cfg.NATSURL == "" {
+		return nil, fmt.Errorf("agent: NATS URL is required")
+	}
+	if cfg.Program == "" {
+		p, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("agent: finding this program: %w", err)
+		}
+		cfg.Program = p
+	}
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = time.Second
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 5 * time.Minute
+	}
+	if cfg.ReplicaOutput == nil {
+		cfg.ReplicaOutput = os.Stderr
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), procs: map[string]*proc{}}, nil
+}
+
+func sanitizeName(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			b[i] = '-'
+		}
+	}
+	s = strings.TrimLeft(string(b), "-_")
+	if len(s) > wire.MaxNameLen {
+		s = s[:wire.MaxNameLen]
+	}
+	if s == "" {
+		return "node"
+	}
+	return s
+}
+
+// Name returns the node's name.
+func (a *Agent) Name() string { return a.cfg.Name }
+
+// Run registers the node and serves assignments until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	opts := append([]nats.Option{
+		nats.Name("natserve agent " + a.cfg.Name), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+	}, a.cfg.NATSOptions...)
+	nc, err := nats.Connect(a.cfg.NATSURL, opts...)
+	if err != nil {
+		return fmt.Errorf("agent %s: connecting to %s: %w", a.cfg.Name, a.cfg.NATSURL, err)
+	}
+	defer nc.Close()
+	a.nc = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if a.kv, err = openWithRetry(ctx, js, store.Config{Replicas: a.cfg.KVReplicas}); err != nil {
+		return fmt.Errorf("agent %s: %w", a.cfg.Name, err)
+	}
+	if a.cfg.KillReplicasWithAgent {
+		a.spawn = make(chan func())
+		go a.spawner(ctx)
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.adopt(runCtx)
+	if err := a.heartbeat(runCtx); err != nil {
+		return err
+	}
+	a.log.Info("node agent running", "classes", a.cfg.Registry.Classes(), "program", a.cfg.Program)
+
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		t := time.NewTicker(a.cfg.HeartbeatInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-t.C:
+				if err := a.heartbeat(runCtx); err != nil && runCtx.Err() == nil {
+					a.log.Warn("heartbeat failed", "err", err)
+				}
+			}
+		}
+	}()
+
+	err = a.watch(runCtx)
+	cancel()
+	a.wg.Wait()
+	if a.cfg.StopReplicasOnExit {
+		a.stopAll()
+	}
+	_ = a.kv.Nodes.Delete(context.Background(), a.cfg.Name)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func openWithRetry(ctx context.Context, js jetstream.JetStream, cfg store.Config) (*store.Buckets, error) {
+	for {
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		b, err := store.Open(octx, js, cfg)
+		cancel()
+		if err == nil {
+			return b, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (a *Agent) heartbeat(ctx context.Context) error {
+	host, _ := os.Hostname()
+	now := time.Now()
+	_, err := store.Put(ctx, a.kv.Nodes, a.cfg.Name, store.Node{
+		Name: a.cfg.Name, Host: host, PID: os.Getpid(), Classes: a.cfg.Registry.Classes(), Heartbeat: now,
+	})
+	return err
+}
+
+// watch applies this node's assignments as they change.
+func (a *Agent) watch(ctx context.Context) error {
+	w, err := a.kv.Assignments.Watch(ctx, a.cfg.Name+".*")
+	if err != nil {
+		return fmt.Errorf("agent %s: watching assignments: %w", a.cfg.Name, err)
+	}
+	defer func() { _ = w.Stop() }()
+	synced := false
+	seen := map[string]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return fmt.Errorf("agent %s: assignment watch closed", a.cfg.Name)
+			}
+			if e == nil { // initial values delivered: stop what is not assigned
+				synced = true
+				a.mu.Lock()
+				for id, p := range a.procs {
+					if !seen[id] {
+						a.log.Info("stopping unassigned replica", "replica", id)
+						go p.stop(syscall.SIGTERM)
+					}
+				}
+				a.mu.Unlock()
+				continue
+			}
+			_, replica, _ := store.SplitAssignmentKey(e.Key())
+			if !synced {
+				seen[replica] = true
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				a.stopReplica(replica, syscall.SIGTERM)
+				continue
+			}
+			var asg store.Assignment
+			if err := json.Unmarshal(e.Value(), &asg); err != nil {
+				a.log.Warn("bad assignment record", "key", e.Key(), "err", err)
+				continue
+			}
+			switch asg.Desired {
+			case store.DesiredRun:
+				a.startReplica(ctx, asg)
+			case store.DesiredStop:
+				a.stopReplica(replica, syscall.SIGTERM)
+			case store.DesiredKill:
+				a.stopReplica(replica, syscall.SIGKILL)
+			}
+		}
+	}
+}
+
+func (a *Agent) startReplica(ctx context.Context, asg store.Assignment) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.procs[asg.Replica]; ok {
+		return // running, or adopted
+	}
+	// A replica that already ran to its end must not start again.
+	var st store.ReplicaState
+	if _, err := store.Get(ctx, a.kv.Replicas, asg.Replica, &st); err == nil && (st.State == client.ReplicaStopped || st.State == client.ReplicaFailed) {
+		return
+	}
+	p := &proc{a: a, asg: asg, done: make(chan struct{})}
+	a.procs[asg.Replica] = p
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		p.run(ctx)
+		a.mu.Lock()
+		delete(a.procs, asg.Replica)
+		a.mu.Unlock()
+	}()
+}
+
+func (a *Agent) stopReplica(replica string, sig syscall.Signal) {
+	a.mu.Lock()
+	p := a.procs[replica]
+	a.mu.Unlock()
+	if p != nil {
+		p.stop(sig)
+	}
+}
+
+func (a *Agent) stopAll() {
+	a.mu.Lock()
+	ps := make([]*proc, 0, len(a.procs))
+	for _, p := range a.procs {
+		ps = append(ps, p)
+	}
+	a.mu.Unlock()
+	for _, p := range ps {
+		p.stop(syscall.SIGTERM)
+	}
+	for _, p := range ps {
+		timeout := time.Duration(p.asg.GracefulShutdownTimeoutS*float64(time.Second)) + 5*time.Second
+		select {
+		case <-p.done:
+		case <-time.After(timeout):
+			p.stop(syscall.SIGKILL)
+			<-p.done
+		}
+	}
+}
+
+// spawner starts processes from one locked OS thread, so that
+// Pdeathsig (sent when the starting thread exits) fires only when the
+// agent process dies.
+func (a *Agent) spawner(ctx context.Context) {
+	runtime.LockOSThread() // never unlocked: the thread lives as long as the process
+	for {
+		select {
+		case f := <-a.spawn:
+			f()
+		case <-ctx.Done():
+			// keep serving spawn requests made during shutdown
+			for {
+				f := <-a.spawn
+				f()
+			}
+		}
+	}
+}
+
+// adopt takes over replicas a previous agent of this node started and that
+// still answer: their processes keep running, unchanged.
+func (a *Agent) adopt(ctx context.Context) {
+	keys, err := a.kv.Replicas.ListKeys(ctx)
+	if err != nil {
+		return
+	}
+	for key := range keys.Keys() {
+		var st store.ReplicaState
+		rev, err := store.Get(ctx, a.kv.Replicas, key, &st)
+		if err != nil || st.Node != a.cfg.Name || (st.State != client.ReplicaRunning && st.State != client.ReplicaStarting) {
+			continue
+		}
+		var asg store.Assignment
+		if _, err := store.Get(ctx, a.kv.Assignments, store.AssignmentKey(a.cfg.Name, st.Replica), &asg); err != nil {
+			continue
+		}
+		if st.PID > 0 && syscall.Kill(st.PID, 0) == nil && a.ping(st.Replica, time.Second) == nil {
+			p := &proc{a: a, asg: asg, pid: st.PID, adopted: true, done: make(chan struct{})}
+			a.mu.Lock()
+			a.procs[st.Replica] = p
+			a.mu.Unlock()
+			a.log.Info("adopted replica", "replica", st.Replica, "pid", st.PID)
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				p.watchAdopted(ctx)
+				a.mu.Lock()
+				delete(a.procs, st.Replica)
+				a.mu.Unlock()
+			}()
+			continue
+		}
+		st.State, st.Error, st.Updated = client.ReplicaFailed, "lost while its node agent was down", time.Now()
+		_, _ = store.Update(ctx, a.kv.Replicas, key, st, rev)
+	}
+}
+
+func (a *Agent) ping(replica string, timeout time.Duration) error {
+	_, err := a.nc.Request(wire.ReplicaSubject(replica, wire.VerbPing), nil, timeout)
+	return err
+}
+
+// proc is one replica process.
+type proc struct {
+	a       *Agent
+	asg     store.Assignment
+	adopted bool
+
+	mu      sync.Mutex // guards cmd, pid, stopped
+	cmd     *exec.Cmd
+	pid     int
+	stopped bool
+
+	done chan struct{} // closed when the process has exited
+}
+
+func (p *proc) state(s string, pid, exit int, msg string, started time.Time) {
+	st := store.ReplicaState{
+		Replica: p.asg.Replica, Node: p.asg.Node, Deployment: p.asg.Deployment, PID: pid, State: s,
+		ExitCode: exit, Error: msg, CodeHash: p.asg.CodeHash, ConfigHash: p.asg.ConfigHash, Started: started, Updated: time.Now(),
+	}
+	for i := 0; i < 3; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := store.Put(ctx, p.a.kv.Replicas, p.asg.Replica, st)
+		cancel()
+		if err == nil {
+			return
+		}
+		p.a.log.Warn("writing replica state failed", "replica", p.asg.Replica, "state", s, "err", err)
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (p *proc) run(ctx context.Context) {
+	defer close(p.done)
+	spec := ReplicaSpec{
+		Deployment: p.asg.Deployment, Class: p.asg.Class, Replica: p.asg.Replica, Version: p.asg.Version, Node: p.asg.Node,
+		InitArgs: p.asg.InitArgs, UserConfig: p.asg.UserConfig, MaxOngoingRequests: p.asg.MaxOngoingRequests,
+		GracefulShutdownTimeoutS: p.asg.GracefulShutdownTimeoutS, NATSURL: p.a.cfg.NATSURL,
+	}
+	specJSON, _ := json.Marshal(spec)
+	tail := &tailWriter{max: 8 << 10}
+	out := io.MultiWriter(tail, &prefixWriter{w: p.a.cfg.ReplicaOutput, prefix: "[" + p.asg.Deployment + " " + p.asg.Replica + "] "})
+	cmd := exec.Command(p.a.cfg.Program, "replica")
+	cmd.Env = append(os.Environ(), SpecEnv+"="+string(specJSON))
+	cmd.Stdout, cmd.Stderr = out, out
+	if p.a.cfg.KillReplicasWithAgent {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	}
+	var startErr error
+	if p.a.spawn != nil {
+		done := make(chan struct{})
+		p.a.spawn <- func() { startErr = cmd.Start(); close(done) }
+		<-done
+	} else {
+		startErr = cmd.Start()
+	}
+	started := time.Now()
+	if startErr != nil {
+		p.state(client.ReplicaFailed, 0, -1, "starting "+p.a.cfg.Program+": "+startErr.Error(), started)
+		return
+	}
+	p.mu.Lock()
+	p.cmd, p.pid = cmd, cmd.Process.Pid
+	stopped := p.stopped
+	p.mu.Unlock()
+	if stopped {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+	}
+	pid := cmd.Process.Pid
+	p.a.log.Info("replica started", "deployment", p.asg.Deployment, "replica", p.asg.Replica, "pid", pid)
+	p.state(client.ReplicaStarting, pid, 0, "", started)
+
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	// Ready when it answers a ping.
+	ready := time.NewTicker(25 * time.Millisecond)
+	readyBy := time.After(p.a.cfg.ReadyTimeout)
+	var waitErr error
+wait:
+	for {
+		select {
+		case waitErr = <-exited:
+			ready.Stop()
+			p.exit(waitErr, tail, started)
+			return
+		case <-ready.C:
+			if p.a.ping(p.asg.Replica, 250*time.Millisecond) == nil {
+				break wait
+			}
+		case <-readyBy:
+			p.a.log.Warn("replica not ready in time; killing it", "replica", p.asg.Replica, "ready_timeout", p.a.cfg.ReadyTimeout)
+			_ = cmd.Process.Kill()
+		}
+	}
+	ready.Stop()
+	p.state(client.ReplicaRunning, pid, 0, "", started)
+	p.exit(<-exited, tail, started)
+}
+
+func (p *proc) exit(err error, tail *tailWriter, started time.Time) {
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = -int(ws.Signal())
+		}
+	}
+	p.mu.Lock()
+	stopped := p.stopped
+	p.mu.Unlock()
+	state, msg := client.ReplicaStopped, ""
+	if code != 0 || !stopped {
+		state = client.ReplicaFailed
+		msg = tail.lastLine()
+		if code < 0 {
+			msg = fmt.Sprintf("killed by signal %d", -code)
+		} else if msg == "" {
+			msg = fmt.Sprintf("exited with code %d", code)
+		}
+	}
+	p.a.log.Info("replica exited", "deployment", p.asg.Deployment, "replica", p.asg.Replica, "code", code, "state", state)
+	p.state(state, p.pid, code, msg, started)
+}
+
+func (p *proc) stop(sig syscall.Signal) {
+	p.mu.Lock()
+	p.stopped = true
+	pid := p.pid
+	p.mu.Unlock()
+	if pid > 0 {
+		_ = syscall.Kill(pid, sig)
+	}
+}
+
+// watchAdopted follows a replica this agent did not start, by pid.
+func (p *proc) watchAdopted(ctx context.Context) {
+	defer close(p.done)
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if syscall.Kill(p.pid, 0) != nil {
+				p.mu.Lock()
+				stopped := p.stopped
+				p.mu.Unlock()
+				state := client.ReplicaFailed
+				if stopped {
+					state = client.ReplicaStopped
+				}
+				p.state(state, p.pid, 0, "adopted replica exited", time.Time{})
+				return
+			}
+		}
+	}
+}
+
+// tailWriter keeps the last max bytes written.
+type tailWriter struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailWriter) lastLine() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	lines := bytes.Split(bytes.TrimSpace(t.b), []byte("\n"))
+	return strings.TrimSpace(string(lines[len(lines)-1]))
+}
+
+// prefixWriter prefixes each line.
+type prefixWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+	mid    bool
+}
+
+func (pw *prefixWriter) Write(p []byte) (int, error) {
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	var out []byte
+	for _, c := range p {
+		if !pw.mid {
+			out = append(out, pw.prefix...)
+			pw.mid = true
+		}
+		out = append(out, c)
+		if c == '\n' {
+			pw.mid = false
+		}
+	}
+	_, err := pw.w.Write(out)
+	return len(p), err
+}
