@@ -60,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runBroker(ctx, rest, stdout, stderr)
 	case "controller":
 		return runController(ctx, rest, stderr)
+	case "ingress":
+		return runIngress(ctx, rest, stdout, stderr)
 	case "worker":
 		return worker.Run(ctx, registry(), append([]string{"agent"}, rest...), stdout, stderr)
 	case "replica", "classes":

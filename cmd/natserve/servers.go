@@ -12,6 +12,7 @@ import (
 
 	"github.com/natserve/natserve/broker"
 	"github.com/natserve/natserve/controlplane"
+	"github.com/natserve/natserve/ingress"
 )
 
 func envOr(key, def string) string {
@@ -101,4 +102,48 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	return c.Run(ctx)
+}
+
+func ingressFlags(fs *flag.FlagSet) *ingress.Config {
+	d := ingress.DefaultConfig()
+	cfg := &ingress.Config{}
+	fs.StringVar(&cfg.Addr, "addr", d.Addr, "HTTP listen address")
+	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", d.RequestTimeout, "deadline of each request (request_timeout_s)")
+	fs.IntVar(&cfg.MaxBusyRetries, "max-busy-retries", 0, "retries while every replica is busy before 503 (0: until the deadline)")
+	fs.IntVar(&cfg.MaxRequestBodySize, "max-body-size", 0, "request body limit in bytes (default and cap: the broker's max payload less headers)")
+	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", d.MaxHeaderBytes, "request line and headers limit (431 above)")
+	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", d.ReadTimeout, "time to read one request (slowloris guard)")
+	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", d.WriteTimeout, "time to write one response")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", d.IdleTimeout, "keep-alive idle timeout (keep_alive_timeout_s)")
+	fs.IntVar(&cfg.MaxConnections, "max-connections", d.MaxConnections, "open connection limit")
+	fs.DurationVar(&cfg.DrainDelay, "drain-delay", 0, "on shutdown, how long /-/healthz answers 503 before the listener closes")
+	return cfg
+}
+
+func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ingress", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("nats", envOr("NATSERVE_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated ($NATSERVE_URL)")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	cfg := ingressFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+	cfg.NATSURL, cfg.Logger = *url, log
+	g, err := ingress.New(*cfg)
+	if err != nil {
+		return err
+	}
+	if err := g.Start(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "natserve ingress listening on http://%s\n", g.Addr())
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.DrainDelay+cfg.RequestTimeout+5*time.Second)
+	defer cancel()
+	return g.Shutdown(sctx)
 }

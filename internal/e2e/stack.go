@@ -8,6 +8,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -228,3 +231,58 @@ func ProcessAlive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 
 // Env returns the environment entry for key from the test's environment.
 func Env(key string) string { return strings.TrimSpace(os.Getenv(key)) }
+
+// FreePort returns a loopback port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Ingress starts an ingress process with extra flags and waits until it
+// answers /-/healthz; it returns the base URL.
+func (s *Stack) Ingress(flags ...string) (string, *testutil.Proc) {
+	s.T.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(s.T))
+	args := append([]string{"ingress", "-nats", s.URL, "-addr", addr}, flags...)
+	p := testutil.Start(s.T, nil, s.Natserve, args...)
+	base := "http://" + addr
+	testutil.Eventually(s.T, 20*time.Second, func() error {
+		if p.Exited() {
+			s.T.Fatalf("ingress exited:\n%s", p.Output())
+		}
+		r, err := http.Get(base + "/-/healthz")
+		if err != nil {
+			return err
+		}
+		r.Body.Close()
+		if r.StatusCode != 200 {
+			return fmt.Errorf("healthz %d", r.StatusCode)
+		}
+		return nil
+	})
+	return base, p
+}
+
+// HTTP does a request and returns the status, body and headers.
+func HTTP(t testing.TB, method, url, body string, hdr ...string) (int, string, http.Header) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}

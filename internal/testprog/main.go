@@ -5,12 +5,16 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
+	"github.com/natserve/natserve/examples/seed"
 	"github.com/natserve/natserve/worker"
 )
 
@@ -147,9 +151,37 @@ func (p *Probe) Relay(ctx context.Context, target string, a, b float64) (string,
 	return fmt.Sprintf("%s via pid %d: %v", target, os.Getpid(), sum), nil
 }
 
+// NewRouter is a net/http mux with path parameters and a JSON endpoint.
+func NewRouter(greeting string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /items/{id}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s item %s (pid %d, prefix %s)", greeting, r.PathValue("id"), os.Getpid(), r.Header.Get("X-Forwarded-Prefix"))
+	})
+	mux.HandleFunc("GET /sleep", func(w http.ResponseWriter, r *http.Request) {
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		fmt.Fprintf(w, "slept %d ms", ms)
+	})
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) })
+	mux.HandleFunc("POST /echo", func(w http.ResponseWriter, r *http.Request) {
+		var in map[string]any
+		if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
+			http.Error(w, "bad json: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		in["echoed"] = true
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_ = json.NewEncoder(w).Encode(in)
+	})
+	return mux
+}
+
 func main() {
 	var reg worker.Registry
 	reg.Class("Probe", NewProbe)
 	reg.Func("double", func(x int) int { return 2 * x })
+	reg.HTTPHandler("Router", NewRouter)
+	seed.Register(&reg)
 	worker.Main(&reg)
 }

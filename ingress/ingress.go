@@ -1,0 +1,301 @@
+// Package ingress is natserve's HTTP front door: a fasthttp server that
+// matches each request's path against the route table (watched from the
+// control plane's KV, swapped atomically), wraps the request in a msgpack
+// envelope and sends it to the deployment's NATS queue group, and writes the
+// replica's reply back. Ingresses are stateless; run as many as needed.
+//
+// Errors map to HTTP status in one table (wire.Code.HTTPStatus): unknown
+// route 404, no replica 503 with Retry-After, every replica busy 503,
+// deadline 504, user error 500, body over the limit 413, headers too large
+// 431, malformed request 400.
+package ingress
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/store"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/valyala/fasthttp"
+)
+
+// Config configures an Ingress.
+type Config struct {
+	// Addr is the listen address. Default: 127.0.0.1:8000.
+	Addr string
+	// NATSURL is the broker (comma-separated for a cluster).
+	NATSURL string
+	// NATSOptions are extra connection options (e.g. in-process).
+	NATSOptions []nats.Option
+	// RequestTimeout is each request's deadline (request_timeout_s). Default: 60s.
+	RequestTimeout time.Duration
+	// MaxBusyRetries bounds how often a request that found every replica
+	// busy is retried before 503; 0 retries until the deadline. Default: 0.
+	MaxBusyRetries int
+	// MaxRequestBodySize is the body limit in bytes; it is capped so that an
+	// envelope fits the broker's max payload. Default: that cap.
+	MaxRequestBodySize int
+	// MaxHeaderBytes bounds the request line and headers (431 above). Default: 16 KiB.
+	MaxHeaderBytes int
+	// ReadTimeout bounds reading one request, headers and body (slowloris). Default: 30s.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds writing one response. Default: 30s.
+	WriteTimeout time.Duration
+	// IdleTimeout bounds a keep-alive connection's wait for its next request. Default: 90s.
+	IdleTimeout time.Duration
+	// MaxConnections bounds open connections. Default: 100000.
+	MaxConnections int
+	// DrainDelay is how long /-/healthz answers 503 before the listener
+	// closes on Shutdown, so load balancers stop sending. Default: 0.
+	DrainDelay time.Duration
+	// Logger. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Addr: "127.0.0.1:8000", RequestTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,
+		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 90 * time.Second, MaxConnections: 100000,
+	}
+}
+
+// ErrConfig is returned (wrapped) by New for a bad configuration.
+var ErrConfig = errors.New("ingress config")
+
+// Validate reports the first problem with c.
+func (c *Config) Validate() error {
+	switch {
+	case c.NATSURL == "" && len(c.NATSOptions) == 0:
+		return fmt.Errorf("%w: NATS URL is required", ErrConfig)
+	case c.RequestTimeout <= 0:
+		return fmt.Errorf("%w: request timeout must be positive", ErrConfig)
+	case c.MaxHeaderBytes < 1024:
+		return fmt.Errorf("%w: max header bytes %d is below 1024", ErrConfig, c.MaxHeaderBytes)
+	case c.MaxRequestBodySize < 0:
+		return fmt.Errorf("%w: max request body size is negative", ErrConfig)
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		return fmt.Errorf("%w: listen address %q: %v", ErrConfig, c.Addr, err)
+	}
+	return nil
+}
+
+// Ingress is the HTTP server.
+type Ingress struct {
+	cfg Config
+	log *slog.Logger
+
+	routes   atomic.Pointer[table]
+	draining atomic.Bool
+
+	nc      *nats.Conn
+	cl      *client.Client
+	srv     *fasthttp.Server
+	maxBody int
+
+	mu   sync.Mutex // guards ln, done
+	ln   net.Listener
+	done chan struct{}
+}
+
+// New returns an ingress for cfg (defaults filled in); it does no I/O.
+func New(cfg Config) (*Ingress, error) {
+	d := DefaultConfig()
+	if cfg.Addr == "" {
+		cfg.Addr = d.Addr
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = d.RequestTimeout
+	}
+	if cfg.MaxHeaderBytes == 0 {
+		cfg.MaxHeaderBytes = d.MaxHeaderBytes
+	}
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = d.ReadTimeout
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = d.WriteTimeout
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = d.IdleTimeout
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = d.MaxConnections
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	g := &Ingress{cfg: cfg, log: cfg.Logger.With("component", "ingress")}
+	g.routes.Store(newTable(nil))
+	return g, nil
+}
+
+// Start connects to NATS, starts watching routes and listens. It returns
+// once the listener is open; Addr then reports it.
+func (g *Ingress) Start(ctx context.Context) error {
+	opts := append([]nats.Option{
+		nats.Name("natserve ingress"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+	}, g.cfg.NATSOptions...)
+	nc, err := nats.Connect(g.cfg.NATSURL, opts...)
+	if err != nil {
+		return fmt.Errorf("ingress: connecting to %s: %w", g.cfg.NATSURL, err)
+	}
+	g.nc = nc
+	g.cl = client.New(nc, client.WithTimeout(g.cfg.RequestTimeout), client.WithMaxBusyRetries(g.cfg.MaxBusyRetries))
+	// The envelope must fit the broker's max payload: leave room for the
+	// headers, the NATS headers and the envelope's own framing.
+	limit := int(nc.MaxPayload()) - g.cfg.MaxHeaderBytes - 4096
+	if limit < 1024 {
+		nc.Close()
+		return fmt.Errorf("ingress: the broker's max payload %d leaves no room for a body", nc.MaxPayload())
+	}
+	g.maxBody = limit
+	if g.cfg.MaxRequestBodySize > 0 && g.cfg.MaxRequestBodySize < limit {
+		g.maxBody = g.cfg.MaxRequestBodySize
+	}
+	g.srv = &fasthttp.Server{
+		Handler:                       g.serve,
+		ErrorHandler:                  g.parseError,
+		Name:                          "natserve",
+		Concurrency:                   g.cfg.MaxConnections,
+		ReadBufferSize:                g.cfg.MaxHeaderBytes,
+		ReadTimeout:                   g.cfg.ReadTimeout,
+		WriteTimeout:                  g.cfg.WriteTimeout,
+		IdleTimeout:                   g.cfg.IdleTimeout,
+		MaxRequestBodySize:            g.maxBody,
+		CloseOnShutdown:               true,
+		DisablePreParseMultipartForm:  true,
+		NoDefaultContentType:          true,
+		DisableHeaderNamesNormalizing: false,
+		Logger:                        fasthttpLogger{g.log},
+	}
+	ln, err := net.Listen("tcp", g.cfg.Addr)
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("ingress: cannot listen on %s: %w", g.cfg.Addr, err)
+	}
+	g.mu.Lock()
+	g.ln, g.done = ln, make(chan struct{})
+	g.mu.Unlock()
+	go g.watchRoutes(ctx)
+	go func() {
+		defer close(g.done)
+		if err := g.srv.Serve(ln); err != nil {
+			g.log.Error("http server stopped", "err", err)
+		}
+	}()
+	g.log.Info("ingress listening", "addr", ln.Addr().String(), "max_body_bytes", g.maxBody, "request_timeout", g.cfg.RequestTimeout)
+	return nil
+}
+
+// Addr returns the listen address once started.
+func (g *Ingress) Addr() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ln == nil {
+		return ""
+	}
+	return g.ln.Addr().String()
+}
+
+// MaxBodySize is the body limit in force.
+func (g *Ingress) MaxBodySize() int { return g.maxBody }
+
+// Shutdown drains: /-/healthz answers 503 for DrainDelay, then the listener
+// closes, in-flight requests finish (until ctx ends) and the NATS
+// connection drains. Idempotent.
+func (g *Ingress) Shutdown(ctx context.Context) error {
+	if g.draining.Swap(true) {
+		return nil
+	}
+	g.log.Info("ingress draining", "drain_delay", g.cfg.DrainDelay)
+	select {
+	case <-time.After(g.cfg.DrainDelay):
+	case <-ctx.Done():
+	}
+	var err error
+	if g.srv != nil {
+		err = g.srv.ShutdownWithContext(ctx)
+		g.mu.Lock()
+		done := g.done
+		g.mu.Unlock()
+		if done != nil {
+			<-done
+		}
+	}
+	if g.nc != nil {
+		_ = g.nc.Drain()
+	}
+	return err
+}
+
+// watchRoutes keeps the route table equal to the deployments in KV.
+func (g *Ingress) watchRoutes(ctx context.Context) {
+	js, err := jetstream.New(g.nc)
+	if err != nil {
+		g.log.Error("jetstream", "err", err)
+		return
+	}
+	for ctx.Err() == nil && !g.draining.Load() {
+		kv, err := js.KeyValue(ctx, store.BucketDeployments)
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+				continue
+			}
+		}
+		w, err := kv.WatchAll(ctx)
+		if err != nil {
+			time.Sleep(500 * time.Millisecond)
+			continue
+		}
+		specs := map[string]client.DeploymentSpec{}
+		for e := range w.Updates() {
+			if e == nil {
+				g.setRoutes(specs)
+				continue
+			}
+			if e.Operation() == jetstream.KeyValuePut {
+				var s client.DeploymentSpec
+				if json.Unmarshal(e.Value(), &s) == nil {
+					specs[e.Key()] = s
+				}
+			} else {
+				delete(specs, e.Key())
+			}
+			g.setRoutes(specs)
+		}
+		_ = w.Stop()
+	}
+}
+
+func (g *Ingress) setRoutes(specs map[string]client.DeploymentSpec) {
+	routes := map[string]string{}
+	for name, s := range specs {
+		if p, on := s.Route(); on {
+			routes[p] = name
+		}
+	}
+	g.routes.Store(newTable(routes))
+}
+
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Debug("fasthttp", "msg", fmt.Sprintf(format, args...))
+}

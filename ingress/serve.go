@@ -1,0 +1,154 @@
+package ingress
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/valyala/fasthttp"
+)
+
+const headerRequestID = "X-Request-Id"
+
+var (
+	pathRoutes  = []byte("/-/routes")
+	pathHealthz = []byte("/-/healthz")
+)
+
+// hopHeaders are not forwarded (RFC 9110 §7.6.1).
+var hopHeaders = map[string]bool{
+	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true, "Trailer": true,
+	"Transfer-Encoding": true, "Upgrade": true, "Proxy-Authorization": true, "Proxy-Authenticate": true,
+}
+
+// serve handles one HTTP request.
+func (g *Ingress) serve(ctx *fasthttp.RequestCtx) {
+	defer func() {
+		if p := recover(); p != nil {
+			g.log.Error("ingress handler panicked", "panic", fmt.Sprint(p), "path", string(ctx.Path()))
+			ctx.ResetBody()
+			ctx.Error("internal error", fasthttp.StatusInternalServerError)
+		}
+	}()
+	path := ctx.Path()
+	if len(path) > 2 && path[1] == '-' && path[2] == '/' {
+		g.serveInternal(ctx, path)
+		return
+	}
+	id := string(ctx.Request.Header.Peek(headerRequestID))
+	if !wire.ValidRequestID(id) {
+		id = client.NewRequestID()
+	}
+	ctx.Response.Header.Set(headerRequestID, id)
+
+	rt := g.routes.Load().match(path)
+	if rt == nil {
+		ctx.Error("no deployment serves "+string(path)+"\n", fasthttp.StatusNotFound)
+		return
+	}
+
+	// The envelope: method, path, prefix, query, headers, body.
+	req := &ctx.Request
+	n := 0
+	for k := range req.Header.All() {
+		if !hopHeaders[string(k)] {
+			n++
+		}
+	}
+	buf := make([]byte, 0, 64+len(path)+len(req.URI().QueryString())+req.Header.Len()*32+len(req.Body()))
+	buf = wire.AppendHTTPRequestHead(buf, req.Header.Method(), path, []byte(rt.prefix), req.URI().QueryString(), n)
+	for k, v := range req.Header.All() {
+		if !hopHeaders[string(k)] {
+			buf = wire.AppendHeader(buf, k, v)
+		}
+	}
+	buf = wire.AppendBody(buf, req.Body())
+
+	msg := &nats.Msg{Subject: rt.subject, Data: buf, Header: nats.Header{
+		wire.HeaderKind:      []string{wire.KindHTTP},
+		wire.HeaderRequestID: []string{id},
+	}}
+	rctx, cancel := context.WithTimeout(context.Background(), g.cfg.RequestTimeout)
+	reply, err := g.cl.RequestMsg(rctx, rt.deployment, "", msg)
+	cancel()
+	if err != nil {
+		g.writeError(ctx, rt.deployment, err)
+		return
+	}
+	rep, err := wire.DecodeHTTPReply(reply.Data)
+	if err != nil {
+		g.log.Warn("bad reply from replica", "deployment", rt.deployment, "replica", reply.Header.Get(wire.HeaderReplica), "err", err)
+		ctx.Error("bad reply from deployment "+rt.deployment+"\n", fasthttp.StatusBadGateway)
+		return
+	}
+	ctx.SetStatusCode(rep.Status)
+	for i := 0; i+1 < len(rep.Headers); i += 2 {
+		if !hopHeaders[rep.Headers[i]] && rep.Headers[i] != "Content-Length" {
+			ctx.Response.Header.Add(rep.Headers[i], rep.Headers[i+1])
+		}
+	}
+	ctx.Response.Header.Set(headerRequestID, id)
+	ctx.SetBody(rep.Body)
+}
+
+// writeError answers a failed request with the code's status and a
+// one-line body.
+func (g *Ingress) writeError(ctx *fasthttp.RequestCtx, deployment string, err error) {
+	var ce *client.Error
+	if !errors.As(err, &ce) {
+		g.log.Warn("request failed", "deployment", deployment, "err", err)
+		ctx.Error("deployment "+deployment+": "+err.Error()+"\n", fasthttp.StatusBadGateway)
+		return
+	}
+	status := ce.HTTPStatus()
+	msg := ce.Message
+	if len(msg) > 2048 {
+		msg = msg[:2048] + "…"
+	}
+	// Not ctx.Error: it drops the headers set so far (X-Request-Id).
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("text/plain; charset=utf-8")
+	ctx.SetBodyString(fmt.Sprintf("deployment %s: %s: %s\n", deployment, ce.Code, msg))
+	if status == fasthttp.StatusServiceUnavailable {
+		ctx.Response.Header.Set("Retry-After", "1")
+	}
+}
+
+func (g *Ingress) serveInternal(ctx *fasthttp.RequestCtx, path []byte) {
+	switch {
+	case bytes.Equal(path, pathRoutes):
+		ctx.SetContentType("application/json")
+		ctx.SetBody(g.routes.Load().json)
+	case bytes.Equal(path, pathHealthz):
+		if g.draining.Load() {
+			ctx.Error("This node is being drained.\n", fasthttp.StatusServiceUnavailable)
+			return
+		}
+		ctx.SetContentType("text/plain; charset=utf-8")
+		ctx.SetBodyString("success")
+	default:
+		ctx.Error("not found\n", fasthttp.StatusNotFound)
+	}
+}
+
+// parseError answers requests fasthttp could not parse.
+func (g *Ingress) parseError(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	var netErr *net.OpError
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		ctx.Error("request body is larger than "+strconv.Itoa(g.maxBody)+" bytes\n", fasthttp.StatusRequestEntityTooLarge)
+	case errors.As(err, &small):
+		ctx.Error("request headers are larger than "+strconv.Itoa(g.cfg.MaxHeaderBytes)+" bytes\n", fasthttp.StatusRequestHeaderFieldsTooLarge)
+	case errors.As(err, &netErr) && netErr.Timeout():
+		ctx.Error("request not read in time\n", fasthttp.StatusRequestTimeout)
+	default:
+		ctx.Error("malformed request\n", fasthttp.StatusBadRequest)
+	}
+}
