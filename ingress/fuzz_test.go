@@ -6,10 +6,10 @@ import (
 	"context"
 	"testing"
 
+	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/testutil"
 	"github.com/natserve/natserve/internal/wire"
-	"github.com/nats-io/nats.go"
 	"github.com/valyala/fasthttp"
 )
 

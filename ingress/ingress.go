@@ -21,10 +21,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/natserve/natserve/client"
-	"github.com/natserve/natserve/internal/store"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/store"
 	"github.com/valyala/fasthttp"
 )
 

@@ -8,9 +8,9 @@ import (
 	"net"
 	"strconv"
 
+	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/wire"
-	"github.com/nats-io/nats.go"
 	"github.com/valyala/fasthttp"
 )
 
