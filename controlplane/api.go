@@ -71,15 +71,9 @@ func decodeStrict(b []byte, v any) error {
 func (c *Controller) handle(ctx context.Context, st *state, verb string, body []byte) (any, error) {
 	switch verb {
 	case wire.APIDeploy:
-		var spec client.DeploymentSpec
-		if err := decodeStrict(body, &spec); err != nil {
+		spec, err := decodeSpec(body)
+		if err != nil {
 			return nil, err
-		}
-		var present struct {
-			NumReplicas *int `json:"num_replicas"`
-		}
-		if json.Unmarshal(body, &present) == nil && present.NumReplicas == nil {
-			spec.NumReplicas = client.DefaultNumReplicas
 		}
 		return c.deploy(ctx, st, spec)
 	case wire.APIDelete:
@@ -127,6 +121,12 @@ func (c *Controller) handle(ctx context.Context, st *state, verb string, body []
 		return c.deploy(ctx, st, spec)
 	case wire.APIStatus:
 		return c.status(st), nil
+	case wire.APIApply:
+		var req wire.APIApplyRequest
+		if err := decodeStrict(body, &req); err != nil {
+			return nil, err
+		}
+		return c.apply(ctx, st, req)
 	}
 	return nil, fail(wire.APIInvalid, "unknown control API verb %q", verb)
 }
@@ -138,11 +138,122 @@ func conflictOr(err error, name string) error {
 	return err
 }
 
+// decodeSpec decodes one spec from the API; an absent num_replicas is 1.
+func decodeSpec(body []byte) (client.DeploymentSpec, error) {
+	var spec client.DeploymentSpec
+	if err := decodeStrict(body, &spec); err != nil {
+		return spec, err
+	}
+	var present struct {
+		NumReplicas *int `json:"num_replicas"`
+	}
+	if json.Unmarshal(body, &present) == nil && present.NumReplicas == nil {
+		spec.NumReplicas = client.DefaultNumReplicas
+	}
+	return spec, nil
+}
+
 // deploy validates a spec and writes it; equal specs are not rewritten, so
 // applying the same spec twice restarts nothing.
 func (c *Controller) deploy(ctx context.Context, st *state, spec client.DeploymentSpec) (any, error) {
+	if err := c.validate(st, &spec, nil); err != nil {
+		return nil, err
+	}
+	old, rev, exists := st.deps.get(spec.Name)
+	if exists && sameSpec(old, spec) {
+		return c.view(st, spec), nil
+	}
+	if err := c.write(ctx, st, spec, rev); err != nil {
+		return nil, err
+	}
+	return c.view(st, spec), nil
+}
+
+func sameSpec(a, b client.DeploymentSpec) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return bytes.Equal(x, y)
+}
+
+func (c *Controller) write(ctx context.Context, st *state, spec client.DeploymentSpec, rev uint64) error {
+	nrev, err := store.Update(ctx, c.kv.Deployments, spec.Name, spec, rev)
+	if err != nil {
+		return conflictOr(err, spec.Name)
+	}
+	st.deps.put(spec.Name, nrev, spec)
+	c.log.Info("deployment applied", "deployment", spec.Name, "class", spec.Class, "num_replicas", spec.NumReplicas, "revision", nrev)
+	return nil
+}
+
+// apply validates a whole set against the state it will produce, then
+// writes it: a set with any error changes nothing.
+func (c *Controller) apply(ctx context.Context, st *state, req wire.APIApplyRequest) (any, error) {
+	specs := make([]client.DeploymentSpec, 0, len(req.Deployments))
+	routes := map[string]string{} // the routes after the apply
+	names := map[string]bool{}
+	for _, raw := range req.Deployments {
+		spec, err := decodeSpec(raw)
+		if err != nil {
+			return nil, err
+		}
+		if names[spec.Name] {
+			return nil, fail(wire.APIInvalid, "%s: name: listed twice", spec.Name)
+		}
+		names[spec.Name] = true
+		specs = append(specs, spec)
+	}
+	for _, d := range st.deps.all() {
+		if p, on := d.val.Route(); on && !names[d.key] && !req.Prune {
+			routes[p] = d.key
+		}
+	}
+	for i := range specs {
+		if err := c.validate(st, &specs[i], routes); err != nil {
+			return nil, err
+		}
+	}
+	var res wire.APIApplyResult
+	for _, spec := range specs {
+		old, rev, exists := st.deps.get(spec.Name)
+		switch {
+		case exists && sameSpec(old, spec):
+			res.Unchanged = append(res.Unchanged, spec.Name)
+			continue
+		case exists:
+			res.Updated = append(res.Updated, spec.Name)
+		default:
+			res.Created = append(res.Created, spec.Name)
+		}
+		if !req.DryRun {
+			if err := c.write(ctx, st, spec, rev); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if req.Prune {
+		for _, d := range st.deps.all() {
+			if names[d.key] {
+				continue
+			}
+			res.Deleted = append(res.Deleted, d.key)
+			if !req.DryRun {
+				if err := c.kv.Deployments.Delete(ctx, d.key, jetstream.LastRevision(d.rev)); err != nil {
+					return nil, conflictOr(err, d.key)
+				}
+				st.deps.del(d.key, d.rev)
+				c.log.Info("deployment pruned", "deployment", d.key)
+			}
+		}
+	}
+	return res, nil
+}
+
+// validate normalizes spec and checks it against the nodes' classes and the
+// route table: routes maps prefix → deployment for the state being built
+// (nil: the current deployments), and gains spec's route.
+func (c *Controller) validate(st *state, spec *client.DeploymentSpec, routes map[string]string) error {
 	if err := spec.Normalize(); err != nil {
-		return nil, fail(wire.APIInvalid, "%v", err)
+		return fail(wire.APIInvalid, "%v", err)
 	}
 	alive := st.alive(c.cfg.NodeTimeout)
 	provided := map[string]bool{}
@@ -158,32 +269,25 @@ func (c *Controller) deploy(ctx context.Context, st *state, spec client.Deployme
 		}
 		sort.Strings(names)
 		if len(names) == 0 {
-			return nil, fail(wire.APIUnknownClass, "%s: class: no node agent is running to provide class %s", spec.Name, spec.Class)
+			return fail(wire.APIUnknownClass, "%s: class: no node agent is running to provide class %s", spec.Name, spec.Class)
 		}
-		return nil, fail(wire.APIUnknownClass, "%s: class: unknown class %s (the nodes provide: %s)", spec.Name, spec.Class, strings.Join(names, ", "))
+		return fail(wire.APIUnknownClass, "%s: class: unknown class %s (the nodes provide: %s)", spec.Name, spec.Class, strings.Join(names, ", "))
 	}
-	if prefix, on := spec.Route(); on {
+	if routes == nil {
+		routes = map[string]string{}
 		for _, d := range st.deps.all() {
-			if p, on2 := d.val.Route(); on2 && p == prefix && d.key != spec.Name {
-				return nil, fail(wire.APIConflict, "%s: route_prefix: %s is already the route of deployment %s", spec.Name, prefix, d.key)
+			if p, on := d.val.Route(); on && d.key != spec.Name {
+				routes[p] = d.key
 			}
 		}
 	}
-	old, rev, exists := st.deps.get(spec.Name)
-	if exists {
-		a, _ := json.Marshal(old)
-		b, _ := json.Marshal(spec)
-		if bytes.Equal(a, b) {
-			return c.view(st, spec), nil
+	if prefix, on := spec.Route(); on {
+		if other, taken := routes[prefix]; taken && other != spec.Name {
+			return fail(wire.APIConflict, "%s: route_prefix: %s is already the route of deployment %s", spec.Name, prefix, other)
 		}
+		routes[prefix] = spec.Name
 	}
-	nrev, err := store.Update(ctx, c.kv.Deployments, spec.Name, spec, rev)
-	if err != nil {
-		return nil, conflictOr(err, spec.Name)
-	}
-	st.deps.put(spec.Name, nrev, spec)
-	c.log.Info("deployment applied", "deployment", spec.Name, "class", spec.Class, "num_replicas", spec.NumReplicas, "revision", nrev)
-	return c.view(st, spec), nil
+	return nil
 }
 
 // view is a deployment as the API reports it.

@@ -51,6 +51,8 @@ type AgentConfig struct {
 	// ReplicaOutput receives the replicas' stdout and stderr, each line
 	// prefixed with the deployment and replica. Default: os.Stderr.
 	ReplicaOutput io.Writer
+	// ReplicaLogLevel is the replicas' log level (debug, info, warn, error). Default: info.
+	ReplicaLogLevel string
 	// Logger is the agent's logger. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -430,6 +432,9 @@ func (p *proc) run(ctx context.Context) {
 	out := io.MultiWriter(tail, &prefixWriter{w: p.a.cfg.ReplicaOutput, prefix: "[" + p.asg.Deployment + " " + p.asg.Replica + "] "})
 	cmd := exec.Command(p.a.cfg.Program, "replica")
 	cmd.Env = append(os.Environ(), SpecEnv+"="+string(specJSON))
+	if p.a.cfg.ReplicaLogLevel != "" {
+		cmd.Env = append(cmd.Env, LogLevelEnv+"="+p.a.cfg.ReplicaLogLevel)
+	}
 	cmd.Stdout, cmd.Stderr = out, out
 	if p.a.cfg.KillReplicasWithAgent {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

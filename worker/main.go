@@ -87,6 +87,9 @@ func envOr(key, def string) string {
 	return def
 }
 
+// LogLevelEnv sets a replica's log level (debug, info, warn, error).
+const LogLevelEnv = "NATSERVE_LOG_LEVEL"
+
 // RunReplicaFromEnv serves the replica described by $NATSERVE_REPLICA_SPEC
 // until ctx ends, logging to logw.
 func RunReplicaFromEnv(ctx context.Context, reg *Registry, logw io.Writer) error {
@@ -98,7 +101,11 @@ func RunReplicaFromEnv(ctx context.Context, reg *Registry, logw io.Writer) error
 	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
 		return fmt.Errorf("%w: $%s: %v", ErrSpec, SpecEnv, err)
 	}
-	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	level := slog.LevelInfo
+	if v := os.Getenv(LogLevelEnv); v != "" {
+		_ = level.UnmarshalText([]byte(v))
+	}
+	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
 	r, err := NewReplica(reg, spec, log)
 	if err != nil {
 		return err

@@ -56,6 +56,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
+	case "up":
+		return runUp(ctx, rest, stdout, stderr)
 	case "broker":
 		return runBroker(ctx, rest, stdout, stderr)
 	case "controller":

@@ -11,7 +11,26 @@ const (
 	APIGet    = "get"    // body: APIName; reply: Deployment
 	APIScale  = "scale"  // body: APIScaleRequest
 	APIStatus = "status" // reply: ClusterStatus
+	APIApply  = "apply"  // body: APIApplyRequest; reply: APIApplyResult
 )
+
+// APIApplyRequest applies a whole set of deployments at once: all are
+// validated before any is written.
+type APIApplyRequest struct {
+	Deployments []json.RawMessage `json:"deployments"`
+	// Prune deletes the deployments the set does not list.
+	Prune bool `json:"prune,omitempty"`
+	// DryRun validates without writing.
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// APIApplyResult says what an apply changed.
+type APIApplyResult struct {
+	Created   []string `json:"created"`
+	Updated   []string `json:"updated"`
+	Unchanged []string `json:"unchanged"`
+	Deleted   []string `json:"deleted"`
+}
 
 // APIName names a deployment in a control request.
 type APIName struct {

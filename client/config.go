@@ -1,0 +1,262 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/natserve/natserve/internal/wire"
+	"go.yaml.in/yaml/v3"
+)
+
+// ErrConfigFile is returned (wrapped) for a config file that cannot be
+// applied; the message gives the file, the line and the field.
+var ErrConfigFile = errors.New("invalid config file")
+
+// Config is a parsed config file: the deployments it declares, in the
+// style of Ray Serve's config files.
+//
+//	deployments:
+//	  - name: rep-1
+//	    class: Model
+//	    init_args: ["/model/rep-1.pkl"]
+//	    num_replicas: 2
+//	    route_prefix: /rep-1
+//	    max_ongoing_requests: 5
+//	    user_config: {threshold: 0.5}
+type Config struct {
+	// File is the file's name, used in errors.
+	File        string
+	Deployments []ConfigDeployment
+}
+
+// ConfigDeployment is one deployment of a config file and where it stands.
+type ConfigDeployment struct {
+	Spec DeploymentSpec
+	Line int
+}
+
+// LoadConfig reads and parses a config file.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfigFile, err)
+	}
+	return ParseConfig(path, b)
+}
+
+// MaxConfigSize bounds a config file.
+const MaxConfigSize = 4 << 20
+
+// ParseConfig parses a config file's bytes; file names it in errors. Unknown
+// fields, wrong types and invalid values are refused with file:line.
+func ParseConfig(file string, data []byte) (*Config, error) {
+	if len(data) > MaxConfigSize {
+		return nil, fmt.Errorf("%w: %s: %d bytes is over the %d byte limit", ErrConfigFile, file, len(data), MaxConfigSize)
+	}
+	p := &parser{file: file}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		if rest, ok := strings.CutPrefix(msg, "line "); ok {
+			return nil, fmt.Errorf("%w: %s:%s", ErrConfigFile, file, rest)
+		}
+		return nil, fmt.Errorf("%w: %s: %s", ErrConfigFile, file, msg)
+	}
+	cfg := &Config{File: file}
+	if root.Kind == 0 || len(root.Content) == 0 {
+		return cfg, nil
+	}
+	doc := root.Content[0]
+	if doc.Kind != yaml.MappingNode {
+		return nil, p.errf(doc, "", "the file must be a mapping with a deployments list")
+	}
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		k, v := doc.Content[i], doc.Content[i+1]
+		switch k.Value {
+		case "deployments":
+			if v.Kind != yaml.SequenceNode {
+				return nil, p.errf(v, "deployments", "want a list")
+			}
+			for j, item := range v.Content {
+				spec, err := p.deployment(item, fmt.Sprintf("deployments[%d]", j))
+				if err != nil {
+					return nil, err
+				}
+				cfg.Deployments = append(cfg.Deployments, ConfigDeployment{Spec: spec, Line: item.Line})
+			}
+		default:
+			return nil, p.errf(k, k.Value, "unknown field (want: deployments)")
+		}
+	}
+	seen := map[string]int{}
+	routes := map[string]string{}
+	for _, d := range cfg.Deployments {
+		if line, dup := seen[d.Spec.Name]; dup {
+			return nil, fmt.Errorf("%w: %s:%d: deployment %s is already declared at line %d", ErrConfigFile, file, d.Line, d.Spec.Name, line)
+		}
+		seen[d.Spec.Name] = d.Line
+		if r, on := d.Spec.Route(); on {
+			if other, taken := routes[r]; taken {
+				return nil, fmt.Errorf("%w: %s:%d: %s: route_prefix: %s is also the route of %s", ErrConfigFile, file, d.Line, d.Spec.Name, r, other)
+			}
+			routes[r] = d.Spec.Name
+		}
+	}
+	return cfg, nil
+}
+
+type parser struct{ file string }
+
+func (p *parser) errf(n *yaml.Node, field, format string, args ...any) error {
+	where := ""
+	if field != "" {
+		where = field + ": "
+	}
+	return fmt.Errorf("%w: %s:%d: %s%s", ErrConfigFile, p.file, n.Line, where, fmt.Sprintf(format, args...))
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	}
+	if n.Tag == "!!null" {
+		return "null"
+	}
+	return fmt.Sprintf("%q", n.Value)
+}
+
+func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
+	var s DeploymentSpec
+	if n.Kind != yaml.MappingNode {
+		return s, p.errf(n, path, "want a mapping with name and class")
+	}
+	s.NumReplicas = DefaultNumReplicas
+	lines := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		lines[k.Value] = v.Line
+		field := path + "." + k.Value
+		scalar := func(out any, want string) error {
+			if v.Kind != yaml.ScalarNode || v.Tag == "!!null" || v.Decode(out) != nil {
+				return p.errf(v, field, "want %s, got %s", want, kindName(v))
+			}
+			return nil
+		}
+		toJSON := func(want string) (json.RawMessage, error) {
+			var x any
+			if err := v.Decode(&x); err != nil {
+				return nil, p.errf(v, field, "%v", err)
+			}
+			b, err := json.Marshal(x)
+			if err != nil {
+				return nil, p.errf(v, field, "cannot be expressed as JSON (%s): %v", want, err)
+			}
+			return b, nil
+		}
+		var err error
+		switch k.Value {
+		case "name":
+			err = scalar(&s.Name, "a string")
+		case "class":
+			err = scalar(&s.Class, "a string")
+		case "init_args":
+			if v.Kind != yaml.SequenceNode {
+				return s, p.errf(v, field, "want a list of constructor arguments, got %s", kindName(v))
+			}
+			s.InitArgs, err = toJSON("a list")
+		case "user_config":
+			s.UserConfig, err = toJSON("a value")
+		case "num_replicas":
+			err = scalar(&s.NumReplicas, "an integer")
+		case "route_prefix":
+			if v.Tag == "!!null" {
+				s.RoutePrefix = new(string) // null: not exposed over HTTP
+				break
+			}
+			var r string
+			err = scalar(&r, "a path like /api, or null")
+			s.RoutePrefix = &r
+		case "max_ongoing_requests":
+			err = scalar(&s.MaxOngoingRequests, "an integer")
+		case "max_queued_requests":
+			err = scalar(&s.MaxQueuedRequests, "an integer")
+		case "graceful_shutdown_timeout_s":
+			err = scalar(&s.GracefulShutdownTimeoutS, "a number of seconds")
+		case "health_check_period_s":
+			err = scalar(&s.HealthCheckPeriodS, "a number of seconds")
+		case "health_check_timeout_s":
+			err = scalar(&s.HealthCheckTimeoutS, "a number of seconds")
+		case "max_constructor_retry_count":
+			err = scalar(&s.MaxConstructorRetryCount, "an integer")
+		case "version":
+			err = scalar(&s.Version, "a string")
+		default:
+			return s, p.errf(k, field, "unknown field")
+		}
+		if err != nil {
+			return s, err
+		}
+	}
+	if s.Name == "" {
+		return s, p.errf(n, path, "name is required")
+	}
+	if err := s.Normalize(); err != nil {
+		msg := strings.TrimPrefix(err.Error(), ErrInvalidSpec.Error()+": ")
+		line := n.Line
+		if parts := strings.SplitN(msg, ": ", 3); len(parts) == 3 {
+			if l, ok := lines[parts[1]]; ok {
+				line = l
+			}
+		}
+		return s, fmt.Errorf("%w: %s:%d: %s", ErrConfigFile, p.file, line, msg)
+	}
+	return s, nil
+}
+
+// ApplyOptions change Apply.
+type ApplyOptions struct {
+	// Prune deletes deployments the file does not list.
+	Prune bool
+	// DryRun validates against the running cluster without changing it.
+	DryRun bool
+}
+
+// ApplyResult says what Apply changed.
+type ApplyResult = wire.APIApplyResult
+
+// Apply makes the cluster's deployments match cfg: it creates and updates
+// what cfg lists and, with Prune, deletes the rest. The controller
+// validates the whole file before writing anything, so a file with an
+// error changes nothing; errors name the file and line.
+func (c *Client) Apply(ctx context.Context, cfg *Config, opts ApplyOptions) (*ApplyResult, error) {
+	req := wire.APIApplyRequest{Prune: opts.Prune, DryRun: opts.DryRun}
+	lines := map[string]int{}
+	for _, d := range cfg.Deployments {
+		b, err := json.Marshal(d.Spec)
+		if err != nil {
+			return nil, err
+		}
+		req.Deployments = append(req.Deployments, b)
+		lines[d.Spec.Name] = d.Line
+	}
+	var res ApplyResult
+	if err := c.api(ctx, wire.APIApply, req, &res); err != nil {
+		// Errors name the deployment first: "rep-1: class: …".
+		var ae *apiErr
+		if errors.As(err, &ae) {
+			name, _, _ := strings.Cut(ae.msg, ":")
+			if line, ok := lines[name]; ok {
+				return nil, &apiErr{msg: fmt.Sprintf("%s:%d: %s", cfg.File, line, ae.msg), sentinel: ae.sentinel}
+			}
+		}
+		return nil, err
+	}
+	return &res, nil
+}

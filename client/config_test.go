@@ -1,0 +1,94 @@
+package client
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+const goodConfig = `# the seed's two deployments
+deployments:
+  - name: rep-1
+    class: Model
+    init_args: ["/model/rep-1.pkl"]
+    num_replicas: 2
+    route_prefix: /rep-1
+    max_ongoing_requests: 5
+    user_config: {threshold: 0.5}
+  - name: rep-2
+    class: Model
+    init_args: ["/model/rep-2.pkl"]
+  - name: internal
+    class: Model
+    route_prefix: null
+`
+
+func TestParseConfig(t *testing.T) {
+	cfg, err := ParseConfig("serve.yaml", []byte(goodConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Deployments) != 3 {
+		t.Fatalf("%d deployments", len(cfg.Deployments))
+	}
+	d := cfg.Deployments[0]
+	if r, _ := d.Spec.Route(); d.Spec.Name != "rep-1" || d.Line != 3 || d.Spec.NumReplicas != 2 || r != "/rep-1" ||
+		string(d.Spec.InitArgs) != `["/model/rep-1.pkl"]` || string(d.Spec.UserConfig) != `{"threshold":0.5}` {
+		t.Errorf("rep-1: %+v", d)
+	}
+	d = cfg.Deployments[1]
+	if r, _ := d.Spec.Route(); d.Spec.NumReplicas != 1 || r != "/rep-2" || d.Spec.MaxOngoingRequests != 5 || d.Spec.HealthCheckPeriodS != 10 {
+		t.Errorf("rep-2 defaults: %+v", d.Spec)
+	}
+	if _, on := cfg.Deployments[2].Spec.Route(); on {
+		t.Errorf("route_prefix: null should disable HTTP")
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"unknown field", "deployments:\n  - name: a\n    class: M\n    replicas: 2\n", "f.yaml:4: deployments[0].replicas: unknown field"},
+		{"wrong type", "deployments:\n  - name: a\n    class: M\n    num_replicas: two\n", `f.yaml:4: deployments[0].num_replicas: want an integer, got "two"`},
+		{"list for string", "deployments:\n  - name: [a]\n", "f.yaml:2: deployments[0].name: want a string, got a list"},
+		{"init_args not a list", "deployments:\n  - name: a\n    class: M\n    init_args: x\n", "f.yaml:4: deployments[0].init_args: want a list"},
+		{"negative replicas", "deployments:\n  - name: a\n    class: M\n    num_replicas: -1\n", "f.yaml:4: a: num_replicas: -1 is negative"},
+		{"bad route", "deployments:\n  - name: a\n    class: M\n    route_prefix: api\n", `f.yaml:4: a: route_prefix: "api" must start with '/'`},
+		{"no name", "deployments:\n  - class: M\n", "f.yaml:2: deployments[0]: name is required"},
+		{"bad name", "deployments:\n  - name: a.b\n    class: M\n", "f.yaml:2: name: invalid name"},
+		{"no class", "deployments:\n  - name: a\n", "f.yaml:2: a: class: is required"},
+		{"duplicate", "deployments:\n  - name: a\n    class: M\n  - name: a\n    class: M\n", "f.yaml:4: deployment a is already declared at line 2"},
+		{"same route", "deployments:\n  - name: a\n    class: M\n    route_prefix: /x\n  - name: b\n    class: M\n    route_prefix: /x\n", "f.yaml:5: b: route_prefix: /x is also the route of a"},
+		{"top-level typo", "deployment:\n  - name: a\n", "f.yaml:1: deployment: unknown field"},
+		{"not yaml", "deployments: [\n", "f.yaml:"},
+		{"not a mapping", "- a\n", "f.yaml:1: the file must be a mapping"},
+		{"tab indent", "deployments:\n\t- name: a\n", "f.yaml:2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig("f.yaml", []byte(tc.yaml))
+			if !errors.Is(err, ErrConfigFile) || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("got %v\nwant one line containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(goodConfig))
+	f.Add([]byte("deployments:\n  - name: a\n    class: M\n    init_args: [1, {a: [b]}]\n"))
+	f.Add([]byte("a: &a [*a, *a]\n"))
+	f.Add([]byte("deployments:\n  - {name: a, class: M, user_config: {1: 2}}\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cfg, err := ParseConfig("f.yaml", b)
+		if err != nil {
+			if !errors.Is(err, ErrConfigFile) {
+				t.Fatalf("error does not wrap ErrConfigFile: %v", err)
+			}
+			return
+		}
+		for _, d := range cfg.Deployments {
+			if err := d.Spec.Normalize(); err != nil {
+				t.Fatalf("accepted an invalid spec: %v", err)
+			}
+		}
+	})
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/natserve/natserve/broker"
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/controlplane"
+	"github.com/natserve/natserve/ingress"
+	"github.com/natserve/natserve/worker"
+	"github.com/nats-io/nats.go"
+)
+
+// runUp runs broker, controller, ingress and a node agent in one process
+// tree; replicas are child processes. Ctrl-C stops them in order: ingress,
+// replicas (drained), controller, broker.
+func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", "natserve-data", "directory for the broker's JetStream data")
+	natsPort := fs.Int("nats-port", 4222, "NATS client port (on 127.0.0.1 unless -nats-host)")
+	natsHost := fs.String("nats-host", "127.0.0.1", "NATS client listen address")
+	file := fs.String("f", "", "config file to apply once everything runs")
+	node := fs.String("name", "local", "this node's name")
+	level := fs.String("log-level", "warn", "debug, info, warn or error")
+	icfg := ingressFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("up takes no arguments, got %q (flags go before them?)", fs.Args())
+	}
+	log, err := newLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+	var cfg *client.Config
+	if *file != "" { // fail before starting anything
+		if cfg, err = client.LoadConfig(*file); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(*data, 0o750); err != nil {
+		return fmt.Errorf("data dir %s: %w", *data, err)
+	}
+	unlock, err := lockDir(*data)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	// Broker.
+	b, err := broker.New(broker.Config{Host: *natsHost, Port: *natsPort, DataDir: filepath.Join(*data, "broker"), Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := b.Start(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = b.Shutdown(sctx)
+	}()
+	inproc := b.InProcessOption()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// Controller.
+	ctl, err := controlplane.New(controlplane.Config{NATSURL: b.ClientURL(), NATSOptions: []nats.Option{inproc}, ID: *node + "-controller", Logger: log})
+	if err != nil {
+		return err
+	}
+	ctlCtx, stopCtl := context.WithCancel(context.Background())
+	defer stopCtl()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := ctl.Run(ctlCtx); err != nil {
+			errs <- fmt.Errorf("controller: %w", err)
+		}
+	}()
+
+	// Node agent: replicas are this binary, re-executed.
+	agent, err := worker.NewAgent(worker.AgentConfig{
+		Name: *node, NATSURL: b.ClientURL(), NATSOptions: []nats.Option{inproc}, Registry: registry(),
+		StopReplicasOnExit: true, KillReplicasWithAgent: true, Logger: log, ReplicaOutput: stderr, ReplicaLogLevel: *level,
+	})
+	if err != nil {
+		return err
+	}
+	agentCtx, stopAgent := context.WithCancel(context.Background())
+	defer stopAgent()
+	agentDone := make(chan struct{})
+	go func() {
+		defer close(agentDone)
+		if err := agent.Run(agentCtx); err != nil {
+			errs <- fmt.Errorf("node agent: %w", err)
+		}
+	}()
+
+	// Ingress.
+	icfg.NATSURL, icfg.NATSOptions, icfg.Logger = b.ClientURL(), []nats.Option{inproc}, log
+	ing, err := ingress.New(*icfg)
+	if err != nil {
+		return err
+	}
+	if err := ing.Start(runCtx); err != nil {
+		stopAgent()
+		<-agentDone
+		stopCtl()
+		wg.Wait()
+		return err
+	}
+
+	fmt.Fprintf(stdout, "natserve is up\n")
+	fmt.Fprintf(stdout, "  broker      %s (data in %s)\n", b.ClientURL(), *data)
+	fmt.Fprintf(stdout, "  http        http://%s\n", ing.Addr())
+	fmt.Fprintf(stdout, "  controller  %s\n", ctl.ID())
+	fmt.Fprintf(stdout, "  node        %s (classes: %s)\n", agent.Name(), strings.Join(registry().Classes(), ", "))
+	if cfg != nil {
+		if err := applyAtStart(runCtx, b, cfg, stdout); err != nil {
+			fmt.Fprintf(stderr, "natserve: %v\n", err)
+		}
+	}
+	fmt.Fprintf(stdout, "Press Ctrl-C to stop.\n")
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errs:
+	}
+	fmt.Fprintln(stdout, "natserve: shutting down")
+	sctx, scancel := context.WithTimeout(context.Background(), icfg.RequestTimeout+5*time.Second)
+	_ = ing.Shutdown(sctx)
+	scancel()
+	stopAgent() // drains the replicas
+	<-agentDone
+	stopCtl()
+	wg.Wait()
+	return runErr
+}
+
+// applyAtStart applies the config file once a controller leads and the
+// local node is registered, and waits for the deployments.
+func applyAtStart(ctx context.Context, b *broker.Broker, cfg *client.Config, stdout io.Writer) error {
+	nc, err := nats.Connect("", b.InProcessOption())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	cl := client.New(nc)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = cl.Apply(actx, cfg, client.ApplyOptions{})
+		cancel()
+		if err == nil || !errors.Is(err, client.ErrUnknownClass) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // the node agent is still registering
+	}
+	if err != nil {
+		return fmt.Errorf("applying %s: %w", cfg.File, err)
+	}
+	for _, d := range cfg.Deployments {
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		dep, err := cl.WaitHealthy(wctx, d.Spec.Name, nil)
+		cancel()
+		if err != nil {
+			return err
+		}
+		route, _ := dep.Spec.Route()
+		fmt.Fprintf(stdout, "  deployment  %s: %d replica(s), route %s, %s\n", d.Spec.Name, dep.Ready, route, dep.Status)
+	}
+	return nil
+}
+
+// lockDir takes an exclusive lock on dir so that two natserve up runs do
+// not share a data directory.
+func lockDir(dir string) (func(), error) {
+	path := filepath.Join(dir, "natserve.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("data dir %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(path)
+		f.Close()
+		holder := strings.TrimSpace(string(b))
+		if holder == "" {
+			holder = "another process"
+		} else {
+			holder = "pid " + holder
+		}
+		return nil, fmt.Errorf("data dir %s is in use by another natserve (%s); stop it or pass -data DIR", dir, holder)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return func() { _ = f.Close(); _ = os.Remove(path) }, nil
+}

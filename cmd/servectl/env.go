@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/natserve/natserve/client"
+)
+
+// env is what every command gets: its flags, its output and a client.
+type env struct {
+	server  string
+	output  string
+	timeout time.Duration
+	stdout  io.Writer
+	stderr  io.Writer
+	cl      *client.Client
+	opts    options
+}
+
+// options are the flags of single commands.
+type options struct {
+	file   string
+	wait   bool
+	prune  bool
+	dryRun bool
+	method string
+}
+
+func newEnv(fs *flag.FlagSet, stdout, stderr io.Writer) *env {
+	e := &env{stdout: stdout, stderr: stderr}
+	def := os.Getenv("NATSERVE_URL")
+	if def == "" {
+		def = client.DefaultURL
+	}
+	fs.StringVar(&e.server, "server", def, "natserve broker URL ($NATSERVE_URL)")
+	fs.StringVar(&e.output, "o", "table", "output: table or json")
+	fs.DurationVar(&e.timeout, "timeout", 10*time.Second, "how long to wait for the server")
+	return e
+}
+
+// client connects on first use.
+func (e *env) client(ctx context.Context) (*client.Client, error) {
+	if e.cl != nil {
+		return e.cl, nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	cl, err := client.Connect(cctx, e.server, client.WithName("servectl"))
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach natserve at %s: is it running? (set --server or NATSERVE_URL)", e.server)
+	}
+	e.cl = cl
+	return cl, nil
+}
+
+func (e *env) close() {
+	if e.cl != nil {
+		e.cl.Close()
+	}
+}
+
+func (e *env) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, e.timeout)
+}
+
+// explain turns control-plane errors into advice.
+func explain(err error) error {
+	switch {
+	case errors.Is(err, client.ErrNoController):
+		return fmt.Errorf("%v: start one with 'natserve controller' or 'natserve up'", err)
+	}
+	return err
+}
+
+func (e *env) json(v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func (e *env) table() *tabwriter.Writer {
+	return tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+}
+
+func needArgs(args []string, n int, usage string) error {
+	if len(args) != n {
+		return fmt.Errorf("want %s, got %d argument(s)", usage, len(args))
+	}
+	return nil
+}
