@@ -67,11 +67,12 @@ type Agent struct {
 	nc *nats.Conn
 	kv *store.Buckets
 
-	mu    sync.Mutex // guards procs
-	procs map[string]*proc
+	mu      sync.Mutex // guards running
+	running map[string]*proc
 
 	spawn chan func() // run on a locked OS thread when KillReplicasWithAgent
-	wg    sync.WaitGroup
+	wg    sync.WaitGroup // the heartbeat
+	procs sync.WaitGroup // one per replica process watched
 }
 
 // NewAgent returns an agent for cfg; it does no I/O.
@@ -111,7 +112,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), procs: map[string]*proc{}}, nil
+	return &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), running: map[string]*proc{}}, nil
 }
 
 func sanitizeName(s string) string {
@@ -186,9 +187,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	cancel()
 	a.wg.Wait()
 	if a.cfg.StopReplicasOnExit {
+		// Replicas drain; then the node leaves, so that the controller
+		// places elsewhere at once what it still wants.
 		a.stopAll()
+		a.procs.Wait()
+		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = a.kv.Nodes.Delete(dctx, a.cfg.Name)
+		dcancel()
 	}
-	_ = a.kv.Nodes.Delete(context.Background(), a.cfg.Name)
+	// Otherwise the replicas keep serving and a restarted agent adopts them.
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -240,7 +247,7 @@ func (a *Agent) watch(ctx context.Context) error {
 			if e == nil { // initial values delivered: stop what is not assigned
 				synced = true
 				a.mu.Lock()
-				for id, p := range a.procs {
+				for id, p := range a.running {
 					if !seen[id] {
 						a.log.Info("stopping unassigned replica", "replica", id)
 						go p.stop(syscall.SIGTERM)
@@ -277,7 +284,7 @@ func (a *Agent) watch(ctx context.Context) error {
 func (a *Agent) startReplica(ctx context.Context, asg store.Assignment) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, ok := a.procs[asg.Replica]; ok {
+	if _, ok := a.running[asg.Replica]; ok {
 		return // running, or adopted
 	}
 	// A replica that already ran to its end must not start again.
@@ -286,20 +293,20 @@ func (a *Agent) startReplica(ctx context.Context, asg store.Assignment) {
 		return
 	}
 	p := &proc{a: a, asg: asg, done: make(chan struct{})}
-	a.procs[asg.Replica] = p
-	a.wg.Add(1)
+	a.running[asg.Replica] = p
+	a.procs.Add(1)
 	go func() {
-		defer a.wg.Done()
+		defer a.procs.Done()
 		p.run(ctx)
 		a.mu.Lock()
-		delete(a.procs, asg.Replica)
+		delete(a.running, asg.Replica)
 		a.mu.Unlock()
 	}()
 }
 
 func (a *Agent) stopReplica(replica string, sig syscall.Signal) {
 	a.mu.Lock()
-	p := a.procs[replica]
+	p := a.running[replica]
 	a.mu.Unlock()
 	if p != nil {
 		p.stop(sig)
@@ -308,8 +315,8 @@ func (a *Agent) stopReplica(replica string, sig syscall.Signal) {
 
 func (a *Agent) stopAll() {
 	a.mu.Lock()
-	ps := make([]*proc, 0, len(a.procs))
-	for _, p := range a.procs {
+	ps := make([]*proc, 0, len(a.running))
+	for _, p := range a.running {
 		ps = append(ps, p)
 	}
 	a.mu.Unlock()
@@ -366,15 +373,15 @@ func (a *Agent) adopt(ctx context.Context) {
 		if st.PID > 0 && syscall.Kill(st.PID, 0) == nil && a.ping(st.Replica, time.Second) == nil {
 			p := &proc{a: a, asg: asg, pid: st.PID, adopted: true, done: make(chan struct{})}
 			a.mu.Lock()
-			a.procs[st.Replica] = p
+			a.running[st.Replica] = p
 			a.mu.Unlock()
 			a.log.Info("adopted replica", "replica", st.Replica, "pid", st.PID)
-			a.wg.Add(1)
+			a.procs.Add(1)
 			go func() {
-				defer a.wg.Done()
+				defer a.procs.Done()
 				p.watchAdopted(ctx)
 				a.mu.Lock()
-				delete(a.procs, st.Replica)
+				delete(a.running, st.Replica)
 				a.mu.Unlock()
 			}()
 			continue
