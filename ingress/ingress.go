@@ -211,6 +211,14 @@ func (g *Ingress) Addr() string {
 	return g.ln.Addr().String()
 }
 
+// Route returns the deployment the ingress routes path to, or "".
+func (g *Ingress) Route(path string) string {
+	if r := g.routes.Load().match([]byte(path)); r != nil {
+		return r.deployment
+	}
+	return ""
+}
+
 // MaxBodySize is the body limit in force.
 func (g *Ingress) MaxBodySize() int { return g.maxBody }
 
@@ -251,11 +259,11 @@ func (g *Ingress) watchRoutes(ctx context.Context) {
 	}
 	for ctx.Err() == nil && !g.draining.Load() {
 		kv, err := js.KeyValue(ctx, store.BucketDeployments)
-		if err != nil {
+		if err != nil { // the controller has not created it yet
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(500 * time.Millisecond):
+			case <-time.After(100 * time.Millisecond):
 				continue
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -45,7 +46,7 @@ func Run(ctx context.Context, reg *Registry, args []string, stdout, stderr io.Wr
 		return err
 	}
 	cmd := "agent"
-	if len(args) > 0 {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {

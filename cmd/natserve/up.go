@@ -133,7 +133,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "  controller  %s\n", ctl.ID())
 	fmt.Fprintf(stdout, "  node        %s (classes: %s)\n", agent.Name(), strings.Join(registry().Classes(), ", "))
 	if cfg != nil {
-		if err := applyAtStart(runCtx, b, cfg, stdout); err != nil {
+		if err := applyAtStart(runCtx, b, ing, cfg, stdout); err != nil {
 			fmt.Fprintf(stderr, "natserve: %v\n", err)
 		}
 	}
@@ -157,7 +157,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // applyAtStart applies the config file once a controller leads and the
 // local node is registered, and waits for the deployments.
-func applyAtStart(ctx context.Context, b *broker.Broker, cfg *client.Config, stdout io.Writer) error {
+func applyAtStart(ctx context.Context, b *broker.Broker, ing *ingress.Ingress, cfg *client.Config, stdout io.Writer) error {
 	nc, err := nats.Connect("", b.InProcessOption())
 	if err != nil {
 		return err
@@ -184,7 +184,10 @@ func applyAtStart(ctx context.Context, b *broker.Broker, cfg *client.Config, std
 		if err != nil {
 			return err
 		}
-		route, _ := dep.Spec.Route()
+		route, on := dep.Spec.Route()
+		for i := 0; on && i < 100 && ing.Route(route) != d.Spec.Name; i++ {
+			time.Sleep(20 * time.Millisecond) // the ingress's route watch catches up
+		}
 		fmt.Fprintf(stdout, "  deployment  %s: %d replica(s), route %s, %s\n", d.Spec.Name, dep.Ready, route, dep.Status)
 	}
 	return nil

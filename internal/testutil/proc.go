@@ -104,7 +104,14 @@ func (s *syncBuffer) String() string {
 // when the test ends, and its output is logged if the test failed.
 func Start(t testing.TB, env []string, bin string, args ...string) *Proc {
 	t.Helper()
+	return StartIn(t, "", env, bin, args...)
+}
+
+// StartIn is Start with the working directory dir.
+func StartIn(t testing.TB, dir string, env []string, bin string, args ...string) *Proc {
+	t.Helper()
 	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
