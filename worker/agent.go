@@ -70,7 +70,7 @@ type Agent struct {
 	mu      sync.Mutex // guards running
 	running map[string]*proc
 
-	spawn chan func() // run on a locked OS thread when KillReplicasWithAgent
+	spawn chan func()    // run on a locked OS thread when KillReplicasWithAgent
 	wg    sync.WaitGroup // the heartbeat
 	procs sync.WaitGroup // one per replica process watched
 }

@@ -14,12 +14,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/broker"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/controlplane"
 	"github.com/natserve/natserve/ingress"
 	"github.com/natserve/natserve/worker"
-	"github.com/nats-io/nats.go"
 )
 
 // runUp runs broker, controller, ingress and a node agent in one process
