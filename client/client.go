@@ -61,9 +61,10 @@ func buildOptions(opts []Option) Options {
 // Client calls deployments and the control plane over one NATS connection.
 // It is safe for concurrent use.
 type Client struct {
-	nc   *nats.Conn
-	own  bool
-	opts Options
+	nc     *nats.Conn
+	own    bool
+	opts   Options
+	graphs graphCache
 }
 
 // Connect connects to the natserve broker at url; an empty url means

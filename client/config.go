@@ -31,6 +31,13 @@ type Config struct {
 	// File is the file's name, used in errors.
 	File        string
 	Deployments []ConfigDeployment
+	Graphs      []ConfigGraph
+}
+
+// ConfigGraph is one graph of a config file and where it stands.
+type ConfigGraph struct {
+	Spec GraphSpec
+	Line int
 }
 
 // ConfigDeployment is one deployment of a config file and where it stands.
@@ -88,12 +95,32 @@ func ParseConfig(file string, data []byte) (*Config, error) {
 				}
 				cfg.Deployments = append(cfg.Deployments, ConfigDeployment{Spec: spec, Line: item.Line})
 			}
+		case "graphs":
+			if v.Kind != yaml.SequenceNode {
+				return nil, p.errf(v, "graphs", "want a list")
+			}
+			for j, item := range v.Content {
+				g, err := p.graph(item, fmt.Sprintf("graphs[%d]", j))
+				if err != nil {
+					return nil, err
+				}
+				cfg.Graphs = append(cfg.Graphs, ConfigGraph{Spec: g, Line: item.Line})
+			}
 		default:
-			return nil, p.errf(k, k.Value, "unknown field (want: deployments)")
+			return nil, p.errf(k, k.Value, "unknown field (want: deployments, graphs)")
 		}
 	}
 	seen := map[string]int{}
 	routes := map[string]string{}
+	for _, g := range cfg.Graphs {
+		if line, dup := seen[g.Spec.Name]; dup {
+			return nil, fmt.Errorf("%w: %s:%d: graph %s is already declared at line %d", ErrConfigFile, file, g.Line, g.Spec.Name, line)
+		}
+		seen[g.Spec.Name] = g.Line
+		if r, on := g.Spec.Route(); on {
+			routes[r] = g.Spec.Name
+		}
+	}
 	for _, d := range cfg.Deployments {
 		if line, dup := seen[d.Spec.Name]; dup {
 			return nil, fmt.Errorf("%w: %s:%d: deployment %s is already declared at line %d", ErrConfigFile, file, d.Line, d.Spec.Name, line)
@@ -220,6 +247,119 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 	return s, nil
 }
 
+func (p *parser) graph(n *yaml.Node, path string) (GraphSpec, error) {
+	var g GraphSpec
+	if n.Kind != yaml.MappingNode {
+		return g, p.errf(n, path, "want a mapping with name, nodes and output")
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		field := path + "." + k.Value
+		scalar := func(out any, want string) error {
+			if v.Kind != yaml.ScalarNode || v.Tag == "!!null" || v.Decode(out) != nil {
+				return p.errf(v, field, "want %s, got %s", want, kindName(v))
+			}
+			return nil
+		}
+		var err error
+		switch k.Value {
+		case "name":
+			err = scalar(&g.Name, "a string")
+		case "route_prefix":
+			if v.Tag == "!!null" {
+				g.RoutePrefix = new(string)
+				break
+			}
+			var r string
+			err = scalar(&r, "a path like /pipeline, or null")
+			g.RoutePrefix = &r
+		case "http_input":
+			err = scalar(&g.HTTPInput, "json or query:NAME")
+		case "output":
+			err = scalar(&g.Output, "a node name")
+		case "nodes":
+			if v.Kind != yaml.MappingNode {
+				return g, p.errf(v, field, "want a mapping of node name to node")
+			}
+			for j := 0; j+1 < len(v.Content); j += 2 {
+				node, err := p.graphNode(v.Content[j+1], field+"."+v.Content[j].Value)
+				if err != nil {
+					return g, err
+				}
+				node.Name = v.Content[j].Value
+				g.Nodes = append(g.Nodes, node)
+			}
+		default:
+			return g, p.errf(k, field, "unknown field")
+		}
+		if err != nil {
+			return g, err
+		}
+	}
+	if err := g.Normalize(); err != nil {
+		return g, fmt.Errorf("%w: %s:%d: %s", ErrConfigFile, p.file, n.Line, strings.TrimPrefix(err.Error(), ErrInvalidGraph.Error()+": "))
+	}
+	return g, nil
+}
+
+func (p *parser) graphNode(n *yaml.Node, path string) (GraphNode, error) {
+	var gn GraphNode
+	if n.Kind != yaml.MappingNode {
+		return gn, p.errf(n, path, "want {class: C, init_args: [...]} or {call: F, args: [...]}")
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		field := path + "." + k.Value
+		scalar := func(out any, want string) error {
+			if v.Kind != yaml.ScalarNode || v.Tag == "!!null" || v.Decode(out) != nil {
+				return p.errf(v, field, "want %s, got %s", want, kindName(v))
+			}
+			return nil
+		}
+		var err error
+		switch k.Value {
+		case "class":
+			err = scalar(&gn.Class, "a class name")
+		case "call":
+			err = scalar(&gn.Call, "a function, NODE or NODE.METHOD")
+		case "num_replicas":
+			err = scalar(&gn.NumReplicas, "an integer")
+		case "max_ongoing_requests":
+			err = scalar(&gn.MaxOngoingRequests, "an integer")
+		case "init_args", "args", "user_config":
+			var x any
+			if err := v.Decode(&x); err != nil {
+				return gn, p.errf(v, field, "%v", err)
+			}
+			if k.Value != "user_config" {
+				if _, ok := x.([]any); !ok {
+					return gn, p.errf(v, field, "want a list, got %s", kindName(v))
+				}
+			}
+			b, jerr := json.Marshal(x)
+			if jerr != nil {
+				return gn, p.errf(v, field, "cannot be expressed as JSON: %v", jerr)
+			}
+			switch k.Value {
+			case "init_args":
+				gn.InitArgs = b
+			case "user_config":
+				gn.UserConfig = b
+			default:
+				var raw []json.RawMessage
+				_ = json.Unmarshal(b, &raw)
+				gn.Args = raw
+			}
+		default:
+			return gn, p.errf(k, field, "unknown field")
+		}
+		if err != nil {
+			return gn, err
+		}
+	}
+	return gn, nil
+}
+
 // ApplyOptions change Apply.
 type ApplyOptions struct {
 	// Prune deletes deployments the file does not list.
@@ -245,6 +385,14 @@ func (c *Client) Apply(ctx context.Context, cfg *Config, opts ApplyOptions) (*Ap
 		}
 		req.Deployments = append(req.Deployments, b)
 		lines[d.Spec.Name] = d.Line
+	}
+	for _, g := range cfg.Graphs {
+		b, err := json.Marshal(g.Spec)
+		if err != nil {
+			return nil, err
+		}
+		req.Graphs = append(req.Graphs, b)
+		lines[g.Spec.Name] = g.Line
 	}
 	var res ApplyResult
 	if err := c.api(ctx, wire.APIApply, req, &res); err != nil {

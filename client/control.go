@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -84,6 +85,9 @@ func apiError(rep wire.APIReply) error {
 		sentinel = ErrNotFound
 	case wire.APIInvalid:
 		sentinel = ErrInvalidSpec
+		if strings.Contains(rep.Error, ": node ") || strings.Contains(rep.Error, "cycle") {
+			sentinel = ErrInvalidGraph
+		}
 	case wire.APIConflict:
 		sentinel = ErrConflict
 	case wire.APIUnknownClass:
@@ -121,7 +125,22 @@ func (c *Client) Deploy(ctx context.Context, spec DeploymentSpec) (*Deployment, 
 	return &d, nil
 }
 
-// Delete deletes a deployment; its replicas drain and stop.
+// DeployGraph creates or updates a deployment graph: a deployment for each
+// bound class and function, and the graph itself, reachable by name
+// through handles and over HTTP at its route prefix.
+func (c *Client) DeployGraph(ctx context.Context, g GraphSpec) (*Deployment, error) {
+	if err := g.Normalize(); err != nil {
+		return nil, err
+	}
+	var d Deployment
+	if err := c.api(ctx, wire.APIGraph, g, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// Delete deletes a deployment, or a graph and the deployments it made;
+// replicas drain and stop.
 func (c *Client) Delete(ctx context.Context, name string) error {
 	return c.api(ctx, wire.APIDelete, wire.APIName{Name: name}, nil)
 }
@@ -174,7 +193,7 @@ func (c *Client) WaitHealthy(ctx context.Context, name string, progress func(*De
 		switch {
 		case d.Status == StatusDeployFailed:
 			return d, fmt.Errorf("%s: %w: %s", name, ErrDeployFailed, d.Message)
-		case d.Status == StatusHealthy && d.Ready == d.Target && len(d.Replicas) == d.Target:
+		case d.Status == StatusHealthy && d.Ready == d.Target && (len(d.Replicas) == d.Target || d.Spec.Class == "graph"):
 			return d, nil
 		}
 		select {

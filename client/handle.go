@@ -2,9 +2,9 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
-	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/internal/wire"
 )
 
@@ -49,29 +49,35 @@ func (h *Handle) decode(data []byte, out any) error {
 }
 
 func (h *Handle) call(ctx context.Context, args []any) ([]byte, error) {
-	if err := wire.ValidateMethod(h.method); err != nil {
-		return nil, &Error{Deployment: h.deployment, Method: h.method, Code: string(wire.CodeUnknownMethod), Message: err.Error()}
+	if g := h.c.cachedGraph(h.deployment); g != nil && h.method == "" {
+		return h.callGraph(ctx, g, args)
 	}
 	payload, err := wire.MarshalArgs(args)
 	if err != nil {
 		return nil, &Error{Deployment: h.deployment, Method: h.method, Code: string(wire.CodeBadRequest), Message: "encoding the arguments: " + err.Error()}
 	}
-	id := RequestID(ctx)
-	if id == "" {
-		id = NewRequestID()
+	out, err := h.c.callRaw(ctx, h.deployment, h.method, payload)
+	if errors.Is(err, ErrNoReplicas) && h.method == "" {
+		// Perhaps a graph: its name has no replicas of its own.
+		if g, ok := h.c.Graph(ctx, h.deployment); ok {
+			return h.callGraph(ctx, g, args)
+		}
 	}
-	hdr := nats.Header{
-		wire.HeaderKind:      []string{wire.KindCall},
-		wire.HeaderRequestID: []string{id},
+	return out, err
+}
+
+// callGraph runs a graph with the call's arguments as its input: one
+// argument is the input itself, several are an array.
+func (h *Handle) callGraph(ctx context.Context, g *GraphSpec, args []any) ([]byte, error) {
+	var in any = args
+	if len(args) == 1 {
+		in = args[0]
 	}
-	if h.method != "" {
-		hdr[wire.HeaderMethod] = []string{h.method}
-	}
-	reply, err := h.c.RequestMsg(ctx, h.deployment, h.method, &nats.Msg{Subject: h.subject, Header: hdr, Data: payload})
+	input, err := wire.MarshalValue(in)
 	if err != nil {
-		return nil, err
+		return nil, &Error{Deployment: h.deployment, Code: string(wire.CodeBadRequest), Message: "encoding the input: " + err.Error()}
 	}
-	return reply.Data, nil
+	return h.c.RunGraph(ctx, g, input)
 }
 
 // Remote starts the call and returns at once; the result is awaited with

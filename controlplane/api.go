@@ -81,6 +81,9 @@ func (c *Controller) handle(ctx context.Context, st *state, verb string, body []
 		if err := decodeStrict(body, &req); err != nil {
 			return nil, err
 		}
+		if _, _, isGraph := st.graphs.get(req.Name); isGraph {
+			return nil, c.deleteGraph(ctx, st, req.Name)
+		}
 		_, rev, ok := st.deps.get(req.Name)
 		if !ok {
 			return nil, fail(wire.APINotFound, "deployment %q not found", req.Name)
@@ -92,16 +95,14 @@ func (c *Controller) handle(ctx context.Context, st *state, verb string, body []
 		c.log.Info("deployment deleted", "deployment", req.Name)
 		return nil, nil
 	case wire.APIList:
-		deps := st.deps.all()
-		out := make([]client.Deployment, 0, len(deps))
-		for _, d := range deps {
-			out = append(out, c.view(st, d.val))
-		}
-		return out, nil
+		return c.list(st), nil
 	case wire.APIGet:
 		var req wire.APIName
 		if err := decodeStrict(body, &req); err != nil {
 			return nil, err
+		}
+		if g, _, ok := st.graphs.get(req.Name); ok {
+			return c.graphView(st, g), nil
 		}
 		spec, _, ok := st.deps.get(req.Name)
 		if !ok {
@@ -121,6 +122,12 @@ func (c *Controller) handle(ctx context.Context, st *state, verb string, body []
 		return c.deploy(ctx, st, spec)
 	case wire.APIStatus:
 		return c.status(st), nil
+	case wire.APIGraph:
+		g, err := decodeGraph(body)
+		if err != nil {
+			return nil, err
+		}
+		return c.deployGraph(ctx, st, g)
 	case wire.APIApply:
 		var req wire.APIApplyRequest
 		if err := decodeStrict(body, &req); err != nil {
@@ -202,14 +209,43 @@ func (c *Controller) apply(ctx context.Context, st *state, req wire.APIApplyRequ
 		names[spec.Name] = true
 		specs = append(specs, spec)
 	}
-	for _, d := range st.deps.all() {
-		if p, on := d.val.Route(); on && !names[d.key] && !req.Prune {
-			routes[p] = d.key
+	graphs := make([]client.GraphSpec, 0, len(req.Graphs))
+	for _, raw := range req.Graphs {
+		g, err := decodeGraph(raw)
+		if err != nil {
+			return nil, err
 		}
+		if names[g.Name] {
+			return nil, fail(wire.APIInvalid, "%s: name: listed twice", g.Name)
+		}
+		names[g.Name] = true
+		graphs = append(graphs, g)
+	}
+	// Deployments a listed graph makes are the graph's, not pruned.
+	owned := map[string]bool{}
+	for _, g := range graphs {
+		for _, d := range g.Deployments() {
+			owned[d.Name] = true
+		}
+	}
+	for p, n := range currentRoutes(st, func(n string) bool { return names[n] || req.Prune }) {
+		routes[p] = n
 	}
 	for i := range specs {
 		if err := c.validate(st, &specs[i], routes); err != nil {
 			return nil, err
+		}
+	}
+	graphDeps := make([][]client.DeploymentSpec, len(graphs))
+	for i := range graphs {
+		if err := c.validateGraph(st, &graphs[i], routes); err != nil {
+			return nil, err
+		}
+		graphDeps[i] = graphs[i].Deployments()
+		for j := range graphDeps[i] {
+			if err := c.validate(st, &graphDeps[i][j], map[string]string{}); err != nil {
+				return nil, err
+			}
 		}
 	}
 	var res wire.APIApplyResult
@@ -230,9 +266,37 @@ func (c *Controller) apply(ctx context.Context, st *state, req wire.APIApplyRequ
 			}
 		}
 	}
+	for i, g := range graphs {
+		old, _, exists := st.graphs.get(g.Name)
+		switch {
+		case exists && sameGraph(old, g):
+			res.Unchanged = append(res.Unchanged, g.Name)
+			continue
+		case exists:
+			res.Updated = append(res.Updated, g.Name)
+		default:
+			res.Created = append(res.Created, g.Name)
+		}
+		if !req.DryRun {
+			if err := c.writeGraph(ctx, st, g, graphDeps[i]); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if req.Prune {
+		for _, g := range st.graphs.all() {
+			if names[g.key] {
+				continue
+			}
+			res.Deleted = append(res.Deleted, g.key)
+			if !req.DryRun {
+				if err := c.deleteGraph(ctx, st, g.key); err != nil {
+					return nil, err
+				}
+			}
+		}
 		for _, d := range st.deps.all() {
-			if names[d.key] {
+			if names[d.key] || owned[d.key] || c.ownedByGraph(st, d.key) {
 				continue
 			}
 			res.Deleted = append(res.Deleted, d.key)
@@ -246,6 +310,39 @@ func (c *Controller) apply(ctx context.Context, st *state, req wire.APIApplyRequ
 		}
 	}
 	return res, nil
+}
+
+func sameGraph(a, b client.GraphSpec) bool {
+	_ = b.Normalize()
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return bytes.Equal(x, y)
+}
+
+// ownedByGraph reports whether a live graph made the deployment.
+func (c *Controller) ownedByGraph(st *state, name string) bool {
+	for _, g := range st.graphs.all() {
+		for _, d := range g.val.Deployments() {
+			if d.Name == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// list returns the deployments a person deployed (not the ones graphs
+// made) and the graphs, sorted by name.
+func (c *Controller) list(st *state) []client.Deployment {
+	out := []client.Deployment{}
+	for _, d := range st.deps.all() {
+		out = append(out, c.view(st, d.val))
+	}
+	for _, g := range st.graphs.all() {
+		out = append(out, c.graphView(st, g.val))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Spec.Name < out[j].Spec.Name })
+	return out
 }
 
 // validate normalizes spec and checks it against the nodes' classes and the
@@ -273,13 +370,11 @@ func (c *Controller) validate(st *state, spec *client.DeploymentSpec, routes map
 		}
 		return fail(wire.APIUnknownClass, "%s: class: unknown class %s (the nodes provide: %s)", spec.Name, spec.Class, strings.Join(names, ", "))
 	}
+	if _, _, isGraph := st.graphs.get(spec.Name); isGraph {
+		return fail(wire.APIConflict, "%s: name: a graph already has this name", spec.Name)
+	}
 	if routes == nil {
-		routes = map[string]string{}
-		for _, d := range st.deps.all() {
-			if p, on := d.val.Route(); on && d.key != spec.Name {
-				routes[p] = d.key
-			}
-		}
+		routes = currentRoutes(st, func(n string) bool { return n == spec.Name })
 	}
 	if prefix, on := spec.Route(); on {
 		if other, taken := routes[prefix]; taken && other != spec.Name {

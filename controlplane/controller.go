@@ -156,7 +156,7 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 	defer wg.Wait()
 
 	// Load the state before acting on it.
-	synced := make(chan string, 4)
+	synced := make(chan string, 5)
 	watch := func(kv jetstream.KeyValue, apply func(jetstream.KeyValueEntry)) {
 		wg.Add(1)
 		go func() {
@@ -167,11 +167,12 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 	watch(c.kv.Deployments, func(e jetstream.KeyValueEntry) { applyEntry(st.deps, e) })
 	watch(c.kv.Assignments, func(e jetstream.KeyValueEntry) { applyEntry(st.asgs, e) })
 	watch(c.kv.Replicas, func(e jetstream.KeyValueEntry) { applyEntry(st.reps, e) })
+	watch(c.kv.Graphs, func(e jetstream.KeyValueEntry) { applyEntry(st.graphs, e) })
 	watch(c.kv.Nodes, func(e jetstream.KeyValueEntry) {
 		applyEntry(st.nodes, e)
 		st.sawNode(e.Key(), e.Operation() == jetstream.KeyValuePut)
 	})
-	for i := 0; i < 4; i++ {
+	for i := 0; i < 5; i++ {
 		select {
 		case <-synced:
 		case <-ctx.Done():
@@ -266,10 +267,11 @@ func (c *Controller) watch(ctx context.Context, kv jetstream.KeyValue, apply fun
 
 // state is the leader's view of the store plus what it keeps in memory.
 type state struct {
-	deps  *table[client.DeploymentSpec]
-	asgs  *table[store.Assignment]
-	reps  *table[store.ReplicaState]
-	nodes *table[store.Node]
+	deps   *table[client.DeploymentSpec]
+	asgs   *table[store.Assignment]
+	reps   *table[store.ReplicaState]
+	nodes  *table[store.Node]
+	graphs *table[client.GraphSpec]
 
 	mu     sync.Mutex // guards seen, dep, health, busy
 	seen   map[string]time.Time
@@ -281,7 +283,7 @@ type state struct {
 func newState() *state {
 	return &state{
 		deps: newTable[client.DeploymentSpec](), asgs: newTable[store.Assignment](),
-		reps: newTable[store.ReplicaState](), nodes: newTable[store.Node](),
+		reps: newTable[store.ReplicaState](), nodes: newTable[store.Node](), graphs: newTable[client.GraphSpec](),
 		seen: map[string]time.Time{}, dep: map[string]*depState{}, health: map[string]*healthState{}, busy: map[string]bool{},
 	}
 }

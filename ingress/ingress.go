@@ -250,15 +250,60 @@ func (g *Ingress) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// watchRoutes keeps the route table equal to the deployments in KV.
+// watchRoutes keeps the route table equal to the deployments and graphs
+// in KV.
 func (g *Ingress) watchRoutes(ctx context.Context) {
 	js, err := jetstream.New(g.nc)
 	if err != nil {
 		g.log.Error("jetstream", "err", err)
 		return
 	}
+	var mu sync.Mutex // guards specs, graphs
+	specs := map[string]client.DeploymentSpec{}
+	graphs := map[string]*client.GraphSpec{}
+	publish := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		routes := map[string]string{}
+		for name, s := range specs {
+			if p, on := s.Route(); on {
+				routes[p] = name
+			}
+		}
+		gs := make([]*client.GraphSpec, 0, len(graphs))
+		for _, gr := range graphs {
+			gs = append(gs, gr)
+		}
+		g.routes.Store(newTable(routes, gs...))
+	}
+	go g.watchBucket(ctx, js, store.BucketGraphs, func(key string, val []byte) {
+		mu.Lock()
+		var spec client.GraphSpec
+		if val != nil && json.Unmarshal(val, &spec) == nil {
+			graphs[key] = &spec
+		} else {
+			delete(graphs, key)
+		}
+		mu.Unlock()
+	}, publish)
+	g.watchBucket(ctx, js, store.BucketDeployments, func(key string, val []byte) {
+		mu.Lock()
+		var spec client.DeploymentSpec
+		if val != nil && json.Unmarshal(val, &spec) == nil {
+			specs[key] = spec
+		} else {
+			delete(specs, key)
+		}
+		mu.Unlock()
+	}, publish)
+}
+
+// watchBucket follows a bucket until ctx ends: apply gets each change (nil
+// value for a delete), publish runs after the initial values and after each
+// later change.
+func (g *Ingress) watchBucket(ctx context.Context, js jetstream.JetStream, bucket string, apply func(string, []byte), publish func()) {
 	for ctx.Err() == nil && !g.draining.Load() {
-		kv, err := js.KeyValue(ctx, store.BucketDeployments)
+		kv, err := js.KeyValue(ctx, bucket)
 		if err != nil { // the controller has not created it yet
 			select {
 			case <-ctx.Done():
@@ -272,26 +317,33 @@ func (g *Ingress) watchRoutes(ctx context.Context) {
 			time.Sleep(500 * time.Millisecond)
 			continue
 		}
-		specs := map[string]client.DeploymentSpec{}
+		synced := false
 		for e := range w.Updates() {
 			if e == nil {
-				g.setRoutes(specs)
+				synced = true
+				publish()
 				continue
 			}
 			if e.Operation() == jetstream.KeyValuePut {
-				var s client.DeploymentSpec
-				if json.Unmarshal(e.Value(), &s) == nil {
-					specs[e.Key()] = s
-				}
+				apply(e.Key(), e.Value())
 			} else {
-				delete(specs, e.Key())
+				apply(e.Key(), nil)
 			}
-			g.setRoutes(specs)
+			if synced {
+				publish()
+			}
 		}
 		_ = w.Stop()
 	}
 }
 
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Debug("fasthttp", "msg", fmt.Sprintf(format, args...))
+}
+
+// setRoutes replaces the route table with the routes of specs.
 func (g *Ingress) setRoutes(specs map[string]client.DeploymentSpec) {
 	routes := map[string]string{}
 	for name, s := range specs {
@@ -300,10 +352,4 @@ func (g *Ingress) setRoutes(specs map[string]client.DeploymentSpec) {
 		}
 	}
 	g.routes.Store(newTable(routes))
-}
-
-type fasthttpLogger struct{ l *slog.Logger }
-
-func (f fasthttpLogger) Printf(format string, args ...any) {
-	f.l.Debug("fasthttp", "msg", fmt.Sprintf(format, args...))
 }

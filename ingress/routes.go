@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/wire"
 )
 
@@ -13,6 +14,7 @@ type route struct {
 	prefix     string
 	deployment string
 	subject    string
+	graph      *client.GraphSpec // set for a graph: the ingress runs it
 }
 
 // table is an immutable route table; the ingress swaps whole tables
@@ -22,10 +24,16 @@ type table struct {
 	json     []byte // the /-/routes body
 }
 
-func newTable(routes map[string]string) *table { // prefix → deployment
+func newTable(routes map[string]string, graphs ...*client.GraphSpec) *table { // prefix → deployment
 	t := &table{byPrefix: make(map[string]*route, len(routes))}
 	for p, d := range routes {
 		t.byPrefix[p] = &route{prefix: p, deployment: d, subject: wire.DeploymentSubject(d)}
+	}
+	for _, g := range graphs {
+		if p, on := g.Route(); on {
+			t.byPrefix[p] = &route{prefix: p, deployment: g.Name, graph: g}
+			routes[p] = g.Name
+		}
 	}
 	keys := make([]string, 0, len(routes))
 	for p := range routes {

@@ -3,10 +3,12 @@ package ingress
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
@@ -50,6 +52,11 @@ func (g *Ingress) serve(ctx *fasthttp.RequestCtx) {
 	rt := g.routes.Load().match(path)
 	if rt == nil {
 		ctx.Error("no deployment serves "+string(path)+"\n", fasthttp.StatusNotFound)
+		ctx.Response.Header.Set(headerRequestID, id)
+		return
+	}
+	if rt.graph != nil {
+		g.serveGraph(ctx, rt.graph, id)
 		return
 	}
 
@@ -151,4 +158,56 @@ func (g *Ingress) parseError(ctx *fasthttp.RequestCtx, err error) {
 	default:
 		ctx.Error("malformed request\n", fasthttp.StatusBadRequest)
 	}
+}
+
+// serveGraph runs a graph for an HTTP request: the input is the JSON body
+// or a query parameter (the graph's http_input), the output is written as
+// text (a string) or JSON.
+func (g *Ingress) serveGraph(ctx *fasthttp.RequestCtx, gr *client.GraphSpec, id string) {
+	var raw []byte
+	if param, ok := strings.CutPrefix(gr.HTTPInput, "query:"); ok {
+		v := ctx.QueryArgs().Peek(param)
+		if v == nil {
+			ctx.Error("graph "+gr.Name+": query parameter "+param+" is required\n", fasthttp.StatusBadRequest)
+			return
+		}
+		raw = v
+		if !json.Valid(v) {
+			raw, _ = json.Marshal(string(v))
+		}
+	} else {
+		raw = ctx.PostBody()
+		if len(bytes.TrimSpace(raw)) == 0 {
+			raw = []byte("null")
+		}
+	}
+	input, err := client.JSONToValue(raw)
+	if err != nil {
+		ctx.Error("graph "+gr.Name+": the input is not JSON: "+err.Error()+"\n", fasthttp.StatusBadRequest)
+		return
+	}
+	rctx, cancel := context.WithTimeout(client.WithRequestID(context.Background(), id), g.cfg.RequestTimeout)
+	out, err := g.cl.RunGraph(rctx, gr, input)
+	cancel()
+	if err != nil {
+		g.writeError(ctx, gr.Name, err)
+		return
+	}
+	v, err := client.ValueToJSON(out)
+	if err != nil {
+		ctx.Error("graph "+gr.Name+": bad output: "+err.Error()+"\n", fasthttp.StatusBadGateway)
+		return
+	}
+	if s, ok := v.(string); ok {
+		ctx.SetContentType("text/plain; charset=utf-8")
+		ctx.SetBodyString(s)
+		return
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		ctx.Error("graph "+gr.Name+": output is not JSON: "+err.Error()+"\n", fasthttp.StatusInternalServerError)
+		return
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
 }

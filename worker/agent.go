@@ -221,8 +221,12 @@ func openWithRetry(ctx context.Context, js jetstream.JetStream, cfg store.Config
 func (a *Agent) heartbeat(ctx context.Context) error {
 	host, _ := os.Hostname()
 	now := time.Now()
+	methods := map[string][]string{}
+	for _, c := range a.cfg.Registry.Classes() {
+		methods[c], _ = a.cfg.Registry.Methods(c)
+	}
 	_, err := store.Put(ctx, a.kv.Nodes, a.cfg.Name, store.Node{
-		Name: a.cfg.Name, Host: host, PID: os.Getpid(), Classes: a.cfg.Registry.Classes(), Heartbeat: now,
+		Name: a.cfg.Name, Host: host, PID: os.Getpid(), Classes: a.cfg.Registry.Classes(), Methods: methods, Heartbeat: now,
 	})
 	return err
 }

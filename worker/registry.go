@@ -95,15 +95,16 @@ func (r *Registry) Classes() []string {
 	return names
 }
 
-// Methods returns the handle-callable methods of a class, sorted.
+// Methods returns the handle-callable methods of a class, sorted, with
+// their snake_case aliases.
 func (r *Registry) Methods(className string) ([]string, error) {
 	c, err := r.lookup(className)
 	if err != nil {
 		return nil, err
 	}
 	var names []string
-	for n, m := range c.methods {
-		if !hook(n) && m.name == n {
+	for n := range c.methods {
+		if !hook(n) {
 			names = append(names, n)
 		}
 	}

@@ -8,6 +8,7 @@
 //	natserve_replicas     <replica>           ReplicaState           node agent
 //	natserve_nodes        <node>              Node                   node agent (heartbeat)
 //	natserve_leader       controller          Lease                  the leading controller
+//	natserve_graphs       <graph>             client.GraphSpec       controller (from the API)
 package store
 
 import (
@@ -28,6 +29,7 @@ const (
 	BucketReplicas    = "natserve_replicas"
 	BucketNodes       = "natserve_nodes"
 	BucketLeader      = "natserve_leader"
+	BucketGraphs      = "natserve_graphs"
 )
 
 // LeaderKey is the key of the controller lease.
@@ -48,6 +50,7 @@ type Buckets struct {
 	Replicas    jetstream.KeyValue
 	Nodes       jetstream.KeyValue
 	Leader      jetstream.KeyValue
+	Graphs      jetstream.KeyValue
 }
 
 // Open creates the buckets that do not exist yet (with cfg) and opens them.
@@ -92,6 +95,9 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Buckets, er
 		return nil, err
 	}
 	if b.Leader, err = open(BucketLeader, 1, cfg.LeaseTTL); err != nil {
+		return nil, err
+	}
+	if b.Graphs, err = open(BucketGraphs, 5, 0); err != nil {
 		return nil, err
 	}
 	return &b, nil
@@ -151,12 +157,14 @@ type ReplicaState struct {
 
 // Node is a node agent's heartbeat record.
 type Node struct {
-	Name      string    `json:"name"`
-	Host      string    `json:"host"`
-	PID       int       `json:"pid"`
-	Classes   []string  `json:"classes"`
-	Started   time.Time `json:"started"`
-	Heartbeat time.Time `json:"heartbeat"`
+	Name    string   `json:"name"`
+	Host    string   `json:"host"`
+	PID     int      `json:"pid"`
+	Classes []string `json:"classes"`
+	// Methods lists each class's handle-callable methods.
+	Methods   map[string][]string `json:"methods,omitempty"`
+	Started   time.Time           `json:"started"`
+	Heartbeat time.Time           `json:"heartbeat"`
 }
 
 // Lease is the controller lease.

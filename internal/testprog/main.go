@@ -182,6 +182,7 @@ func main() {
 	reg.Class("Probe", NewProbe)
 	reg.Func("double", func(x int) int { return 2 * x })
 	reg.HTTPHandler("Router", NewRouter)
+	reg.Func("combine", func(a, b int) int { return a + b })
 	seed.Register(&reg)
 	worker.Main(&reg)
 }

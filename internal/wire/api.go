@@ -12,12 +12,14 @@ const (
 	APIScale  = "scale"  // body: APIScaleRequest
 	APIStatus = "status" // reply: ClusterStatus
 	APIApply  = "apply"  // body: APIApplyRequest; reply: APIApplyResult
+	APIGraph  = "graph"  // body: GraphSpec; reply: Deployment (the graph)
 )
 
 // APIApplyRequest applies a whole set of deployments at once: all are
 // validated before any is written.
 type APIApplyRequest struct {
 	Deployments []json.RawMessage `json:"deployments"`
+	Graphs      []json.RawMessage `json:"graphs,omitempty"`
 	// Prune deletes the deployments the set does not list.
 	Prune bool `json:"prune,omitempty"`
 	// DryRun validates without writing.

@@ -1,0 +1,318 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natserve/natserve/internal/store"
+	"github.com/natserve/natserve/internal/wire"
+)
+
+// graphCache follows the graphs in the control plane's KV, so that a handle
+// to a graph's name runs the graph.
+type graphCache struct {
+	once  sync.Once
+	ready chan struct{} // closed after the first sync attempt
+
+	mu     sync.Mutex // guards graphs
+	graphs map[string]*GraphSpec
+}
+
+func (c *Client) graphWatch() *graphCache {
+	g := &c.graphs
+	g.once.Do(func() {
+		g.ready = make(chan struct{})
+		go c.watchGraphs(g)
+	})
+	return g
+}
+
+func (c *Client) watchGraphs(g *graphCache) {
+	readyOnce := sync.OnceFunc(func() { close(g.ready) })
+	defer readyOnce()
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		return
+	}
+	for !c.nc.IsClosed() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		kv, err := js.KeyValue(ctx, store.BucketGraphs)
+		cancel()
+		if err != nil {
+			readyOnce()
+			time.Sleep(time.Second)
+			continue
+		}
+		w, err := kv.WatchAll(context.Background())
+		if err != nil {
+			readyOnce()
+			time.Sleep(time.Second)
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil {
+				readyOnce()
+				continue
+			}
+			g.mu.Lock()
+			if g.graphs == nil {
+				g.graphs = map[string]*GraphSpec{}
+			}
+			var spec GraphSpec
+			if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &spec) == nil {
+				g.graphs[e.Key()] = &spec
+			} else {
+				delete(g.graphs, e.Key())
+			}
+			g.mu.Unlock()
+		}
+		_ = w.Stop()
+	}
+}
+
+// Graph returns the graph called name if the control plane has one,
+// waiting briefly for the first sync.
+func (c *Client) Graph(ctx context.Context, name string) (*GraphSpec, bool) {
+	g := c.graphWatch()
+	select {
+	case <-g.ready:
+	case <-ctx.Done():
+		return nil, false
+	case <-time.After(2 * time.Second):
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	spec, ok := g.graphs[name]
+	return spec, ok
+}
+
+func (c *Client) cachedGraph(name string) *GraphSpec {
+	g := &c.graphs
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.graphs[name]
+}
+
+// RunGraph runs graph g on input (one msgpack value) and returns the
+// output node's value (msgpack). Nodes run as soon as their inputs are in,
+// in parallel; each node's value comes back here and goes straight to the
+// nodes that use it. An error names the node that failed.
+func (c *Client) RunGraph(ctx context.Context, g *GraphSpec, input []byte) ([]byte, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.opts.Timeout)
+		defer cancel()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	classNodes := map[string]bool{}
+	for _, n := range g.Nodes {
+		if n.Class != "" {
+			classNodes[n.Name] = true
+		}
+	}
+	type result struct {
+		done chan struct{}
+		val  []byte
+		err  error
+	}
+	results := map[string]*result{}
+	for _, n := range g.Nodes {
+		if n.Call != "" {
+			results[n.Name] = &result{done: make(chan struct{})}
+		}
+	}
+	var firstErr error
+	var errOnce sync.Once
+	fail := func(err error) {
+		errOnce.Do(func() { firstErr = err; cancel() })
+	}
+	for _, n := range g.Nodes {
+		if n.Call == "" {
+			continue
+		}
+		r := results[n.Name]
+		deployment, method := NodeDeployment(g.Name, n.Name), ""
+		target, m, _ := strings.Cut(n.Call, ".")
+		if classNodes[target] {
+			deployment, method = NodeDeployment(g.Name, target), m
+		}
+		go func() {
+			defer close(r.done)
+			args := make([][]byte, len(n.Args))
+			for i, a := range n.Args {
+				switch name, isRef := ref(a); {
+				case name == InputRef:
+					args[i] = input
+				case isRef:
+					dep := results[name]
+					select {
+					case <-dep.done:
+					case <-ctx.Done():
+						r.err = ctx.Err()
+						return
+					}
+					if dep.err != nil {
+						r.err = dep.err
+						return
+					}
+					args[i] = dep.val
+				default:
+					v, err := literal(a)
+					if err != nil {
+						r.err = err
+						fail(err)
+						return
+					}
+					args[i] = v
+				}
+			}
+			r.val, r.err = c.callRaw(ctx, deployment, method, appendArray(args))
+			if r.err != nil {
+				var ce *Error
+				if errors.As(r.err, &ce) {
+					where := deployment
+					if method != "" {
+						where += "." + method
+					}
+					r.err = &Error{Deployment: g.Name, Code: ce.Code, Replica: ce.Replica,
+						Message: fmt.Sprintf("node %s (%s): %s", n.Name, where, ce.Message)}
+				}
+				fail(r.err)
+			}
+		}()
+	}
+	out := results[g.Output]
+	select {
+	case <-out.done:
+	case <-ctx.Done():
+	}
+	<-out.done
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	return out.val, out.err
+}
+
+// JSONToValue converts one JSON value to msgpack, keeping integers
+// integers (for a graph's HTTP input and literal arguments).
+func JSONToValue(b []byte) ([]byte, error) { return literal(b) }
+
+// ValueToJSON decodes one msgpack value into something encoding/json can
+// write (maps with string keys, byte strings as text when they are text).
+func ValueToJSON(b []byte) (any, error) {
+	var v any
+	if err := wire.UnmarshalValue(b, &v); err != nil {
+		return nil, err
+	}
+	return jsonable(v), nil
+}
+
+func jsonable(v any) any {
+	switch x := v.(type) {
+	case []byte:
+		if utf8.Valid(x) {
+			return string(x)
+		}
+	case []any:
+		for i := range x {
+			x[i] = jsonable(x[i])
+		}
+	case map[string]any:
+		for k := range x {
+			x[k] = jsonable(x[k])
+		}
+	case map[any]any:
+		m := make(map[string]any, len(x))
+		for k, val := range x {
+			m[fmt.Sprint(k)] = jsonable(val)
+		}
+		return m
+	}
+	return v
+}
+
+// literal converts a JSON literal argument to msgpack, keeping integers.
+func literal(a json.RawMessage) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(a))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	return wire.MarshalValue(jsonNumbers(v))
+}
+
+func jsonNumbers(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i
+		}
+		f, _ := x.Float64()
+		return f
+	case []any:
+		for i := range x {
+			x[i] = jsonNumbers(x[i])
+		}
+	case map[string]any:
+		for k := range x {
+			x[k] = jsonNumbers(x[k])
+		}
+	}
+	return v
+}
+
+// appendArray frames msgpack values as one array.
+func appendArray(vals [][]byte) []byte {
+	n := 5
+	for _, v := range vals {
+		n += len(v)
+	}
+	b := make([]byte, 0, n)
+	switch l := len(vals); {
+	case l < 16:
+		b = append(b, 0x90|byte(l))
+	case l <= 0xffff:
+		b = append(b, 0xdc, byte(l>>8), byte(l))
+	default:
+		b = append(b, 0xdd, byte(l>>24), byte(l>>16), byte(l>>8), byte(l))
+	}
+	for _, v := range vals {
+		b = append(b, v...)
+	}
+	return b
+}
+
+// callRaw sends msgpack-encoded args to a deployment's method and returns
+// the raw msgpack result.
+func (c *Client) callRaw(ctx context.Context, deployment, method string, payload []byte) ([]byte, error) {
+	if err := wire.ValidateMethod(method); err != nil {
+		return nil, &Error{Deployment: deployment, Method: method, Code: string(wire.CodeUnknownMethod), Message: err.Error()}
+	}
+	id := RequestID(ctx)
+	if id == "" {
+		id = NewRequestID()
+	}
+	hdr := nats.Header{
+		wire.HeaderKind:      []string{wire.KindCall},
+		wire.HeaderRequestID: []string{id},
+	}
+	if method != "" {
+		hdr[wire.HeaderMethod] = []string{method}
+	}
+	reply, err := c.RequestMsg(ctx, deployment, method, &nats.Msg{Subject: wire.DeploymentSubject(deployment), Header: hdr, Data: payload})
+	if err != nil {
+		return nil, err
+	}
+	return reply.Data, nil
+}
