@@ -70,11 +70,12 @@ func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Write
 	url := fs.String("nats", envOr("NATSERVE_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated ($NATSERVE_URL)")
 	name := fs.String("name", os.Getenv("NATSERVE_NODE"), "node name ($NATSERVE_NODE; default: the host name)")
 	kvReplicas := fs.Int("kv-replicas", 1, "replication of the control-plane buckets if the agent creates them")
+	drain := fs.Bool("stop-replicas-on-exit", false, "on SIGTERM, drain and stop the replicas (in a container); otherwise they keep serving and a restarted agent adopts them")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	a, err := NewAgent(AgentConfig{Name: *name, NATSURL: *url, Registry: reg, KVReplicas: *kvReplicas, Logger: log, ReplicaOutput: stderr})
+	a, err := NewAgent(AgentConfig{Name: *name, NATSURL: *url, Registry: reg, KVReplicas: *kvReplicas, StopReplicasOnExit: *drain, Logger: log, ReplicaOutput: stderr})
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ func init() {
 			fs.BoolVar(&o.wait, "wait", false, "show progress until every deployment is HEALTHY; fail on DEPLOY_FAILED")
 			fs.BoolVar(&o.prune, "prune", false, "also delete deployments the file does not list")
 			fs.BoolVar(&o.dryRun, "dry-run", false, "validate against the cluster without changing it")
+			fs.IntVar(&o.nodes, "min-nodes", 0, "first wait (up to --timeout) until this many node agents are alive, so that replicas spread")
 		},
 		run: deploy,
 	})
@@ -40,6 +41,11 @@ func deploy(ctx context.Context, e *env, args []string) error {
 	cl, err := e.client(ctx)
 	if err != nil {
 		return err
+	}
+	if e.opts.nodes > 0 {
+		if err := waitNodes(ctx, e, cl, e.opts.nodes); err != nil {
+			return err
+		}
 	}
 	cctx, cancel := e.ctx(ctx)
 	res, err := cl.Apply(cctx, cfg, client.ApplyOptions{Prune: e.opts.prune, DryRun: e.opts.dryRun})
@@ -115,6 +121,38 @@ func waitAll(ctx context.Context, e *env, cl *client.Client, cfg *client.Config)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not HEALTHY after waiting: %s", last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// waitNodes waits until n node agents are alive.
+func waitNodes(ctx context.Context, e *env, cl *client.Client, n int) error {
+	deadline := time.Now().Add(e.timeout)
+	for {
+		cctx, cancel := e.ctx(ctx)
+		st, err := cl.Status(cctx)
+		cancel()
+		alive := 0
+		if err == nil {
+			for _, nd := range st.Nodes {
+				if nd.Alive {
+					alive++
+				}
+			}
+			if alive >= n {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return explain(err)
+			}
+			return fmt.Errorf("%d of %d node agents alive after %v", alive, n, e.timeout)
 		}
 		select {
 		case <-ctx.Done():

@@ -32,6 +32,7 @@ type options struct {
 	prune  bool
 	dryRun bool
 	method string
+	nodes  int
 }
 
 func newEnv(fs *flag.FlagSet, stdout, stderr io.Writer) *env {

@@ -1,0 +1,326 @@
+package deploy_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/e2e"
+	"github.com/natserve/natserve/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.Main(m) }
+
+// compose runs docker compose (the plugin, or docker-compose v1).
+type compose struct {
+	t       *testing.T
+	cmd     []string
+	project string
+	env     []string
+	root    string
+}
+
+func (c *compose) run(args ...string) string {
+	c.t.Helper()
+	full := append(append(append([]string{}, c.cmd[1:]...), "-p", c.project), args...)
+	cmd := exec.Command(c.cmd[0], full...)
+	cmd.Dir = c.root
+	cmd.Env = append(os.Environ(), c.env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("%s %s: %v\n%s", strings.Join(c.cmd, " "), strings.Join(args, " "), err, tail(string(out), 3000))
+	}
+	return string(out)
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
+
+func composeCommand() []string {
+	if exec.Command("docker", "compose", "version").Run() == nil {
+		return []string{"docker", "compose"}
+	}
+	if p, err := exec.LookPath("docker-compose"); err == nil {
+		return []string{p}
+	}
+	return nil
+}
+
+// goImage returns a builder base image that exists locally: the official
+// one if present, else one made from this machine's Go toolchain.
+func goImage(t *testing.T) string {
+	if img := os.Getenv("NATSERVE_GO_IMAGE"); img != "" {
+		return img
+	}
+	if exec.Command("docker", "image", "inspect", "golang:1.26-bookworm").Run() == nil {
+		return "golang:1.26-bookworm"
+	}
+	const local = "natserve-go:local"
+	if exec.Command("docker", "image", "inspect", local).Run() == nil {
+		return local
+	}
+	script := filepath.Join(testutil.ModuleRoot(t), "deploy", "go-image.sh")
+	if out, err := exec.Command("bash", script, local).CombinedOutput(); err != nil {
+		t.Fatalf("making %s: %v\n%s", local, err, out)
+	}
+	return local
+}
+
+type traffic struct {
+	ok, failed atomic.Int64
+	codes      sync.Map // status → *atomic.Int64
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+// startTraffic sends GET url from workers goroutines, each at most every 10 ms.
+func startTraffic(url string, workers int) *traffic {
+	tr := &traffic{stop: make(chan struct{})}
+	hc := &http.Client{Timeout: 10 * time.Second}
+	for i := 0; i < workers; i++ {
+		tr.wg.Add(1)
+		go func() {
+			defer tr.wg.Done()
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-tr.stop:
+					return
+				case <-tick.C:
+				}
+				resp, err := hc.Get(url)
+				code := 0
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					code = resp.StatusCode
+				}
+				v, _ := tr.codes.LoadOrStore(code, new(atomic.Int64))
+				v.(*atomic.Int64).Add(1)
+				if code == 200 {
+					tr.ok.Add(1)
+				} else {
+					tr.failed.Add(1)
+				}
+			}
+		}()
+	}
+	return tr
+}
+
+func (tr *traffic) finish() (ratio float64, summary string) {
+	close(tr.stop)
+	tr.wg.Wait()
+	ok, failed := tr.ok.Load(), tr.failed.Load()
+	var parts []string
+	tr.codes.Range(func(k, v any) bool {
+		parts = append(parts, fmt.Sprintf("%d×%d", v.(*atomic.Int64).Load(), k))
+		return true
+	})
+	if ok+failed == 0 {
+		return 0, "no requests"
+	}
+	return float64(ok) / float64(ok+failed), fmt.Sprintf("%d requests, %.2f%% ok (status: %s)", ok+failed, 100*float64(ok)/float64(ok+failed), strings.Join(parts, " "))
+}
+
+func TestDockerCompose(t *testing.T) {
+	if exec.Command("docker", "info").Run() != nil {
+		t.Skip("no Docker engine: the docker compose test needs one")
+	}
+	cmd := composeCommand()
+	if cmd == nil {
+		t.Skip("neither 'docker compose' nor docker-compose is installed")
+	}
+	httpPort, natsPort, nats2Port := e2e.FreePort(t), e2e.FreePort(t), e2e.FreePort(t)
+	c := &compose{t: t, cmd: cmd, project: fmt.Sprintf("natserve-e2e-%d", os.Getpid()), root: testutil.ModuleRoot(t), env: []string{
+		"NATSERVE_GO_IMAGE=" + goImage(t),
+		"NATSERVE_IMAGE=natserve:e2e",
+		"NATSERVE_HTTP_PORT=" + strconv.Itoa(httpPort),
+		"NATSERVE_NATS_PORT=" + strconv.Itoa(natsPort),
+		"NATSERVE_NATS2_PORT=" + strconv.Itoa(nats2Port),
+	}}
+	start := time.Now()
+	c.run("build", "nats1")
+	t.Logf("image built in %v", time.Since(start).Round(time.Second))
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := exec.Command(c.cmd[0], append(c.cmd[1:], "-p", c.project, "logs", "--tail=40")...).CombinedOutput()
+			t.Logf("compose logs:\n%s", tail(string(out), 20000))
+		}
+		c.run("down", "--timeout", "5")
+		out, _ := exec.Command("docker", "ps", "-q", "--filter", "label=com.docker.compose.project="+c.project).Output()
+		if len(bytes.TrimSpace(out)) != 0 {
+			t.Errorf("docker compose down left containers running: %s", out)
+		}
+	})
+
+	// Up from a clean state: the example deployments serve on the HTTP port within 60 s.
+	start = time.Now()
+	c.run("up", "-d")
+	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
+	testutil.Eventually(t, 60*time.Second, func() error {
+		resp, err := http.Get(base + "/rep-1?data=0.3")
+		if err != nil {
+			return err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), "path: /model/rep-1.pkl") {
+			return fmt.Errorf("%d %s", resp.StatusCode, b)
+		}
+		return nil
+	})
+	t.Logf("serving on port %d %v after docker compose up", httpPort, time.Since(start).Round(100*time.Millisecond))
+
+	cl, err := client.Connect(e2e.Ctx(10*time.Second), natsURL, client.WithTimeout(20*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var ds []client.Deployment
+	testutil.Eventually(t, 60*time.Second, func() error {
+		ds, err = cl.List(e2e.Ctx(5 * time.Second))
+		if err != nil {
+			return err
+		}
+		for _, d := range ds {
+			if d.Status != client.StatusHealthy {
+				return fmt.Errorf("%s is %s", d.Spec.Name, d.Status)
+			}
+		}
+		if len(ds) != 4 {
+			return fmt.Errorf("%d deployments", len(ds))
+		}
+		return nil
+	})
+	servectl := testutil.Build(t, "./cmd/servectl")
+	out, err := exec.Command(servectl, "list-deployments", "--server", natsURL).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "rep-1") || !strings.Contains(string(out), "/api") {
+		t.Fatalf("servectl list-deployments: %v\n%s", err, out)
+	}
+
+	// Replicas are spread over both workers.
+	nodesOf := func() map[string]int {
+		nodes := map[string]int{}
+		for _, name := range []string{"rep-1", "rep-2", "http_deployment", "MyFirstDeployment"} {
+			d, err := cl.Get(e2e.Ctx(5*time.Second), name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range d.Replicas {
+				if r.State == client.ReplicaRunning {
+					nodes[r.Node]++
+				}
+			}
+		}
+		return nodes
+	}
+	if n := nodesOf(); n["worker1"] == 0 || n["worker2"] == 0 {
+		t.Fatalf("replicas per node: %v", n)
+	}
+
+	// Stopping a worker moves its replicas to the other within 10 s; HTTP keeps answering.
+	tr := startTraffic(base+"/rep-1?data=0.3", 8)
+	time.Sleep(time.Second) // traffic before the event, measured with it
+	start = time.Now()
+	c.run("stop", "worker1")
+	testutil.Eventually(t, 10*time.Second, func() error {
+		n := nodesOf()
+		if n["worker1"] != 0 || n["worker2"] != 6 {
+			return fmt.Errorf("replicas per node %v", n)
+		}
+		return nil
+	})
+	moved := time.Since(start)
+	time.Sleep(time.Second)
+	ratio, summary := tr.finish()
+	t.Logf("worker1 stopped: replicas on worker2 after %v; traffic: %s", moved.Round(10*time.Millisecond), summary)
+	if ratio < 0.99 {
+		t.Errorf("success ratio %.4f while a worker stopped, want ≥ 0.99", ratio)
+	}
+	c.run("start", "worker1")
+
+	// Stopping a NATS node under load: traffic continues, KV takes writes, the node rejoins.
+	tr = startTraffic(base+"/rep-2?data=0.3", 8)
+	time.Sleep(time.Second)
+	c.run("stop", "nats2")
+	if err := cl.Scale(e2e.Ctx(20*time.Second), "rep-2", 3); err != nil {
+		t.Fatalf("scale with nats2 down: %v", err)
+	}
+	if _, err := cl.WaitHealthy(e2e.Ctx(30*time.Second), "rep-2", nil); err != nil {
+		t.Fatalf("rep-2 with nats2 down: %v", err)
+	}
+	time.Sleep(2 * time.Second)
+	ratio, summary = tr.finish()
+	t.Logf("nats2 stopped; the controller wrote KV (rep-2 scaled to 3, HEALTHY); traffic: %s", summary)
+	if ratio < 0.99 {
+		t.Errorf("success ratio %.4f while a NATS node stopped, want ≥ 0.99", ratio)
+	}
+	c.run("start", "nats2")
+	testutil.Eventually(t, 30*time.Second, func() error {
+		nc, err := client.Connect(e2e.Ctx(2*time.Second), fmt.Sprintf("nats://127.0.0.1:%d", nats2Port))
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		d, err := nc.Get(e2e.Ctx(2*time.Second), "rep-2")
+		if err != nil {
+			return err
+		}
+		if d.Spec.NumReplicas != 3 {
+			return fmt.Errorf("nats2 serves rep-2 with %d replicas", d.Spec.NumReplicas)
+		}
+		return nil
+	})
+	t.Logf("nats2 rejoined and serves the control plane")
+
+	// Killing the leading controller: the standby takes over within 10 s and a deploy succeeds.
+	st, err := cl.Status(e2e.Ctx(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := st.Leader
+	start = time.Now()
+	c.run("kill", leader)
+	testutil.Eventually(t, 10*time.Second, func() error {
+		st, err := cl.Status(e2e.Ctx(time.Second))
+		if err != nil {
+			return err
+		}
+		if st.Leader == leader {
+			return fmt.Errorf("leader still %s", leader)
+		}
+		return nil
+	})
+	t.Logf("%s killed; the standby leads after %v", leader, time.Since(start).Round(10*time.Millisecond))
+	spec := client.DeploymentSpec{Name: "after-failover", Class: "MyFirstDeployment", InitArgs: json.RawMessage(`["still here"]`)}
+	if _, err := cl.Deploy(e2e.Ctx(10*time.Second), spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.WaitHealthy(e2e.Ctx(30*time.Second), "after-failover", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := client.Call[string](e2e.Ctx(5*time.Second), cl.Handle("after-failover"), "x"); err != nil || got != "still here" {
+		t.Fatalf("after failover: %q %v", got, err)
+	}
+	_ = context.Background
+}

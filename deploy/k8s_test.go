@@ -1,0 +1,91 @@
+package deploy_test
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+type manifest struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Metadata   struct {
+		Name string `yaml:"name"`
+	} `yaml:"metadata"`
+	Spec struct {
+		Replicas *int `yaml:"replicas"`
+		Template struct {
+			Spec struct {
+				Containers []struct {
+					Image string   `yaml:"image"`
+					Args  []string `yaml:"args"`
+				} `yaml:"containers"`
+			} `yaml:"spec"`
+		} `yaml:"template"`
+	} `yaml:"spec"`
+}
+
+// TestKubernetesManifests parses deploy/k8s and checks the topology: a NATS
+// StatefulSet of 3, 2 controllers, an ingress Deployment and Service, a
+// worker DaemonSet, all running natserve subcommands that exist.
+func TestKubernetesManifests(t *testing.T) {
+	files, _ := filepath.Glob("k8s/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no manifests in deploy/k8s")
+	}
+	got := map[string]manifest{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(false)
+		for {
+			var m manifest
+			if err := dec.Decode(&m); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			if m.APIVersion == "" || m.Kind == "" || m.Metadata.Name == "" {
+				t.Fatalf("%s: a document without apiVersion, kind or name", f)
+			}
+			got[m.Kind+"/"+m.Metadata.Name] = m
+		}
+	}
+	want := map[string]struct {
+		replicas int
+		command  string
+	}{
+		"StatefulSet/nats":               {3, "broker"},
+		"Deployment/natserve-controller": {2, "controller"},
+		"Deployment/natserve-ingress":    {2, "ingress"},
+		"DaemonSet/natserve-worker":      {-1, "worker"},
+	}
+	for key, w := range want {
+		m, ok := got[key]
+		if !ok {
+			t.Errorf("missing %s", key)
+			continue
+		}
+		if w.replicas >= 0 && (m.Spec.Replicas == nil || *m.Spec.Replicas != w.replicas) {
+			t.Errorf("%s: replicas %v, want %d", key, m.Spec.Replicas, w.replicas)
+		}
+		cs := m.Spec.Template.Spec.Containers
+		if len(cs) != 1 || len(cs[0].Args) == 0 || cs[0].Args[0] != w.command || !strings.HasPrefix(cs[0].Image, "natserve") {
+			t.Errorf("%s: containers %+v, want natserve %s", key, cs, w.command)
+		}
+	}
+	for _, key := range []string{"Service/nats", "Service/natserve-ingress"} {
+		if _, ok := got[key]; !ok {
+			t.Errorf("missing %s", key)
+		}
+	}
+}
