@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/natserve/natserve/examples/hello"
 	"github.com/natserve/natserve/examples/seed"
 	"github.com/natserve/natserve/worker"
 )
@@ -46,6 +47,7 @@ Run 'natserve <command> -h' for its flags.
 func registry() *worker.Registry {
 	var reg worker.Registry
 	seed.Register(&reg)
+	hello.Register(&reg)
 	return &reg
 }
 

@@ -1,0 +1,37 @@
+// Command natsreplica is the benchmarks' raw NATS request-reply responder
+// (C): a queue subscriber that answers with the payload a request asks for,
+// the same work as the Hello deployment without natserve.
+package main
+
+import (
+	"flag"
+	"log"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/natserve/natserve/examples/hello"
+	"github.com/nats-io/nats.go"
+)
+
+func main() {
+	url := flag.String("nats", nats.DefaultURL, "NATS URL")
+	subject := flag.String("subject", "bench.raw", "subject (queue group bench)")
+	flag.Parse()
+	nc, err := nats.Connect(*url)
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, err = nc.QueueSubscribe(*subject, "bench", func(m *nats.Msg) {
+		n, _ := strconv.Atoi(string(m.Data))
+		_ = m.Respond(hello.Payload(n))
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
+	<-sig
+	nc.Close()
+}

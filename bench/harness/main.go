@@ -1,0 +1,529 @@
+// Command harness runs natserve's benchmark suite in one go, interleaved so
+// that machine drift cancels:
+//
+//	A  a bare fasthttp server: the ceiling with no hop
+//	E  nginx (keep-alive reverse proxy) in front of N fasthttp replicas: what users pick instead
+//	D  natserve up (in-process broker, controller, ingress) with a Hello deployment of N replicas
+//	C  raw NATS request-reply to N responder processes, against natserve handle calls (H)
+//
+// HTTP load comes from wrk at concurrency 1 and 64, N = 1 and 2, payloads of
+// 20 B and 10 KB; every measurement is repeated and reported as the median
+// with its spread. It also measures replica and ingress memory and writes
+// results.json, results.md and, with gnuplot, throughput.png under -out.
+//
+//	go run ./bench/harness -duration 5s -repeats 3 -out bench/results
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/natserve/natserve/client"
+	"github.com/nats-io/nats.go"
+)
+
+type config struct {
+	duration time.Duration
+	repeats  int
+	out      string
+	conns    int
+}
+
+func main() {
+	var cfg config
+	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "length of each measurement")
+	flag.IntVar(&cfg.repeats, "repeats", 3, "repetitions of every measurement")
+	flag.StringVar(&cfg.out, "out", "bench/results", "directory for results.json, results.md, throughput.png")
+	flag.IntVar(&cfg.conns, "idle-conns", 10000, "idle connections held open against the ingress")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "harness:", err)
+		os.Exit(1)
+	}
+}
+
+// Measurement is one wrk or Go-client run.
+type Measurement struct {
+	Config  string  `json:"config"` // A, E, D, C, H
+	Conc    int     `json:"concurrency"`
+	Size    int     `json:"size"`
+	N       int     `json:"replicas"`
+	Repeat  int     `json:"repeat"`
+	RPS     float64 `json:"rps"`
+	P50us   float64 `json:"p50_us"`
+	P99us   float64 `json:"p99_us"`
+	Errors  int     `json:"errors"`
+	Samples int     `json:"requests"`
+}
+
+// Results is what the harness writes.
+type Results struct {
+	Commit       string        `json:"commit"`
+	Machine      string        `json:"machine"`
+	Date         string        `json:"date"`
+	Duration     string        `json:"duration"`
+	Measurements []Measurement `json:"measurements"`
+	Memory       map[string]float64 `json:"memory_mb"`
+}
+
+type procs struct {
+	mu   sync.Mutex
+	list []*exec.Cmd
+}
+
+func (p *procs) start(name string, args ...string) (*exec.Cmd, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	p.list = append(p.list, cmd)
+	p.mu.Unlock()
+	return cmd, nil
+}
+
+func (p *procs) stopAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.list {
+		_ = syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
+	}
+	for _, c := range p.list {
+		done := make(chan struct{})
+		go func() { _ = c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func waitHTTP(url string) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if r, err := http.Get(url); err == nil {
+			_, _ = io.Copy(io.Discard, r.Body)
+			r.Body.Close()
+			if r.StatusCode == 200 {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not answer 200", url)
+}
+
+func run(ctx context.Context, cfg config) error {
+	if _, err := exec.LookPath("wrk"); err != nil {
+		return errors.New("wrk is not installed (apt-get install wrk nginx-light gnuplot-nox)")
+	}
+	if _, err := exec.LookPath("nginx"); err != nil {
+		return errors.New("nginx is not installed (apt-get install nginx-light)")
+	}
+	raiseNoFile()
+	tmp, err := os.MkdirTemp("", "natserve-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	bins := map[string]string{}
+	for _, pkg := range []string{"./cmd/natserve", "./bench/cmd/hello", "./bench/cmd/natsreplica"} {
+		out := filepath.Join(tmp, filepath.Base(pkg))
+		if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+		}
+		bins[filepath.Base(pkg)] = out
+	}
+	var ps procs
+	defer ps.stopAll()
+
+	// A: the bare server. E: nginx in front of two replicas.
+	portA := freePort()
+	if _, err := ps.start(bins["hello"], "-addr", fmt.Sprintf("127.0.0.1:%d", portA)); err != nil {
+		return err
+	}
+	rep := []int{freePort(), freePort()}
+	for _, p := range rep {
+		if _, err := ps.start(bins["hello"], "-addr", fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
+			return err
+		}
+	}
+	portE := freePort()
+	nginxConf := filepath.Join(tmp, "nginx.conf")
+	if err := os.WriteFile(nginxConf, []byte(fmt.Sprintf(nginxTemplate, tmp, tmp, tmp, rep[0], rep[0], rep[1], portE, tmp, tmp, tmp, tmp, tmp)), 0o644); err != nil {
+		return err
+	}
+	if _, err := ps.start("nginx", "-c", nginxConf, "-p", tmp); err != nil {
+		return err
+	}
+
+	// D: natserve up with Hello deployments of 1 and 2 replicas.
+	natsPort, portD := freePort(), freePort()
+	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
+	up, err := ps.start(bins["natserve"], "up", "-data", filepath.Join(tmp, "data"), "-nats-port", strconv.Itoa(natsPort),
+		"-addr", fmt.Sprintf("127.0.0.1:%d", portD), "-max-connections", "200000")
+	if err != nil {
+		return err
+	}
+	cl, err := connect(ctx, natsURL)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	for n := 1; n <= 2; n++ {
+		if _, err := cl.Deploy(ctx, client.DeploymentSpec{Name: fmt.Sprintf("hello%d", n), Class: "Hello", NumReplicas: n, MaxOngoingRequests: 100}); err != nil {
+			return err
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		_, err := cl.WaitHealthy(wctx, fmt.Sprintf("hello%d", n), nil)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	// C: raw NATS responders, two processes.
+	for i := 0; i < 2; i++ {
+		if _, err := ps.start(bins["natsreplica"], "-nats", natsURL, "-subject", "bench.raw"); err != nil {
+			return err
+		}
+	}
+	urlA := fmt.Sprintf("http://127.0.0.1:%d/", portA)
+	urlE := func(n int) string { return fmt.Sprintf("http://127.0.0.1:%d/n%d", portE, n) }
+	urlD := func(n int) string { return fmt.Sprintf("http://127.0.0.1:%d/hello%d", portD, n) }
+	for _, u := range []string{urlA, urlE(1), urlE(2), urlD(1), urlD(2)} {
+		if err := waitHTTP(u); err != nil {
+			return err
+		}
+	}
+	res := Results{Commit: gitCommit(), Machine: machine(), Date: time.Now().UTC().Format(time.RFC3339), Duration: cfg.duration.String(), Memory: map[string]float64{}}
+	replicaPIDs := childPIDs(up.Process.Pid)
+	res.Memory["replica_idle_max"] = maxRSS(replicaPIDs)
+	fmt.Fprintf(os.Stderr, "replica processes %v, idle RSS max %.1f MB\n", replicaPIDs, res.Memory["replica_idle_max"])
+
+	// Interleaved measurements.
+	for r := 1; r <= cfg.repeats; r++ {
+		for _, conc := range []int{1, 64} {
+			for _, size := range []int{20, 10240} {
+				for _, n := range []int{1, 2} {
+					runs := []struct {
+						name, url string
+					}{{"A", urlA}, {"E", urlE(n)}, {"D", urlD(n)}}
+					if n == 2 {
+						runs = runs[1:] // A has no replicas: measured once per size
+					}
+					for _, x := range runs {
+						if ctx.Err() != nil {
+							return ctx.Err()
+						}
+						m, err := wrk(ctx, fmt.Sprintf("%s?size=%d", x.url, size), conc, cfg.duration)
+						if err != nil {
+							return fmt.Errorf("wrk %s: %w", x.name, err)
+						}
+						m.Config, m.Conc, m.Size, m.N, m.Repeat = x.name, conc, size, n, r
+						if x.name == "A" {
+							m.N = 0
+						}
+						res.Measurements = append(res.Measurements, m)
+						fmt.Fprintf(os.Stderr, "r%d %s c=%d size=%d N=%d: %.0f req/s p50 %.0fµs p99 %.0fµs errors %d\n", r, x.name, conc, size, m.N, m.RPS, m.P50us, m.P99us, m.Errors)
+						if x.name == "D" && conc == 64 && size == 20 && n == 1 {
+							res.Memory["replica_loaded_max"] = max(res.Memory["replica_loaded_max"], maxRSS(replicaPIDs))
+						}
+					}
+					// C and H: raw NATS against handle calls, from this process.
+					for _, which := range []string{"C", "H"} {
+						m := natsLoad(ctx, which, natsURL, cl, fmt.Sprintf("hello%d", n), n, conc, size, cfg.duration)
+						m.Repeat = r
+						res.Measurements = append(res.Measurements, m)
+						fmt.Fprintf(os.Stderr, "r%d %s c=%d size=%d N=%d: %.0f req/s p50 %.0fµs p99 %.0fµs errors %d\n", r, which, conc, size, n, m.RPS, m.P50us, m.P99us, m.Errors)
+					}
+				}
+			}
+		}
+	}
+	// Ingress memory under idle connections: a standalone ingress.
+	portI := freePort()
+	ing, err := ps.start(bins["natserve"], "ingress", "-nats", natsURL, "-addr", fmt.Sprintf("127.0.0.1:%d", portI), "-max-connections", "200000")
+	if err != nil {
+		return err
+	}
+	if err := waitHTTP(fmt.Sprintf("http://127.0.0.1:%d/hello1", portI)); err != nil {
+		return err
+	}
+	res.Memory["ingress_before_conns"] = rss(ing.Process.Pid)
+	conns, err := idleConns(fmt.Sprintf("127.0.0.1:%d", portI), cfg.conns)
+	res.Memory["ingress_idle_conns"] = float64(len(conns))
+	time.Sleep(2 * time.Second)
+	res.Memory["ingress_with_idle_conns"] = rss(ing.Process.Pid)
+	for _, c := range conns {
+		c.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "idle connections: %v\n", err)
+	}
+	fmt.Fprintf(os.Stderr, "ingress RSS %.1f MB → %.1f MB with %d idle connections\n", res.Memory["ingress_before_conns"], res.Memory["ingress_with_idle_conns"], len(conns))
+	return write(cfg.out, &res)
+}
+
+func connect(ctx context.Context, url string) (*client.Client, error) {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		cl, err := client.Connect(cctx, url)
+		cancel()
+		if err == nil {
+			return cl, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+const nginxTemplate = `daemon off;
+worker_processes auto;
+pid %s/nginx.pid;
+error_log %s/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path %s/body;
+  upstream up1 { server 127.0.0.1:%d; keepalive 128; }
+  upstream up2 { server 127.0.0.1:%d; server 127.0.0.1:%d; keepalive 128; }
+  server {
+    listen 127.0.0.1:%d;
+    location /n1 { proxy_pass http://up1; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location /n2 { proxy_pass http://up2; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  proxy_temp_path %s/proxy;
+  fastcgi_temp_path %s/fastcgi;
+  uwsgi_temp_path %s/uwsgi;
+  scgi_temp_path %s/scgi;
+}
+# %s
+`
+
+var (
+	reqsRe = regexp.MustCompile(`Requests/sec:\s+([\d.]+)`)
+	latRe  = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([\d.]+)(us|ms|s)$`)
+	errRe  = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)|Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+	totRe  = regexp.MustCompile(`(\d+) requests in`)
+)
+
+func wrk(ctx context.Context, url string, conc int, d time.Duration) (Measurement, error) {
+	threads := min(2, conc)
+	out, err := exec.CommandContext(ctx, "wrk", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conc), "-d", fmt.Sprintf("%ds", int(d.Seconds())), "--latency", url).CombinedOutput()
+	if err != nil {
+		return Measurement{}, fmt.Errorf("%v: %s", err, out)
+	}
+	var m Measurement
+	s := string(out)
+	if x := reqsRe.FindStringSubmatch(s); x != nil {
+		m.RPS, _ = strconv.ParseFloat(x[1], 64)
+	}
+	for _, x := range latRe.FindAllStringSubmatch(s, -1) {
+		v, _ := strconv.ParseFloat(x[2], 64)
+		switch x[3] {
+		case "ms":
+			v *= 1000
+		case "s":
+			v *= 1e6
+		}
+		if x[1] == "50" {
+			m.P50us = v
+		} else {
+			m.P99us = v
+		}
+	}
+	for _, x := range errRe.FindAllStringSubmatch(s, -1) {
+		for _, g := range x[1:] {
+			n, _ := strconv.Atoi(g)
+			m.Errors += n
+		}
+	}
+	if x := totRe.FindStringSubmatch(s); x != nil {
+		m.Samples, _ = strconv.Atoi(x[1])
+	}
+	return m, nil
+}
+
+// natsLoad measures raw NATS request-reply (C) or natserve handle calls
+// (H) from conc goroutines over one connection each.
+func natsLoad(ctx context.Context, which, url string, cl *client.Client, deployment string, n, conc, size int, d time.Duration) Measurement {
+	m := Measurement{Config: which, Conc: conc, Size: size, N: n}
+	var count, errs atomic.Int64
+	lat := make([][]time.Duration, conc)
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var wg sync.WaitGroup
+	nc, err := nats.Connect(url)
+	if err != nil {
+		m.Errors = 1
+		return m
+	}
+	defer nc.Close()
+	hc := client.New(nc)
+	payload := []byte(strconv.Itoa(size))
+	h := hc.Handle(deployment)
+	start := time.Now()
+	for g := 0; g < conc; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				t := time.Now()
+				var err error
+				if which == "C" {
+					_, err = nc.Request("bench.raw", payload, 10*time.Second)
+				} else {
+					var out []byte
+					err = h.Call(context.Background(), &out, size)
+				}
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				count.Add(1)
+				lat[g] = append(lat[g], time.Since(t))
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	if len(all) > 0 {
+		m.P50us = float64(all[len(all)/2].Microseconds())
+		m.P99us = float64(all[len(all)*99/100].Microseconds())
+	}
+	m.RPS = float64(count.Load()) / elapsed.Seconds()
+	m.Errors = int(errs.Load())
+	m.Samples = int(count.Load())
+	_ = cl
+	return m
+}
+
+func idleConns(addr string, n int) ([]net.Conn, error) {
+	conns := make([]net.Conn, 0, n)
+	req := []byte("GET /-/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	buf := make([]byte, 512)
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return conns, err
+		}
+		if _, err := c.Write(req); err != nil {
+			c.Close()
+			return conns, err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(buf); err != nil {
+			c.Close()
+			return conns, err
+		}
+		conns = append(conns, c)
+	}
+	return conns, nil
+}
+
+func raiseNoFile() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil {
+		l.Cur = l.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}
+
+func childPIDs(pid int) []int {
+	out, _ := exec.Command("pgrep", "-P", strconv.Itoa(pid)).Output()
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, n)
+		}
+	}
+	return pids
+}
+
+// rss returns a process's resident set in MB.
+func rss(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func maxRSS(pids []int) float64 {
+	m := 0.0
+	for _, p := range pids {
+		m = max(m, rss(p))
+	}
+	return m
+}
+
+func gitCommit() string {
+	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func machine() string {
+	model := ""
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				model = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%d cores, %s, %s", runtime.NumCPU(), model, runtime.Version())
+}
+
+var _ = json.Marshal

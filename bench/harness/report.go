@@ -1,0 +1,202 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+type key struct {
+	config     string
+	conc, size int
+	n          int
+}
+
+type summary struct {
+	rps, rpsMin, rpsMax float64
+	p50, p99            float64
+	errors              int
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func summarize(ms []Measurement) map[key]summary {
+	groups := map[key][]Measurement{}
+	for _, m := range ms {
+		k := key{m.Config, m.Conc, m.Size, m.N}
+		groups[k] = append(groups[k], m)
+	}
+	out := map[key]summary{}
+	for k, g := range groups {
+		var rps, p50, p99 []float64
+		s := summary{rpsMin: g[0].RPS, rpsMax: g[0].RPS}
+		for _, m := range g {
+			rps = append(rps, m.RPS)
+			p50 = append(p50, m.P50us)
+			p99 = append(p99, m.P99us)
+			s.rpsMin, s.rpsMax = min(s.rpsMin, m.RPS), max(s.rpsMax, m.RPS)
+			s.errors += m.Errors
+		}
+		s.rps, s.p50, s.p99 = median(rps), median(p50), median(p99)
+		out[k] = s
+	}
+	return out
+}
+
+func write(dir string, res *Results) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(res, "", "  ")
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), b, 0o644); err != nil {
+		return err
+	}
+	md := report(res)
+	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(md), 0o644); err != nil {
+		return err
+	}
+	fmt.Print(md)
+	if err := plot(dir, res); err != nil {
+		fmt.Fprintln(os.Stderr, "plot:", err)
+	}
+	return nil
+}
+
+func report(res *Results) string {
+	s := summarize(res.Measurements)
+	var b strings.Builder
+	fmt.Fprintf(&b, "Commit %s, %s, %s; each measurement %s, median of the repeats (min–max).\n\n", res.Commit, res.Machine, res.Date, res.Duration)
+	fmt.Fprintln(&b, "| config | conc | payload | replicas | req/s (median) | min–max | p50 µs | p99 µs | errors |")
+	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|")
+	keys := make([]key, 0, len(s))
+	for k := range s {
+		keys = append(keys, k)
+	}
+	order := map[string]int{"A": 0, "E": 1, "D": 2, "C": 3, "H": 4}
+	sort.Slice(keys, func(i, j int) bool {
+		a, c := keys[i], keys[j]
+		if a.conc != c.conc {
+			return a.conc < c.conc
+		}
+		if a.size != c.size {
+			return a.size < c.size
+		}
+		if a.n != c.n {
+			return a.n < c.n
+		}
+		return order[a.config] < order[c.config]
+	})
+	names := map[string]string{"A": "A bare fasthttp", "E": "E nginx → replicas", "D": "D natserve HTTP", "C": "C raw NATS req-reply", "H": "H natserve handle"}
+	for _, k := range keys {
+		v := s[k]
+		fmt.Fprintf(&b, "| %s | %d | %d B | %d | %.0f | %.0f–%.0f | %.0f | %.0f | %d |\n", names[k.config], k.conc, k.size, k.n, v.rps, v.rpsMin, v.rpsMax, v.p50, v.p99, v.errors)
+	}
+	fmt.Fprintln(&b)
+	fmt.Fprintln(&b, "Ratios (medians):")
+	fmt.Fprintln(&b)
+	fmt.Fprintln(&b, "| ratio | conc | payload | replicas | value | target |")
+	fmt.Fprintln(&b, "|---|---|---|---|---|---|")
+	for _, conc := range []int{1, 64} {
+		for _, size := range []int{20, 10240} {
+			for _, n := range []int{1, 2} {
+				d, e, a := s[key{"D", conc, size, n}], s[key{"E", conc, size, n}], s[key{"A", conc, size, 0}]
+				h, c := s[key{"H", conc, size, n}], s[key{"C", conc, size, n}]
+				target := func(t string) string {
+					if conc == 64 && size == 20 && n == 1 {
+						return t
+					}
+					return ""
+				}
+				if e.rps > 0 {
+					fmt.Fprintf(&b, "| D/E throughput | %d | %d B | %d | %.2f | %s |\n", conc, size, n, d.rps/e.rps, target("≥ 1.2"))
+				}
+				if a.rps > 0 {
+					fmt.Fprintf(&b, "| D/A throughput | %d | %d B | %d | %.2f | %s |\n", conc, size, n, d.rps/a.rps, target("≥ 0.5"))
+				}
+				if c.rps > 0 {
+					fmt.Fprintf(&b, "| H/C throughput | %d | %d B | %d | %.2f | ≥ 0.8 |\n", conc, size, n, h.rps/c.rps)
+				}
+				if conc == 1 && e.p50 > 0 {
+					fmt.Fprintf(&b, "| D p50 / E p50 | %d | %d B | %d | %.2f (%.0f µs vs %.0f µs) | ≤ 1 |\n", conc, size, n, d.p50/e.p50, d.p50, e.p50)
+				}
+			}
+		}
+	}
+	fmt.Fprintln(&b)
+	fmt.Fprintln(&b, "Memory (RSS, MB):")
+	fmt.Fprintln(&b)
+	mkeys := make([]string, 0, len(res.Memory))
+	for k := range res.Memory {
+		mkeys = append(mkeys, k)
+	}
+	sort.Strings(mkeys)
+	for _, k := range mkeys {
+		fmt.Fprintf(&b, "- %s: %.1f\n", k, res.Memory[k])
+	}
+	return b.String()
+}
+
+// plot draws throughput and p99 per configuration with gnuplot.
+func plot(dir string, res *Results) error {
+	if _, err := exec.LookPath("gnuplot"); err != nil {
+		return fmt.Errorf("gnuplot not installed; no image")
+	}
+	s := summarize(res.Measurements)
+	var data strings.Builder
+	i := 0
+	for _, conc := range []int{1, 64} {
+		for _, size := range []int{20, 10240} {
+			for _, n := range []int{1, 2} {
+				fmt.Fprintf(&data, "%d \"c%d %s N%d\"", i, conc, map[int]string{20: "20B", 10240: "10KB"}[size], n)
+				for _, cfg := range []string{"A", "E", "D"} {
+					k := key{cfg, conc, size, n}
+					if cfg == "A" {
+						k.n = 0
+					}
+					fmt.Fprintf(&data, " %.0f %.0f", s[k].rps, s[k].p99)
+				}
+				fmt.Fprintln(&data)
+				i++
+			}
+		}
+	}
+	dat := filepath.Join(dir, "throughput.dat")
+	if err := os.WriteFile(dat, []byte(data.String()), 0o644); err != nil {
+		return err
+	}
+	script := fmt.Sprintf(`set terminal pngcairo size 1200,800 font ",10"
+set output "%s"
+set multiplot layout 2,1 title "natserve %s — A bare fasthttp, E nginx→replicas, D natserve (median of repeats)"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set xtics rotate by -20
+set grid ytics
+set ylabel "requests/s"
+plot "%s" using 3:xtic(2) title "A", "" using 5 title "E nginx", "" using 7 title "D natserve"
+set ylabel "p99 latency (µs)"
+set logscale y
+plot "%s" using 4:xtic(2) title "A", "" using 6 title "E nginx", "" using 8 title "D natserve"
+unset multiplot
+`, filepath.Join(dir, "throughput.png"), res.Commit, dat, dat)
+	cmd := exec.Command("gnuplot")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return nil
+}
