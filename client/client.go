@@ -136,17 +136,18 @@ func RequestID(ctx context.Context) string {
 func NewRequestID() string { return nuid.Next() }
 
 // RequestMsg sends msg (subject, headers and payload already set) to the
-// deployment and returns the successful reply. It sets the timeout and
+// deployment and returns the successful reply, by the earlier of deadline
+// (zero: none) and ctx's deadline, or Options.Timeout without either. It sets the timeout and
 // protocol headers, retries while replicas answer busy (they did not accept
 // the request, so no call runs twice), and turns failures into *Error. The
 // ingress and handles share it.
-func (c *Client) RequestMsg(ctx context.Context, deployment, method string, msg *nats.Msg) (*nats.Msg, error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.opts.Timeout)
-		defer cancel()
+func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment, method string, msg *nats.Msg) (*nats.Msg, error) {
+	if dl, ok := ctx.Deadline(); ok && (deadline.IsZero() || dl.Before(deadline)) {
+		deadline = dl
 	}
-	deadline, _ := ctx.Deadline()
+	if deadline.IsZero() {
+		deadline = time.Now().Add(c.opts.Timeout)
+	}
 	if msg.Header == nil {
 		msg.Header = nats.Header{}
 	}
@@ -161,7 +162,17 @@ func (c *Client) RequestMsg(ctx context.Context, deployment, method string, msg 
 			return nil, fail(wire.CodeDeadline, "deadline passed before a replica accepted the request", "")
 		}
 		msg.Header[wire.HeaderTimeout] = []string{wire.FormatTimeout(left)}
-		reply, err := c.nc.RequestMsgWithContext(ctx, msg)
+		var reply *nats.Msg
+		var err error
+		if ctx.Done() == nil {
+			// No cancellation to watch: nats.go's pooled timer is cheaper
+			// than a context per request (the ingress's hot path).
+			reply, err = c.nc.RequestMsg(msg, left)
+		} else {
+			rctx, cancel := context.WithDeadline(ctx, deadline)
+			reply, err = c.nc.RequestMsgWithContext(rctx, msg)
+			cancel()
+		}
 		switch {
 		case err == nil:
 		case errors.Is(err, nats.ErrNoResponders):
@@ -175,9 +186,12 @@ func (c *Client) RequestMsg(ctx context.Context, deployment, method string, msg 
 		default:
 			return nil, fail(wire.CodeInternal, err.Error(), "")
 		}
+		if reply.Header == nil { // success: a reply without headers
+			return reply, nil
+		}
 		code := wire.Code(reply.Header.Get(wire.HeaderCode))
 		if code == "" {
-			if v := reply.Header.Get(wire.HeaderProto); v != wire.ProtoVersion {
+			if v := reply.Header.Get(wire.HeaderProto); v != wire.ProtoVersion && v != "" {
 				return nil, fail(wire.CodeProto, fmt.Sprintf("reply of protocol version %q, want %q", v, wire.ProtoVersion), reply.Header.Get(wire.HeaderReplica))
 			}
 			return reply, nil
@@ -201,6 +215,9 @@ func (c *Client) RequestMsg(ctx context.Context, deployment, method string, msg 
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
+			if time.Now().After(deadline) {
+				return nil, fail(wire.CodeDeadline, "deadline passed while every replica was busy", "")
+			}
 			return nil, ctx.Err()
 		}
 	}

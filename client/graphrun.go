@@ -310,7 +310,7 @@ func (c *Client) callRaw(ctx context.Context, deployment, method string, payload
 	if method != "" {
 		hdr[wire.HeaderMethod] = []string{method}
 	}
-	reply, err := c.RequestMsg(ctx, deployment, method, &nats.Msg{Subject: wire.DeploymentSubject(deployment), Header: hdr, Data: payload})
+	reply, err := c.RequestMsg(ctx, time.Time{}, deployment, method, &nats.Msg{Subject: wire.DeploymentSubject(deployment), Header: hdr, Data: payload})
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
@@ -81,9 +82,7 @@ func (g *Ingress) serve(ctx *fasthttp.RequestCtx) {
 		wire.HeaderKind:      []string{wire.KindHTTP},
 		wire.HeaderRequestID: []string{id},
 	}}
-	rctx, cancel := context.WithTimeout(context.Background(), g.cfg.RequestTimeout)
-	reply, err := g.cl.RequestMsg(rctx, rt.deployment, "", msg)
-	cancel()
+	reply, err := g.cl.RequestMsg(context.Background(), time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", msg)
 	if err != nil {
 		g.writeError(ctx, rt.deployment, err)
 		return

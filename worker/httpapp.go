@@ -67,8 +67,8 @@ func (a *httpApp) Call(ctx context.Context, req *Request) (*Response, error) {
 	if err != nil {
 		return nil, fmt.Errorf("building the request: %w", err)
 	}
-	hr.Header = req.Header
-	hr.Host = req.Header.Get("Host")
+	hr.Header = req.Header()
+	hr.Host = hr.Header.Get("Host")
 	hr.RequestURI = u.RequestURI()
 	hr.ContentLength = int64(len(req.Body))
 	hr.Header.Set("X-Forwarded-Prefix", req.RoutePrefix)

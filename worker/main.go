@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof" // served only when NATSERVE_REPLICA_PPROF is set
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -108,6 +110,9 @@ func RunReplicaFromEnv(ctx context.Context, reg *Registry, logw io.Writer) error
 		_ = level.UnmarshalText([]byte(v))
 	}
 	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
+	if addr := os.Getenv("NATSERVE_REPLICA_PPROF"); addr != "" { // profiling: the first replica to bind it wins
+		go func() { _ = http.ListenAndServe(addr, nil) }()
+	}
 	r, err := NewReplica(reg, spec, log)
 	if err != nil {
 		return err

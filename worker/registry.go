@@ -337,7 +337,9 @@ func (c *class) construct(ctx context.Context, initArgs json.RawMessage) (inst *
 		if len(raw) > 0 {
 			return nil, fmt.Errorf("%w: function %s takes no init args, got %d", ErrConstructor, c.name, len(raw))
 		}
-		return &instance{cls: c}, nil
+		inst := &instance{cls: c}
+		inst.bindFast()
+		return inst, nil
 	}
 	if len(raw) != len(c.ctorIn) {
 		return nil, fmt.Errorf("%w: class %s: constructor takes %d init args, got %d", ErrConstructor, c.name, len(c.ctorIn), len(raw))
@@ -362,13 +364,16 @@ func (c *class) construct(ctx context.Context, initArgs json.RawMessage) (inst *
 	if len(out) == 2 && !out[1].IsNil() {
 		return nil, fmt.Errorf("%w: class %s: %w", ErrConstructor, c.name, out[1].Interface().(error))
 	}
-	return &instance{cls: c, recv: out[0]}, nil
+	inst = &instance{cls: c, recv: out[0]}
+	inst.bindFast()
+	return inst, nil
 }
 
 // instance is a constructed class.
 type instance struct {
 	cls  *class
 	recv reflect.Value // invalid for a function deployment
+	fast map[*method]reqFunc
 }
 
 // PanicError is the error a method's panic becomes.

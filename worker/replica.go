@@ -35,6 +35,7 @@ type Replica struct {
 
 	sem      chan struct{}  // one token per running call
 	inflight sync.WaitGroup // running calls
+	work     chan *nats.Msg // unbuffered: handed to an idle worker goroutine
 	draining atomic.Bool
 
 	mu     sync.Mutex // guards sub, ctlSub
@@ -60,7 +61,7 @@ func NewReplica(reg *Registry, spec ReplicaSpec, log *slog.Logger) (*Replica, er
 	log = log.With("deployment", spec.Deployment, "replica", spec.Replica)
 	return &Replica{
 		spec: spec, reg: reg, log: log, pid: os.Getpid(), cls: cls,
-		sem: make(chan struct{}, spec.MaxOngoingRequests), stop: make(chan struct{}),
+		sem: make(chan struct{}, spec.MaxOngoingRequests), work: make(chan *nats.Msg), stop: make(chan struct{}),
 	}, nil
 }
 
@@ -158,7 +159,9 @@ func (r *Replica) closeInstance() {
 }
 
 // onRequest runs on the subscription's goroutine, one message at a time:
-// admit or refuse at once, then run the call on its own goroutine.
+// admit or refuse at once, then hand the call to an idle worker goroutine,
+// or start one. Workers live on between calls (their stacks stay grown), at
+// most max_ongoing_requests of them.
 func (r *Replica) onRequest(m *nats.Msg) {
 	select {
 	case r.sem <- struct{}{}:
@@ -167,14 +170,33 @@ func (r *Replica) onRequest(m *nats.Msg) {
 		return
 	}
 	r.inflight.Add(1)
-	go r.serve(m)
+	select {
+	case r.work <- m:
+	default:
+		go r.worker(m)
+	}
+}
+
+// workerIdle is how long a worker goroutine waits for a call before it exits.
+const workerIdle = 30 * time.Second
+
+func (r *Replica) worker(m *nats.Msg) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		r.serve(m)
+		<-r.sem
+		r.inflight.Done()
+		idle.Reset(workerIdle)
+		select {
+		case m = <-r.work:
+		case <-idle.C:
+			return
+		}
+	}
 }
 
 func (r *Replica) serve(m *nats.Msg) {
-	defer func() {
-		<-r.sem
-		r.inflight.Done()
-	}()
 	if v := m.Header.Get(wire.HeaderProto); v != wire.ProtoVersion {
 		r.replyError(m, wire.CodeProto, fmt.Sprintf("protocol version %q not spoken; this replica speaks %q", v, wire.ProtoVersion))
 		return
@@ -184,18 +206,10 @@ func (r *Replica) serve(m *nats.Msg) {
 		r.replyError(m, wire.CodeBadRequest, err.Error())
 		return
 	}
-	ctx := context.WithValue(context.Background(), replicaKey, r)
-	if timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
 	id := m.Header.Get(wire.HeaderRequestID)
 	if !wire.ValidRequestID(id) {
 		id = client.NewRequestID()
 	}
-	ctx = client.WithRequestID(ctx, id)
-
 	name := m.Header.Get(wire.HeaderMethod)
 	if err := wire.ValidateMethod(name); err != nil {
 		r.replyError(m, wire.CodeUnknownMethod, err.Error())
@@ -212,9 +226,16 @@ func (r *Replica) serve(m *nats.Msg) {
 
 	isHTTP := m.Header.Get(wire.HeaderKind) == wire.KindHTTP
 	var args []reflect.Value
-	if isHTTP {
+	var req *Request
+	switch {
+	case isHTTP && meth.takesReq:
+		var env *wire.HTTPRequest
+		if env, err = wire.DecodeHTTPRequest(m.Data); err == nil {
+			req = newHTTPRequest(env, id)
+		}
+	case isHTTP:
 		args, err = r.httpArgs(m.Data, id, meth)
-	} else {
+	default:
 		args, err = callArgs(m.Data, meth)
 	}
 	if err != nil {
@@ -222,7 +243,23 @@ func (r *Replica) serve(m *nats.Msg) {
 		return
 	}
 
-	result, err := r.inst.invoke(ctx, meth, args)
+	// A context (the deadline, the request id, handles to other
+	// deployments) only for methods that take one.
+	ctx := context.Background()
+	if meth.takesCtx {
+		ctx = client.WithRequestID(context.WithValue(ctx, replicaKey, r), id)
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+	}
+	var result any
+	if req != nil {
+		result, err = r.inst.invokeReq(ctx, meth, req)
+	} else {
+		result, err = r.inst.invoke(ctx, meth, args)
+	}
 	if err != nil {
 		var pe *PanicError
 		switch {
@@ -243,15 +280,20 @@ func (r *Replica) serve(m *nats.Msg) {
 		r.replyError(m, wire.CodeInternal, fmt.Sprintf("encoding the result of %s.%s: %v", r.cls.name, name, err))
 		return
 	}
-	r.reply(m, nats.Header{}, data)
+	r.reply(m, nil, data)
 }
 
+// reply answers m. A successful reply carries no headers (the cheapest
+// message NATS has); an error reply carries the code, the message, the
+// protocol version and the replica.
 func (r *Replica) reply(m *nats.Msg, h nats.Header, data []byte) {
 	if m.Reply == "" {
 		return
 	}
-	h[wire.HeaderProto] = []string{wire.ProtoVersion}
-	h[wire.HeaderReplica] = []string{r.spec.Replica}
+	if h != nil {
+		h[wire.HeaderProto] = []string{wire.ProtoVersion}
+		h[wire.HeaderReplica] = []string{r.spec.Replica}
+	}
 	if err := r.nc.PublishMsg(&nats.Msg{Subject: m.Reply, Header: h, Data: data}); err != nil {
 		r.log.Warn("reply failed", "err", err)
 	}

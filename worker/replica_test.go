@@ -337,7 +337,7 @@ func TestHTTPEnvelope(t *testing.T) {
 	p := s.replica(t, "web", "Probe", `["w"]`, 5)
 	env := wire.AppendHTTPRequest(nil, &wire.HTTPRequest{Method: "POST", Path: "/web/x/y", Prefix: "/web", Query: "data=0.5", Headers: []string{"A", "b"}, Body: []byte("hi")})
 	msg := &nats.Msg{Subject: wire.DeploymentSubject("web"), Header: nats.Header{wire.HeaderKind: {wire.KindHTTP}}, Data: env}
-	reply, err := s.cl.RequestMsg(context.Background(), "web", "", msg)
+	reply, err := s.cl.RequestMsg(context.Background(), time.Time{}, "web", "", msg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +350,7 @@ func TestHTTPEnvelope(t *testing.T) {
 		t.Fatalf("got %d %q %v, want %q", rep.Status, rep.Body, rep.Headers, want)
 	}
 	msg.Data = []byte{0xdd, 0xff, 0xff, 0xff, 0xff}
-	if _, err := s.cl.RequestMsg(context.Background(), "web", "", msg); !errors.Is(err, client.ErrBadRequest) {
+	if _, err := s.cl.RequestMsg(context.Background(), time.Time{}, "web", "", msg); !errors.Is(err, client.ErrBadRequest) {
 		t.Fatalf("length bomb: %v", err)
 	}
 }

@@ -24,14 +24,14 @@ type Request struct {
 	RoutePrefix string
 	// RawQuery is the query string without '?'.
 	RawQuery string
-	// Header holds the request headers.
-	Header http.Header
 	// Body is the request body.
 	Body []byte
 	// ID is the request id (X-Request-Id).
 	ID string
 
 	query   url.Values
+	header  http.Header
+	rawHdr  []string // name, value, … as received; Header builds from it
 	args    []msgpack.RawMessage
 	isHTTP  bool
 	argsErr error
@@ -61,8 +61,45 @@ func (r *Request) Query() url.Values {
 	return r.query
 }
 
-// QueryParam returns the first value of query parameter name, or "".
-func (r *Request) QueryParam(name string) string { return r.Query().Get(name) }
+// QueryParam returns the first value of query parameter name, or "". It
+// scans the raw query without building the whole map.
+func (r *Request) QueryParam(name string) string {
+	if r.query != nil {
+		return r.query.Get(name)
+	}
+	q := r.RawQuery
+	for q != "" {
+		var kv string
+		kv, q, _ = strings.Cut(q, "&")
+		k, v, _ := strings.Cut(kv, "=")
+		if k == name || strings.ContainsAny(k, "%+") && unescape(k) == name {
+			return unescape(v)
+		}
+	}
+	return ""
+}
+
+func unescape(s string) string {
+	if !strings.ContainsAny(s, "%+") {
+		return s
+	}
+	u, err := url.QueryUnescape(s)
+	if err != nil {
+		return s
+	}
+	return u
+}
+
+// Header returns the request headers (built on first use).
+func (r *Request) Header() http.Header {
+	if r.header == nil {
+		r.header = make(http.Header, len(r.rawHdr)/2)
+		for i := 0; i+1 < len(r.rawHdr); i += 2 {
+			r.header.Add(r.rawHdr[i], r.rawHdr[i+1])
+		}
+	}
+	return r.header
+}
 
 // JSON decodes the body as JSON into v.
 func (r *Request) JSON(v any) error {
@@ -90,13 +127,9 @@ func (r *Request) Arg(i int, v any) error {
 }
 
 func newHTTPRequest(env *wire.HTTPRequest, id string) *Request {
-	h := make(http.Header, len(env.Headers)/2)
-	for i := 0; i+1 < len(env.Headers); i += 2 {
-		h.Add(env.Headers[i], env.Headers[i+1])
-	}
 	return &Request{
 		Method: env.Method, Path: env.Path, RoutePrefix: env.Prefix, RawQuery: env.Query,
-		Header: h, Body: env.Body, ID: id, isHTTP: true,
+		rawHdr: env.Headers, Body: env.Body, ID: id, isHTTP: true,
 	}
 }
 

@@ -37,8 +37,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/natserve/natserve/client"
 	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/client"
 )
 
 type config struct {
@@ -79,11 +79,11 @@ type Measurement struct {
 
 // Results is what the harness writes.
 type Results struct {
-	Commit       string        `json:"commit"`
-	Machine      string        `json:"machine"`
-	Date         string        `json:"date"`
-	Duration     string        `json:"duration"`
-	Measurements []Measurement `json:"measurements"`
+	Commit       string             `json:"commit"`
+	Machine      string             `json:"machine"`
+	Date         string             `json:"date"`
+	Duration     string             `json:"duration"`
+	Measurements []Measurement      `json:"measurements"`
 	Memory       map[string]float64 `json:"memory_mb"`
 }
 

@@ -9,6 +9,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -19,6 +21,9 @@ import (
 )
 
 func main() {
+	if addr := os.Getenv("NATSERVE_PPROF"); addr != "" { // e.g. 127.0.0.1:6060, for profiling
+		go func() { _ = http.ListenAndServe(addr, nil) }()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

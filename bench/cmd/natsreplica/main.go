@@ -11,8 +11,8 @@ import (
 	"strconv"
 	"syscall"
 
-	"github.com/natserve/natserve/examples/hello"
 	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/examples/hello"
 )
 
 func main() {
