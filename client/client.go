@@ -27,6 +27,9 @@ type Options struct {
 	// sent again; 0 retries until the deadline (a caller-side queue, as Ray
 	// Serve's handles have). Default: 0.
 	MaxBusyRetries int
+	// QueueLimit returns a deployment's max_queued_requests (-1: no limit).
+	// Default: read from the control plane's KV.
+	QueueLimit func(deployment string) int
 	// ConnectTimeout bounds Connect. Default: 5s.
 	ConnectTimeout time.Duration
 	// NATSOptions are passed to nats.Connect.
@@ -41,6 +44,9 @@ func WithTimeout(d time.Duration) Option { return func(o *Options) { o.Timeout =
 
 // WithMaxBusyRetries sets Options.MaxBusyRetries.
 func WithMaxBusyRetries(n int) Option { return func(o *Options) { o.MaxBusyRetries = n } }
+
+// WithQueueLimit sets Options.QueueLimit.
+func WithQueueLimit(f func(deployment string) int) Option { return func(o *Options) { o.QueueLimit = f } }
 
 // WithName sets Options.Name.
 func WithName(name string) Option { return func(o *Options) { o.Name = name } }
@@ -65,6 +71,7 @@ type Client struct {
 	own    bool
 	opts   Options
 	graphs graphCache
+	queue  queueStats
 }
 
 // Connect connects to the natserve broker at url; an empty url means
@@ -156,6 +163,13 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 		return &Error{Deployment: deployment, Method: method, Code: string(code), Message: text, Replica: replica}
 	}
 	backoff := time.Millisecond
+	woke, waking := false, false
+	var dequeue func()
+	defer func() {
+		if dequeue != nil {
+			dequeue()
+		}
+	}()
 	for attempt := 0; ; attempt++ {
 		left := time.Until(deadline)
 		if left <= 0 {
@@ -176,7 +190,21 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 		switch {
 		case err == nil:
 		case errors.Is(err, nats.ErrNoResponders):
-			return nil, fail(wire.CodeNoReplicas, "no replica is serving "+deployment, "")
+			// No replica: a deployment scaled to zero is woken and the
+			// request held until a replica serves it (bounded by the
+			// deadline); anything else fails at once.
+			if !woke {
+				woke = true
+				waking = c.wake(deployment, time.Until(deadline))
+			}
+			if !waking {
+				return nil, fail(wire.CodeNoReplicas, "no replica is serving "+deployment, "")
+			}
+			if time.Until(deadline) < 20*time.Millisecond {
+				return nil, fail(wire.CodeDeadline, "deployment "+deployment+" was scaled to zero and no replica started before the deadline", "")
+			}
+			time.Sleep(20 * time.Millisecond)
+			continue
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
 			return nil, fail(wire.CodeDeadline, fmt.Sprintf("no reply within %v", left.Round(time.Millisecond)), "")
 		case errors.Is(err, context.Canceled):
@@ -198,6 +226,12 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 		}
 		if !code.Retryable() {
 			return nil, fail(code, reply.Header.Get(wire.HeaderError), reply.Header.Get(wire.HeaderReplica))
+		}
+		if dequeue == nil {
+			var ok bool
+			if dequeue, ok = c.enqueue(deployment, c.queueLimit(deployment)); !ok {
+				return nil, fail(wire.CodeBackpressure, fmt.Sprintf("max_queued_requests reached: %d requests already wait for a replica", c.Queued(deployment)), "")
+			}
 		}
 		if c.opts.MaxBusyRetries > 0 && attempt >= c.opts.MaxBusyRetries {
 			return nil, fail(wire.CodeBusy, fmt.Sprintf("every replica was busy after %d attempts", attempt+1), "")

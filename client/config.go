@@ -201,7 +201,29 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 		case "user_config":
 			s.UserConfig, err = toJSON("a value")
 		case "num_replicas":
-			err = scalar(&s.NumReplicas, "an integer")
+			if v.Kind == yaml.ScalarNode && v.Value == "auto" {
+				if s.AutoscalingConfig == nil {
+					s.AutoscalingConfig = AutoDefaults()
+				}
+				break
+			}
+			err = scalar(&s.NumReplicas, "an integer or auto")
+		case "autoscaling_config":
+			var x any
+			if v.Kind != yaml.MappingNode || v.Decode(&x) != nil {
+				return s, p.errf(v, field, "want a mapping, got %s", kindName(v))
+			}
+			b, _ := json.Marshal(x)
+			base := s.AutoscalingConfig
+			if base == nil {
+				base = &AutoscalingConfig{}
+			}
+			dec := json.NewDecoder(strings.NewReader(string(b)))
+			dec.DisallowUnknownFields()
+			if derr := dec.Decode(base); derr != nil {
+				return s, p.errf(v, field, "%s", strings.TrimPrefix(derr.Error(), "json: "))
+			}
+			s.AutoscalingConfig = base
 		case "route_prefix":
 			if v.Tag == "!!null" {
 				s.RoutePrefix = new(string) // null: not exposed over HTTP

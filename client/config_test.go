@@ -48,7 +48,7 @@ func TestParseConfig(t *testing.T) {
 func TestParseConfigErrors(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
 		{"unknown field", "deployments:\n  - name: a\n    class: M\n    replicas: 2\n", "f.yaml:4: deployments[0].replicas: unknown field"},
-		{"wrong type", "deployments:\n  - name: a\n    class: M\n    num_replicas: two\n", `f.yaml:4: deployments[0].num_replicas: want an integer, got "two"`},
+		{"wrong type", "deployments:\n  - name: a\n    class: M\n    num_replicas: two\n", `f.yaml:4: deployments[0].num_replicas: want an integer or auto, got "two"`},
 		{"list for string", "deployments:\n  - name: [a]\n", "f.yaml:2: deployments[0].name: want a string, got a list"},
 		{"init_args not a list", "deployments:\n  - name: a\n    class: M\n    init_args: x\n", "f.yaml:4: deployments[0].init_args: want a list"},
 		{"negative replicas", "deployments:\n  - name: a\n    class: M\n    num_replicas: -1\n", "f.yaml:4: a: num_replicas: -1 is negative"},

@@ -196,7 +196,7 @@ func TestApplyConfigFile(t *testing.T) {
 	if _, err := client.LoadConfig(writeFile(t, "serve.yaml", v2+"    replicas: 3\n")); !errors.Is(err, client.ErrConfigFile) || !strings.Contains(err.Error(), "serve.yaml:9: deployments[1].replicas: unknown field") {
 		t.Fatalf("unknown field: %v", err)
 	}
-	if _, err := client.LoadConfig(writeFile(t, "serve.yaml", strings.Replace(v2, "num_replicas: 2", "num_replicas: two", 1))); !errors.Is(err, client.ErrConfigFile) || !strings.Contains(err.Error(), `serve.yaml:5: deployments[0].num_replicas: want an integer, got "two"`) {
+	if _, err := client.LoadConfig(writeFile(t, "serve.yaml", strings.Replace(v2, "num_replicas: 2", "num_replicas: two", 1))); !errors.Is(err, client.ErrConfigFile) || !strings.Contains(err.Error(), `serve.yaml:5: deployments[0].num_replicas: want an integer or auto, got "two"`) {
 		t.Fatalf("wrong type: %v", err)
 	}
 	after, _ := cl.List(ctx)

@@ -23,8 +23,9 @@ type graphCache struct {
 	once  sync.Once
 	ready chan struct{} // closed after the first sync attempt
 
-	mu     sync.Mutex // guards graphs
-	graphs map[string]*GraphSpec
+	mu        sync.Mutex // guards graphs, maxQueued
+	graphs    map[string]*GraphSpec
+	maxQueued map[string]int
 }
 
 func (c *Client) graphWatch() *graphCache {
@@ -43,6 +44,7 @@ func (c *Client) watchGraphs(g *graphCache) {
 	if err != nil {
 		return
 	}
+	go c.watchLimits(js, g)
 	for !c.nc.IsClosed() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		kv, err := js.KeyValue(ctx, store.BucketGraphs)
@@ -79,6 +81,56 @@ func (c *Client) watchGraphs(g *graphCache) {
 	}
 }
 
+// watchLimits follows the deployments' max_queued_requests.
+func (c *Client) watchLimits(js jetstream.JetStream, g *graphCache) {
+	for !c.nc.IsClosed() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		kv, err := js.KeyValue(ctx, store.BucketDeployments)
+		cancel()
+		if err != nil {
+			time.Sleep(time.Second)
+			continue
+		}
+		w, err := kv.WatchAll(context.Background())
+		if err != nil {
+			time.Sleep(time.Second)
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil {
+				continue
+			}
+			g.mu.Lock()
+			if g.maxQueued == nil {
+				g.maxQueued = map[string]int{}
+			}
+			var spec DeploymentSpec
+			if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &spec) == nil && spec.MaxQueuedRequests != 0 {
+				g.maxQueued[e.Key()] = spec.MaxQueuedRequests
+			} else {
+				delete(g.maxQueued, e.Key())
+			}
+			g.mu.Unlock()
+		}
+		_ = w.Stop()
+	}
+}
+
+// queueLimit is a deployment's max_queued_requests (-1: no limit, also
+// while unknown).
+func (c *Client) queueLimit(deployment string) int {
+	if c.opts.QueueLimit != nil {
+		return c.opts.QueueLimit(deployment)
+	}
+	g := c.graphWatch()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n, ok := g.maxQueued[deployment]; ok {
+		return n
+	}
+	return -1
+}
+
 // Graph returns the graph called name if the control plane has one,
 // waiting briefly for the first sync.
 func (c *Client) Graph(ctx context.Context, name string) (*GraphSpec, bool) {
@@ -96,7 +148,7 @@ func (c *Client) Graph(ctx context.Context, name string) (*GraphSpec, bool) {
 }
 
 func (c *Client) cachedGraph(name string) *GraphSpec {
-	g := &c.graphs
+	g := c.graphWatch() // started by the first call: graphs and queue limits
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.graphs[name]

@@ -58,7 +58,13 @@ type DeploymentSpec struct {
 	MaxConstructorRetryCount int `json:"max_constructor_retry_count"`
 	// Version labels the code; changing it rolls the replicas. Default: "".
 	Version string `json:"version,omitempty"`
+	// AutoscalingConfig turns on autoscaling; NumReplicas is then ignored.
+	// Default: none.
+	AutoscalingConfig *AutoscalingConfig `json:"autoscaling_config,omitempty"`
 }
+
+// Autoscaled reports whether the controller chooses the replica count.
+func (s *DeploymentSpec) Autoscaled() bool { return s.AutoscalingConfig != nil }
 
 // Route returns the route prefix and whether the deployment is on HTTP.
 func (s *DeploymentSpec) Route() (string, bool) {
@@ -137,6 +143,11 @@ func (s *DeploymentSpec) Normalize() error {
 		return bad("health_check_timeout_s", "%v is below 0.05", s.HealthCheckTimeoutS)
 	case len(s.Version) > 128:
 		return bad("version", "longer than 128 characters")
+	}
+	if s.AutoscalingConfig != nil {
+		if err := s.AutoscalingConfig.Normalize(); err != nil {
+			return bad("autoscaling_config", "%v", err)
+		}
 	}
 	return nil
 }

@@ -31,6 +31,15 @@ type Deployment struct {
 	// Target is the replica count the controller is driving towards.
 	Target   int       `json:"target"`
 	Replicas []Replica `json:"replicas,omitempty"`
+	// Autoscaling reports the autoscaler's view, for autoscaled deployments.
+	Autoscaling *AutoscalingStatus `json:"autoscaling,omitempty"`
+}
+
+// AutoscalingStatus is what the autoscaler decided and why.
+type AutoscalingStatus struct {
+	Target          int     `json:"target"`
+	OngoingRequests float64 `json:"ongoing_requests"`
+	LastDecision    string  `json:"last_decision,omitempty"`
 }
 
 // Replica is one replica as the control plane reports it.

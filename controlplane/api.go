@@ -128,6 +128,12 @@ func (c *Controller) handle(ctx context.Context, st *state, verb string, body []
 			return nil, err
 		}
 		return c.deployGraph(ctx, st, g)
+	case wire.APIWake:
+		var req wire.APIName
+		if err := decodeStrict(body, &req); err != nil {
+			return nil, err
+		}
+		return c.wake(st, req.Name), nil
 	case wire.APIApply:
 		var req wire.APIApplyRequest
 		if err := decodeStrict(body, &req); err != nil {
@@ -390,6 +396,10 @@ func (c *Controller) view(st *state, spec client.DeploymentSpec) client.Deployme
 	ds := st.snapshot(spec.Name)
 	_, rev, _ := st.deps.get(spec.Name)
 	d := client.Deployment{Spec: spec, Status: ds.status, Message: ds.message, Ready: ds.ready, Target: spec.NumReplicas}
+	if spec.Autoscaled() {
+		d.Target = max(ds.autoTarget, 0)
+		d.Autoscaling = &client.AutoscalingStatus{Target: d.Target, OngoingRequests: ds.ongoing, LastDecision: ds.scaleReason}
+	}
 	if ds.specRev != rev { // not reconciled since the last change
 		d.Status = client.StatusUpdating
 		d.Message = "applying the new spec"

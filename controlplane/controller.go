@@ -189,6 +189,16 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 		c.mu.Unlock()
 	}()
 
+	msubs, err := c.subscribeMetrics(ctx, st)
+	if err != nil {
+		c.log.Error("subscribing to load reports failed", "err", err)
+		return
+	}
+	defer func() {
+		for _, s := range msubs {
+			_ = s.Unsubscribe()
+		}
+	}()
 	sub, err := c.nc.QueueSubscribe("natserve.api.*", "natserve-controller", func(m *nats.Msg) { c.serveAPI(ctx, st, m) })
 	if err != nil {
 		c.log.Error("subscribing to the control API failed", "err", err)
@@ -273,11 +283,14 @@ type state struct {
 	nodes  *table[store.Node]
 	graphs *table[client.GraphSpec]
 
+	metrics *metrics
+
 	mu     sync.Mutex // guards seen, dep, health, busy
 	seen   map[string]time.Time
 	dep    map[string]*depState
 	health map[string]*healthState
 	busy   map[string]bool // replicas with a reconfigure in flight
+	wakes  map[string]bool // deployments a caller asked to wake
 }
 
 func newState() *state {
@@ -285,6 +298,7 @@ func newState() *state {
 		deps: newTable[client.DeploymentSpec](), asgs: newTable[store.Assignment](),
 		reps: newTable[store.ReplicaState](), nodes: newTable[store.Node](), graphs: newTable[client.GraphSpec](),
 		seen: map[string]time.Time{}, dep: map[string]*depState{}, health: map[string]*healthState{}, busy: map[string]bool{},
+		metrics: newMetrics(),
 	}
 }
 
@@ -327,6 +341,12 @@ type depState struct {
 	status     string
 	message    string
 	ready      int
+
+	// Autoscaling (autoTarget < 0 until first decided).
+	autoTarget  int
+	decision    client.Decision
+	scaleReason string
+	ongoing     float64
 }
 
 func (s *state) depState(name string) *depState {
@@ -334,7 +354,7 @@ func (s *state) depState(name string) *depState {
 	defer s.mu.Unlock()
 	d, ok := s.dep[name]
 	if !ok {
-		d = &depState{status: client.StatusUpdating}
+		d = &depState{status: client.StatusUpdating, autoTarget: -1}
 		s.dep[name] = d
 	}
 	return d
@@ -346,5 +366,5 @@ func (s *state) snapshot(name string) depState {
 	if d, ok := s.dep[name]; ok {
 		return *d
 	}
-	return depState{status: client.StatusUpdating}
+	return depState{status: client.StatusUpdating, autoTarget: -1}
 }

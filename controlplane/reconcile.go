@@ -90,6 +90,11 @@ func (c *Controller) reconcile(ctx context.Context, st *state) {
 		c.reconcileOne(ctx, st, &spec, specRevs[name], byDep[name], alive, load)
 	}
 	// Forget what is gone.
+	live := map[string]bool{}
+	for _, a := range st.asgs.all() {
+		live[a.val.Replica] = true
+	}
+	st.metrics.forget(live)
 	for _, r := range st.reps.all() {
 		if _, _, ok := st.asgs.get(store.AssignmentKey(r.val.Node, r.key)); !ok && (r.val.State == client.ReplicaStopped || r.val.State == client.ReplicaFailed) {
 			c.deleteKey(ctx, st.reps, c.kv.Replicas, r.key, r.rev)
@@ -166,6 +171,15 @@ func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.D
 	}
 
 	target := spec.NumReplicas
+	if spec.Autoscaled() {
+		running := map[string]bool{}
+		for _, v := range cur {
+			if v.ready {
+				running[v.a.Replica] = true
+			}
+		}
+		target = c.autoscaleTarget(st, spec, &ds, running)
+	}
 	readyCur := 0
 	for _, v := range cur {
 		if v.ready {

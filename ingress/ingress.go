@@ -96,6 +96,7 @@ type Ingress struct {
 	log *slog.Logger
 
 	routes   atomic.Pointer[table]
+	limits   atomic.Pointer[map[string]int] // deployment → max_queued_requests
 	draining atomic.Bool
 
 	nc      *nats.Conn
@@ -154,7 +155,7 @@ func (g *Ingress) Start(ctx context.Context) error {
 		return fmt.Errorf("ingress: connecting to %s: %w", g.cfg.NATSURL, err)
 	}
 	g.nc = nc
-	g.cl = client.New(nc, client.WithTimeout(g.cfg.RequestTimeout), client.WithMaxBusyRetries(g.cfg.MaxBusyRetries))
+	g.cl = client.New(nc, client.WithTimeout(g.cfg.RequestTimeout), client.WithMaxBusyRetries(g.cfg.MaxBusyRetries), client.WithQueueLimit(g.queueLimit))
 	// The envelope must fit the broker's max payload: leave room for the
 	// headers, the NATS headers and the envelope's own framing.
 	limit := int(nc.MaxPayload()) - g.cfg.MaxHeaderBytes - 4096
@@ -211,6 +212,16 @@ func (g *Ingress) Addr() string {
 	return g.ln.Addr().String()
 }
 
+// queueLimit is a deployment's max_queued_requests (-1: no limit).
+func (g *Ingress) queueLimit(deployment string) int {
+	if m := g.limits.Load(); m != nil {
+		if n, ok := (*m)[deployment]; ok {
+			return n
+		}
+	}
+	return -1
+}
+
 // Route returns the deployment the ingress routes path to, or "".
 func (g *Ingress) Route(path string) string {
 	if r := g.routes.Load().match([]byte(path)); r != nil {
@@ -265,11 +276,16 @@ func (g *Ingress) watchRoutes(ctx context.Context) {
 		mu.Lock()
 		defer mu.Unlock()
 		routes := map[string]string{}
+		limits := map[string]int{}
 		for name, s := range specs {
 			if p, on := s.Route(); on {
 				routes[p] = name
 			}
+			if s.MaxQueuedRequests != 0 {
+				limits[name] = s.MaxQueuedRequests
+			}
 		}
+		g.limits.Store(&limits)
 		gs := make([]*client.GraphSpec, 0, len(graphs))
 		for _, gr := range graphs {
 			gs = append(gs, gr)

@@ -112,11 +112,50 @@ func (r *Replica) Run(ctx context.Context) error {
 	}
 	r.log.Info("replica serving", "class", r.spec.Class, "pid", r.pid, "max_ongoing_requests", r.spec.MaxOngoingRequests)
 
+	reportDone := make(chan struct{})
+	go r.reportLoad(reportDone)
 	select {
 	case <-ctx.Done():
 	case <-r.stop:
 	}
+	close(reportDone)
 	return r.drain()
+}
+
+// Load reporting: ongoing requests are sampled every loadSample and their
+// mean is published every loadReport; an idle replica reports only every
+// loadIdleReport, so that the metric traffic stays small with many replicas.
+const (
+	loadSample     = 100 * time.Millisecond
+	loadReport     = time.Second
+	loadIdleReport = 5 * time.Second
+)
+
+func (r *Replica) reportLoad(done <-chan struct{}) {
+	t := time.NewTicker(loadSample)
+	defer t.Stop()
+	var sum float64
+	var n int
+	start, lastSent, lastValue := time.Now(), time.Time{}, -1.0
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		sum += float64(len(r.sem))
+		n++
+		if time.Since(start) < loadReport {
+			continue
+		}
+		avg := sum / float64(n)
+		if avg != 0 || lastValue != 0 || time.Since(lastSent) >= loadIdleReport {
+			b, _ := json.Marshal(wire.LoadReport{Replica: r.spec.Replica, Deployment: r.spec.Deployment, Ongoing: avg, WindowMS: time.Since(start).Milliseconds()})
+			_ = r.nc.Publish(wire.EventSubject(wire.EventLoad), b)
+			lastSent, lastValue = time.Now(), avg
+		}
+		sum, n, start = 0, 0, time.Now()
+	}
 }
 
 func (r *Replica) drain() error {

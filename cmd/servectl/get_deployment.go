@@ -44,6 +44,13 @@ func getDeployment(ctx context.Context, e *env, args []string) error {
 	if len(s.UserConfig) > 0 {
 		fmt.Fprintf(w, "user_config:\t%s\n", s.UserConfig)
 	}
+	if a := d.Autoscaling; a != nil {
+		ac := s.AutoscalingConfig
+		fmt.Fprintf(w, "autoscaling:\t%d–%d replicas, target %.1f ongoing requests each; now %.1f ongoing, target %d replicas\n", *ac.MinReplicas, ac.MaxReplicas, ac.TargetOngoingRequests, a.OngoingRequests, a.Target)
+		if a.LastDecision != "" {
+			fmt.Fprintf(w, "last scaling decision:\t%s\n", a.LastDecision)
+		}
+	}
 	fmt.Fprintf(w, "max_ongoing_requests:\t%d\n", s.MaxOngoingRequests)
 	fmt.Fprintf(w, "graceful_shutdown_timeout_s:\t%g\n", s.GracefulShutdownTimeoutS)
 	fmt.Fprintf(w, "health_check_period_s:\t%g\n", s.HealthCheckPeriodS)

@@ -165,7 +165,7 @@ func TestServectl(t *testing.T) {
 	c.fails("-o \"yaml\": want table or json", "list-deployments", "-o", "yaml")
 	bad := filepath.Join(dir, "bad.yaml")
 	_ = os.WriteFile(bad, []byte("deployments:\n  - name: a\n    class: Model\n    num_replicas: lots\n"), 0o644)
-	c.fails(`bad.yaml:4: deployments[0].num_replicas: want an integer, got "lots"`, "deploy", "-f", bad)
+	c.fails(`bad.yaml:4: deployments[0].num_replicas: want an integer or auto, got "lots"`, "deploy", "-f", bad)
 	unknown := filepath.Join(dir, "unknown.yaml")
 	_ = os.WriteFile(unknown, []byte("deployments:\n  - name: a\n    class: Nope\n"), 0o644)
 	c.fails("unknown.yaml:2: a: class: unknown class Nope", "deploy", "-f", unknown)

@@ -13,7 +13,36 @@ const (
 	APIStatus = "status" // reply: ClusterStatus
 	APIApply  = "apply"  // body: APIApplyRequest; reply: APIApplyResult
 	APIGraph  = "graph"  // body: GraphSpec; reply: Deployment (the graph)
+	APIWake   = "wake"   // body: APIName; reply: APIWakeReply
 )
+
+// APIWakeReply answers a caller that found no replica: Waking is true when
+// the deployment is scaled to zero and a replica is being started for it.
+type APIWakeReply struct {
+	Waking bool `json:"waking"`
+}
+
+// Load events, published by replicas and callers on EventSubject(kind).
+const (
+	EventLoad  = "load"  // LoadReport from a replica
+	EventQueue = "queue" // QueueReport from a caller (an ingress, a handle)
+)
+
+// LoadReport is a replica's ongoing requests, averaged over Window.
+type LoadReport struct {
+	Replica    string  `json:"r"`
+	Deployment string  `json:"d"`
+	Ongoing    float64 `json:"o"`
+	WindowMS   int64   `json:"w"`
+}
+
+// QueueReport is a caller's requests waiting for a free replica, per
+// deployment, averaged over Window.
+type QueueReport struct {
+	Caller   string             `json:"c"`
+	Queued   map[string]float64 `json:"q"`
+	WindowMS int64              `json:"w"`
+}
 
 // APIApplyRequest applies a whole set of deployments at once: all are
 // validated before any is written.
