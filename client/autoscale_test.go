@@ -27,8 +27,8 @@ func TestDesiredReplicas(t *testing.T) {
 		{"idle goes to one, not zero, from many", cfg(0, 10, 2, 0, 0, 1, 1), 4, 0, 1},
 		{"idle goes to zero from one", cfg(0, 10, 2, 0, 0, 1, 1), 1, 0, 0},
 		{"min 1 keeps one", cfg(1, 10, 2, 0, 0, 1, 1), 1, 0, 1},
-		{"upscaling factor 0.5 damps", cfg(1, 100, 2, 0, 0, 0.5, 1), 4, 16, 6}, // ratio 2 → 4*(1+1*0.5)
-		{"downscaling factor 0.5 damps", cfg(1, 100, 2, 0, 0, 1, 0.5), 8, 4, 5},  // ratio 0.25 → 8*(1-0.75*0.5)=5
+		{"upscaling factor 0.5 damps", cfg(1, 100, 2, 0, 0, 0.5, 1), 4, 16, 6},  // ratio 2 → 4*(1+1*0.5)
+		{"downscaling factor 0.5 damps", cfg(1, 100, 2, 0, 0, 1, 0.5), 8, 4, 5}, // ratio 0.25 → 8*(1-0.75*0.5)=5
 		{"from zero with load", cfg(0, 10, 2, 0, 0, 1, 1), 0, 3, 1},
 		{"from zero, factor 2", cfg(0, 10, 2, 0, 0, 2, 1), 0, 3, 2},
 		{"zero stays zero idle", cfg(0, 10, 2, 0, 0, 1, 1), 0, 0, 0},
@@ -49,21 +49,21 @@ func TestDecisionHoldsForTheDelay(t *testing.T) {
 		current, desired int
 		want             int
 	}{
-		{0, 2, 4, 2},    // upscale wanted at t=0
-		{29, 2, 4, 2},   // still held
-		{30, 2, 4, 4},   // after upscale_delay_s
-		{31, 4, 4, 4},   // steady
-		{40, 4, 2, 4},   // downscale wanted
-		{50, 4, 5, 4},   // direction flips: the clock restarts
-		{79, 4, 5, 4},   //
-		{80, 4, 5, 5},   // 30 s after the flip
-		{100, 5, 3, 5},  // downscale again
-		{699, 5, 3, 5},  //
-		{700, 5, 3, 3},  // after downscale_delay_s
-		{800, 1, 0, 1},  // to zero
-		{859, 1, 0, 1},  //
-		{860, 1, 0, 0},  // after downscale_to_zero_delay_s
-		{900, 0, 1, 1},  // from zero: at once
+		{0, 2, 4, 2},   // upscale wanted at t=0
+		{29, 2, 4, 2},  // still held
+		{30, 2, 4, 4},  // after upscale_delay_s
+		{31, 4, 4, 4},  // steady
+		{40, 4, 2, 4},  // downscale wanted
+		{50, 4, 5, 4},  // direction flips: the clock restarts
+		{79, 4, 5, 4},  //
+		{80, 4, 5, 5},  // 30 s after the flip
+		{100, 5, 3, 5}, // downscale again
+		{699, 5, 3, 5}, //
+		{700, 5, 3, 3}, // after downscale_delay_s
+		{800, 1, 0, 1}, // to zero
+		{859, 1, 0, 1}, //
+		{860, 1, 0, 0}, // after downscale_to_zero_delay_s
+		{900, 0, 1, 1}, // from zero: at once
 	}
 	for i, s := range steps {
 		if got := d.Hold(a, s.current, s.desired, s.now); got != s.want {

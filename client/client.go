@@ -46,7 +46,9 @@ func WithTimeout(d time.Duration) Option { return func(o *Options) { o.Timeout =
 func WithMaxBusyRetries(n int) Option { return func(o *Options) { o.MaxBusyRetries = n } }
 
 // WithQueueLimit sets Options.QueueLimit.
-func WithQueueLimit(f func(deployment string) int) Option { return func(o *Options) { o.QueueLimit = f } }
+func WithQueueLimit(f func(deployment string) int) Option {
+	return func(o *Options) { o.QueueLimit = f }
+}
 
 // WithName sets Options.Name.
 func WithName(name string) Option { return func(o *Options) { o.Name = name } }

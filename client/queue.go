@@ -6,8 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/natserve/natserve/internal/wire"
 	"github.com/nats-io/nuid"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // queueStats counts, per deployment, the requests this caller holds waiting

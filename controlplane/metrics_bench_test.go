@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/natserve/natserve/internal/wire"
 	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // BenchmarkMetricPath is the controller's side of autoscaling with 1,000
