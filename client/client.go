@@ -238,11 +238,17 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 		if c.opts.MaxBusyRetries > 0 && attempt >= c.opts.MaxBusyRetries {
 			return nil, fail(wire.CodeBusy, fmt.Sprintf("every replica was busy after %d attempts", attempt+1), "")
 		}
-		// Full jitter between backoff/2 and backoff, 1 ms doubling to 32 ms.
+		// Full jitter between backoff/2 and backoff, 1 ms doubling up to a
+		// cap that grows with the queue (1 ms per waiting request, 2 to
+		// 32 ms): a short queue retries often, so that the requests it
+		// holds win the next free slot over newcomers and wait about in
+		// order; a long one does not flood the replicas with retries.
 		sleep := backoff/2 + rand.N(backoff/2+1)
-		if backoff < 32*time.Millisecond {
+		limit := min(max(time.Duration(c.Queued(deployment))*time.Millisecond, 2*time.Millisecond), 32*time.Millisecond)
+		if backoff < limit {
 			backoff *= 2
 		}
+		backoff = min(backoff, limit)
 		if time.Until(deadline) < sleep {
 			return nil, fail(wire.CodeDeadline, fmt.Sprintf("every replica stayed busy until the deadline (%d attempts)", attempt+1), "")
 		}

@@ -20,6 +20,26 @@ type healthState struct {
 	fails    int
 	next     time.Time
 	inflight bool
+	lastPong time.Time // last successful ping
+	orphan   time.Time // when its node was first seen not heartbeating: pinged often since
+}
+
+// answering reports whether a replica answered a ping within d: a replica
+// whose node agent died but that still answers keeps serving and is adopted
+// when the agent returns, instead of being replaced.
+func (s *state) answering(replica string, d time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, ok := s.health[replica]
+	if !ok {
+		return false
+	}
+	if h.orphan.IsZero() {
+		h.orphan = time.Now()
+		h.next = time.Now() // ping now
+	}
+	// Probing for a second decides; a recent answer keeps it.
+	return time.Since(h.lastPong) < d || time.Since(h.orphan) < time.Second
 }
 
 // healthy reports whether a replica passed its last health check (or has
@@ -65,6 +85,11 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 			}
 			period := time.Duration(spec.HealthCheckPeriodS * float64(time.Second))
 			timeout := time.Duration(spec.HealthCheckTimeoutS * float64(time.Second))
+			st.mu.Lock()
+			if h, ok := st.health[a.val.Replica]; ok && !h.orphan.IsZero() {
+				period, timeout = min(period, 300*time.Millisecond), min(timeout, 300*time.Millisecond)
+			}
+			st.mu.Unlock()
 			st.mu.Lock()
 			h, ok := st.health[a.val.Replica]
 			if !ok {
@@ -112,6 +137,7 @@ func (c *Controller) check(ctx context.Context, st *state, key, replica string, 
 	h.next = start.Add(period)
 	if reason == "" {
 		h.fails = 0
+		h.lastPong = time.Now()
 	} else {
 		h.fails++
 	}
@@ -170,4 +196,13 @@ func (c *Controller) reconfigure(st *state, v view, spec *client.DeploymentSpec,
 		st.asgs.put(a.Key(), rev, a)
 		c.log.Info("replica reconfigured", "deployment", a.Deployment, "replica", a.Replica)
 	}()
+}
+
+// clearOrphan forgets that a replica's node was lost (its agent is back).
+func (s *state) clearOrphan(replica string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h, ok := s.health[replica]; ok {
+		h.orphan = time.Time{}
+	}
 }

@@ -149,6 +149,9 @@ func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.D
 			c.dropAssignment(ctx, st, v)
 			load[v.a.Node]--
 			continue
+		case !nodeUp && v.a.Desired == store.DesiredRun && st.answering(v.a.Replica, c.cfg.NodeTimeout):
+			// The node agent is gone but the replica answers: it keeps
+			// serving, counted as it is, until its agent returns or it stops answering.
 		case !nodeUp:
 			c.log.Warn("node lost; replacing its replica", "deployment", spec.Name, "replica", v.a.Replica, "node", v.a.Node)
 			c.dropAssignment(ctx, st, v)
@@ -161,6 +164,9 @@ func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.D
 				c.dropAssignment(ctx, st, v)
 			}
 			continue
+		}
+		if nodeUp {
+			st.clearOrphan(v.a.Replica)
 		}
 		v.ready = v.hasSt && v.st.State == client.ReplicaRunning && st.healthy(v.a.Replica)
 		if v.a.CodeHash == code {

@@ -47,7 +47,7 @@ func FuzzCallArgs(f *testing.F) {
 			if http {
 				_, _ = rep.httpArgs(b, "id", m)
 			} else {
-				_, _ = callArgs(b, m)
+				_, _ = callArgs(b, m, "id")
 			}
 		}
 		runtime.ReadMemStats(&after)

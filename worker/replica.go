@@ -275,7 +275,7 @@ func (r *Replica) serve(m *nats.Msg) {
 	case isHTTP:
 		args, err = r.httpArgs(m.Data, id, meth)
 	default:
-		args, err = callArgs(m.Data, meth)
+		args, err = callArgs(m.Data, meth, id)
 	}
 	if err != nil {
 		r.replyError(m, wire.CodeBadRequest, fmt.Sprintf("%s.%s: %v", r.cls.name, name, err))
@@ -346,7 +346,7 @@ func (r *Replica) replyError(m *nats.Msg, code wire.Code, text string) {
 }
 
 // callArgs decodes a msgpack array of arguments for m.
-func callArgs(data []byte, m *method) ([]reflect.Value, error) {
+func callArgs(data []byte, m *method, id string) ([]reflect.Value, error) {
 	if err := wire.CheckMsgpack(data); err != nil {
 		return nil, err
 	}
@@ -356,7 +356,7 @@ func callArgs(data []byte, m *method) ([]reflect.Value, error) {
 		return nil, fmt.Errorf("arguments must be a msgpack array: %w", err)
 	}
 	if m.takesReq {
-		req := &Request{args: make([]msgpack.RawMessage, 0, max(n, 0))}
+		req := &Request{ID: id, args: make([]msgpack.RawMessage, 0, max(n, 0))}
 		for i := 0; i < n; i++ {
 			raw, err := dec.DecodeRaw()
 			if err != nil {

@@ -286,3 +286,26 @@ func HTTP(t testing.TB, method, url, body string, hdr ...string) (int, string, h
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), resp.Header
 }
+
+// KillAgentOnly kills a node agent's process alone (kill -9); the replicas
+// it started keep running.
+func (s *Stack) KillAgentOnly(name string) {
+	s.mu.Lock()
+	p := s.agents[name]
+	s.mu.Unlock()
+	_ = p.Signal(syscall.SIGKILL)
+	_, _ = p.Wait(10 * time.Second)
+}
+
+// AgentPIDs returns the pids of the running node agents.
+func (s *Stack) AgentPIDs() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []int
+	for _, p := range s.agents {
+		if !p.Exited() {
+			out = append(out, p.PID())
+		}
+	}
+	return out
+}

@@ -177,11 +177,38 @@ func NewRouter(greeting string) http.Handler {
 	return mux
 }
 
+// Counter publishes the id of every request it runs on fault.exec, so that
+// a test counts executions (and duplicates) from outside, even across
+// replica crashes. ?ms=N (or the second argument) sleeps N ms.
+type Counter struct{}
+
+// Call runs one counted request and returns the pid.
+func (Counter) Call(ctx context.Context, req *worker.Request) (int, error) {
+	ms := 0
+	if req.IsHTTP() {
+		ms, _ = strconv.Atoi(req.QueryParam("ms"))
+	} else if req.NumArgs() > 0 {
+		_ = req.Arg(0, &ms)
+	}
+	if c := worker.Client(ctx); c != nil {
+		_ = c.Conn().Publish("fault.exec", []byte(req.ID))
+	}
+	if ms > 0 {
+		select {
+		case <-time.After(time.Duration(ms) * time.Millisecond):
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	return os.Getpid(), nil
+}
+
 func main() {
 	var reg worker.Registry
 	reg.Class("Probe", NewProbe)
 	reg.Func("double", func(x int) int { return 2 * x })
 	reg.HTTPHandler("Router", NewRouter)
+	reg.Class("Counter", func() Counter { return Counter{} })
 	reg.Func("combine", func(a, b int) int { return a + b })
 	seed.Register(&reg)
 	worker.Main(&reg)

@@ -1,0 +1,192 @@
+package fault_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+	"github.com/natserve/natserve/client"
+)
+
+// result is one request of the open-loop load.
+type result struct {
+	at      time.Time
+	latency time.Duration
+	code    string // "200", "503", … or a client error code
+}
+
+// openLoop sends requests at a constant rate, whether or not earlier ones
+// have answered (so a stall shows as latency, not as fewer requests).
+type openLoop struct {
+	mu        sync.Mutex
+	results   []result
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	sent      atomic.Int64
+	closeIdle func()
+}
+
+// startHTTP sends rate req/s to url (each with a fresh X-Request-Id).
+func startHTTP(url string, rate int, timeout time.Duration) *openLoop {
+	tr := &http.Transport{MaxIdleConnsPerHost: 512}
+	hc := &http.Client{Timeout: timeout + 5*time.Second, Transport: tr}
+	l := start(rate, func() string {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("X-Request-Id", nuid.Next())
+		resp, err := hc.Do(req)
+		if err != nil {
+			return "conn"
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return fmt.Sprint(resp.StatusCode)
+	})
+	l.closeIdle = tr.CloseIdleConnections
+	return l
+}
+
+// startHandle calls h at rate calls/s.
+func startHandle(h *client.Handle, rate int, timeout time.Duration, args ...any) *openLoop {
+	return start(rate, func() string {
+		ctx, cancel := context.WithTimeout(client.WithRequestID(context.Background(), nuid.Next()), timeout)
+		defer cancel()
+		var out any
+		if err := h.Call(ctx, &out, args...); err != nil {
+			if ce, ok := err.(*client.Error); ok {
+				return ce.Code
+			}
+			return "error"
+		}
+		return "200"
+	})
+}
+
+func start(rate int, do func() string) *openLoop {
+	l := &openLoop{stop: make(chan struct{}), closeIdle: func() {}}
+	interval := time.Second / time.Duration(rate)
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-l.stop:
+				return
+			case <-t.C:
+			}
+			l.wg.Add(1)
+			l.sent.Add(1)
+			go func() {
+				defer l.wg.Done()
+				at := time.Now()
+				code := do()
+				l.mu.Lock()
+				l.results = append(l.results, result{at: at, latency: time.Since(at), code: code})
+				l.mu.Unlock()
+			}()
+		}
+	}()
+	return l
+}
+
+// Stop ends the load and waits for every request to answer.
+func (l *openLoop) Stop() []result {
+	close(l.stop)
+	l.wg.Wait()
+	l.closeIdle()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sort.Slice(l.results, func(i, j int) bool { return l.results[i].at.Before(l.results[j].at) })
+	return l.results
+}
+
+// stats summarizes results.
+type stats struct {
+	n, ok          int
+	codes          map[string]int
+	p50, p99, maxL time.Duration
+	firstFail      time.Time
+	lastFail       time.Time
+	maxFailLatency time.Duration
+}
+
+func summarize(rs []result) stats {
+	s := stats{codes: map[string]int{}}
+	var lat []time.Duration
+	for _, r := range rs {
+		s.n++
+		s.codes[r.code]++
+		lat = append(lat, r.latency)
+		if r.code == "200" {
+			s.ok++
+			continue
+		}
+		if s.firstFail.IsZero() {
+			s.firstFail = r.at
+		}
+		s.lastFail = r.at.Add(r.latency)
+		s.maxFailLatency = max(s.maxFailLatency, r.latency)
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	if len(lat) > 0 {
+		s.p50, s.p99, s.maxL = lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1]
+	}
+	return s
+}
+
+func (s stats) ratio() float64 {
+	if s.n == 0 {
+		return 0
+	}
+	return float64(s.ok) / float64(s.n)
+}
+
+func (s stats) codeString() string {
+	var parts []string
+	for c, n := range s.codes {
+		parts = append(parts, fmt.Sprintf("%s×%d", c, n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+// executions counts the request ids the Counter class published.
+type executions struct {
+	mu  sync.Mutex
+	ids map[string]int
+	nc  *nats.Conn
+}
+
+func countExecutions(nc *nats.Conn) (*executions, error) {
+	e := &executions{ids: map[string]int{}, nc: nc}
+	_, err := nc.Subscribe("fault.exec", func(m *nats.Msg) {
+		e.mu.Lock()
+		e.ids[string(m.Data)]++
+		e.mu.Unlock()
+	})
+	return e, err
+}
+
+// duplicates returns how many ids ran more than once, and resets.
+func (e *executions) duplicates() int {
+	_ = e.nc.Flush()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	d := 0
+	for _, n := range e.ids {
+		if n > 1 {
+			d++
+		}
+	}
+	clear(e.ids)
+	return d
+}
