@@ -44,7 +44,7 @@ type Config struct {
 	// MaxRequestBodySize is the body limit in bytes; it is capped so that an
 	// envelope fits the broker's max payload. Default: that cap.
 	MaxRequestBodySize int
-	// MaxHeaderBytes bounds the request line and headers (431 above). Default: 16 KiB.
+	// MaxHeaderBytes bounds the request line and headers (431 above); each open connection holds a buffer this size. Default: 8 KiB.
 	MaxHeaderBytes int
 	// ReadTimeout bounds reading one request, headers and body (slowloris). Default: 30s.
 	ReadTimeout time.Duration
@@ -64,7 +64,7 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Addr: "127.0.0.1:8000", RequestTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,
+		Addr: "127.0.0.1:8000", RequestTimeout: 60 * time.Second, MaxHeaderBytes: 8 << 10,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 90 * time.Second, MaxConnections: 100000,
 	}
 }
