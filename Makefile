@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: help check fmt vet test fuzz build
+.PHONY: help check fmt vet test fuzz build bench microbench fault
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -13,8 +13,8 @@ fmt: ## fail if gofmt would change a file
 vet: ## go vet
 	$(GO) vet ./...
 
-test: ## all tests with the race detector
-	$(GO) test -race -count=1 -timeout 20m ./...
+test: ## all tests with the race detector (one package at a time: the end-to-end suites measure latency)
+	$(GO) test -race -count=1 -p 1 -timeout 30m ./...
 
 FUZZTIME ?= 30s
 fuzz: ## run every fuzz target for FUZZTIME each
@@ -25,3 +25,12 @@ fuzz: ## run every fuzz target for FUZZTIME each
 
 build: ## build natserve and servectl into ./bin
 	$(GO) build -o bin/ ./cmd/...
+
+bench: ## the end-to-end benchmark harness (needs wrk, nginx-light, gnuplot-nox); results in bench/results
+	$(GO) run ./bench/harness -duration 5s -repeats 3 -out bench/results
+
+microbench: ## hot-path micro benchmarks, each beside its baseline
+	$(GO) test -run XXX -bench . -benchmem ./bench/ ./ingress/ ./controlplane/
+
+fault: ## the fault and bad-input suite with full-length outages
+	NATSERVE_FAULT_FULL=1 $(GO) test -count=1 -v -run TestFaultSuite ./internal/fault/

@@ -172,6 +172,16 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 			dequeue()
 		}
 	}()
+	// While this caller already holds requests waiting for a replica of
+	// the deployment, a new one queues behind them instead of racing them
+	// for the next free slot.
+	if c.Queued(deployment) > 0 {
+		var ok bool
+		if dequeue, ok = c.enqueue(deployment, c.queueLimit(deployment)); !ok {
+			return nil, fail(wire.CodeBackpressure, fmt.Sprintf("max_queued_requests reached: %d requests already wait for a replica", c.Queued(deployment)), "")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	for attempt := 0; ; attempt++ {
 		left := time.Until(deadline)
 		if left <= 0 {
