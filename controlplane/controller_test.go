@@ -76,7 +76,7 @@ func TestInvalidSpecsRefused(t *testing.T) {
 		want error
 		text string
 	}{
-		{client.DeploymentSpec{Name: "x", Class: "NoSuchClass"}, client.ErrUnknownClass, "unknown class NoSuchClass (the nodes provide: AddModel, HTTPDeployment, Model"},
+		{client.DeploymentSpec{Name: "x", Class: "NoSuchClass"}, client.ErrUnknownClass, "unknown class NoSuchClass (the nodes provide: AddModel, "},
 		{client.DeploymentSpec{Name: "bad.name", Class: "Probe"}, client.ErrInvalidSpec, "name"},
 		{client.DeploymentSpec{Name: "neg", Class: "Probe", NumReplicas: -1}, client.ErrInvalidSpec, "num_replicas: -1 is negative"},
 		{client.DeploymentSpec{Name: "noslash", Class: "Probe", RoutePrefix: e2e.Ptr("api")}, client.ErrInvalidSpec, "route_prefix: \"api\" must start with '/'"},

@@ -204,7 +204,9 @@ func TestErrorCodes(t *testing.T) {
 	// 413 at one byte over the limit, 200 at the limit.
 	code, body, _ = e2e.HTTP(t, "POST", base+"/probe", strings.Repeat("x", maxBody))
 	check("body at the limit", code, body, 200, "tag=p")
-	code, body, _ = e2e.HTTP(t, "POST", base+"/probe", strings.Repeat("x", maxBody+1))
+	// Raw: the server answers 413 from the Content-Length and closes without
+	// reading the body, which a Go client may see as a broken pipe.
+	code, body = raw(t, base, fmt.Sprintf("POST /probe HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", maxBody+1, strings.Repeat("x", maxBody+1)))
 	check("body one byte over", code, body, 413, "larger than 4000 bytes")
 
 	// 431: headers too large.
@@ -225,9 +227,7 @@ func raw(t *testing.T, base, data string) (int, string) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, data); err != nil {
-		t.Fatal(err)
-	}
+	_, _ = io.WriteString(c, data) // the server may answer and close before all is written
 	br := bufio.NewReader(c)
 	line, err := br.ReadString('\n')
 	if err != nil {

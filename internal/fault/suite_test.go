@@ -328,7 +328,9 @@ func TestFaultSuite(t *testing.T) {
 		var checks []check
 		code, _, _ := e2e.HTTP(t, "GET", base+"/probe", "", "X-Big", strings.Repeat("h", 9000))
 		checks = append(checks, check{"H1", "oversized headers", code == 431, fmt.Sprint(code)})
-		code, _, _ = e2e.HTTP(t, "POST", base+"/probe", strings.Repeat("b", 100001))
+		// Raw: the server answers 413 from the Content-Length and closes
+		// without reading the body, which a Go client may see as a broken pipe.
+		code = rawStatus(base, "POST /probe HTTP/1.1\r\nHost: x\r\nContent-Length: 100001\r\n\r\n"+strings.Repeat("b", 100001))
 		checks = append(checks, check{"H2", "oversized body", code == 413, fmt.Sprint(code)})
 		code = rawStatus(base, "NOT HTTP AT ALL\r\n\r\n")
 		checks = append(checks, check{"H3", "malformed request", code == 400, fmt.Sprint(code)})
