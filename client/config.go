@@ -146,6 +146,14 @@ func (p *parser) errf(n *yaml.Node, field, format string, args ...any) error {
 	return fmt.Errorf("%w: %s:%d: %s%s", ErrConfigFile, p.file, n.Line, where, fmt.Sprintf(format, args...))
 }
 
+// scalar decodes the scalar v of field into out, or says what was wanted.
+func (p *parser) scalar(v *yaml.Node, field string, out any, want string) error {
+	if v.Kind != yaml.ScalarNode || v.Tag == "!!null" || v.Decode(out) != nil {
+		return p.errf(v, field, "want %s, got %s", want, kindName(v))
+	}
+	return nil
+}
+
 func kindName(n *yaml.Node) string {
 	switch n.Kind {
 	case yaml.MappingNode:
@@ -170,12 +178,6 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 		k, v := n.Content[i], n.Content[i+1]
 		lines[k.Value] = v.Line
 		field := path + "." + k.Value
-		scalar := func(out any, want string) error {
-			if v.Kind != yaml.ScalarNode || v.Tag == "!!null" || v.Decode(out) != nil {
-				return p.errf(v, field, "want %s, got %s", want, kindName(v))
-			}
-			return nil
-		}
 		toJSON := func(want string) (json.RawMessage, error) {
 			var x any
 			if err := v.Decode(&x); err != nil {
@@ -190,9 +192,9 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 		var err error
 		switch k.Value {
 		case "name":
-			err = scalar(&s.Name, "a string")
+			err = p.scalar(v, field, &s.Name, "a string")
 		case "class":
-			err = scalar(&s.Class, "a string")
+			err = p.scalar(v, field, &s.Class, "a string")
 		case "init_args":
 			if v.Kind != yaml.SequenceNode {
 				return s, p.errf(v, field, "want a list of constructor arguments, got %s", kindName(v))
@@ -207,7 +209,7 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 				}
 				break
 			}
-			err = scalar(&s.NumReplicas, "an integer or auto")
+			err = p.scalar(v, field, &s.NumReplicas, "an integer or auto")
 		case "autoscaling_config":
 			var x any
 			if v.Kind != yaml.MappingNode || v.Decode(&x) != nil {
@@ -230,22 +232,22 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 				break
 			}
 			var r string
-			err = scalar(&r, "a path like /api, or null")
+			err = p.scalar(v, field, &r, "a path like /api, or null")
 			s.RoutePrefix = &r
 		case "max_ongoing_requests":
-			err = scalar(&s.MaxOngoingRequests, "an integer")
+			err = p.scalar(v, field, &s.MaxOngoingRequests, "an integer")
 		case "max_queued_requests":
-			err = scalar(&s.MaxQueuedRequests, "an integer")
+			err = p.scalar(v, field, &s.MaxQueuedRequests, "an integer")
 		case "graceful_shutdown_timeout_s":
-			err = scalar(&s.GracefulShutdownTimeoutS, "a number of seconds")
+			err = p.scalar(v, field, &s.GracefulShutdownTimeoutS, "a number of seconds")
 		case "health_check_period_s":
-			err = scalar(&s.HealthCheckPeriodS, "a number of seconds")
+			err = p.scalar(v, field, &s.HealthCheckPeriodS, "a number of seconds")
 		case "health_check_timeout_s":
-			err = scalar(&s.HealthCheckTimeoutS, "a number of seconds")
+			err = p.scalar(v, field, &s.HealthCheckTimeoutS, "a number of seconds")
 		case "max_constructor_retry_count":
-			err = scalar(&s.MaxConstructorRetryCount, "an integer")
+			err = p.scalar(v, field, &s.MaxConstructorRetryCount, "an integer")
 		case "version":
-			err = scalar(&s.Version, "a string")
+			err = p.scalar(v, field, &s.Version, "a string")
 		default:
 			return s, p.errf(k, field, "unknown field")
 		}
@@ -277,28 +279,22 @@ func (p *parser) graph(n *yaml.Node, path string) (GraphSpec, error) {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		field := path + "." + k.Value
-		scalar := func(out any, want string) error {
-			if v.Kind != yaml.ScalarNode || v.Tag == "!!null" || v.Decode(out) != nil {
-				return p.errf(v, field, "want %s, got %s", want, kindName(v))
-			}
-			return nil
-		}
 		var err error
 		switch k.Value {
 		case "name":
-			err = scalar(&g.Name, "a string")
+			err = p.scalar(v, field, &g.Name, "a string")
 		case "route_prefix":
 			if v.Tag == "!!null" {
 				g.RoutePrefix = new(string)
 				break
 			}
 			var r string
-			err = scalar(&r, "a path like /pipeline, or null")
+			err = p.scalar(v, field, &r, "a path like /pipeline, or null")
 			g.RoutePrefix = &r
 		case "http_input":
-			err = scalar(&g.HTTPInput, "json or query:NAME")
+			err = p.scalar(v, field, &g.HTTPInput, "json or query:NAME")
 		case "output":
-			err = scalar(&g.Output, "a node name")
+			err = p.scalar(v, field, &g.Output, "a node name")
 		case "nodes":
 			if v.Kind != yaml.MappingNode {
 				return g, p.errf(v, field, "want a mapping of node name to node")
@@ -332,22 +328,16 @@ func (p *parser) graphNode(n *yaml.Node, path string) (GraphNode, error) {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		field := path + "." + k.Value
-		scalar := func(out any, want string) error {
-			if v.Kind != yaml.ScalarNode || v.Tag == "!!null" || v.Decode(out) != nil {
-				return p.errf(v, field, "want %s, got %s", want, kindName(v))
-			}
-			return nil
-		}
 		var err error
 		switch k.Value {
 		case "class":
-			err = scalar(&gn.Class, "a class name")
+			err = p.scalar(v, field, &gn.Class, "a class name")
 		case "call":
-			err = scalar(&gn.Call, "a function, NODE or NODE.METHOD")
+			err = p.scalar(v, field, &gn.Call, "a function, NODE or NODE.METHOD")
 		case "num_replicas":
-			err = scalar(&gn.NumReplicas, "an integer")
+			err = p.scalar(v, field, &gn.NumReplicas, "an integer")
 		case "max_ongoing_requests":
-			err = scalar(&gn.MaxOngoingRequests, "an integer")
+			err = p.scalar(v, field, &gn.MaxOngoingRequests, "an integer")
 		case "init_args", "args", "user_config":
 			var x any
 			if err := v.Decode(&x); err != nil {

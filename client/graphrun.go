@@ -259,6 +259,25 @@ func (c *Client) RunGraph(ctx context.Context, g *GraphSpec, input []byte) ([]by
 // integers (for a graph's HTTP input and literal arguments).
 func JSONToValue(b []byte) ([]byte, error) { return literal(b) }
 
+// DecodeJSON decodes one JSON value, keeping integers int64 (json.Unmarshal
+// would make every number a float64, which an int parameter refuses).
+func DecodeJSON(b []byte) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	if dec.More() {
+		return nil, errors.New("more than one JSON value")
+	}
+	return jsonNumbers(v), nil
+}
+
+// JSONable makes a value decoded from msgpack encodable as JSON: maps with
+// string keys, byte strings as text when they are text.
+func JSONable(v any) any { return jsonable(v) }
+
 // ValueToJSON decodes one msgpack value into something encoding/json can
 // write (maps with string keys, byte strings as text when they are text).
 func ValueToJSON(b []byte) (any, error) {
@@ -295,13 +314,11 @@ func jsonable(v any) any {
 
 // literal converts a JSON literal argument to msgpack, keeping integers.
 func literal(a json.RawMessage) ([]byte, error) {
-	dec := json.NewDecoder(bytes.NewReader(a))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
+	v, err := DecodeJSON(a)
+	if err != nil {
 		return nil, err
 	}
-	return wire.MarshalValue(jsonNumbers(v))
+	return wire.MarshalValue(v)
 }
 
 func jsonNumbers(v any) any {
