@@ -46,18 +46,6 @@ func up(t *testing.T, extra ...string) *upStack {
 	return &upStack{proc: p, natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), httpBase: fmt.Sprintf("http://127.0.0.1:%d", httpPort), data: data}
 }
 
-// childPIDs lists the processes whose parent is pid.
-func childPIDs(pid int) []int {
-	out, _ := exec.Command("pgrep", "-P", strconv.Itoa(pid)).Output()
-	var pids []int
-	for _, f := range strings.Fields(string(out)) {
-		if n, err := strconv.Atoi(f); err == nil {
-			pids = append(pids, n)
-		}
-	}
-	return pids
-}
-
 func alive(pid int) bool {
 	if syscall.Kill(pid, 0) != nil {
 		return false
@@ -139,7 +127,7 @@ func TestStopLeavesNoReplicas(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 		t.Run(sig.String(), func(t *testing.T) {
 			u := up(t, "-f", filepath.Join(testutil.ModuleRoot(t), "examples/quickstart/serve.yaml"))
-			replicas := childPIDs(u.proc.PID())
+			replicas := testutil.ChildPIDs(u.proc.PID())
 			if len(replicas) < 6 {
 				t.Fatalf("natserve up has %d child processes, want the quick start's 6 replicas", len(replicas))
 			}

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -44,16 +43,6 @@ func anyPID(m map[int]string) int {
 		return p
 	}
 	return 0
-}
-
-func children(pid int) []int {
-	out, _ := exec.Command("pgrep", "-P", strconv.Itoa(pid)).Output()
-	var ps []int
-	for _, f := range strings.Fields(string(out)) {
-		n, _ := strconv.Atoi(f)
-		ps = append(ps, n)
-	}
-	return ps
 }
 
 func procFDs(pid int) int {
@@ -358,7 +347,7 @@ func TestFaultSuite(t *testing.T) {
 		testutil.Eventually(t, 30*time.Second, func() error {
 			left = nil
 			for _, a := range s.AgentPIDs() {
-				left = append(left, children(a)...)
+				left = append(left, testutil.ChildPIDs(a)...)
 			}
 			if len(left) > 0 {
 				return fmt.Errorf("replica processes left: %v", left)
