@@ -33,10 +33,11 @@ type Replica struct {
 	nc   *nats.Conn
 	cl   *client.Client
 
-	sem      chan struct{}  // one token per running call
-	inflight sync.WaitGroup // running calls
-	work     chan *nats.Msg // unbuffered: handed to an idle worker goroutine
-	draining atomic.Bool
+	sem       chan struct{}  // one token per running call
+	inflight  sync.WaitGroup // running calls
+	inbox     chan *nats.Msg // the subscription delivers here; receivers take from it
+	receivers sync.WaitGroup // the goroutines taking from inbox
+	draining  atomic.Bool
 
 	mu     sync.Mutex // guards sub, ctlSub
 	sub    *nats.Subscription
@@ -61,7 +62,7 @@ func NewReplica(reg *Registry, spec ReplicaSpec, log *slog.Logger) (*Replica, er
 	log = log.With("deployment", spec.Deployment, "replica", spec.Replica)
 	return &Replica{
 		spec: spec, reg: reg, log: log, pid: os.Getpid(), cls: cls,
-		sem: make(chan struct{}, spec.MaxOngoingRequests), work: make(chan *nats.Msg), stop: make(chan struct{}),
+		sem: make(chan struct{}, spec.MaxOngoingRequests), inbox: make(chan *nats.Msg, inboxSize), stop: make(chan struct{}),
 	}, nil
 }
 
@@ -100,13 +101,20 @@ func (r *Replica) Run(ctx context.Context) error {
 	r.mu.Lock()
 	r.ctlSub, err = nc.Subscribe(wire.ReplicaSubject(r.spec.Replica, "*"), r.onControl)
 	if err == nil {
-		r.sub, err = nc.QueueSubscribe(wire.DeploymentSubject(r.spec.Deployment), wire.QueueGroup(r.spec.Deployment), r.onRequest)
+		r.sub, err = nc.ChanQueueSubscribe(wire.DeploymentSubject(r.spec.Deployment), wire.QueueGroup(r.spec.Deployment), r.inbox)
 	}
 	r.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("replica %s: subscribing: %w", r.spec.Replica, err)
 	}
-	_ = r.sub.SetPendingLimits(-1, -1) // bounded by the publishers' deadlines, not by count
+	receivers := min(r.spec.MaxOngoingRequests, maxReceivers) + 1
+	for i := 0; i < receivers; i++ {
+		r.receivers.Add(1)
+		go func() {
+			defer r.receivers.Done()
+			r.receive()
+		}()
+	}
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("replica %s: %w", r.spec.Replica, err)
 	}
@@ -174,8 +182,13 @@ func (r *Replica) drain() error {
 	for sub.IsValid() && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
+	// The subscription is closed: nothing more arrives in inbox. The
+	// receivers run what it still holds, then stop.
+	if !sub.IsValid() {
+		close(r.inbox)
+	}
 	done := make(chan struct{})
-	go func() { r.inflight.Wait(); close(done) }()
+	go func() { r.receivers.Wait(); r.inflight.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(time.Until(deadline)):
@@ -197,42 +210,38 @@ func (r *Replica) closeInstance() {
 	}
 }
 
-// onRequest runs on the subscription's goroutine, one message at a time:
-// admit or refuse at once, then hand the call to an idle worker goroutine,
-// or start one. Workers live on between calls (their stacks stay grown), at
-// most max_ongoing_requests of them.
-func (r *Replica) onRequest(m *nats.Msg) {
-	select {
-	case r.sem <- struct{}{}:
-	default:
-		r.replyError(m, wire.CodeBusy, "replica is at max_ongoing_requests")
-		return
-	}
-	r.inflight.Add(1)
-	select {
-	case r.work <- m:
-	default:
-		go r.worker(m)
+// Requests reach the replica through a channel subscription: NATS's
+// reader puts each message in inbox, and max_ongoing_requests+1 receiver
+// goroutines take them (one hand-off, the receivers' stacks stay grown).
+// A receiver that finds every slot taken answers "busy" at once, so there
+// is always one receiver free to refuse. Above maxReceivers slots, calls
+// run on goroutines of their own.
+const (
+	inboxSize    = 8192
+	maxReceivers = 1024
+)
+
+func (r *Replica) receive() {
+	for m := range r.inbox {
+		select {
+		case r.sem <- struct{}{}:
+		default:
+			r.replyError(m, wire.CodeBusy, "replica is at max_ongoing_requests")
+			continue
+		}
+		r.inflight.Add(1)
+		if r.spec.MaxOngoingRequests > maxReceivers {
+			go r.serveAndRelease(m)
+			continue
+		}
+		r.serveAndRelease(m)
 	}
 }
 
-// workerIdle is how long a worker goroutine waits for a call before it exits.
-const workerIdle = 30 * time.Second
-
-func (r *Replica) worker(m *nats.Msg) {
-	idle := time.NewTimer(workerIdle)
-	defer idle.Stop()
-	for {
-		r.serve(m)
-		<-r.sem
-		r.inflight.Done()
-		idle.Reset(workerIdle)
-		select {
-		case m = <-r.work:
-		case <-idle.C:
-			return
-		}
-	}
+func (r *Replica) serveAndRelease(m *nats.Msg) {
+	r.serve(m)
+	<-r.sem
+	r.inflight.Done()
 }
 
 func (r *Replica) serve(m *nats.Msg) {
