@@ -93,7 +93,7 @@ func (c *Client) reportQueue() {
 // zero; it reports whether one is coming.
 func (c *Client) wake(deployment string, timeout time.Duration) bool {
 	body, _ := json.Marshal(wire.APIName{Name: deployment})
-	m, err := c.nc.Request(wire.APISubject(wire.APIWake), body, min(timeout, 2*time.Second))
+	m, err := c.nc.Request(wire.APISubject(wire.APIWake), body, min(timeout, 500*time.Millisecond))
 	if err != nil {
 		return false
 	}
