@@ -33,11 +33,10 @@ func call(ctx context.Context, e *env, args []string) error {
 		}
 		callArgs = append(callArgs, v)
 	}
-	cl, err := e.client(ctx)
+	cl, cctx, cancel, err := e.connect(ctx)
 	if err != nil {
 		return err
 	}
-	cctx, cancel := e.ctx(ctx)
 	defer cancel()
 	var out any
 	if err := cl.Handle(args[0]).Method(e.opts.method).Call(cctx, &out, callArgs...); err != nil {

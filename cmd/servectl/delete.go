@@ -13,11 +13,10 @@ func deleteDeployment(ctx context.Context, e *env, args []string) error {
 	if err := needArgs(args, 1, "NAME"); err != nil {
 		return err
 	}
-	cl, err := e.client(ctx)
+	cl, cctx, cancel, err := e.connect(ctx)
 	if err != nil {
 		return err
 	}
-	cctx, cancel := e.ctx(ctx)
 	defer cancel()
 	if err := cl.Delete(cctx, args[0]); err != nil {
 		return explain(err)

@@ -72,6 +72,17 @@ func (e *env) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, e.timeout)
 }
 
+// connect returns the client and a context bounded by --timeout; the
+// caller defers cancel.
+func (e *env) connect(ctx context.Context) (*client.Client, context.Context, context.CancelFunc, error) {
+	cl, err := e.client(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cctx, cancel := e.ctx(ctx)
+	return cl, cctx, cancel, nil
+}
+
 // explain turns control-plane errors into advice.
 func explain(err error) error {
 	switch {

@@ -14,11 +14,10 @@ func getDeployment(ctx context.Context, e *env, args []string) error {
 	if err := needArgs(args, 1, "NAME"); err != nil {
 		return err
 	}
-	cl, err := e.client(ctx)
+	cl, cctx, cancel, err := e.connect(ctx)
 	if err != nil {
 		return err
 	}
-	cctx, cancel := e.ctx(ctx)
 	defer cancel()
 	d, err := cl.Get(cctx, args[0])
 	if err != nil {

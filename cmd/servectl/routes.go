@@ -14,11 +14,10 @@ func routes(ctx context.Context, e *env, args []string) error {
 	if err := needArgs(args, 0, "no arguments"); err != nil {
 		return err
 	}
-	cl, err := e.client(ctx)
+	cl, cctx, cancel, err := e.connect(ctx)
 	if err != nil {
 		return err
 	}
-	cctx, cancel := e.ctx(ctx)
 	defer cancel()
 	ds, err := cl.List(cctx)
 	if err != nil {

@@ -18,11 +18,10 @@ func scale(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("replica count %q is not a whole number", args[1])
 	}
-	cl, err := e.client(ctx)
+	cl, cctx, cancel, err := e.connect(ctx)
 	if err != nil {
 		return err
 	}
-	cctx, cancel := e.ctx(ctx)
 	defer cancel()
 	if err := cl.Scale(cctx, args[0], n); err != nil {
 		return explain(err)
