@@ -154,6 +154,19 @@ func (p *parser) scalar(v *yaml.Node, field string, out any, want string) error 
 	return nil
 }
 
+// routePrefix decodes a route_prefix: a path, or null for "not on HTTP"
+// (a pointer to "").
+func (p *parser) routePrefix(v *yaml.Node, field string) (*string, error) {
+	if v.Tag == "!!null" {
+		return new(string), nil
+	}
+	var r string
+	if err := p.scalar(v, field, &r, "a path like /api, or null"); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
 func kindName(n *yaml.Node) string {
 	switch n.Kind {
 	case yaml.MappingNode:
@@ -227,13 +240,7 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 			}
 			s.AutoscalingConfig = base
 		case "route_prefix":
-			if v.Tag == "!!null" {
-				s.RoutePrefix = new(string) // null: not exposed over HTTP
-				break
-			}
-			var r string
-			err = p.scalar(v, field, &r, "a path like /api, or null")
-			s.RoutePrefix = &r
+			s.RoutePrefix, err = p.routePrefix(v, field)
 		case "max_ongoing_requests":
 			err = p.scalar(v, field, &s.MaxOngoingRequests, "an integer")
 		case "max_queued_requests":
@@ -284,13 +291,7 @@ func (p *parser) graph(n *yaml.Node, path string) (GraphSpec, error) {
 		case "name":
 			err = p.scalar(v, field, &g.Name, "a string")
 		case "route_prefix":
-			if v.Tag == "!!null" {
-				g.RoutePrefix = new(string)
-				break
-			}
-			var r string
-			err = p.scalar(v, field, &r, "a path like /pipeline, or null")
-			g.RoutePrefix = &r
+			g.RoutePrefix, err = p.routePrefix(v, field)
 		case "http_input":
 			err = p.scalar(v, field, &g.HTTPInput, "json or query:NAME")
 		case "output":
