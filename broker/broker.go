@@ -23,6 +23,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // ErrConfig is returned (wrapped) by Validate for a bad configuration.
@@ -69,26 +70,13 @@ type ClusterConfig struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		Name:         "natserve-" + sanitize(host),
+		Name:         wire.SanitizeName("natserve-"+host, "natserve"),
 		Host:         "127.0.0.1",
 		Port:         4222,
 		MaxPayload:   8 << 20,
 		ReadyTimeout: 10 * time.Second,
 		Cluster:      ClusterConfig{Name: "natserve"},
 	}
-}
-
-func sanitize(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			b[i] = '-'
-		}
-	}
-	if len(b) == 0 {
-		return "local"
-	}
-	return string(b)
 }
 
 // Validate reports the first problem with c.

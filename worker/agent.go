@@ -85,7 +85,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	if cfg.Name == "" {
 		h, _ := os.Hostname()
-		cfg.Name = sanitizeName(h)
+		cfg.Name = wire.SanitizeName(h, "node")
 	}
 	if err := wire.ValidateName("node name", cfg.Name); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -113,23 +113,6 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), running: map[string]*proc{}}, nil
-}
-
-func sanitizeName(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			b[i] = '-'
-		}
-	}
-	s = strings.TrimLeft(string(b), "-_")
-	if len(s) > wire.MaxNameLen {
-		s = s[:wire.MaxNameLen]
-	}
-	if s == "" {
-		return "node"
-	}
-	return s
 }
 
 // Name returns the node's name.

@@ -2,7 +2,6 @@ package main_test
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -44,14 +43,6 @@ func up(t *testing.T, extra ...string) *upStack {
 		return nil
 	})
 	return &upStack{proc: p, natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), httpBase: fmt.Sprintf("http://127.0.0.1:%d", httpPort), data: data}
-}
-
-func alive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	return err == nil && !strings.Contains(string(b), ") Z ")
 }
 
 func TestSeedExampleThroughTheBinaries(t *testing.T) {
@@ -139,7 +130,7 @@ func TestStopLeavesNoReplicas(t *testing.T) {
 			}
 			testutil.Eventually(t, 10*time.Second, func() error {
 				for _, pid := range replicas {
-					if alive(pid) {
+					if testutil.Alive(pid) {
 						return fmt.Errorf("replica pid %d still running", pid)
 					}
 				}

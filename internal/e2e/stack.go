@@ -226,8 +226,8 @@ func (l *Load) Stop() error {
 // Ptr returns a pointer to v.
 func Ptr[T any](v T) *T { return &v }
 
-// ProcessAlive reports whether pid exists.
-func ProcessAlive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+// ProcessAlive reports whether pid runs (not a zombie).
+func ProcessAlive(pid int) bool { return testutil.Alive(pid) }
 
 // Env returns the environment entry for key from the test's environment.
 func Env(key string) string { return strings.TrimSpace(os.Getenv(key)) }

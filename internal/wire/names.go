@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // ErrInvalidName is returned (wrapped) for a name that cannot be used as a
@@ -48,4 +49,24 @@ func ValidateMethod(s string) error {
 		}
 	}
 	return nil
+}
+
+// SanitizeName turns s (a host name, say) into a valid name: characters
+// outside [A-Za-z0-9_-] become '-', leading '-' and '_' go, and it is cut to
+// MaxNameLen; fallback stands in for an empty result.
+func SanitizeName(s, fallback string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			b[i] = '-'
+		}
+	}
+	s = strings.TrimLeft(string(b), "-_")
+	if len(s) > MaxNameLen {
+		s = s[:MaxNameLen]
+	}
+	if s == "" {
+		return fallback
+	}
+	return s
 }

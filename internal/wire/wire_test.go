@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,6 +31,18 @@ func TestValidateName(t *testing.T) {
 				t.Fatalf("error %v is not ErrInvalidName", err)
 			}
 		})
+	}
+}
+
+func TestSanitizeName(t *testing.T) {
+	for in, want := range map[string]string{"ip-10-0-0-1.ec2.internal": "ip-10-0-0-1-ec2-internal", "": "node", "..": "node", "_x": "x", "host name": "host-name"} {
+		got := SanitizeName(in, "node")
+		if got != want || ValidateName("n", got) != nil {
+			t.Errorf("SanitizeName(%q) = %q, want %q (valid)", in, got, want)
+		}
+	}
+	if got := SanitizeName(strings.Repeat("a", 100), "node"); len(got) != MaxNameLen {
+		t.Errorf("not cut to %d: %d", MaxNameLen, len(got))
 	}
 }
 
