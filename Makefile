@@ -1,17 +1,34 @@
 GO ?= go
 
-.PHONY: help check fmt vet test fuzz build bench microbench fault
+.PHONY: help check fmt vet staticcheck tidy test fuzz build bench microbench fault
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-check: fmt vet test ## what CI runs: gofmt, go vet, go test -race
+check: fmt vet staticcheck tidy test ## what CI runs: gofmt, go vet, staticcheck, go mod tidy, go test -race
 
 fmt: ## fail if gofmt would change a file
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 vet: ## go vet
 	$(GO) vet ./...
+
+# staticcheck is installed from the Go module proxy at a pinned version into
+# an ignored repo-local bin dir (v0.8.2 is staticcheck 2026.2.2, which supports Go 1.26).
+STATICCHECK_VERSION ?= v0.8.2
+STATICCHECK := $(CURDIR)/bin/tools/staticcheck-$(STATICCHECK_VERSION)
+$(STATICCHECK):
+	GOBIN=$(CURDIR)/bin/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv $(CURDIR)/bin/tools/staticcheck $@
+
+staticcheck: $(STATICCHECK) ## staticcheck (bugs, dead code), pinned version
+	$(STATICCHECK) ./...
+
+tidy: ## fail if go mod tidy would change go.mod or go.sum
+	@cp go.mod go.mod.tidy-check && cp go.sum go.sum.tidy-check; \
+	$(GO) mod tidy; rc=0; \
+	cmp -s go.mod go.mod.tidy-check && cmp -s go.sum go.sum.tidy-check || { echo "go mod tidy changes go.mod/go.sum: run it and commit"; rc=1; }; \
+	mv go.mod.tidy-check go.mod; mv go.sum.tidy-check go.sum; exit $$rc
 
 test: ## all tests with the race detector (one package at a time: the end-to-end suites measure latency)
 	$(GO) test -race -count=1 -p 1 -timeout 30m ./...

@@ -70,16 +70,6 @@ func (t *table[T]) get(key string) (T, uint64, bool) {
 	return r.val, r.rev, true
 }
 
-// rev returns the last revision known for key, deleted or not.
-func (t *table[T]) revOf(key string) uint64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if r, ok := t.rows[key]; ok {
-		return r.rev
-	}
-	return 0
-}
-
 type keyed[T any] struct {
 	key string
 	val T

@@ -349,17 +349,6 @@ type depState struct {
 	ongoing     float64
 }
 
-func (s *state) depState(name string) *depState {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	d, ok := s.dep[name]
-	if !ok {
-		d = &depState{status: client.StatusUpdating, autoTarget: -1}
-		s.dep[name] = d
-	}
-	return d
-}
-
 func (s *state) snapshot(name string) depState {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -1,7 +1,6 @@
 package fault_test
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
-	"github.com/natserve/natserve/client"
 )
 
 // result is one request of the open-loop load.
@@ -51,22 +49,6 @@ func startHTTP(url string, rate int, timeout time.Duration) *openLoop {
 	})
 	l.closeIdle = tr.CloseIdleConnections
 	return l
-}
-
-// startHandle calls h at rate calls/s.
-func startHandle(h *client.Handle, rate int, timeout time.Duration, args ...any) *openLoop {
-	return start(rate, func() string {
-		ctx, cancel := context.WithTimeout(client.WithRequestID(context.Background(), nuid.Next()), timeout)
-		defer cancel()
-		var out any
-		if err := h.Call(ctx, &out, args...); err != nil {
-			if ce, ok := err.(*client.Error); ok {
-				return ce.Code
-			}
-			return "error"
-		}
-		return "200"
-	})
 }
 
 func start(rate int, do func() string) *openLoop {

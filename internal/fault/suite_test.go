@@ -214,7 +214,7 @@ func TestFaultSuite(t *testing.T) {
 		_ = ctl.Signal(syscall.SIGKILL)
 		_, _ = ctl.Wait(5 * time.Second)
 		time.Sleep(ctlOutage)
-		ctl = s.Controller("c1-after-r5")
+		s.Controller("c1-after-r5") // the suite stops it with the others
 		s.WaitHealthy("r1")
 		time.Sleep(500 * time.Millisecond)
 		st := summarize(l.Stop())
