@@ -1,11 +1,19 @@
 GO ?= go
 
-.PHONY: help check fmt vet staticcheck tidy test fuzz build bench microbench fault
+.PHONY: help check check-loaded fmt vet staticcheck tidy test fuzz build bench microbench fault
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 check: fmt vet staticcheck tidy test ## what CI runs: gofmt, go vet, staticcheck, go mod tidy, go test -race
+
+check-loaded: ## make check with both cores busy (two busy loops), printing its wall time
+	@set -e; \
+	  n=$$(nproc); pids=""; for i in $$(seq $$n); do (while :; do :; done) & pids="$$pids $$!"; done; \
+	  trap "kill $$pids 2>/dev/null" EXIT; \
+	  echo "check-loaded: $$n busy loops running (pids$$pids)"; \
+	  start=$$(date +%s); $(MAKE) --no-print-directory check; \
+	  echo "check-loaded: make check passed in $$(( $$(date +%s) - start )) s with $$n cores busy"
 
 fmt: ## fail if gofmt would change a file
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
