@@ -77,6 +77,8 @@ func (a *AutoscalingConfig) Normalize() error {
 	switch {
 	case *a.MinReplicas < 0:
 		return fmt.Errorf("min_replicas %d is negative", *a.MinReplicas)
+	case a.MaxReplicas > MaxNumReplicas:
+		return fmt.Errorf("max_replicas %d is more than %d", a.MaxReplicas, MaxNumReplicas)
 	case a.MaxReplicas < *a.MinReplicas || a.MaxReplicas < 1:
 		return fmt.Errorf("max_replicas %d must be at least 1 and at least min_replicas %d", a.MaxReplicas, *a.MinReplicas)
 	case *a.InitialReplicas < *a.MinReplicas || *a.InitialReplicas > a.MaxReplicas:

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/natserve/natserve/internal/wire"
@@ -23,6 +24,19 @@ const (
 	DefaultHealthCheckPeriodS       = 10.0
 	DefaultHealthCheckTimeoutS      = 30.0
 	DefaultMaxConstructorRetryCount = 20
+)
+
+// Bounds a spec must keep, so that no spec starts a process storm or hands a
+// replica something it refuses (a replica checks the same bounds).
+const (
+	// MaxNumReplicas bounds num_replicas and autoscaling_config.max_replicas.
+	MaxNumReplicas = 1000
+	// MaxOngoingRequestsLimit bounds max_ongoing_requests.
+	MaxOngoingRequestsLimit = 1 << 20
+	// MaxReplicaArgsBytes bounds init_args and user_config together, as
+	// compact JSON with HTML escaping (how the node agent passes them on):
+	// the replica spec must fit in one environment variable (128 KiB).
+	MaxReplicaArgsBytes = 96 << 10
 )
 
 // DeploymentSpec is the desired state of one deployment. Field names follow
@@ -100,8 +114,11 @@ func (s *DeploymentSpec) Normalize() error {
 	if s.NumReplicas < 0 {
 		return bad("num_replicas", "%d is negative", s.NumReplicas)
 	}
-	if s.NumReplicas > 10000 {
-		return bad("num_replicas", "%d is more than 10000", s.NumReplicas)
+	if s.NumReplicas > MaxNumReplicas {
+		return bad("num_replicas", "%d is more than %d", s.NumReplicas, MaxNumReplicas)
+	}
+	if n := ReplicaArgsSize(s.InitArgs, s.UserConfig); n > MaxReplicaArgsBytes {
+		return bad("init_args", "init_args and user_config take %d bytes together, more than %d", n, MaxReplicaArgsBytes)
 	}
 	if s.RoutePrefix == nil {
 		p := "/" + s.Name
@@ -129,8 +146,8 @@ func (s *DeploymentSpec) Normalize() error {
 	setFloat(&s.HealthCheckPeriodS, DefaultHealthCheckPeriodS)
 	setFloat(&s.HealthCheckTimeoutS, DefaultHealthCheckTimeoutS)
 	switch {
-	case s.MaxOngoingRequests < 1:
-		return bad("max_ongoing_requests", "%d must be at least 1", s.MaxOngoingRequests)
+	case s.MaxOngoingRequests < 1 || s.MaxOngoingRequests > MaxOngoingRequestsLimit:
+		return bad("max_ongoing_requests", "%d is out of range (1 to %d)", s.MaxOngoingRequests, MaxOngoingRequestsLimit)
 	case s.MaxQueuedRequests < -1:
 		return bad("max_queued_requests", "%d must be -1 (no limit) or at least 0", s.MaxQueuedRequests)
 	case s.MaxConstructorRetryCount < 1:
@@ -150,6 +167,23 @@ func (s *DeploymentSpec) Normalize() error {
 		}
 	}
 	return nil
+}
+
+// ReplicaArgsSize is the size of init_args and user_config as the node agent
+// passes them to a replica: compact JSON, HTML-escaped.
+func ReplicaArgsSize(initArgs, userConfig json.RawMessage) int {
+	n := 0
+	for _, raw := range []json.RawMessage{initArgs, userConfig} {
+		if len(raw) == 0 {
+			continue
+		}
+		b, err := json.Marshal(raw)
+		if err != nil {
+			return math.MaxInt // not JSON: never passes
+		}
+		n += len(b)
+	}
+	return n
 }
 
 // ValidateRoutePrefix checks a route prefix: it starts with '/', has no

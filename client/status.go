@@ -56,13 +56,15 @@ type Replica struct {
 
 // Node is a node agent as the control plane reports it.
 type Node struct {
-	Name     string    `json:"name"`
-	Host     string    `json:"host"`
-	PID      int       `json:"pid"`
-	Classes  []string  `json:"classes"`
-	Alive    bool      `json:"alive"`
-	Replicas int       `json:"replicas"`
-	LastSeen time.Time `json:"last_seen,omitzero"`
+	Name     string   `json:"name"`
+	Host     string   `json:"host"`
+	PID      int      `json:"pid"`
+	Classes  []string `json:"classes"`
+	Alive    bool     `json:"alive"`
+	Replicas int      `json:"replicas"`
+	// MaxReplicas is the node's replica cap (0: none published).
+	MaxReplicas int       `json:"max_replicas,omitempty"`
+	LastSeen    time.Time `json:"last_seen,omitzero"`
 }
 
 // ClusterStatus is the answer of Status.

@@ -445,7 +445,7 @@ func (c *Controller) status(st *state) client.ClusterStatus {
 	for _, n := range st.nodes.all() {
 		_, up := alive[n.key]
 		out.Nodes = append(out.Nodes, client.Node{Name: n.key, Host: n.val.Host, PID: n.val.PID, Classes: n.val.Classes,
-			Alive: up, Replicas: count[n.key], LastSeen: seen[n.key]})
+			Alive: up, Replicas: count[n.key], MaxReplicas: n.val.MaxReplicas, LastSeen: seen[n.key]})
 	}
 	return out
 }

@@ -136,11 +136,14 @@ func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.D
 		switch {
 		case v.hasSt && (v.st.State == client.ReplicaStopped || v.st.State == client.ReplicaFailed):
 			if v.a.Desired == store.DesiredRun && v.st.State == client.ReplicaFailed {
-				if v.st.ExitCode == worker.ExitConstructor && v.a.CodeHash == code {
+				if (v.st.ExitCode == worker.ExitConstructor || v.st.EarlyExit) && v.a.CodeHash == code {
+					// Whatever ends a replica before it serves (constructor,
+					// exec failure, bad spec, crash, no answer) counts: retrying
+					// the same spec backs off and ends in DEPLOY_FAILED.
 					ds.failures++
 					ds.lastErr = v.st.Error
 					ds.nextStart = now.Add(min(time.Duration(ds.failures)*250*time.Millisecond, 5*time.Second))
-					c.log.Warn("replica constructor failed", "deployment", spec.Name, "replica", v.a.Replica, "failures", ds.failures, "err", v.st.Error)
+					c.log.Warn("replica failed before serving", "deployment", spec.Name, "replica", v.a.Replica, "failures", ds.failures, "exit_code", v.st.ExitCode, "err", v.st.Error)
 				} else {
 					ds.lastCrash = v.st.Error
 					c.log.Warn("replica died; replacing it", "deployment", spec.Name, "replica", v.a.Replica, "pid", v.st.PID, "err", v.st.Error)
@@ -213,9 +216,12 @@ func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.D
 			n = min(n, max(rolloutSize(target)-starting, 0))
 		}
 		for i := 0; i < n; i++ {
-			node := place(spec.Class, spec.Name, alive, load, st)
+			node, full := place(spec.Class, spec.Name, alive, load, st)
 			if node == "" {
 				placeMsg = fmt.Sprintf("waiting for a live node that provides class %s", spec.Class)
+				if full > 0 {
+					placeMsg = fmt.Sprintf("%d replicas pending: every live node that provides class %s is at its replica cap (%d nodes full; raise -max-replicas-per-node or add nodes)", n-i, spec.Class, full)
+				}
 				break
 			}
 			c.createAssignment(ctx, st, spec, node, code, cfg)
@@ -289,16 +295,18 @@ func sortForStop(vs []view, load map[string]int) {
 	})
 }
 
-// place picks the live node that provides class and runs the fewest
-// replicas of the deployment, then the fewest in all.
-func place(class, deployment string, alive map[string]store.Node, load map[string]int, st *state) string {
+// place picks the live node that provides class, is below its replica cap
+// and runs the fewest replicas of the deployment, then the fewest in all.
+// With no such node it returns "" and how many providing nodes are full.
+func place(class, deployment string, alive map[string]store.Node, load map[string]int, st *state) (best string, full int) {
 	perDep := map[string]int{}
+	procs := map[string]int{} // every assignment is a process until dropped
 	for _, a := range st.asgs.all() {
+		procs[a.val.Node]++
 		if a.val.Deployment == deployment && a.val.Desired == store.DesiredRun {
 			perDep[a.val.Node]++
 		}
 	}
-	best := ""
 	for name, n := range alive {
 		provides := false
 		for _, c := range n.Classes {
@@ -310,12 +318,19 @@ func place(class, deployment string, alive map[string]store.Node, load map[strin
 		if !provides {
 			continue
 		}
+		if n.MaxReplicas > 0 && procs[name] >= n.MaxReplicas {
+			full++
+			continue
+		}
 		if best == "" || perDep[name] < perDep[best] ||
 			perDep[name] == perDep[best] && (load[name] < load[best] || load[name] == load[best] && name < best) {
 			best = name
 		}
 	}
-	return best
+	if best != "" {
+		full = 0
+	}
+	return best, full
 }
 
 func (c *Controller) createAssignment(ctx context.Context, st *state, spec *client.DeploymentSpec, node, code, cfg string) {

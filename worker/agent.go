@@ -21,6 +21,7 @@ import (
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/wire"
+	"golang.org/x/time/rate"
 )
 
 // AgentConfig configures a node agent.
@@ -53,6 +54,13 @@ type AgentConfig struct {
 	ReplicaOutput io.Writer
 	// ReplicaLogLevel is the replicas' log level (debug, info, warn, error). Default: info.
 	ReplicaLogLevel string
+	// MaxReplicas caps the replica processes on this node; the node record
+	// publishes it so that the controller places no more, and the agent
+	// starts no more (extra assignments wait for a free slot). Default:
+	// what the node's memory holds, DefaultMaxReplicas().
+	MaxReplicas int
+	// SpawnRate bounds replica starts per second. Default: 100.
+	SpawnRate float64
 	// Logger is the agent's logger. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -67,8 +75,11 @@ type Agent struct {
 	nc *nats.Conn
 	kv *store.Buckets
 
-	mu      sync.Mutex // guards running
+	mu      sync.Mutex // guards running, waiting
 	running map[string]*proc
+	waiting map[string]store.Assignment // assigned while the node was at MaxReplicas
+
+	starts *rate.Limiter // SpawnRate
 
 	spawn chan func()    // run on a locked OS thread when KillReplicasWithAgent
 	wg    sync.WaitGroup // the heartbeat
@@ -112,7 +123,22 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), running: map[string]*proc{}}, nil
+	if cfg.MaxReplicas == 0 {
+		cfg.MaxReplicas = DefaultMaxReplicas()
+	}
+	if cfg.MaxReplicas < 0 {
+		return nil, fmt.Errorf("agent: max replicas %d is negative", cfg.MaxReplicas)
+	}
+	if cfg.SpawnRate == 0 {
+		cfg.SpawnRate = DefaultSpawnRate
+	}
+	if cfg.SpawnRate < 0 {
+		return nil, fmt.Errorf("agent: spawn rate %v is negative", cfg.SpawnRate)
+	}
+	return &Agent{
+		cfg: cfg, log: cfg.Logger.With("node", cfg.Name), running: map[string]*proc{}, waiting: map[string]store.Assignment{},
+		starts: rate.NewLimiter(rate.Limit(cfg.SpawnRate), spawnBurst),
+	}, nil
 }
 
 // Name returns the node's name.
@@ -147,7 +173,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.heartbeat(runCtx); err != nil {
 		return err
 	}
-	a.log.Info("node agent running", "classes", a.cfg.Registry.Classes(), "program", a.cfg.Program)
+	a.log.Info("node agent running", "classes", a.cfg.Registry.Classes(), "program", a.cfg.Program, "max_replicas", a.cfg.MaxReplicas)
 
 	a.wg.Add(1)
 	go func() {
@@ -210,6 +236,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	}
 	_, err := store.Put(ctx, a.kv.Nodes, a.cfg.Name, store.Node{
 		Name: a.cfg.Name, Host: host, PID: os.Getpid(), Classes: a.cfg.Registry.Classes(), Methods: methods, Heartbeat: now,
+		MaxReplicas: a.cfg.MaxReplicas,
 	})
 	return err
 }
@@ -238,6 +265,11 @@ func (a *Agent) watch(ctx context.Context) error {
 					if !seen[id] {
 						a.log.Info("stopping unassigned replica", "replica", id)
 						go p.stop(syscall.SIGTERM)
+					}
+				}
+				for id := range a.waiting {
+					if !seen[id] {
+						delete(a.waiting, id)
 					}
 				}
 				a.mu.Unlock()
@@ -279,7 +311,17 @@ func (a *Agent) startReplica(ctx context.Context, asg store.Assignment) {
 	if _, err := store.Get(ctx, a.kv.Replicas, asg.Replica, &st); err == nil && (st.State == client.ReplicaStopped || st.State == client.ReplicaFailed) {
 		return
 	}
-	p := &proc{a: a, asg: asg, done: make(chan struct{})}
+	if len(a.running) >= a.cfg.MaxReplicas {
+		// The controller places no more than the cap; this holds the line
+		// if it does (an old controller, or a cap just lowered).
+		if len(a.waiting) == 0 {
+			a.log.Warn("at the replica cap; further replicas wait for a free slot", "max_replicas", a.cfg.MaxReplicas)
+		}
+		a.waiting[asg.Replica] = asg
+		return
+	}
+	delete(a.waiting, asg.Replica)
+	p := &proc{a: a, asg: asg, done: make(chan struct{}), stopping: make(chan struct{})}
 	a.running[asg.Replica] = p
 	a.procs.Add(1)
 	go func() {
@@ -287,13 +329,22 @@ func (a *Agent) startReplica(ctx context.Context, asg store.Assignment) {
 		p.run(ctx)
 		a.mu.Lock()
 		delete(a.running, asg.Replica)
+		var next *store.Assignment
+		for _, w := range a.waiting {
+			next = &w
+			break
+		}
 		a.mu.Unlock()
+		if next != nil && ctx.Err() == nil {
+			a.startReplica(ctx, *next)
+		}
 	}()
 }
 
 func (a *Agent) stopReplica(replica string, sig syscall.Signal) {
 	a.mu.Lock()
 	p := a.running[replica]
+	delete(a.waiting, replica)
 	a.mu.Unlock()
 	if p != nil {
 		p.stop(sig)
@@ -389,18 +440,24 @@ type proc struct {
 	asg     store.Assignment
 	adopted bool
 
-	mu      sync.Mutex // guards cmd, pid, stopped
+	mu      sync.Mutex // guards cmd, pid, stopped, ready
 	cmd     *exec.Cmd
 	pid     int
 	stopped bool
+	ready   bool // it answered a ping
 
-	done chan struct{} // closed when the process has exited
+	done     chan struct{} // closed when the process has exited
+	stopping chan struct{} // closed by the first stop
 }
 
 func (p *proc) state(s string, pid, exit int, msg string, started time.Time) {
+	p.mu.Lock()
+	early := !p.ready && !p.adopted && s == client.ReplicaFailed
+	p.mu.Unlock()
 	st := store.ReplicaState{
 		Replica: p.asg.Replica, Node: p.asg.Node, Deployment: p.asg.Deployment, PID: pid, State: s,
 		ExitCode: exit, Error: msg, CodeHash: p.asg.CodeHash, ConfigHash: p.asg.ConfigHash, Started: started, Updated: time.Now(),
+		EarlyExit: early,
 	}
 	for i := 0; i < 3; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -416,6 +473,9 @@ func (p *proc) state(s string, pid, exit int, msg string, started time.Time) {
 
 func (p *proc) run(ctx context.Context) {
 	defer close(p.done)
+	if !p.waitTurn(ctx) {
+		return // stopped (or the agent is stopping) before it started: nothing to report
+	}
 	spec := ReplicaSpec{
 		Deployment: p.asg.Deployment, Class: p.asg.Class, Replica: p.asg.Replica, Version: p.asg.Version, Node: p.asg.Node,
 		InitArgs: p.asg.InitArgs, UserConfig: p.asg.UserConfig, MaxOngoingRequests: p.asg.MaxOngoingRequests,
@@ -451,7 +511,7 @@ func (p *proc) run(ctx context.Context) {
 	stopped := p.stopped
 	p.mu.Unlock()
 	if stopped {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Process.Kill()
 	}
 	pid := cmd.Process.Pid
 	p.a.log.Info("replica started", "deployment", p.asg.Deployment, "replica", p.asg.Replica, "pid", pid)
@@ -481,6 +541,9 @@ wait:
 		}
 	}
 	ready.Stop()
+	p.mu.Lock()
+	p.ready = true
+	p.mu.Unlock()
 	p.state(client.ReplicaRunning, pid, 0, "", started)
 	p.exit(<-exited, tail, started)
 }
@@ -495,10 +558,10 @@ func (p *proc) exit(err error, tail *tailWriter, started time.Time) {
 		}
 	}
 	p.mu.Lock()
-	stopped := p.stopped
+	stopped, ready := p.stopped, p.ready
 	p.mu.Unlock()
 	state, msg := client.ReplicaStopped, ""
-	if code != 0 || !stopped {
+	if (code != 0 || !stopped) && !(stopped && !ready) { // one stopped while starting was killed on purpose
 		state = client.ReplicaFailed
 		msg = tail.lastLine()
 		if code < 0 {
@@ -511,10 +574,38 @@ func (p *proc) exit(err error, tail *tailWriter, started time.Time) {
 	p.state(state, p.pid, code, msg, started)
 }
 
+// waitTurn waits for the spawn rate limit; it reports false if the
+// replica was stopped (or ctx ended) first.
+func (p *proc) waitTurn(ctx context.Context) bool {
+	r := p.a.starts.Reserve()
+	d := r.Delay()
+	if d == 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-p.stopping:
+	case <-ctx.Done():
+	}
+	r.Cancel()
+	return false
+}
+
+// stop signals the process. One that is still starting has nothing to
+// drain and may sit in a long constructor: it is killed at once.
 func (p *proc) stop(sig syscall.Signal) {
 	p.mu.Lock()
+	if !p.stopped && p.stopping != nil {
+		close(p.stopping)
+	}
 	p.stopped = true
 	pid := p.pid
+	if !p.ready && !p.adopted {
+		sig = syscall.SIGKILL
+	}
 	p.mu.Unlock()
 	if pid > 0 {
 		_ = syscall.Kill(pid, sig)

@@ -73,11 +73,19 @@ func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Write
 	name := fs.String("name", os.Getenv("NATSERVE_NODE"), "node name ($NATSERVE_NODE; default: the host name)")
 	kvReplicas := fs.Int("kv-replicas", 1, "replication of the control-plane buckets if the agent creates them")
 	drain := fs.Bool("stop-replicas-on-exit", false, "on SIGTERM, drain and stop the replicas (in a container); otherwise they keep serving and a restarted agent adopts them")
+	maxReplicas := fs.Int("max-replicas-per-node", 0, "cap on this node's replica processes (0: what its memory holds, memory / 20 MB)")
+	spawnRate := fs.Float64("spawn-rate", DefaultSpawnRate, "replica starts per second on this node")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *maxReplicas < 0 || *spawnRate <= 0 {
+		return fmt.Errorf("-max-replicas-per-node must be at least 0 and -spawn-rate above 0")
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	a, err := NewAgent(AgentConfig{Name: *name, NATSURL: *url, Registry: reg, KVReplicas: *kvReplicas, StopReplicasOnExit: *drain, Logger: log, ReplicaOutput: stderr})
+	a, err := NewAgent(AgentConfig{
+		Name: *name, NATSURL: *url, Registry: reg, KVReplicas: *kvReplicas, StopReplicasOnExit: *drain, Logger: log, ReplicaOutput: stderr,
+		MaxReplicas: *maxReplicas, SpawnRate: *spawnRate,
+	})
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/wire"
 )
 
@@ -51,8 +52,8 @@ func (s *ReplicaSpec) Normalize() error {
 			return fmt.Errorf("%w: %w", ErrSpec, err)
 		}
 	}
-	if s.MaxOngoingRequests < 1 || s.MaxOngoingRequests > 1<<20 {
-		return fmt.Errorf("%w: max_ongoing_requests %d out of range (1 to 1048576)", ErrSpec, s.MaxOngoingRequests)
+	if s.MaxOngoingRequests < 1 || s.MaxOngoingRequests > client.MaxOngoingRequestsLimit {
+		return fmt.Errorf("%w: max_ongoing_requests %d is out of range (1 to %d)", ErrSpec, s.MaxOngoingRequests, client.MaxOngoingRequestsLimit)
 	}
 	if s.GracefulShutdownTimeoutS < 0 {
 		return fmt.Errorf("%w: graceful_shutdown_timeout_s %v is negative", ErrSpec, s.GracefulShutdownTimeoutS)

@@ -34,6 +34,8 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	file := fs.String("f", "", "config file to apply once everything runs")
 	node := fs.String("name", "local", "this node's name")
 	level := fs.String("log-level", "warn", "debug, info, warn or error")
+	maxReplicas := fs.Int("max-replicas-per-node", 0, "cap on this node's replica processes (0: what its memory holds, memory / 20 MB)")
+	spawnRate := fs.Float64("spawn-rate", worker.DefaultSpawnRate, "replica starts per second on this node")
 	icfg := ingressFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -99,6 +101,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	agent, err := worker.NewAgent(worker.AgentConfig{
 		Name: *node, NATSURL: b.ClientURL(), NATSOptions: []nats.Option{inproc}, Registry: registry(),
 		StopReplicasOnExit: true, KillReplicasWithAgent: true, Logger: log, ReplicaOutput: stderr, ReplicaLogLevel: *level,
+		MaxReplicas: *maxReplicas, SpawnRate: *spawnRate,
 	})
 	if err != nil {
 		return err

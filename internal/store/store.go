@@ -153,6 +153,10 @@ type ReplicaState struct {
 	ConfigHash string    `json:"config_hash"`
 	Started    time.Time `json:"started,omitzero"`
 	Updated    time.Time `json:"updated"`
+	// EarlyExit: it failed before it ever served (exec failure, bad spec,
+	// constructor, crash or no answer while starting); the controller
+	// counts these against max_constructor_retry_count.
+	EarlyExit bool `json:"early_exit,omitempty"`
 }
 
 // Node is a node agent's heartbeat record.
@@ -162,9 +166,12 @@ type Node struct {
 	PID     int      `json:"pid"`
 	Classes []string `json:"classes"`
 	// Methods lists each class's handle-callable methods.
-	Methods   map[string][]string `json:"methods,omitempty"`
-	Started   time.Time           `json:"started"`
-	Heartbeat time.Time           `json:"heartbeat"`
+	Methods map[string][]string `json:"methods,omitempty"`
+	// MaxReplicas caps the replica processes on the node; 0 is no cap (an
+	// agent from before caps).
+	MaxReplicas int       `json:"max_replicas,omitempty"`
+	Started     time.Time `json:"started"`
+	Heartbeat   time.Time `json:"heartbeat"`
 }
 
 // Lease is the controller lease.
