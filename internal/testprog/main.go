@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -66,10 +67,21 @@ func (p *Probe) CheckHealth(ctx context.Context) error {
 	return nil
 }
 
-// NewProbe is Probe's constructor; a tag starting with "fail:" fails it.
+// NewProbe is Probe's constructor; a tag starting with "fail:" fails it,
+// "exit:N" exits the process with code N (a crash before serving) and
+// "sleep:D" makes it take the duration D.
 func NewProbe(tag string) (*Probe, error) {
 	if len(tag) > 5 && tag[:5] == "fail:" {
 		return nil, errors.New(tag[5:])
+	}
+	if code, ok := strings.CutPrefix(tag, "exit:"); ok {
+		n, _ := strconv.Atoi(code)
+		fmt.Fprintf(os.Stderr, "testprog: exiting with code %d before serving\n", n)
+		os.Exit(n)
+	}
+	if d, ok := strings.CutPrefix(tag, "sleep:"); ok {
+		dur, _ := time.ParseDuration(d)
+		time.Sleep(dur)
 	}
 	return &Probe{tag: tag}, nil
 }

@@ -16,8 +16,41 @@ import (
 // envelope or msgpack value.
 var ErrMalformed = errors.New("malformed msgpack")
 
+// ErrTooCostly is returned (wrapped) for a well-formed msgpack value whose
+// decoding would take more memory than DecodeBudget allows: many small
+// containers cost far more decoded than they take on the wire (an 8 MB
+// array of empty maps is 640 MB of Go maps).
+var ErrTooCostly = errors.New("msgpack value too costly to decode")
+
 // MaxDepth bounds the nesting of arrays and maps in a value.
 const MaxDepth = 64
+
+// Decoding budget: a value of n bytes may cost DecodeCostFactor*n +
+// DecodeCostSlack bytes decoded into interface values (see msgpackCost).
+// An array of small integers, the densest ordinary payload, costs 16 bytes
+// per byte; records of short strings and numbers stay well below.
+const (
+	DecodeCostFactor = 16
+	DecodeCostSlack  = 32 << 20
+)
+
+// DecodeBudget is the decoded memory a msgpack value of n bytes may cost.
+func DecodeBudget(n int) int { return DecodeCostFactor*n + DecodeCostSlack }
+
+// What decoding into interface values costs, measured with msgpack/v5 and
+// Go's maps (see TestDecodeCostModel): every value takes an interface slot;
+// numbers beyond a byte are boxed; strings, bytes and extensions box a
+// header and copy their bytes; a slice boxes its header; a map takes its
+// header plus at least one group of eight slots.
+const (
+	costSlot     = 16
+	costNumber   = 8
+	costBytes    = 24
+	costArray    = 24
+	costMap      = 64
+	costMapEntry = 48
+	costMapGroup = 8
+)
 
 func appendStr[T string | []byte](b []byte, s T) []byte {
 	n := len(s)
@@ -83,6 +116,8 @@ type reader struct {
 	b   []byte
 	off int
 	err error
+
+	cost, budget int // estimated decoded size so far; skip fails above budget (0: no budget)
 }
 
 func (r *reader) fail(format string, args ...any) {
@@ -212,11 +247,11 @@ func (r *reader) skip(depth int) {
 	if r.err != nil {
 		return
 	}
-	n, elems := 0, 0
+	n, elems, isMap := 0, 0, false
 	switch {
 	case c < 0x80 || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3: // fixint, nil, bool
 	case c&0xf0 == 0x80: // fixmap
-		elems = 2 * int(c&0x0f)
+		elems, isMap = 2*int(c&0x0f), true
 	case c&0xf0 == 0x90: // fixarray
 		elems = int(c & 0x0f)
 	case c&0xe0 == 0xa0: // fixstr
@@ -260,12 +295,32 @@ func (r *reader) skip(depth int) {
 	case c == 0xdd:
 		elems = r.length(4, 1)
 	case c == 0xde:
-		elems = 2 * r.length(2, 2)
+		elems, isMap = 2*r.length(2, 2), true
 	case c == 0xdf:
-		elems = 2 * r.length(4, 2)
+		elems, isMap = 2*r.length(4, 2), true
 	default: // 0xc1 is never used
 		r.fail("type byte 0x%02x is not msgpack", c)
 		return
+	}
+	if r.budget > 0 && r.err == nil {
+		r.cost += costSlot
+		switch {
+		case isMap:
+			r.cost += costMap
+			if elems > 0 {
+				r.cost += costMapEntry * max(elems/2, costMapGroup)
+			}
+		case c&0xf0 == 0x90 || c == 0xdc || c == 0xdd:
+			r.cost += costArray
+		case c&0xe0 == 0xa0 || c >= 0xc4 && c <= 0xc9 || c >= 0xd4 && c <= 0xdb:
+			r.cost += costBytes + n
+		case n > 0:
+			r.cost += costNumber
+		}
+		if r.cost > r.budget {
+			r.err = fmt.Errorf("%w: %d bytes would take more than %d bytes decoded", ErrTooCostly, len(r.b), r.budget)
+			return
+		}
 	}
 	if n > 0 && r.need(n) {
 		r.off += n
@@ -276,13 +331,22 @@ func (r *reader) skip(depth int) {
 }
 
 // CheckMsgpack reports whether b holds exactly one well-formed msgpack value
-// whose declared lengths all fit in b and whose nesting is at most MaxDepth.
-// A value that passes can be decoded with memory bounded by len(b).
+// whose declared lengths all fit in b, whose nesting is at most MaxDepth and
+// whose decoding into interface values would cost at most
+// DecodeBudget(len(b)) (otherwise the error wraps ErrTooCostly). It reads
+// b once and allocates nothing: a request is vetted before it is decoded.
 func CheckMsgpack(b []byte) error {
-	r := reader{b: b}
+	_, err := msgpackCost(b, DecodeBudget(len(b)))
+	return err
+}
+
+// msgpackCost checks b as CheckMsgpack does, against budget, and returns
+// the estimated decoded size.
+func msgpackCost(b []byte, budget int) (int, error) {
+	r := reader{b: b, budget: budget}
 	r.skip(0)
 	if r.err == nil && r.off != len(b) {
 		r.fail("%d trailing bytes", len(b)-r.off)
 	}
-	return r.err
+	return r.cost, r.err
 }
