@@ -86,7 +86,7 @@ func TestMapBombRefused(t *testing.T) {
 		}
 	}
 	ok := [][]byte{
-		arrayOf(size, []byte{0x07}),                          // small integers: 16× (the densest ordinary shape)
+		arrayOf(size, []byte{0x07}),                           // small integers: 16× (the densest ordinary shape)
 		arrayOf(size/9, []byte{0xcb, 1, 2, 3, 4, 5, 6, 7, 8}), // floats
 		arrayOf(size/20, append([]byte{0xb3}, "nineteen bytes long"...)),
 		arrayOf(1000, []byte{0x81, 0xa1, 'a', 0xc0}), // a few small maps
