@@ -44,7 +44,7 @@ func DecodeBudget(n int) int { return DecodeCostFactor*n + DecodeCostSlack }
 // header plus at least one group of eight slots.
 const (
 	costSlot     = 16
-	costNumber   = 8
+	costNumber   = 16 // 8 bytes, 16 with the race detector
 	costBytes    = 24
 	costArray    = 24
 	costMap      = 64
