@@ -14,6 +14,7 @@ import (
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/examples/hello"
 	"github.com/natserve/natserve/internal/testutil"
+	"github.com/natserve/natserve/internal/wire"
 	"github.com/natserve/natserve/worker"
 )
 
@@ -37,7 +38,7 @@ func replica(b testing.TB, url string, reg *worker.Registry, deployment, class s
 	b.Cleanup(func() { cancel(); <-done })
 	nc := testutil.Conn(b, url)
 	testutil.Eventually(b, 10*time.Second, func() error {
-		_, err := nc.Request("natserve.rep."+spec.Replica+".ping", nil, time.Second)
+		_, err := nc.Request(wire.ReplicaSubject(spec.Replica, wire.VerbPing), nil, time.Second)
 		return err
 	})
 }

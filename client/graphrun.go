@@ -13,7 +13,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/wire"
 )
 
@@ -47,7 +46,7 @@ func (c *Client) watchGraphs(g *graphCache) {
 	go c.watchLimits(js, g)
 	for !c.nc.IsClosed() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		kv, err := js.KeyValue(ctx, store.BucketGraphs)
+		kv, err := js.KeyValue(ctx, wire.BucketGraphs)
 		cancel()
 		if err != nil {
 			readyOnce()
@@ -85,7 +84,7 @@ func (c *Client) watchGraphs(g *graphCache) {
 func (c *Client) watchLimits(js jetstream.JetStream, g *graphCache) {
 	for !c.nc.IsClosed() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		kv, err := js.KeyValue(ctx, store.BucketDeployments)
+		kv, err := js.KeyValue(ctx, wire.BucketDeployments)
 		cancel()
 		if err != nil {
 			time.Sleep(time.Second)

@@ -15,7 +15,8 @@ import (
 // applied; the message names the field.
 var ErrInvalidSpec = errors.New("invalid deployment spec")
 
-// Deployment defaults, as in Ray Serve.
+// Deployment defaults, as in Ray Serve. This is the one place they are
+// defined: the controller, the node agent and the replicas use these.
 const (
 	DefaultNumReplicas              = 1
 	DefaultMaxOngoingRequests       = 5

@@ -1,6 +1,10 @@
 package client
 
-import "time"
+import (
+	"time"
+
+	"github.com/natserve/natserve/internal/wire"
+)
 
 // Deployment states, as in Ray Serve.
 const (
@@ -12,11 +16,11 @@ const (
 
 // Replica states.
 const (
-	ReplicaStarting = "STARTING"
-	ReplicaRunning  = "RUNNING"
-	ReplicaStopping = "STOPPING"
-	ReplicaStopped  = "STOPPED"
-	ReplicaFailed   = "FAILED"
+	ReplicaStarting = wire.ReplicaStarting
+	ReplicaRunning  = wire.ReplicaRunning
+	ReplicaStopping = wire.ReplicaStopping
+	ReplicaStopped  = wire.ReplicaStopped
+	ReplicaFailed   = wire.ReplicaFailed
 )
 
 // Deployment is a deployment as the control plane reports it.

@@ -31,7 +31,7 @@ func fail(code wire.APICode, format string, args ...any) error {
 
 // serveAPI answers one control API request.
 func (c *Controller) serveAPI(ctx context.Context, st *state, m *nats.Msg) {
-	verb := strings.TrimPrefix(m.Subject, "natserve.api.")
+	verb := wire.APIVerb(m.Subject)
 	var data any
 	var err error
 	if len(m.Data) > wire.MaxAPIRequest {

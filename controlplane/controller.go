@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/store"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // Config configures a Controller.
@@ -128,7 +129,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	c.log.Info("controller started; campaigning for the lease")
 	for ctx.Err() == nil {
-		rev, err := store.Update(ctx, c.kv.Leader, store.LeaderKey, c.lease(), 0)
+		rev, err := store.Update(ctx, c.kv.Leader, wire.LeaderKey, c.lease(), 0)
 		if err == nil {
 			c.lead(ctx, rev)
 			continue
@@ -199,7 +200,7 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 			_ = s.Unsubscribe()
 		}
 	}()
-	sub, err := c.nc.QueueSubscribe("natserve.api.*", "natserve-controller", func(m *nats.Msg) { c.serveAPI(ctx, st, m) })
+	sub, err := c.nc.QueueSubscribe(wire.APISubjects, wire.APIQueueGroup, func(m *nats.Msg) { c.serveAPI(ctx, st, m) })
 	if err != nil {
 		c.log.Error("subscribing to the control API failed", "err", err)
 		return
@@ -221,13 +222,13 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 		select {
 		case <-parent.Done():
 			dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_ = c.kv.Leader.Delete(dctx, store.LeaderKey, jetstream.LastRevision(rev))
+			_ = c.kv.Leader.Delete(dctx, wire.LeaderKey, jetstream.LastRevision(rev))
 			dcancel()
 			c.log.Info("released the lease")
 			return
 		case <-renew.C:
 			rctx, rcancel := context.WithTimeout(ctx, c.cfg.LeaseTTL/4)
-			nrev, err := store.Update(rctx, c.kv.Leader, store.LeaderKey, c.lease(), rev)
+			nrev, err := store.Update(rctx, c.kv.Leader, wire.LeaderKey, c.lease(), rev)
 			rcancel()
 			switch {
 			case err == nil:

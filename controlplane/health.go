@@ -8,7 +8,6 @@ import (
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/wire"
-	"github.com/natserve/natserve/worker"
 )
 
 // UnhealthyThreshold is how many health checks in a row a replica may fail
@@ -117,7 +116,7 @@ func (c *Controller) check(ctx context.Context, st *state, key, replica string, 
 	if err != nil {
 		reason = "health check: " + err.Error()
 	} else {
-		var rs worker.ReplicaStatus
+		var rs wire.ReplicaStatus
 		if jerr := json.Unmarshal(m.Data, &rs); jerr != nil {
 			reason = "health check: bad reply: " + jerr.Error()
 		} else if !rs.Healthy {

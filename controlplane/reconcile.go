@@ -15,7 +15,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/store"
-	"github.com/natserve/natserve/worker"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 func (s *state) storeDep(name string, d depState) {
@@ -96,7 +96,7 @@ func (c *Controller) reconcile(ctx context.Context, st *state) {
 	}
 	st.metrics.forget(live)
 	for _, r := range st.reps.all() {
-		if _, _, ok := st.asgs.get(store.AssignmentKey(r.val.Node, r.key)); !ok && (r.val.State == client.ReplicaStopped || r.val.State == client.ReplicaFailed) {
+		if _, _, ok := st.asgs.get(wire.AssignmentKey(r.val.Node, r.key)); !ok && (r.val.State == client.ReplicaStopped || r.val.State == client.ReplicaFailed) {
 			c.deleteKey(ctx, st.reps, c.kv.Replicas, r.key, r.rev)
 		}
 	}
@@ -136,7 +136,7 @@ func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.D
 		switch {
 		case v.hasSt && (v.st.State == client.ReplicaStopped || v.st.State == client.ReplicaFailed):
 			if v.a.Desired == store.DesiredRun && v.st.State == client.ReplicaFailed {
-				if (v.st.ExitCode == worker.ExitConstructor || v.st.EarlyExit) && v.a.CodeHash == code {
+				if (v.st.ExitCode == wire.ExitConstructor || v.st.EarlyExit) && v.a.CodeHash == code {
 					// Whatever ends a replica before it serves (constructor,
 					// exec failure, bad spec, crash, no answer) counts: retrying
 					// the same spec backs off and ends in DEPLOY_FAILED.

@@ -24,7 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natserve/natserve/client"
-	"github.com/natserve/natserve/internal/store"
+	"github.com/natserve/natserve/internal/wire"
 	"github.com/valyala/fasthttp"
 )
 
@@ -297,7 +297,7 @@ func (g *Ingress) watchRoutes(ctx context.Context) {
 		}
 		g.routes.Store(newTable(routes, gs...))
 	}
-	go g.watchBucket(ctx, js, store.BucketGraphs, func(key string, val []byte) {
+	go g.watchBucket(ctx, js, wire.BucketGraphs, func(key string, val []byte) {
 		mu.Lock()
 		var spec client.GraphSpec
 		if val != nil && json.Unmarshal(val, &spec) == nil {
@@ -307,7 +307,7 @@ func (g *Ingress) watchRoutes(ctx context.Context) {
 		}
 		mu.Unlock()
 	}, publish)
-	g.watchBucket(ctx, js, store.BucketDeployments, func(key string, val []byte) {
+	g.watchBucket(ctx, js, wire.BucketDeployments, func(key string, val []byte) {
 		mu.Lock()
 		var spec client.DeploymentSpec
 		if val != nil && json.Unmarshal(val, &spec) == nil {

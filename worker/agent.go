@@ -275,7 +275,7 @@ func (a *Agent) watch(ctx context.Context) error {
 				a.mu.Unlock()
 				continue
 			}
-			_, replica, _ := store.SplitAssignmentKey(e.Key())
+			_, replica, _ := wire.SplitAssignmentKey(e.Key())
 			if !synced {
 				seen[replica] = true
 			}
@@ -405,7 +405,7 @@ func (a *Agent) adopt(ctx context.Context) {
 			continue
 		}
 		var asg store.Assignment
-		if _, err := store.Get(ctx, a.kv.Assignments, store.AssignmentKey(a.cfg.Name, st.Replica), &asg); err != nil {
+		if _, err := store.Get(ctx, a.kv.Assignments, wire.AssignmentKey(a.cfg.Name, st.Replica), &asg); err != nil {
 			continue
 		}
 		if st.PID > 0 && syscall.Kill(st.PID, 0) == nil && a.ping(st.Replica, time.Second) == nil {

@@ -15,13 +15,16 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/natserve/natserve/internal/wire"
 )
 
-// Exit codes of a replica process, read by the node agent.
+// Exit codes of a replica process, read by the node agent (defined in
+// internal/wire with the rest of the protocol).
 const (
-	ExitOK          = 0
-	ExitError       = 1
-	ExitConstructor = 3 // the constructor (or first reconfigure) failed; retrying may not help
+	ExitOK          = wire.ExitOK
+	ExitError       = wire.ExitError
+	ExitConstructor = wire.ExitConstructor // the constructor (or first reconfigure) failed; retrying may not help
 )
 
 // Main runs the program as natserve's worker side and exits. With no

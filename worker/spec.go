@@ -9,12 +9,6 @@ import (
 	"github.com/natserve/natserve/internal/wire"
 )
 
-// Replica defaults, as in Ray Serve.
-const (
-	DefaultMaxOngoingRequests       = 5
-	DefaultGracefulShutdownTimeoutS = 20.0
-)
-
 // ReplicaSpec is everything one replica process needs to know. The node
 // agent passes it to the re-executed program in the environment variable
 // SpecEnv as JSON.
@@ -39,13 +33,14 @@ type ReplicaSpec struct {
 // SpecEnv is the environment variable that carries a ReplicaSpec.
 const SpecEnv = "NATSERVE_REPLICA_SPEC"
 
-// Normalize fills defaults and validates s.
+// Normalize fills defaults (client's, the one place they are defined) and
+// validates s.
 func (s *ReplicaSpec) Normalize() error {
 	if s.MaxOngoingRequests == 0 {
-		s.MaxOngoingRequests = DefaultMaxOngoingRequests
+		s.MaxOngoingRequests = client.DefaultMaxOngoingRequests
 	}
 	if s.GracefulShutdownTimeoutS == 0 {
-		s.GracefulShutdownTimeoutS = DefaultGracefulShutdownTimeoutS
+		s.GracefulShutdownTimeoutS = client.DefaultGracefulShutdownTimeoutS
 	}
 	for _, n := range []struct{ what, v string }{{"deployment name", s.Deployment}, {"class name", s.Class}, {"replica id", s.Replica}} {
 		if err := wire.ValidateName(n.what, n.v); err != nil {
@@ -69,16 +64,4 @@ func (s *ReplicaSpec) gracefulTimeout() time.Duration {
 }
 
 // ReplicaStatus is a replica's answer to a ping.
-type ReplicaStatus struct {
-	Replica    string `json:"replica"`
-	Deployment string `json:"deployment"`
-	Class      string `json:"class"`
-	Version    string `json:"version,omitempty"`
-	Node       string `json:"node,omitempty"`
-	PID        int    `json:"pid"`
-	Ongoing    int    `json:"ongoing"`
-	MaxOngoing int    `json:"max_ongoing"`
-	Draining   bool   `json:"draining,omitempty"`
-	Healthy    bool   `json:"healthy"`
-	Error      string `json:"error,omitempty"`
-}
+type ReplicaStatus = wire.ReplicaStatus

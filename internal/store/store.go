@@ -1,14 +1,11 @@
 // Package store holds the control plane's state in JetStream key-value
-// buckets: the bucket names and settings, the records kept in them, and
-// typed, compare-and-set access. The controller and the node agents share
-// it; each key has one writer:
-//
-//	natserve_deployments  <deployment>        client.DeploymentSpec  controller (from the API)
-//	natserve_assignments  <node>.<replica>    Assignment             controller
-//	natserve_replicas     <replica>           ReplicaState           node agent
-//	natserve_nodes        <node>              Node                   node agent (heartbeat)
-//	natserve_leader       controller          Lease                  the leading controller
-//	natserve_graphs       <graph>             client.GraphSpec       controller (from the API)
+// buckets: it creates and opens the buckets (their names and keys are
+// internal/wire's), defines the records the controller and the node agents
+// keep in them (Assignment, ReplicaState, Node, Lease), and gives typed,
+// compare-and-set access. Each key has one writer; the table of buckets,
+// keys, records and writers is in internal/wire's kv.go. The user SDK
+// (client) does not use this package: it reads the buckets it needs through
+// wire's names.
 package store
 
 import (
@@ -16,24 +13,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natserve/natserve/internal/wire"
 )
-
-// Bucket names.
-const (
-	BucketDeployments = "natserve_deployments"
-	BucketAssignments = "natserve_assignments"
-	BucketReplicas    = "natserve_replicas"
-	BucketNodes       = "natserve_nodes"
-	BucketLeader      = "natserve_leader"
-	BucketGraphs      = "natserve_graphs"
-)
-
-// LeaderKey is the key of the controller lease.
-const LeaderKey = "controller"
 
 // Config sets how buckets are created.
 type Config struct {
@@ -82,22 +66,22 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Buckets, er
 	}
 	var b Buckets
 	var err error
-	if b.Deployments, err = open(BucketDeployments, 5, 0); err != nil {
+	if b.Deployments, err = open(wire.BucketDeployments, 5, 0); err != nil {
 		return nil, err
 	}
-	if b.Assignments, err = open(BucketAssignments, 1, 0); err != nil {
+	if b.Assignments, err = open(wire.BucketAssignments, 1, 0); err != nil {
 		return nil, err
 	}
-	if b.Replicas, err = open(BucketReplicas, 1, 0); err != nil {
+	if b.Replicas, err = open(wire.BucketReplicas, 1, 0); err != nil {
 		return nil, err
 	}
-	if b.Nodes, err = open(BucketNodes, 1, 0); err != nil {
+	if b.Nodes, err = open(wire.BucketNodes, 1, 0); err != nil {
 		return nil, err
 	}
-	if b.Leader, err = open(BucketLeader, 1, cfg.LeaseTTL); err != nil {
+	if b.Leader, err = open(wire.BucketLeader, 1, cfg.LeaseTTL); err != nil {
 		return nil, err
 	}
-	if b.Graphs, err = open(BucketGraphs, 5, 0); err != nil {
+	if b.Graphs, err = open(wire.BucketGraphs, 5, 0); err != nil {
 		return nil, err
 	}
 	return &b, nil
@@ -130,15 +114,7 @@ type Assignment struct {
 }
 
 // Key is the assignment's key.
-func (a *Assignment) Key() string { return AssignmentKey(a.Node, a.Replica) }
-
-// AssignmentKey is the key of a replica's assignment on node.
-func AssignmentKey(node, replica string) string { return node + "." + replica }
-
-// SplitAssignmentKey splits an assignment key into node and replica.
-func SplitAssignmentKey(key string) (node, replica string, ok bool) {
-	return strings.Cut(key, ".")
-}
+func (a *Assignment) Key() string { return wire.AssignmentKey(a.Node, a.Replica) }
 
 // ReplicaState is what a node agent observes of one replica.
 type ReplicaState struct {
@@ -146,8 +122,8 @@ type ReplicaState struct {
 	Node       string    `json:"node"`
 	Deployment string    `json:"deployment"`
 	PID        int       `json:"pid,omitempty"`
-	State      string    `json:"state"` // client.Replica* states
-	ExitCode   int       `json:"exit_code,omitempty"`
+	State      string    `json:"state"`               // wire.Replica* states
+	ExitCode   int       `json:"exit_code,omitempty"` // wire.Exit* codes
 	Error      string    `json:"error,omitempty"`
 	CodeHash   string    `json:"code_hash"`
 	ConfigHash string    `json:"config_hash"`

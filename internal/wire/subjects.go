@@ -1,5 +1,7 @@
 package wire
 
+import "strings"
+
 // Subjects and queue groups. Every subject natserve uses is built here.
 //
 //	natserve.dep.<deployment>          requests to a deployment; queue group <deployment>
@@ -30,6 +32,22 @@ const (
 
 // APISubject is the control API subject for verb.
 func APISubject(verb string) string { return subjectRoot + "api." + verb }
+
+// APISubjects is the wildcard the controller serves the control API on, in
+// queue group APIQueueGroup so that each request reaches one controller.
+const (
+	APISubjects   = subjectRoot + "api.*"
+	APIQueueGroup = "natserve-controller"
+)
+
+// APIVerb is the verb of a control API subject ("" if subject is not one).
+func APIVerb(subject string) string {
+	v, ok := strings.CutPrefix(subject, subjectRoot+"api.")
+	if !ok {
+		return ""
+	}
+	return v
+}
 
 // AgentSubject is the subject of a node agent's command verb.
 func AgentSubject(node, verb string) string { return subjectRoot + "agent." + node + "." + verb }
