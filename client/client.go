@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
+	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/wire"
 )
 
@@ -91,12 +92,7 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
 	}
-	nopts := append([]nats.Option{
-		nats.Name(o.Name),
-		nats.Timeout(timeout),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250 * time.Millisecond),
-	}, o.NATSOptions...)
+	nopts := natsconn.Options(o.Name, append([]nats.Option{nats.Timeout(timeout)}, o.NATSOptions...)...)
 	nc, err := nats.Connect(url, nopts...)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach natserve at %s: %w", url, err)
@@ -113,8 +109,10 @@ func New(nc *nats.Conn, opts ...Option) *Client {
 // Conn returns the underlying NATS connection.
 func (c *Client) Conn() *nats.Conn { return c.nc }
 
-// Close closes the connection if Connect opened it. Idempotent.
+// Close stops the client's KV watches and closes the connection if Connect
+// opened it. Idempotent.
 func (c *Client) Close() {
+	c.graphs.stop()
 	if c.own {
 		c.nc.Close()
 	}

@@ -13,105 +13,88 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natserve/natserve/internal/kvwatch"
 	"github.com/natserve/natserve/internal/wire"
 )
 
-// graphCache follows the graphs in the control plane's KV, so that a handle
-// to a graph's name runs the graph.
+// graphCache follows the graphs and the deployments' max_queued_requests
+// in the control plane's KV, so that a handle to a graph's name runs the
+// graph. Its watches start on first use and stop in Client.Close.
 type graphCache struct {
 	once  sync.Once
-	ready chan struct{} // closed after the first sync attempt
+	ready chan struct{} // closed after the first sync attempt of the graphs
 
-	mu        sync.Mutex // guards graphs, maxQueued
+	mu        sync.Mutex // guards graphs, maxQueued, watchers, closed
 	graphs    map[string]*GraphSpec
 	maxQueued map[string]int
+	watchers  []*kvwatch.Watcher
+	closed    bool
 }
 
 func (c *Client) graphWatch() *graphCache {
 	g := &c.graphs
 	g.once.Do(func() {
 		g.ready = make(chan struct{})
-		go c.watchGraphs(g)
+		readyOnce := sync.OnceFunc(func() { close(g.ready) })
+		js, err := jetstream.New(c.nc)
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if err != nil || g.closed {
+			readyOnce()
+			return
+		}
+		g.watchers = []*kvwatch.Watcher{
+			kvwatch.Start(context.Background(), kvwatch.Config{JetStream: js, Bucket: wire.BucketGraphs}, kvwatch.Handler{
+				Restart: func() { g.mu.Lock(); clear(g.graphs); g.mu.Unlock() },
+				Entry:   g.putGraph,
+				Synced:  readyOnce,
+				Failed:  func(error) { readyOnce() },
+			}),
+			kvwatch.Start(context.Background(), kvwatch.Config{JetStream: js, Bucket: wire.BucketDeployments}, kvwatch.Handler{
+				Restart: func() { g.mu.Lock(); clear(g.maxQueued); g.mu.Unlock() },
+				Entry:   g.putLimit,
+			}),
+		}
 	})
 	return g
 }
 
-func (c *Client) watchGraphs(g *graphCache) {
-	readyOnce := sync.OnceFunc(func() { close(g.ready) })
-	defer readyOnce()
-	js, err := jetstream.New(c.nc)
-	if err != nil {
-		return
-	}
-	go c.watchLimits(js, g)
-	for !c.nc.IsClosed() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		kv, err := js.KeyValue(ctx, wire.BucketGraphs)
-		cancel()
-		if err != nil {
-			readyOnce()
-			time.Sleep(time.Second)
-			continue
-		}
-		w, err := kv.WatchAll(context.Background())
-		if err != nil {
-			readyOnce()
-			time.Sleep(time.Second)
-			continue
-		}
-		for e := range w.Updates() {
-			if e == nil {
-				readyOnce()
-				continue
-			}
-			g.mu.Lock()
-			if g.graphs == nil {
-				g.graphs = map[string]*GraphSpec{}
-			}
-			var spec GraphSpec
-			if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &spec) == nil {
-				g.graphs[e.Key()] = &spec
-			} else {
-				delete(g.graphs, e.Key())
-			}
-			g.mu.Unlock()
-		}
-		_ = w.Stop()
+// stop stops the watches and waits for them.
+func (g *graphCache) stop() {
+	g.mu.Lock()
+	ws := g.watchers
+	g.watchers, g.closed = nil, true
+	g.mu.Unlock()
+	for _, w := range ws {
+		w.Stop()
 	}
 }
 
-// watchLimits follows the deployments' max_queued_requests.
-func (c *Client) watchLimits(js jetstream.JetStream, g *graphCache) {
-	for !c.nc.IsClosed() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		kv, err := js.KeyValue(ctx, wire.BucketDeployments)
-		cancel()
-		if err != nil {
-			time.Sleep(time.Second)
-			continue
-		}
-		w, err := kv.WatchAll(context.Background())
-		if err != nil {
-			time.Sleep(time.Second)
-			continue
-		}
-		for e := range w.Updates() {
-			if e == nil {
-				continue
-			}
-			g.mu.Lock()
-			if g.maxQueued == nil {
-				g.maxQueued = map[string]int{}
-			}
-			var spec DeploymentSpec
-			if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &spec) == nil && spec.MaxQueuedRequests != 0 {
-				g.maxQueued[e.Key()] = spec.MaxQueuedRequests
-			} else {
-				delete(g.maxQueued, e.Key())
-			}
-			g.mu.Unlock()
-		}
-		_ = w.Stop()
+func (g *graphCache) putGraph(e jetstream.KeyValueEntry) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.graphs == nil {
+		g.graphs = map[string]*GraphSpec{}
+	}
+	var spec GraphSpec
+	if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &spec) == nil {
+		g.graphs[e.Key()] = &spec
+	} else {
+		delete(g.graphs, e.Key())
+	}
+}
+
+func (g *graphCache) putLimit(e jetstream.KeyValueEntry) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.maxQueued == nil {
+		g.maxQueued = map[string]int{}
+	}
+	var spec DeploymentSpec
+	if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &spec) == nil && spec.MaxQueuedRequests != 0 {
+		g.maxQueued[e.Key()] = spec.MaxQueuedRequests
+	} else {
+		delete(g.maxQueued, e.Key())
 	}
 }
 

@@ -24,6 +24,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/kvwatch"
+	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/wire"
 )
@@ -55,6 +57,7 @@ type Controller struct {
 	log *slog.Logger
 
 	nc *nats.Conn
+	js jetstream.JetStream
 	kv *store.Buckets
 
 	mu      sync.Mutex // guards leading, st
@@ -100,10 +103,7 @@ func (c *Controller) Leading() bool {
 // controller, until ctx ends. On a clean exit it releases the lease so a
 // standby takes over at once.
 func (c *Controller) Run(ctx context.Context) error {
-	opts := append([]nats.Option{
-		nats.Name("natserve controller " + c.cfg.ID), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
-	}, c.cfg.NATSOptions...)
-	nc, err := nats.Connect(c.cfg.NATSURL, opts...)
+	nc, err := nats.Connect(c.cfg.NATSURL, natsconn.Options("natserve controller "+c.cfg.ID, c.cfg.NATSOptions...)...)
 	if err != nil {
 		return fmt.Errorf("controller: connecting to %s: %w", c.cfg.NATSURL, err)
 	}
@@ -113,19 +113,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for {
-		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c.kv, err = store.Open(octx, js, store.Config{Replicas: c.cfg.KVReplicas, LeaseTTL: c.cfg.LeaseTTL})
-		cancel()
-		if err == nil {
-			break
-		}
-		c.log.Warn("opening the store failed; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(time.Second):
-		}
+	c.js = js
+	if c.kv, err = store.OpenRetry(ctx, js, store.Config{Replicas: c.cfg.KVReplicas, LeaseTTL: c.cfg.LeaseTTL}, c.log); err != nil {
+		return nil // ctx ended
 	}
 	c.log.Info("controller started; campaigning for the lease")
 	for ctx.Err() == nil {
@@ -162,7 +152,11 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.watch(ctx, kv, apply, synced)
+			var once sync.Once // a re-established watch syncs again; lead counts the first
+			kvwatch.Run(ctx, kvwatch.Config{JetStream: c.js, Bucket: kv.Bucket(), Logger: c.log}, kvwatch.Handler{
+				Entry:  apply,
+				Synced: func() { once.Do(func() { synced <- kv.Bucket() }) },
+			})
 		}()
 	}
 	watch(c.kv.Deployments, func(e jetstream.KeyValueEntry) { applyEntry(st.deps, e) })
@@ -250,29 +244,6 @@ func applyEntry[T any](t *table[T], e jetstream.KeyValueEntry) {
 		t.putJSON(e.Key(), e.Revision(), e.Value())
 	} else {
 		t.del(e.Key(), e.Revision())
-	}
-}
-
-func (c *Controller) watch(ctx context.Context, kv jetstream.KeyValue, apply func(jetstream.KeyValueEntry), synced chan<- string) {
-	for ctx.Err() == nil {
-		w, err := kv.WatchAll(ctx)
-		if err != nil {
-			c.log.Warn("watch failed; retrying", "bucket", kv.Bucket(), "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(500 * time.Millisecond):
-				continue
-			}
-		}
-		for e := range w.Updates() {
-			if e == nil {
-				synced <- kv.Bucket()
-				continue
-			}
-			apply(e)
-		}
-		_ = w.Stop()
 	}
 }
 

@@ -24,6 +24,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/kvwatch"
+	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/wire"
 	"github.com/valyala/fasthttp"
 )
@@ -108,9 +110,10 @@ type Ingress struct {
 	srv     *fasthttp.Server
 	maxBody int
 
-	mu   sync.Mutex // guards ln, done
-	ln   net.Listener
-	done chan struct{}
+	mu       sync.Mutex // guards ln, done, watchers
+	ln       net.Listener
+	done     chan struct{}
+	watchers []*kvwatch.Watcher // the route watches; Shutdown stops them
 }
 
 // New returns an ingress for cfg (defaults filled in); it does no I/O.
@@ -151,10 +154,7 @@ func New(cfg Config) (*Ingress, error) {
 // Start connects to NATS, starts watching routes and listens. It returns
 // once the listener is open; Addr then reports it.
 func (g *Ingress) Start(ctx context.Context) error {
-	opts := append([]nats.Option{
-		nats.Name("natserve ingress"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
-	}, g.cfg.NATSOptions...)
-	nc, err := nats.Connect(g.cfg.NATSURL, opts...)
+	nc, err := nats.Connect(g.cfg.NATSURL, natsconn.Options("natserve ingress", g.cfg.NATSOptions...)...)
 	if err != nil {
 		return fmt.Errorf("ingress: connecting to %s: %w", g.cfg.NATSURL, err)
 	}
@@ -193,10 +193,17 @@ func (g *Ingress) Start(ctx context.Context) error {
 		nc.Close()
 		return fmt.Errorf("ingress: cannot listen on %s: %w", g.cfg.Addr, err)
 	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		_ = ln.Close()
+		nc.Close()
+		return fmt.Errorf("ingress: %w", err)
+	}
 	g.mu.Lock()
 	g.ln, g.done = ln, make(chan struct{})
+	// The watches live until Shutdown, not until ctx (Start's) ends.
+	g.watchers = g.watchRoutes(js)
 	g.mu.Unlock()
-	go g.watchRoutes(ctx)
 	go func() {
 		defer close(g.done)
 		if err := g.srv.Serve(ln); err != nil {
@@ -260,20 +267,25 @@ func (g *Ingress) Shutdown(ctx context.Context) error {
 			<-done
 		}
 	}
+	g.mu.Lock()
+	watchers := g.watchers
+	g.watchers = nil
+	g.mu.Unlock()
+	for _, w := range watchers {
+		w.Stop()
+	}
+	if g.cl != nil {
+		g.cl.Close() // its watches; the connection is ours and drains below
+	}
 	if g.nc != nil {
 		_ = g.nc.Drain()
 	}
 	return err
 }
 
-// watchRoutes keeps the route table equal to the deployments and graphs
-// in KV.
-func (g *Ingress) watchRoutes(ctx context.Context) {
-	js, err := jetstream.New(g.nc)
-	if err != nil {
-		g.log.Error("jetstream", "err", err)
-		return
-	}
+// watchRoutes starts the watches that keep the route table equal to the
+// deployments and graphs in KV.
+func (g *Ingress) watchRoutes(js jetstream.JetStream) []*kvwatch.Watcher {
 	var mu sync.Mutex // guards specs, graphs
 	specs := map[string]client.DeploymentSpec{}
 	graphs := map[string]*client.GraphSpec{}
@@ -297,54 +309,38 @@ func (g *Ingress) watchRoutes(ctx context.Context) {
 		}
 		g.routes.Store(newTable(routes, gs...))
 	}
-	go g.watchBucket(ctx, js, wire.BucketGraphs, func(key string, val []byte) {
-		mu.Lock()
-		var spec client.GraphSpec
-		if val != nil && json.Unmarshal(val, &spec) == nil {
-			graphs[key] = &spec
-		} else {
-			delete(graphs, key)
-		}
-		mu.Unlock()
-	}, publish)
-	g.watchBucket(ctx, js, wire.BucketDeployments, func(key string, val []byte) {
-		mu.Lock()
-		var spec client.DeploymentSpec
-		if val != nil && json.Unmarshal(val, &spec) == nil {
-			specs[key] = spec
-		} else {
-			delete(specs, key)
-		}
-		mu.Unlock()
-	}, publish)
+	return []*kvwatch.Watcher{
+		g.watchBucket(js, wire.BucketGraphs, func() { mu.Lock(); clear(graphs); mu.Unlock() }, func(key string, val []byte) {
+			mu.Lock()
+			var spec client.GraphSpec
+			if val != nil && json.Unmarshal(val, &spec) == nil {
+				graphs[key] = &spec
+			} else {
+				delete(graphs, key)
+			}
+			mu.Unlock()
+		}, publish),
+		g.watchBucket(js, wire.BucketDeployments, func() { mu.Lock(); clear(specs); mu.Unlock() }, func(key string, val []byte) {
+			mu.Lock()
+			var spec client.DeploymentSpec
+			if val != nil && json.Unmarshal(val, &spec) == nil {
+				specs[key] = spec
+			} else {
+				delete(specs, key)
+			}
+			mu.Unlock()
+		}, publish),
+	}
 }
 
-// watchBucket follows a bucket until ctx ends: apply gets each change (nil
-// value for a delete), publish runs after the initial values and after each
-// later change.
-func (g *Ingress) watchBucket(ctx context.Context, js jetstream.JetStream, bucket string, apply func(string, []byte), publish func()) {
-	for ctx.Err() == nil && !g.draining.Load() {
-		kv, err := js.KeyValue(ctx, bucket)
-		if err != nil { // the controller has not created it yet
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(100 * time.Millisecond):
-				continue
-			}
-		}
-		w, err := kv.WatchAll(ctx)
-		if err != nil {
-			time.Sleep(500 * time.Millisecond)
-			continue
-		}
-		synced := false
-		for e := range w.Updates() {
-			if e == nil {
-				synced = true
-				publish()
-				continue
-			}
+// watchBucket follows a bucket: reset forgets what an earlier watch
+// delivered, apply gets each change (nil value for a delete), publish runs
+// after the initial values and after each later change.
+func (g *Ingress) watchBucket(js jetstream.JetStream, bucket string, reset func(), apply func(string, []byte), publish func()) *kvwatch.Watcher {
+	synced := false
+	return kvwatch.Start(context.Background(), kvwatch.Config{JetStream: js, Bucket: bucket, Logger: g.log}, kvwatch.Handler{
+		Restart: func() { synced = false; reset() },
+		Entry: func(e jetstream.KeyValueEntry) {
 			if e.Operation() == jetstream.KeyValuePut {
 				apply(e.Key(), e.Value())
 			} else {
@@ -353,9 +349,9 @@ func (g *Ingress) watchBucket(ctx context.Context, js jetstream.JetStream, bucke
 			if synced {
 				publish()
 			}
-		}
-		_ = w.Stop()
-	}
+		},
+		Synced: func() { synced = true; publish() },
+	})
 }
 
 type fasthttpLogger struct{ l *slog.Logger }

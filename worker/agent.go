@@ -19,6 +19,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/kvwatch"
+	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/wire"
 	"golang.org/x/time/rate"
@@ -89,7 +91,7 @@ type Agent struct {
 // NewAgent returns an agent for cfg; it does no I/O.
 func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Registry == nil {
-		return nil, fmt.Errorf("agent: a registry is required")
+		return nil, fmt.Errorf("node agent: a registry is required")
 	}
 	if err := cfg.Registry.Err(); err != nil {
 		return nil, err
@@ -99,15 +101,15 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		cfg.Name = wire.SanitizeName(h, "node")
 	}
 	if err := wire.ValidateName("node name", cfg.Name); err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+		return nil, fmt.Errorf("node agent: %w", err)
 	}
 	if cfg.NATSURL == "" {
-		return nil, fmt.Errorf("agent: NATS URL is required")
+		return nil, fmt.Errorf("node agent: NATS URL is required")
 	}
 	if cfg.Program == "" {
 		p, err := os.Executable()
 		if err != nil {
-			return nil, fmt.Errorf("agent: finding this program: %w", err)
+			return nil, fmt.Errorf("node agent: finding this program: %w", err)
 		}
 		cfg.Program = p
 	}
@@ -146,12 +148,9 @@ func (a *Agent) Name() string { return a.cfg.Name }
 
 // Run registers the node and serves assignments until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
-	opts := append([]nats.Option{
-		nats.Name("natserve agent " + a.cfg.Name), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
-	}, a.cfg.NATSOptions...)
-	nc, err := nats.Connect(a.cfg.NATSURL, opts...)
+	nc, err := nats.Connect(a.cfg.NATSURL, natsconn.Options("natserve node agent "+a.cfg.Name, a.cfg.NATSOptions...)...)
 	if err != nil {
-		return fmt.Errorf("agent %s: connecting to %s: %w", a.cfg.Name, a.cfg.NATSURL, err)
+		return fmt.Errorf("node agent %s: connecting to %s: %w", a.cfg.Name, a.cfg.NATSURL, err)
 	}
 	defer nc.Close()
 	a.nc = nc
@@ -159,8 +158,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if a.kv, err = openWithRetry(ctx, js, store.Config{Replicas: a.cfg.KVReplicas}); err != nil {
-		return fmt.Errorf("agent %s: %w", a.cfg.Name, err)
+	if a.kv, err = store.OpenRetry(ctx, js, store.Config{Replicas: a.cfg.KVReplicas}, a.log); err != nil {
+		return fmt.Errorf("node agent %s: %w", a.cfg.Name, err)
 	}
 	if a.cfg.KillReplicasWithAgent {
 		a.spawn = make(chan func())
@@ -192,7 +191,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 
-	err = a.watch(runCtx)
+	a.watch(runCtx, js)
 	cancel()
 	a.wg.Wait()
 	if a.cfg.StopReplicasOnExit {
@@ -205,26 +204,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		dcancel()
 	}
 	// Otherwise the replicas keep serving and a restarted agent adopts them.
-	if ctx.Err() != nil {
-		return nil
-	}
-	return err
-}
-
-func openWithRetry(ctx context.Context, js jetstream.JetStream, cfg store.Config) (*store.Buckets, error) {
-	for {
-		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		b, err := store.Open(octx, js, cfg)
-		cancel()
-		if err == nil {
-			return b, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+	return nil
 }
 
 func (a *Agent) heartbeat(ctx context.Context) error {
@@ -241,62 +221,55 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	return err
 }
 
-// watch applies this node's assignments as they change.
-func (a *Agent) watch(ctx context.Context) error {
-	w, err := a.kv.Assignments.Watch(ctx, a.cfg.Name+".*")
-	if err != nil {
-		return fmt.Errorf("agent %s: watching assignments: %w", a.cfg.Name, err)
+// watch applies this node's assignments as they change, until ctx ends.
+// After the initial values of each (re-established) watch it stops the
+// replicas that are no longer assigned.
+func (a *Agent) watch(ctx context.Context, js jetstream.JetStream) {
+	var seen map[string]bool // replicas in the current watch's initial values; nil once synced
+	kvwatch.Run(ctx, kvwatch.Config{JetStream: js, Bucket: wire.BucketAssignments, Keys: a.cfg.Name + ".*", Logger: a.log}, kvwatch.Handler{
+		Restart: func() { seen = map[string]bool{} },
+		Synced: func() {
+			a.mu.Lock()
+			for id, p := range a.running {
+				if !seen[id] {
+					a.log.Info("stopping unassigned replica", "replica", id)
+					go p.stop(syscall.SIGTERM)
+				}
+			}
+			for id := range a.waiting {
+				if !seen[id] {
+					delete(a.waiting, id)
+				}
+			}
+			a.mu.Unlock()
+			seen = nil
+		},
+		Entry: func(e jetstream.KeyValueEntry) { a.apply(ctx, e, seen) },
+	})
+}
+
+// apply acts on one assignment entry; seen collects the initial values.
+func (a *Agent) apply(ctx context.Context, e jetstream.KeyValueEntry, seen map[string]bool) {
+	_, replica, _ := wire.SplitAssignmentKey(e.Key())
+	if seen != nil {
+		seen[replica] = true
 	}
-	defer func() { _ = w.Stop() }()
-	synced := false
-	seen := map[string]bool{}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return fmt.Errorf("agent %s: assignment watch closed", a.cfg.Name)
-			}
-			if e == nil { // initial values delivered: stop what is not assigned
-				synced = true
-				a.mu.Lock()
-				for id, p := range a.running {
-					if !seen[id] {
-						a.log.Info("stopping unassigned replica", "replica", id)
-						go p.stop(syscall.SIGTERM)
-					}
-				}
-				for id := range a.waiting {
-					if !seen[id] {
-						delete(a.waiting, id)
-					}
-				}
-				a.mu.Unlock()
-				continue
-			}
-			_, replica, _ := wire.SplitAssignmentKey(e.Key())
-			if !synced {
-				seen[replica] = true
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				a.stopReplica(replica, syscall.SIGTERM)
-				continue
-			}
-			var asg store.Assignment
-			if err := json.Unmarshal(e.Value(), &asg); err != nil {
-				a.log.Warn("bad assignment record", "key", e.Key(), "err", err)
-				continue
-			}
-			switch asg.Desired {
-			case store.DesiredRun:
-				a.startReplica(ctx, asg)
-			case store.DesiredStop:
-				a.stopReplica(replica, syscall.SIGTERM)
-			case store.DesiredKill:
-				a.stopReplica(replica, syscall.SIGKILL)
-			}
-		}
+	if e.Operation() != jetstream.KeyValuePut {
+		a.stopReplica(replica, syscall.SIGTERM)
+		return
+	}
+	var asg store.Assignment
+	if err := json.Unmarshal(e.Value(), &asg); err != nil {
+		a.log.Warn("bad assignment record", "key", e.Key(), "err", err)
+		return
+	}
+	switch asg.Desired {
+	case store.DesiredRun:
+		a.startReplica(ctx, asg)
+	case store.DesiredStop:
+		a.stopReplica(replica, syscall.SIGTERM)
+	case store.DesiredKill:
+		a.stopReplica(replica, syscall.SIGKILL)
 	}
 }
 

@@ -13,9 +13,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/wire"
 )
 
@@ -85,6 +87,27 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Buckets, er
 		return nil, err
 	}
 	return &b, nil
+}
+
+// OpenRetry is Open, retried with natsconn.Backoff (each attempt bounded to
+// 10s) until it succeeds or ctx ends; log gets each failure. The broker may
+// still be electing a JetStream leader when a process starts.
+func OpenRetry(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Buckets, error) {
+	var retry natsconn.Backoff
+	for {
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		b, err := Open(octx, js, cfg)
+		cancel()
+		if err == nil {
+			return b, nil
+		}
+		if ctx.Err() == nil {
+			log.Warn("opening the store failed; retrying", "err", err)
+		}
+		if !retry.Wait(ctx) {
+			return nil, err
+		}
+	}
 }
 
 // Desired states of an assignment.
