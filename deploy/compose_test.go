@@ -153,13 +153,14 @@ func TestDockerCompose(t *testing.T) {
 	c := &compose{t: t, cmd: cmd, project: fmt.Sprintf("natserve-e2e-%d", os.Getpid()), root: testutil.ModuleRoot(t), env: []string{
 		"NATSERVE_GO_IMAGE=" + goImage(t),
 		"NATSERVE_IMAGE=natserve:e2e",
+		"NATSERVE_NODE_IMAGE=natserve-node:e2e",
 		"NATSERVE_HTTP_PORT=" + strconv.Itoa(httpPort),
 		"NATSERVE_NATS_PORT=" + strconv.Itoa(natsPort),
 		"NATSERVE_NATS2_PORT=" + strconv.Itoa(nats2Port),
 	}}
 	start := time.Now()
-	c.run("build", "nats1")
-	t.Logf("image built in %v", time.Since(start).Round(time.Second))
+	c.run("build", "nats1", "worker1") // the servers' image and the nodes' (a user program)
+	t.Logf("images built in %v", time.Since(start).Round(time.Second))
 	t.Cleanup(func() {
 		if t.Failed() {
 			out, _ := exec.Command(c.cmd[0], append(c.cmd[1:], "-p", c.project, "logs", "--tail=40")...).CombinedOutput()

@@ -33,7 +33,8 @@ type manifest struct {
 
 // TestKubernetesManifests parses deploy/k8s and checks the topology: a NATS
 // StatefulSet of 3, 2 controllers, an ingress Deployment and Service, a
-// worker DaemonSet, all running natserve subcommands that exist.
+// node agent DaemonSet, all running subcommands that exist; the node agent
+// runs the user's program, not the natserve image with the example classes.
 func TestKubernetesManifests(t *testing.T) {
 	files, _ := filepath.Glob("k8s/*.yaml")
 	if len(files) == 0 {
@@ -67,7 +68,7 @@ func TestKubernetesManifests(t *testing.T) {
 		"StatefulSet/nats":               {3, "broker"},
 		"Deployment/natserve-controller": {2, "controller"},
 		"Deployment/natserve-ingress":    {2, "ingress"},
-		"DaemonSet/natserve-worker":      {-1, "worker"},
+		"DaemonSet/natserve-node-agent":  {-1, "agent"},
 	}
 	for key, w := range want {
 		m, ok := got[key]
@@ -82,6 +83,9 @@ func TestKubernetesManifests(t *testing.T) {
 		if len(cs) != 1 || len(cs[0].Args) == 0 || cs[0].Args[0] != w.command || !strings.HasPrefix(cs[0].Image, "natserve") {
 			t.Errorf("%s: containers %+v, want natserve %s", key, cs, w.command)
 		}
+	}
+	if node, ctl := got["DaemonSet/natserve-node-agent"].Spec.Template.Spec.Containers, got["Deployment/natserve-controller"].Spec.Template.Spec.Containers; len(node) == 1 && len(ctl) == 1 && node[0].Image == ctl[0].Image {
+		t.Errorf("the node agent runs the servers' image %s, want the user's program (examples/own-class/Dockerfile)", node[0].Image)
 	}
 	for _, key := range []string{"Service/nats", "Service/natserve-ingress"} {
 		if _, ok := got[key]; !ok {

@@ -1,6 +1,8 @@
 // Command natserve runs natserve's servers: each alone (broker, controller,
-// ingress, worker) for a fleet of machines, or all of them in one process
-// tree for one machine (up).
+// ingress) for a fleet of machines, or all of them in one process tree for
+// one machine (up). Its node agent (agent, alias worker) provides the
+// built-in example classes, for up and the quick start; in production a
+// node runs the user's own program, which calls worker.Main.
 package main
 
 import (
@@ -43,7 +45,8 @@ commands:
   broker      run the embedded NATS broker (JetStream)
   controller  run a controller (one leads, others stand by)
   ingress     run an HTTP ingress
-  worker      run a node agent providing the built-in example classes
+  agent       run a node agent providing the built-in example classes
+              (alias: worker; in production, run your own program instead)
   classes     list the built-in example classes
 
 Run 'natserve <command> -h' for its flags.
@@ -71,7 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runController(ctx, rest, stderr)
 	case "ingress":
 		return runIngress(ctx, rest, stdout, stderr)
-	case "worker":
+	case "agent", "worker": // worker: the older name, kept for scripts
 		return worker.Run(ctx, registry(), append([]string{"agent"}, rest...), stdout, stderr)
 	case "replica", "classes":
 		return worker.Run(ctx, registry(), args, stdout, stderr)

@@ -1,7 +1,15 @@
-// Command own-class is how a user brings their own model: a program that
-// registers its own class and runs as a node agent next to `natserve up`.
+// Command own-class is how a user brings their own model, and the
+// production shape of a natserve node: a program that registers its own
+// classes and calls worker.Main, so that it runs as the node agent and,
+// re-executed by it, as each replica. Next to `natserve up`:
 //
 //	go run ./examples/own-class -nats nats://127.0.0.1:4222 -name mynode
+//
+// In a container (deploy/README.md): examples/own-class/Dockerfile builds it
+// into an image that docker compose and deploy/k8s run on every node. It
+// also registers the example classes, so that the quick start's
+// deployments (examples/quickstart/serve.yaml) run on it; a real program
+// registers only its own.
 package main
 
 import (
@@ -10,6 +18,8 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/natserve/natserve/examples/hello"
+	"github.com/natserve/natserve/examples/seed"
 	"github.com/natserve/natserve/worker"
 )
 
@@ -45,5 +55,7 @@ func (m *MyModel) Predict(data float64) float64 { return data * m.scale }
 func main() {
 	var reg worker.Registry
 	reg.Class("MyModel", NewMyModel)
+	seed.Register(&reg)  // Model, HTTPDeployment, MyFirstDeployment, ...: the quick start's classes
+	hello.Register(&reg) // Hello
 	worker.Main(&reg)
 }
