@@ -12,8 +12,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/e2e"
-	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/testutil"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // TestNoProcessStorm: a 10,000-replica spec is refused in one line; a
@@ -122,7 +122,7 @@ func TestEarlyExitsCountTowardRetries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.KeyValue(e2e.Ctx(5*time.Second), store.BucketDeployments)
+	kv, err := js.KeyValue(e2e.Ctx(5*time.Second), wire.BucketDeployments)
 	if err != nil {
 		t.Fatal(err)
 	}

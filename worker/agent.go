@@ -129,13 +129,13 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		cfg.MaxReplicas = DefaultMaxReplicas()
 	}
 	if cfg.MaxReplicas < 0 {
-		return nil, fmt.Errorf("agent: max replicas %d is negative", cfg.MaxReplicas)
+		return nil, fmt.Errorf("node agent: max replicas %d is negative", cfg.MaxReplicas)
 	}
 	if cfg.SpawnRate == 0 {
 		cfg.SpawnRate = DefaultSpawnRate
 	}
 	if cfg.SpawnRate < 0 {
-		return nil, fmt.Errorf("agent: spawn rate %v is negative", cfg.SpawnRate)
+		return nil, fmt.Errorf("node agent: spawn rate %v is negative", cfg.SpawnRate)
 	}
 	return &Agent{
 		cfg: cfg, log: cfg.Logger.With("node", cfg.Name), running: map[string]*proc{}, waiting: map[string]store.Assignment{},
