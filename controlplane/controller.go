@@ -140,11 +140,15 @@ func (c *Controller) lease() store.Lease {
 // lead acts as the controller until the lease is lost or ctx ends.
 func (c *Controller) lead(parent context.Context, rev uint64) {
 	ctx, cancel := context.WithCancel(parent)
-	defer cancel()
 	c.log.Info("became leader")
 	st := newState()
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	wg := &st.wg
+	// Stop every goroutine of this term, then wait for them: waiting first
+	// would wedge on the watches, which end only when ctx does.
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
 
 	// Load the state before acting on it.
 	synced := make(chan string, 5)
@@ -257,6 +261,11 @@ type state struct {
 
 	metrics *metrics
 
+	// wg counts the goroutines of this leadership term (watches, health
+	// checks, reconfigures); lead cancels them and waits for them before
+	// it returns, so none acts after stepping down.
+	wg sync.WaitGroup
+
 	mu     sync.Mutex // guards seen, dep, health, busy
 	seen   map[string]time.Time
 	dep    map[string]*depState
@@ -272,6 +281,15 @@ func newState() *state {
 		seen: map[string]time.Time{}, dep: map[string]*depState{}, health: map[string]*healthState{}, busy: map[string]bool{},
 		metrics: newMetrics(),
 	}
+}
+
+// spawn runs f on a goroutine of this term (see wg).
+func (s *state) spawn(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
 }
 
 func (s *state) sawNode(name string, alive bool) {

@@ -101,7 +101,7 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 			}
 			st.mu.Unlock()
 			if due {
-				go c.check(ctx, st, a.key, a.val.Replica, period, timeout)
+				st.spawn(func() { c.check(ctx, st, a.key, a.val.Replica, period, timeout) })
 			}
 		}
 	}
@@ -159,7 +159,7 @@ func (c *Controller) check(ctx context.Context, st *state, key, replica string, 
 
 // reconfigure sends a new user_config to a running replica and records it in
 // the assignment when the replica took it.
-func (c *Controller) reconfigure(st *state, v view, spec *client.DeploymentSpec, cfg string) {
+func (c *Controller) reconfigure(ctx context.Context, st *state, v view, spec *client.DeploymentSpec, cfg string) {
 	st.mu.Lock()
 	if st.busy[v.a.Replica] {
 		st.mu.Unlock()
@@ -169,13 +169,15 @@ func (c *Controller) reconfigure(st *state, v view, spec *client.DeploymentSpec,
 	st.mu.Unlock()
 	userConfig := spec.UserConfig
 	timeout := time.Duration(spec.HealthCheckTimeoutS * float64(time.Second))
-	go func() {
+	st.spawn(func() {
 		defer func() {
 			st.mu.Lock()
 			delete(st.busy, v.a.Replica)
 			st.mu.Unlock()
 		}()
-		m, err := c.nc.Request(wire.ReplicaSubject(v.a.Replica, wire.VerbReconfigure), userConfig, timeout)
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		m, err := c.nc.RequestWithContext(rctx, wire.ReplicaSubject(v.a.Replica, wire.VerbReconfigure), userConfig)
+		cancel()
 		if err == nil && m.Header.Get(wire.HeaderCode) != "" {
 			err = &client.Error{Code: m.Header.Get(wire.HeaderCode), Message: m.Header.Get(wire.HeaderError), Deployment: v.a.Deployment, Method: "Reconfigure"}
 		}
@@ -185,16 +187,17 @@ func (c *Controller) reconfigure(st *state, v view, spec *client.DeploymentSpec,
 		}
 		a := v.a
 		a.UserConfig, a.ConfigHash = userConfig, cfg
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		rev, err := store.Update(ctx, c.kv.Assignments, a.Key(), a, v.rev)
+		// The term's context: a controller that stepped down writes nothing.
+		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+		defer wcancel()
+		rev, err := store.Update(wctx, c.kv.Assignments, a.Key(), a, v.rev)
 		if err != nil {
 			c.log.Warn("recording a reconfigure failed", "replica", a.Replica, "err", err)
 			return
 		}
 		st.asgs.put(a.Key(), rev, a)
 		c.log.Info("replica reconfigured", "deployment", a.Deployment, "replica", a.Replica)
-	}()
+	})
 }
 
 // clearOrphan forgets that a replica's node was lost (its agent is back).

@@ -246,7 +246,7 @@ func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.D
 		if v.a.ConfigHash != cfg {
 			cfgCurrent = false
 			if v.ready {
-				c.reconfigure(st, v, spec, cfg)
+				c.reconfigure(ctx, st, v, spec, cfg)
 			}
 		}
 	}
