@@ -8,14 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
-	_ "net/http/pprof" // served only when NATSERVE_REPLICA_PPROF is set
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
 
+	"github.com/natserve/natserve/internal/profile"
 	"github.com/natserve/natserve/internal/wire"
 )
 
@@ -121,12 +120,23 @@ func RunReplicaFromEnv(ctx context.Context, reg *Registry, logw io.Writer) error
 		_ = level.UnmarshalText([]byte(v))
 	}
 	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
-	if addr := os.Getenv("NATSERVE_REPLICA_PPROF"); addr != "" { // profiling: the first replica to bind it wins
-		go func() { _ = http.ListenAndServe(addr, nil) }()
-	}
 	r, err := NewReplica(reg, spec, log)
 	if err != nil {
 		return err
 	}
+	if addr := os.Getenv(PprofEnv); addr != "" { // the first replica to bind it wins
+		pctx, stop := context.WithCancel(ctx)
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			profile.Serve(pctx, addr, log)
+		}()
+		defer func() { stop(); <-served }()
+	}
 	return r.Run(ctx)
 }
+
+// PprofEnv, when set to an address (127.0.0.1:6061), makes a replica serve
+// the Go runtime's profiles at /debug/pprof/ on it, on a mux of its own
+// (never on http.DefaultServeMux, which a user's handler may serve).
+const PprofEnv = "NATSERVE_REPLICA_PPROF"

@@ -369,3 +369,27 @@ func TestConstructorFailureExits(t *testing.T) {
 		t.Fatalf("output lacks the constructor's message:\n%s", p.Output())
 	}
 }
+
+// TestSDKLeavesDefaultMuxAlone serves http.DefaultServeMux from a replica
+// of a user program: the SDK must not have registered anything on it (as
+// importing net/http/pprof would, exposing /debug/pprof/ through the
+// ingress).
+func TestSDKLeavesDefaultMuxAlone(t *testing.T) {
+	s := newStack(t)
+	s.replica(t, "mux", "DefaultMux", ``, 5)
+	for _, path := range []string{"/mux/debug/pprof/", "/mux/debug/pprof/heap", "/mux/debug/pprof/cmdline"} {
+		env := wire.AppendHTTPRequest(nil, &wire.HTTPRequest{Method: "GET", Path: path, Prefix: "/mux"})
+		msg := &nats.Msg{Subject: wire.DeploymentSubject("mux"), Header: nats.Header{wire.HeaderKind: {wire.KindHTTP}}, Data: env}
+		reply, err := s.cl.RequestMsg(context.Background(), time.Time{}, "mux", "", msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := wire.DecodeHTTPReply(reply.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Status != 404 {
+			t.Errorf("GET %s through the default mux: %d %.60q, want 404", path, rep.Status, rep.Body)
+		}
+	}
+}

@@ -11,22 +11,22 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	_ "net/http/pprof"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/natserve/natserve/examples/hello"
 	"github.com/natserve/natserve/examples/seed"
+	"github.com/natserve/natserve/internal/profile"
 	"github.com/natserve/natserve/worker"
 )
 
 func main() {
-	if addr := os.Getenv("NATSERVE_PPROF"); addr != "" { // e.g. 127.0.0.1:6060, for profiling
-		go func() { _ = http.ListenAndServe(addr, nil) }()
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if addr := os.Getenv("NATSERVE_PPROF"); addr != "" { // e.g. 127.0.0.1:6060, for profiling
+		go profile.Serve(ctx, addr, slog.Default()) // ends with the process
+	}
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil && !errors.Is(err, flag.ErrHelp) {

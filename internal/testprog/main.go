@@ -220,6 +220,9 @@ func main() {
 	reg.Class("Probe", NewProbe)
 	reg.Func("double", func(x int) int { return 2 * x })
 	reg.HTTPHandler("Router", NewRouter)
+	// A user handler that serves http.DefaultServeMux: natserve must have
+	// registered nothing on it (no /debug/pprof/).
+	reg.HTTPHandler("DefaultMux", func() http.Handler { return http.DefaultServeMux })
 	reg.Class("Counter", func() Counter { return Counter{} })
 	reg.Func("combine", func(a, b int) int { return a + b })
 	seed.Register(&reg)
