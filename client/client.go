@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -75,6 +76,37 @@ type Client struct {
 	opts   Options
 	graphs graphCache
 	queue  queueStats
+
+	// ctx ends when Close is called; the client's goroutines (the queue
+	// reports) stop on it, and wg counts them so that Close waits for
+	// them. The KV watches are graphs's; Close stops them too.
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	mu        sync.Mutex // guards closed
+	closed    bool       // no goroutine starts once set
+}
+
+func newClient(nc *nats.Conn, own bool, o Options) *Client {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Client{nc: nc, own: own, opts: o, ctx: ctx, cancel: cancel}
+}
+
+// goBackground runs f on a goroutine that Close stops (f must return when
+// c.ctx ends) and waits for; after Close it runs nothing and returns false.
+func (c *Client) goBackground(f func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // Connect connects to the natserve broker at url; an empty url means
@@ -97,25 +129,32 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach natserve at %s: %w", url, err)
 	}
-	return &Client{nc: nc, own: true, opts: o}, nil
+	return newClient(nc, true, o), nil
 }
 
 // New returns a Client over an existing connection, which the caller keeps
 // owning (Close does not close it).
 func New(nc *nats.Conn, opts ...Option) *Client {
-	return &Client{nc: nc, opts: buildOptions(opts)}
+	return newClient(nc, false, buildOptions(opts))
 }
 
 // Conn returns the underlying NATS connection.
 func (c *Client) Conn() *nats.Conn { return c.nc }
 
-// Close stops the client's KV watches and closes the connection if Connect
-// opened it. Idempotent.
+// Close stops the client's background work and waits for it, and closes
+// the connection if Connect opened it. Idempotent.
 func (c *Client) Close() {
-	c.graphs.stop()
-	if c.own {
-		c.nc.Close()
-	}
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		c.cancel()
+		c.graphs.stop()
+		if c.own {
+			c.nc.Close()
+		}
+		c.wg.Wait()
+	})
 }
 
 // Handle returns a handle to the deployment called name. It does no I/O: a

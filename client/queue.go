@@ -46,13 +46,13 @@ func (c *Client) enqueue(deployment string, limit int) (func(), bool) {
 	}
 	c.queue.once.Do(func() {
 		c.queue.caller = nuid.Next()
-		go c.reportQueue()
+		c.goBackground(c.reportQueue)
 	})
 	return func() { ctr.Add(-1) }, true
 }
 
 // reportQueue publishes the mean queue lengths every second while any is
-// not zero (and once after they return to zero).
+// not zero (and once after they return to zero), until Close.
 func (c *Client) reportQueue() {
 	const sample, report = 100 * time.Millisecond, time.Second
 	t := time.NewTicker(sample)
@@ -61,8 +61,12 @@ func (c *Client) reportQueue() {
 	n := 0
 	start := time.Now()
 	wasBusy := false
-	for !c.nc.IsClosed() {
-		<-t.C
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
 		c.queue.counts.Range(func(k, v any) bool {
 			sums[k.(string)] += float64(v.(*atomic.Int64).Load())
 			return true

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/wire"
@@ -110,7 +111,9 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 func (c *Controller) check(ctx context.Context, st *state, key, replica string, period, timeout time.Duration) {
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, timeout)
-	m, err := c.nc.RequestWithContext(pctx, wire.ReplicaSubject(replica, wire.VerbPing), nil)
+	// The replica bounds its CheckHealth by the same budget.
+	ping := &nats.Msg{Subject: wire.ReplicaSubject(replica, wire.VerbPing), Header: nats.Header{wire.HeaderTimeout: {wire.FormatTimeout(timeout)}}}
+	m, err := c.nc.RequestMsgWithContext(pctx, ping)
 	cancel()
 	reason := ""
 	if err != nil {

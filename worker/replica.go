@@ -39,9 +39,13 @@ type Replica struct {
 	receivers sync.WaitGroup // the goroutines taking from inbox
 	draining  atomic.Bool
 
-	mu     sync.Mutex // guards sub, ctlSub
-	sub    *nats.Subscription
-	ctlSub *nats.Subscription
+	mu         sync.Mutex // guards sub, ctlSub, life, cancelLife
+	sub        *nats.Subscription
+	ctlSub     *nats.Subscription
+	life       context.Context // Run's: ends on its ctx or Stop
+	cancelLife context.CancelFunc
+
+	health healthChecks // CheckHealth runs, one at a time
 
 	stop     chan struct{} // closed by Stop
 	stopOnce sync.Once
@@ -67,7 +71,17 @@ func NewReplica(reg *Registry, spec ReplicaSpec, log *slog.Logger) (*Replica, er
 }
 
 // Stop asks Run to drain and return. Safe to call more than once.
-func (r *Replica) Stop() { r.stopOnce.Do(func() { close(r.stop) }) }
+func (r *Replica) Stop() {
+	r.stopOnce.Do(func() {
+		close(r.stop)
+		r.mu.Lock()
+		cancel := r.cancelLife
+		r.mu.Unlock()
+		if cancel != nil {
+			cancel()
+		}
+	})
+}
 
 // Run connects, constructs the instance, serves until ctx ends or Stop is
 // called, then drains: it leaves the queue group, lets in-flight calls
@@ -84,16 +98,35 @@ func (r *Replica) Run(ctx context.Context) error {
 	defer nc.Close()
 	r.nc = nc
 	r.cl = client.New(nc)
+	defer r.cl.Close()
 
-	base := context.WithValue(context.Background(), replicaKey, r)
-	inst, err := r.cls.construct(base, r.spec.InitArgs)
+	// life ends on ctx (SIGTERM) or Stop: the constructor, reconfigures
+	// and health checks run under it. Calls do not: a drain lets them end.
+	life, cancel := context.WithCancel(context.WithValue(ctx, replicaKey, r))
+	r.mu.Lock()
+	r.life, r.cancelLife = life, cancel
+	r.mu.Unlock()
+	select {
+	case <-r.stop: // Stop came before Run
+		cancel()
+	default:
+	}
+	defer func() {
+		cancel()
+		r.health.wait(r.log, healthWaitOnExit)
+	}()
+
+	inst, err := r.cls.construct(life, r.spec.InitArgs)
 	if err != nil {
+		if life.Err() != nil { // stopped: not a constructor failure to count
+			return fmt.Errorf("replica %s: stopped while constructing: %v", r.spec.Replica, err)
+		}
 		return err
 	}
 	r.inst = inst
 	defer r.closeInstance()
 	if len(r.spec.UserConfig) > 0 {
-		if err := r.reconfigure(base, r.spec.UserConfig); err != nil {
+		if err := r.reconfigure(life, r.spec.UserConfig); err != nil {
 			return fmt.Errorf("%w: class %s: reconfigure with user_config: %w", ErrConstructor, r.spec.Class, err)
 		}
 	}
@@ -465,19 +498,9 @@ func (r *Replica) onControl(m *nats.Msg) {
 	verb := m.Subject[len(wire.ReplicaSubject(r.spec.Replica, "")):]
 	switch verb {
 	case wire.VerbPing:
-		st := r.Status()
-		if hm := r.cls.methods[HealthMethod]; hm != nil && !st.Draining {
-			ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), replicaKey, r), 30*time.Second)
-			if _, err := r.inst.invoke(ctx, hm, nil); err != nil {
-				st.Healthy, st.Error = false, err.Error()
-			}
-			cancel()
-		}
-		b, _ := json.Marshal(st)
-		_ = m.Respond(b)
+		r.ping(m)
 	case wire.VerbReconfigure:
-		ctx := context.WithValue(context.Background(), replicaKey, r)
-		if err := r.reconfigure(ctx, m.Data); err != nil {
+		if err := r.reconfigure(r.lifeContext(), m.Data); err != nil {
 			_ = m.RespondMsg(&nats.Msg{Header: nats.Header{wire.HeaderCode: {string(wire.CodeUser)}, wire.HeaderError: {err.Error()}}})
 			return
 		}
@@ -505,6 +528,12 @@ func (r *Replica) reconfigure(ctx context.Context, cfg json.RawMessage) error {
 	}
 	_, err := r.inst.invoke(ctx, hm, args)
 	return err
+}
+
+func (r *Replica) lifeContext() context.Context {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.life
 }
 
 // Status reports the replica's state.

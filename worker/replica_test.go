@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
@@ -393,3 +395,93 @@ func TestSDKLeavesDefaultMuxAlone(t *testing.T) {
 		}
 	}
 }
+
+// TestHungHealthCheckDoesNotBlockReconfigure hangs CheckHealth: the ping
+// waits for it (bounded by the budget the ping carries), while a
+// reconfigure on the same control subscription is answered at once, and a
+// second ping joins the running check instead of starting another.
+func TestHungHealthCheckDoesNotBlockReconfigure(t *testing.T) {
+	s := newStack(t)
+	r := s.replica(t, "hung", "Probe", `["h"]`, 5)
+	if _, err := client.Call[int](context.Background(), s.cl.Handle("hung").Method("SetSick"), "hang"); err != nil {
+		t.Fatal(err)
+	}
+	const budget = 6 * time.Second
+	nc := s.cl.Conn()
+	type result struct {
+		st  worker.ReplicaStatus
+		err error
+	}
+	pings := make(chan result, 2)
+	ping := func() {
+		m, err := nc.RequestMsg(&nats.Msg{Subject: wire.ReplicaSubject(r.id, wire.VerbPing), Header: nats.Header{wire.HeaderTimeout: {wire.FormatTimeout(budget)}}}, 4*budget)
+		var res result
+		if res.err = err; err == nil {
+			res.err = json.Unmarshal(m.Data, &res.st)
+		}
+		pings <- res
+	}
+	go ping()
+	go ping()
+	start := time.Now()
+	// With the check run inline, this would wait for the whole budget.
+	m, err := nc.Request(wire.ReplicaSubject(r.id, wire.VerbReconfigure), []byte(`{"k":1}`), budget/2)
+	if err != nil {
+		t.Fatalf("reconfigure while CheckHealth hangs: %v", err)
+	}
+	if c := m.Header.Get(wire.HeaderCode); c != "" {
+		t.Fatalf("reconfigure: %s %s", c, m.Header.Get(wire.HeaderError))
+	}
+	t.Logf("reconfigure answered in %v while CheckHealth hung", time.Since(start).Round(time.Millisecond))
+	for i := 0; i < 2; i++ {
+		res := <-pings
+		if res.err != nil || res.st.Healthy || !strings.Contains(res.st.Error, "hung: context deadline exceeded") {
+			t.Errorf("ping %d: %+v %v, want unhealthy with the hung check's error", i, res.st, res.err)
+		}
+	}
+	t.Logf("pings answered %v after they were sent (budget %v)", time.Since(start).Round(time.Millisecond), budget)
+}
+
+// TestReplicaStopsItsGoroutines runs a replica in this process, calls it,
+// pings it (CheckHealth), stops it and checks that nothing it started still
+// runs.
+func TestReplicaStopsItsGoroutines(t *testing.T) {
+	verify := testutil.LeakCheck(t)
+	b := testutil.Broker(t)
+	var reg worker.Registry
+	reg.Class("Healthy", func() *healthy { return &healthy{} })
+	r, err := worker.NewReplica(&reg, worker.ReplicaSpec{Deployment: "inproc", Class: "Healthy", Replica: "rinproc", NATSURL: b.ClientURL()}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(context.Background()) }()
+	nc := testutil.Conn(t, b.ClientURL())
+	cl := client.New(nc)
+	testutil.Eventually(t, 20*time.Second, func() error {
+		_, err := nc.Request(wire.ReplicaSubject("rinproc", wire.VerbPing), nil, 200*time.Millisecond)
+		return err
+	})
+	if got, err := client.Call[int](context.Background(), cl.Handle("inproc").Method("Twice"), 21); err != nil || got != 42 {
+		t.Fatalf("call: %v %v", got, err)
+	}
+	r.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("replica did not stop")
+	}
+	cl.Close()
+	nc.Close()
+	verify(b)
+}
+
+type healthy struct{}
+
+func (*healthy) Twice(x int) int                       { return 2 * x }
+func (*healthy) CheckHealth(ctx context.Context) error { return nil }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

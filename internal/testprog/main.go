@@ -57,14 +57,20 @@ func (p *Probe) SetSick(msg string) int {
 	return os.Getpid()
 }
 
-// CheckHealth fails while the probe is sick.
+// CheckHealth fails while the probe is sick; sick "hang" makes it block
+// until its context ends.
 func (p *Probe) CheckHealth(ctx context.Context) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.sick != "" {
-		return errors.New(p.sick)
+	sick := p.sick
+	p.mu.Unlock()
+	switch sick {
+	case "":
+		return nil
+	case "hang":
+		<-ctx.Done()
+		return fmt.Errorf("hung: %w", ctx.Err())
 	}
-	return nil
+	return errors.New(sick)
 }
 
 // NewProbe is Probe's constructor; a tag starting with "fail:" fails it,
