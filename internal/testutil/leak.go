@@ -18,10 +18,13 @@ import (
 //	b := testutil.Broker(t)
 //	… start, use and close the component …
 //	verify(b)
-func LeakCheck(t testing.TB) func(b *broker.Broker) {
+//
+// opts ignore goroutines that a library starts once per process and that
+// are not the component's (say which, and why, where you pass them).
+func LeakCheck(t testing.TB) func(b *broker.Broker, opts ...goleak.Option) {
 	t.Helper()
 	before := goleak.IgnoreCurrent()
-	return func(b *broker.Broker) {
+	return func(b *broker.Broker, opts ...goleak.Option) {
 		t.Helper()
 		if b != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -30,6 +33,6 @@ func LeakCheck(t testing.TB) func(b *broker.Broker) {
 			}
 			cancel()
 		}
-		goleak.VerifyNone(t, before)
+		goleak.VerifyNone(t, append(opts, before)...)
 	}
 }
