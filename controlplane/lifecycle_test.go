@@ -14,6 +14,7 @@ import (
 	"github.com/natserve/natserve/controlplane"
 	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/testutil"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -64,12 +65,12 @@ func TestControllerLeadsAgainAfterLosingLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.KeyValue(context.Background(), store.BucketLeader)
+	kv, err := js.KeyValue(context.Background(), wire.BucketLeader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	lease, _ := json.Marshal(store.Lease{Holder: "someone-else", Renewed: time.Now()})
-	if _, err := kv.Put(context.Background(), store.LeaderKey, lease); err != nil {
+	if _, err := kv.Put(context.Background(), wire.LeaderKey, lease); err != nil {
 		t.Fatal(err)
 	}
 	taken := time.Now()

@@ -43,7 +43,7 @@ func TestAgentStopsItsGoroutines(t *testing.T) {
 	}
 	var kv jetstream.KeyValue
 	testutil.Eventually(t, 20*time.Second, func() error {
-		kv, err = js.KeyValue(context.Background(), store.BucketAssignments)
+		kv, err = js.KeyValue(context.Background(), wire.BucketAssignments)
 		return err
 	})
 	asg := store.Assignment{Replica: "rleak", Node: "leak", Deployment: "leaky", Class: "Probe", InitArgs: []byte(`["l"]`),
