@@ -5,11 +5,14 @@
 // with Shutdown. Clients in the same process may connect in-process (no TCP)
 // with the option from InProcessOption; everything else connects to
 // ClientURL. One node is the default; Config.Cluster makes it a member of a
-// cluster of three or more.
+// cluster of three or more. Config.TLS puts client connections on TLS (and
+// may require client certificates); Config.Cluster.TLS does the same for
+// routes, always verifying the peer against the CA.
 package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,6 +47,9 @@ type Config struct {
 	SyncAlways bool
 	// MaxPayload is the largest message in bytes. Default: 8 MiB.
 	MaxPayload int32
+	// TLS, when its CertFile is set, requires TLS of every TCP client
+	// (in-process clients stay plain). Default: no TLS.
+	TLS TLSConfig
 	// Cluster, when its Port is not 0, makes the broker a cluster member.
 	Cluster ClusterConfig
 	// ReadyTimeout bounds how long Start waits for the server. Default: 10s.
@@ -64,6 +70,50 @@ type ClusterConfig struct {
 	Port int
 	// Routes are the peers, as nats-route://host:port URLs. Default: none.
 	Routes []string
+	// TLS, when its CertFile is set, puts routes on TLS. Both sides of a
+	// route present CertFile and verify the other's against CAFile (which is
+	// then required), so a peer without a certificate from that CA is
+	// refused; Verify is implied. Default: no TLS.
+	TLS TLSConfig
+}
+
+// TLSConfig names a listener's TLS files.
+type TLSConfig struct {
+	// CertFile is the server's PEM certificate; empty means no TLS. Default: "".
+	CertFile string
+	// KeyFile is CertFile's private key. Default: "".
+	KeyFile string
+	// CAFile is a PEM file of the CA(s) that sign the certificates peers
+	// present. Default: "" (clients are not asked for certificates).
+	CAFile string
+	// Verify requires every client to present a certificate signed by
+	// CAFile (mutual TLS). Default: false.
+	Verify bool
+}
+
+// Enabled reports whether the listener uses TLS.
+func (t TLSConfig) Enabled() bool { return t.CertFile != "" }
+
+// build checks t and loads its files into a tls.Config; nil without TLS.
+// verify requires peers' certificates.
+func (t TLSConfig) build(what string, verify bool) (*tls.Config, error) {
+	if !t.Enabled() && t.KeyFile == "" && t.CAFile == "" && !t.Verify {
+		return nil, nil
+	}
+	switch {
+	case t.CertFile == "" || t.KeyFile == "":
+		return nil, fmt.Errorf("%w: %s TLS needs both a cert file and a key file (got cert %q, key %q)", ErrConfig, what, t.CertFile, t.KeyFile)
+	case verify && t.CAFile == "":
+		return nil, fmt.Errorf("%w: %s TLS verifying peers needs a CA file", ErrConfig, what)
+	}
+	tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: t.CertFile, KeyFile: t.KeyFile, CaFile: t.CAFile, Verify: verify})
+	if err == nil && tc == nil {
+		err = fmt.Errorf("CA file %s is empty", t.CAFile)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s TLS: %v", ErrConfig, what, err)
+	}
+	return tc, nil
 }
 
 // DefaultConfig returns the defaults for one node on loopback.
@@ -97,6 +147,12 @@ func (c *Config) Validate() error {
 		if _, err := parseRoute(r); err != nil {
 			return err
 		}
+	}
+	if _, err := c.TLS.build("client", c.TLS.Verify); err != nil {
+		return err
+	}
+	if _, err := c.Cluster.TLS.build("cluster", true); err != nil {
+		return err
 	}
 	return nil
 }
@@ -172,6 +228,13 @@ func (b *Broker) options() (*server.Options, error) {
 		MaxPingsOut:   3,
 		WriteDeadline: 5 * time.Second,
 	}
+	tc, err := c.TLS.build("client", c.TLS.Verify)
+	if err != nil {
+		return nil, err
+	}
+	if tc != nil {
+		o.TLS, o.TLSVerify, o.TLSConfig = true, c.TLS.Verify, tc
+	}
 	if c.Cluster.Port != 0 {
 		o.Cluster.Name = c.Cluster.Name
 		o.Cluster.Host = c.Cluster.Host
@@ -179,6 +242,16 @@ func (b *Broker) options() (*server.Options, error) {
 			o.Cluster.Host = c.Host
 		}
 		o.Cluster.Port = c.Cluster.Port
+		rc, err := c.Cluster.TLS.build("cluster", true)
+		if err != nil {
+			return nil, err
+		}
+		if rc != nil {
+			// A route is both client and server of TLS: as nats-server does for
+			// a cluster's tls block, trust the CA both ways and always verify.
+			rc.RootCAs = rc.ClientCAs
+			o.Cluster.TLSConfig = rc
+		}
 		for _, r := range c.Cluster.Routes {
 			u, err := parseRoute(r)
 			if err != nil {
@@ -237,14 +310,26 @@ func (b *Broker) Start(ctx context.Context) error {
 	return nil
 }
 
-// ClientURL is the URL clients connect to.
+// ClientURL is the URL clients on this machine connect to: tls:// with
+// TLS, and a loopback address when the broker listens on all of them.
 func (b *Broker) ClientURL() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.srv == nil {
 		return ""
 	}
-	return b.srv.ClientURL()
+	u := b.srv.ClientURL()
+	if p, err := url.Parse(u); err == nil {
+		if ip := net.ParseIP(p.Hostname()); ip != nil && ip.IsUnspecified() {
+			lo := "127.0.0.1"
+			if ip.To4() == nil {
+				lo = "::1"
+			}
+			p.Host = net.JoinHostPort(lo, p.Port())
+			u = p.String()
+		}
+	}
+	return u
 }
 
 // ClusterAddr is the route listener's address, or nil without a cluster.
