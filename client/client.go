@@ -36,7 +36,19 @@ type Options struct {
 	ConnectTimeout time.Duration
 	// NATSOptions are passed to nats.Connect.
 	NATSOptions []nats.Option
+	// TLSCAFile, TLSCertFile and TLSKeyFile make Connect use TLS: the CA
+	// that signed the broker's certificate, and this client's certificate
+	// and key for a broker that verifies clients. Default: $NATSERVE_TLS_CA,
+	// $NATSERVE_TLS_CERT and $NATSERVE_TLS_KEY when all three are unset here.
+	TLSCAFile, TLSCertFile, TLSKeyFile string
 }
+
+// Environment variables Connect reads for TLS when no WithTLS is given.
+const (
+	EnvTLSCA   = "NATSERVE_TLS_CA"
+	EnvTLSCert = "NATSERVE_TLS_CERT"
+	EnvTLSKey  = "NATSERVE_TLS_KEY"
+)
 
 // An Option changes Options.
 type Option func(*Options)
@@ -58,6 +70,13 @@ func WithName(name string) Option { return func(o *Options) { o.Name = name } }
 // WithNATSOptions adds options for nats.Connect.
 func WithNATSOptions(opts ...nats.Option) Option {
 	return func(o *Options) { o.NATSOptions = append(o.NATSOptions, opts...) }
+}
+
+// WithTLS sets the TLS files (see Options.TLSCAFile); empty strings are
+// left out: WithTLS(ca, "", "") trusts ca for the broker's certificate and
+// presents no client certificate.
+func WithTLS(caFile, certFile, keyFile string) Option {
+	return func(o *Options) { o.TLSCAFile, o.TLSCertFile, o.TLSKeyFile = caFile, certFile, keyFile }
 }
 
 func buildOptions(opts []Option) Options {
@@ -124,7 +143,15 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
 	}
-	nopts := natsconn.Options(o.Name, append([]nats.Option{nats.Timeout(timeout)}, o.NATSOptions...)...)
+	files := natsconn.TLS{CAFile: o.TLSCAFile, CertFile: o.TLSCertFile, KeyFile: o.TLSKeyFile}
+	if !files.Enabled() {
+		files = natsconn.TLS{CAFile: os.Getenv(EnvTLSCA), CertFile: os.Getenv(EnvTLSCert), KeyFile: os.Getenv(EnvTLSKey)}
+	}
+	if err := files.Validate(); err != nil {
+		return nil, err
+	}
+	extra := append(append([]nats.Option{nats.Timeout(timeout)}, files.Options()...), o.NATSOptions...)
+	nopts := natsconn.Options(o.Name, extra...)
 	nc, err := nats.Connect(url, nopts...)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach natserve at %s: %w", url, err)

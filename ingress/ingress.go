@@ -12,6 +12,7 @@ package ingress
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -63,8 +64,19 @@ type Config struct {
 	// DrainDelay is how long /-/healthz answers 503 before the listener
 	// closes on Shutdown, so load balancers stop sending. Default: 0.
 	DrainDelay time.Duration
+	// TLSCertFile and TLSKeyFile, when set, make the listener serve HTTPS
+	// with this PEM certificate and key. Default: "" (plain HTTP).
+	TLSCertFile, TLSKeyFile string
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger
+}
+
+// Scheme is "https" when c serves TLS, else "http".
+func (c *Config) Scheme() string {
+	if c.TLSCertFile != "" {
+		return "https"
+	}
+	return "http"
 }
 
 // DefaultConfig returns the defaults.
@@ -92,6 +104,14 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return fmt.Errorf("%w: listen address %q: %v", ErrConfig, c.Addr, err)
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return fmt.Errorf("%w: HTTPS needs both a cert file and a key file (got cert %q, key %q)", ErrConfig, c.TLSCertFile, c.TLSKeyFile)
+	}
+	if c.TLSCertFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile); err != nil {
+			return fmt.Errorf("%w: HTTPS certificate %s / key %s: %v", ErrConfig, c.TLSCertFile, c.TLSKeyFile, err)
+		}
 	}
 	return nil
 }
@@ -206,11 +226,15 @@ func (g *Ingress) Start(ctx context.Context) error {
 	g.mu.Unlock()
 	go func() {
 		defer close(g.done)
-		if err := g.srv.Serve(ln); err != nil {
+		serve := g.srv.Serve
+		if g.cfg.TLSCertFile != "" {
+			serve = func(ln net.Listener) error { return g.srv.ServeTLS(ln, g.cfg.TLSCertFile, g.cfg.TLSKeyFile) }
+		}
+		if err := serve(ln); err != nil {
 			g.log.Error("http server stopped", "err", err)
 		}
 	}()
-	g.log.Info("ingress listening", "addr", ln.Addr().String(), "max_body_bytes", g.maxBody, "request_timeout", g.cfg.RequestTimeout)
+	g.log.Info("ingress listening", "addr", ln.Addr().String(), "scheme", g.cfg.Scheme(), "max_body_bytes", g.maxBody, "request_timeout", g.cfg.RequestTimeout)
 	return nil
 }
 

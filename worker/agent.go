@@ -32,8 +32,14 @@ type AgentConfig struct {
 	Name string
 	// NATSURL is the broker (comma-separated for a cluster). Required.
 	NATSURL string
-	// NATSOptions are extra options for the agent's own connection.
+	// NATSOptions are extra options for the agent's own connection (TLS
+	// included: the TLS fields below are for the replicas).
 	NATSOptions []nats.Option
+	// TLSCAFile, TLSCertFile and TLSKeyFile are the TLS files replicas
+	// connect with (their spec carries the paths, made absolute): the CA of
+	// the broker's certificate, and a client certificate and key for a
+	// broker that verifies clients. Default: "" (plain TCP).
+	TLSCAFile, TLSCertFile, TLSKeyFile string
 	// Registry lists the classes this program provides. Required.
 	Registry *Registry
 	// Program is the binary re-executed for each replica with the argument
@@ -106,6 +112,14 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.NATSURL == "" {
 		return nil, fmt.Errorf("node agent: NATS URL is required")
 	}
+	files, err := natsconn.TLS{CAFile: cfg.TLSCAFile, CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile}.Abs()
+	if err == nil {
+		err = files.Validate()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("node agent: replicas' %w", err)
+	}
+	cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile = files.CAFile, files.CertFile, files.KeyFile
 	if cfg.Program == "" {
 		p, err := os.Executable()
 		if err != nil {
@@ -453,6 +467,7 @@ func (p *proc) run(ctx context.Context) {
 		Deployment: p.asg.Deployment, Class: p.asg.Class, Replica: p.asg.Replica, Version: p.asg.Version, Node: p.asg.Node,
 		InitArgs: p.asg.InitArgs, UserConfig: p.asg.UserConfig, MaxOngoingRequests: p.asg.MaxOngoingRequests,
 		GracefulShutdownTimeoutS: p.asg.GracefulShutdownTimeoutS, NATSURL: p.a.cfg.NATSURL,
+		NATSCAFile: p.a.cfg.TLSCAFile, NATSCertFile: p.a.cfg.TLSCertFile, NATSKeyFile: p.a.cfg.TLSKeyFile,
 	}
 	specJSON, _ := json.Marshal(spec)
 	tail := &tailWriter{max: 8 << 10}

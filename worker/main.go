@@ -16,6 +16,8 @@ import (
 
 	"github.com/natserve/natserve/internal/profile"
 	"github.com/natserve/natserve/internal/wire"
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/natsconn"
 )
 
 // Exit codes of a replica process, read by the node agent (defined in
@@ -77,16 +79,24 @@ func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Write
 	drain := fs.Bool("stop-replicas-on-exit", false, "on SIGTERM, drain and stop the replicas (in a container); otherwise they keep serving and a restarted agent adopts them")
 	maxReplicas := fs.Int("max-replicas-per-node", 0, "cap on this node's replica processes (0: what its memory holds, memory / 20 MB)")
 	spawnRate := fs.Float64("spawn-rate", DefaultSpawnRate, "replica starts per second on this node")
+	var files natsconn.TLS
+	fs.StringVar(&files.CAFile, "tls-ca", os.Getenv(client.EnvTLSCA), "CA file that signed the broker's TLS certificate, for the agent and its replicas ($"+client.EnvTLSCA+")")
+	fs.StringVar(&files.CertFile, "tls-cert", os.Getenv(client.EnvTLSCert), "client certificate, for a broker that verifies clients ($"+client.EnvTLSCert+")")
+	fs.StringVar(&files.KeyFile, "tls-key", os.Getenv(client.EnvTLSKey), "key of -tls-cert ($"+client.EnvTLSKey+")")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *maxReplicas < 0 || *spawnRate <= 0 {
 		return fmt.Errorf("-max-replicas-per-node must be at least 0 and -spawn-rate above 0")
 	}
+	if err := files.Validate(); err != nil {
+		return err
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	a, err := NewAgent(AgentConfig{
-		Name: *name, NATSURL: *url, Registry: reg, KVReplicas: *kvReplicas, StopReplicasOnExit: *drain, Logger: log, ReplicaOutput: stderr,
+		Name: *name, NATSURL: *url, NATSOptions: files.Options(), Registry: reg, KVReplicas: *kvReplicas, StopReplicasOnExit: *drain, Logger: log, ReplicaOutput: stderr,
 		MaxReplicas: *maxReplicas, SpawnRate: *spawnRate,
+		TLSCAFile: files.CAFile, TLSCertFile: files.CertFile, TLSKeyFile: files.KeyFile,
 	})
 	if err != nil {
 		return err

@@ -87,11 +87,11 @@ func (r *Replica) Stop() {
 // called, then drains: it leaves the queue group, lets in-flight calls
 // finish for up to graceful_shutdown_timeout_s, and returns.
 func (r *Replica) Run(ctx context.Context) error {
-	nc, err := nats.Connect(r.spec.NATSURL,
-		nats.Name("replica "+r.spec.Replica+" of "+r.spec.Deployment),
+	nc, err := nats.Connect(r.spec.NATSURL, append([]nats.Option{
+		nats.Name("replica " + r.spec.Replica + " of " + r.spec.Deployment),
 		nats.MaxReconnects(120), nats.ReconnectWait(time.Second),
 		nats.ClosedHandler(func(*nats.Conn) { r.Stop() }),
-	)
+	}, r.spec.tls().Options()...)...)
 	if err != nil {
 		return fmt.Errorf("replica %s: connecting to %s: %w", r.spec.Replica, r.spec.NATSURL, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/wire"
 )
 
@@ -28,6 +29,16 @@ type ReplicaSpec struct {
 	GracefulShutdownTimeoutS float64 `json:"graceful_shutdown_timeout_s,omitempty"`
 	// NATSURL is the broker (comma-separated for a cluster).
 	NATSURL string `json:"nats_url"`
+	// NATSCAFile, NATSCertFile and NATSKeyFile are the TLS files of the
+	// replica's connection: the CA of the broker's certificate, and a client
+	// certificate and key for a broker that verifies clients. Default: "" (plain TCP).
+	NATSCAFile   string `json:"nats_ca_file,omitempty"`
+	NATSCertFile string `json:"nats_cert_file,omitempty"`
+	NATSKeyFile  string `json:"nats_key_file,omitempty"`
+}
+
+func (s *ReplicaSpec) tls() natsconn.TLS {
+	return natsconn.TLS{CAFile: s.NATSCAFile, CertFile: s.NATSCertFile, KeyFile: s.NATSKeyFile}
 }
 
 // SpecEnv is the environment variable that carries a ReplicaSpec.
@@ -55,6 +66,9 @@ func (s *ReplicaSpec) Normalize() error {
 	}
 	if s.NATSURL == "" {
 		return fmt.Errorf("%w: nats_url is required", ErrSpec)
+	}
+	if err := s.tls().Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrSpec, err)
 	}
 	return nil
 }

@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/natserve/natserve/broker"
+	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/controlplane"
 	"github.com/natserve/natserve/ingress"
+	"github.com/natserve/natserve/internal/natsconn"
 )
 
 func envOr(key, def string) string {
@@ -28,6 +30,25 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// tlsClientFlags adds the flags of a NATS client's TLS files.
+func tlsClientFlags(fs *flag.FlagSet) *natsconn.TLS {
+	t := &natsconn.TLS{}
+	fs.StringVar(&t.CAFile, "tls-ca", os.Getenv(client.EnvTLSCA), "CA file that signed the broker's TLS certificate ($"+client.EnvTLSCA+")")
+	fs.StringVar(&t.CertFile, "tls-cert", os.Getenv(client.EnvTLSCert), "client certificate, for a broker that verifies clients ($"+client.EnvTLSCert+")")
+	fs.StringVar(&t.KeyFile, "tls-key", os.Getenv(client.EnvTLSKey), "key of -tls-cert ($"+client.EnvTLSKey+")")
+	return t
+}
+
+// tlsServerFlags adds the flags of a listener's TLS files under prefix
+// ("tls-" or "cluster-tls-").
+func tlsServerFlags(fs *flag.FlagSet, prefix, what, caHelp string) *broker.TLSConfig {
+	t := &broker.TLSConfig{}
+	fs.StringVar(&t.CertFile, prefix+"cert", "", what+" TLS certificate (PEM); with -"+prefix+"key turns TLS on")
+	fs.StringVar(&t.KeyFile, prefix+"key", "", "key of -"+prefix+"cert")
+	fs.StringVar(&t.CAFile, prefix+"ca", "", caHelp)
+	return t
 }
 
 type listFlag []string
@@ -56,17 +77,24 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	clusterPort := fs.Int("cluster-port", 0, "route port; 0 runs without a cluster")
 	var routes listFlag
 	fs.Var(&routes, "routes", "cluster peers, nats-route://host:port, comma-separated or repeated")
+	// Route TLS defaults to the client TLS files when no -cluster-tls-* is given.
+	ctls := tlsServerFlags(fs, "tls-", "the client port's", "CA file (PEM) of client certificates, for -tls-verify")
+	fs.BoolVar(&ctls.Verify, "tls-verify", false, "require every client to present a certificate signed by -tls-ca (mutual TLS)")
+	rtls := tlsServerFlags(fs, "cluster-tls-", "the route port's", "CA file (PEM) that signed every member's route certificate (required with route TLS)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *clusterPort != 0 && !rtls.Enabled() && rtls.KeyFile == "" && rtls.CAFile == "" && ctls.Enabled() {
+		rtls.CertFile, rtls.KeyFile, rtls.CAFile = ctls.CertFile, ctls.KeyFile, ctls.CAFile // routes reuse the client TLS files
 	}
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
 	}
 	b, err := broker.New(broker.Config{
-		Name: *name, Host: *host, Port: *port, DataDir: *data, SyncAlways: *sync, Logger: log, Debug: *level == "debug",
-		Cluster: broker.ClusterConfig{Name: *cluster, Host: *clusterHost, Port: *clusterPort, Routes: routes},
+		Name: *name, Host: *host, Port: *port, DataDir: *data, SyncAlways: *sync, Logger: log, Debug: *level == "debug", TLS: *ctls,
+		Cluster: broker.ClusterConfig{Name: *cluster, Host: *clusterHost, Port: *clusterPort, Routes: routes, TLS: *rtls},
 	})
 	if err != nil {
 		return err
@@ -89,15 +117,19 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 	kvReplicas := fs.Int("kv-replicas", 1, "replication of the control-plane buckets (3 in a cluster)")
 	nodeTimeout := fs.Duration("node-timeout", 5*time.Second, "how long a node may miss heartbeats before its replicas move")
 	leaseTTL := fs.Duration("lease-ttl", 6*time.Second, "how long the leader's lease outlives it")
+	tlsFiles := tlsClientFlags(fs)
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := tlsFiles.Validate(); err != nil {
 		return err
 	}
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
 	}
-	c, err := controlplane.New(controlplane.Config{NATSURL: *url, ID: *id, KVReplicas: *kvReplicas, NodeTimeout: *nodeTimeout, LeaseTTL: *leaseTTL, Logger: log})
+	c, err := controlplane.New(controlplane.Config{NATSURL: *url, NATSOptions: tlsFiles.Options(), ID: *id, KVReplicas: *kvReplicas, NodeTimeout: *nodeTimeout, LeaseTTL: *leaseTTL, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -118,6 +150,8 @@ func ingressFlags(fs *flag.FlagSet) *ingress.Config {
 	fs.IntVar(&cfg.MaxConnections, "max-connections", d.MaxConnections, "open connection limit")
 	fs.BoolVar(&cfg.ReduceMemoryUsage, "reduce-memory-usage", false, "release idle connections' buffers (less memory with many idle connections, a little more CPU)")
 	fs.DurationVar(&cfg.DrainDelay, "drain-delay", 0, "on shutdown, how long /-/healthz answers 503 before the listener closes")
+	fs.StringVar(&cfg.TLSCertFile, "http-tls-cert", "", "serve HTTPS with this certificate (PEM); needs -http-tls-key")
+	fs.StringVar(&cfg.TLSKeyFile, "http-tls-key", "", "key of -http-tls-cert")
 	return cfg
 }
 
@@ -126,15 +160,19 @@ func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.SetOutput(stderr)
 	url := fs.String("nats", envOr("NATSERVE_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated ($NATSERVE_URL)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	tlsFiles := tlsClientFlags(fs)
 	cfg := ingressFlags(fs)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := tlsFiles.Validate(); err != nil {
 		return err
 	}
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
 	}
-	cfg.NATSURL, cfg.Logger = *url, log
+	cfg.NATSURL, cfg.NATSOptions, cfg.Logger = *url, tlsFiles.Options(), log
 	g, err := ingress.New(*cfg)
 	if err != nil {
 		return err
@@ -142,7 +180,7 @@ func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := g.Start(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "natserve ingress listening on http://%s\n", g.Addr())
+	fmt.Fprintf(stdout, "natserve ingress listening on %s://%s\n", cfg.Scheme(), g.Addr())
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.DrainDelay+cfg.RequestTimeout+5*time.Second)
 	defer cancel()

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/controlplane"
 	"github.com/natserve/natserve/ingress"
+	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/worker"
 )
 
@@ -36,12 +38,24 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	level := fs.String("log-level", "warn", "debug, info, warn or error")
 	maxReplicas := fs.Int("max-replicas-per-node", 0, "cap on this node's replica processes (0: what its memory holds, memory / 20 MB)")
 	spawnRate := fs.Float64("spawn-rate", worker.DefaultSpawnRate, "replica starts per second on this node")
+	ntls := tlsServerFlags(fs, "tls-", "the NATS port's", "CA file (PEM) that signed -tls-cert; replicas trust it (default: the system's roots)")
 	icfg := ingressFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("up takes no arguments, got %q (flags go before them?)", fs.Args())
+	}
+	if !isLoopback(*natsHost) && !ntls.Enabled() {
+		return fmt.Errorf("-nats-host %s is off loopback and NATS would be plain TCP: pass -tls-cert FILE -tls-key FILE (and -tls-ca FILE) to serve it over TLS, or keep -nats-host 127.0.0.1", *natsHost)
+	}
+	// Replicas connect over TCP on this machine: with TLS they trust -tls-ca.
+	replicaTLS := natsconn.TLS{}
+	if ntls.Enabled() {
+		replicaTLS.CAFile = ntls.CAFile
+		if err := replicaTLS.Validate(); err != nil {
+			return err
+		}
 	}
 	log, err := newLogger(stderr, *level)
 	if err != nil {
@@ -63,7 +77,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer unlock()
 
 	// Broker.
-	b, err := broker.New(broker.Config{Host: *natsHost, Port: *natsPort, DataDir: filepath.Join(*data, "broker"), Logger: log})
+	b, err := broker.New(broker.Config{Host: *natsHost, Port: *natsPort, DataDir: filepath.Join(*data, "broker"), Logger: log, TLS: *ntls})
 	if err != nil {
 		return err
 	}
@@ -75,7 +89,17 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer cancel()
 		_ = b.Shutdown(sctx)
 	}()
+	if replicaTLS.Enabled() { // fail now, not in every replica
+		nc, err := nats.Connect(b.ClientURL(), append(replicaTLS.Options(), nats.Timeout(5*time.Second), nats.NoReconnect())...)
+		if err != nil {
+			return fmt.Errorf("replicas cannot connect to %s over TLS (the certificate must name 127.0.0.1 and be signed by -tls-ca): %w", b.ClientURL(), err)
+		}
+		nc.Close()
+	}
 	inproc := b.InProcessOption()
+	// In-process connections skip TLS: a tls:// URL would make nats.go ask
+	// for it. Replicas (TCP) still get TLS, from the agent's TLS files.
+	url := strings.Replace(b.ClientURL(), "tls://", "nats://", 1)
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
@@ -83,7 +107,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 
 	// Controller.
-	ctl, err := controlplane.New(controlplane.Config{NATSURL: b.ClientURL(), NATSOptions: []nats.Option{inproc}, ID: *node + "-controller", Logger: log})
+	ctl, err := controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: []nats.Option{inproc}, ID: *node + "-controller", Logger: log})
 	if err != nil {
 		return err
 	}
@@ -99,9 +123,10 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	// Node agent: replicas are this binary, re-executed.
 	agent, err := worker.NewAgent(worker.AgentConfig{
-		Name: *node, NATSURL: b.ClientURL(), NATSOptions: []nats.Option{inproc}, Registry: registry(),
+		Name: *node, NATSURL: url, NATSOptions: []nats.Option{inproc}, Registry: registry(),
 		StopReplicasOnExit: true, KillReplicasWithAgent: true, Logger: log, ReplicaOutput: stderr, ReplicaLogLevel: *level,
 		MaxReplicas: *maxReplicas, SpawnRate: *spawnRate,
+		TLSCAFile: replicaTLS.CAFile,
 	})
 	if err != nil {
 		return err
@@ -117,7 +142,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}()
 
 	// Ingress.
-	icfg.NATSURL, icfg.NATSOptions, icfg.Logger = b.ClientURL(), []nats.Option{inproc}, log
+	icfg.NATSURL, icfg.NATSOptions, icfg.Logger = url, []nats.Option{inproc}, log
 	ing, err := ingress.New(*icfg)
 	if err != nil {
 		return err
@@ -132,7 +157,10 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	fmt.Fprintf(stdout, "natserve is up\n")
 	fmt.Fprintf(stdout, "  broker      %s (data in %s)\n", b.ClientURL(), *data)
-	fmt.Fprintf(stdout, "  http        http://%s\n", ing.Addr())
+	if ntls.CAFile != "" {
+		fmt.Fprintf(stdout, "  tls         clients trust %s (-tls-ca or $%s)\n", ntls.CAFile, client.EnvTLSCA)
+	}
+	fmt.Fprintf(stdout, "  http        %s://%s\n", icfg.Scheme(), ing.Addr())
 	fmt.Fprintf(stdout, "  controller  %s\n", ctl.ID())
 	fmt.Fprintf(stdout, "  node        %s (classes: %s)\n", agent.Name(), strings.Join(registry().Classes(), ", "))
 	if cfg != nil {
@@ -194,6 +222,16 @@ func applyAtStart(ctx context.Context, b *broker.Broker, ing *ingress.Ingress, c
 		fmt.Fprintf(stdout, "  deployment  %s: %d replica(s), route %s, %s\n", d.Spec.Name, dep.Ready, route, dep.Status)
 	}
 	return nil
+}
+
+// isLoopback reports whether host (a -nats-host) is a loopback address;
+// an empty host or 0.0.0.0 listens on every interface.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // lockDir takes an exclusive lock on dir so that two natserve up runs do

@@ -11,12 +11,17 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/natsconn"
 )
 
 // env is what every command gets: its flags, its output and a client.
 type env struct {
 	server  string
+	tlsCA   string
+	tlsCert string
+	tlsKey  string
 	output  string
 	timeout time.Duration
 	stdout  io.Writer
@@ -42,6 +47,9 @@ func newEnv(fs *flag.FlagSet, stdout, stderr io.Writer) *env {
 		def = client.DefaultURL
 	}
 	fs.StringVar(&e.server, "server", def, "natserve broker URL ($NATSERVE_URL)")
+	fs.StringVar(&e.tlsCA, "tls-ca", os.Getenv(client.EnvTLSCA), "CA file that signed the broker's TLS certificate ($"+client.EnvTLSCA+")")
+	fs.StringVar(&e.tlsCert, "tls-cert", os.Getenv(client.EnvTLSCert), "client certificate, for a broker that verifies clients ($"+client.EnvTLSCert+")")
+	fs.StringVar(&e.tlsKey, "tls-key", os.Getenv(client.EnvTLSKey), "key of -tls-cert ($"+client.EnvTLSKey+")")
 	fs.StringVar(&e.output, "o", "table", "output: table or json")
 	fs.DurationVar(&e.timeout, "timeout", 10*time.Second, "how long to wait for the server")
 	return e
@@ -54,8 +62,13 @@ func (e *env) client(ctx context.Context) (*client.Client, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	cl, err := client.Connect(cctx, e.server, client.WithName("servectl"))
-	if err != nil {
+	cl, err := client.Connect(cctx, e.server, client.WithName("servectl"), client.WithTLS(e.tlsCA, e.tlsCert, e.tlsKey))
+	switch {
+	case errors.Is(err, natsconn.ErrTLS): // a TLS file is missing or bad
+		return nil, err
+	case errors.Is(err, nats.ErrTLS):
+		return nil, fmt.Errorf("cannot reach natserve at %s over TLS: %v (pass -tls-ca FILE, and -tls-cert/-tls-key if the broker verifies clients)", e.server, errors.Unwrap(err))
+	case err != nil:
 		return nil, fmt.Errorf("cannot reach natserve at %s: is it running? (set --server or NATSERVE_URL)", e.server)
 	}
 	e.cl = cl

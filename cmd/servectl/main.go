@@ -56,7 +56,8 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-17s %s\n", n, commands[n].help)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Every command takes --server URL (default $NATSERVE_URL, then nats://127.0.0.1:4222) and -o table|json.")
+	fmt.Fprintln(w, "Every command takes --server URL (default $NATSERVE_URL, then nats://127.0.0.1:4222) and -o table|json;")
+	fmt.Fprintln(w, "over TLS, -tls-ca FILE (and -tls-cert/-tls-key FILE when the broker verifies clients).")
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/testutil"
 )
@@ -30,6 +31,9 @@ type Stack struct {
 	Natserve string // path of the natserve binary
 	Program  string // path of the test user program
 	Client   *client.Client
+	// NATSFlags are added to the arguments of every process the Stack
+	// starts (e.g. -tls-ca FILE).
+	NATSFlags []string
 
 	mu          sync.Mutex
 	controllers map[string]*testutil.Proc
@@ -39,20 +43,27 @@ type Stack struct {
 // New starts a broker and builds the binaries; nothing else runs yet.
 func New(t *testing.T) *Stack {
 	t.Helper()
-	b := testutil.Broker(t)
+	return NewOn(t, testutil.Broker(t).ClientURL(), nil)
+}
+
+// NewOn is New on a broker the test started at url: natsFlags go to every
+// process (see NATSFlags), opts to the test's own connection.
+func NewOn(t *testing.T, url string, natsFlags []string, opts ...nats.Option) *Stack {
+	t.Helper()
 	s := &Stack{
-		T: t, URL: b.ClientURL(),
+		T: t, URL: url, NATSFlags: natsFlags,
 		Natserve: testutil.Build(t, "./cmd/natserve"), Program: testutil.Build(t, "./internal/testprog"),
 		controllers: map[string]*testutil.Proc{}, agents: map[string]*testutil.Proc{},
 	}
-	s.Client = client.New(testutil.Conn(t, s.URL), client.WithTimeout(30*time.Second))
+	s.Client = client.New(testutil.Conn(t, s.URL, opts...), client.WithTimeout(30*time.Second))
 	return s
 }
 
 // Controller starts a controller process with id.
 func (s *Stack) Controller(id string) *testutil.Proc {
 	s.T.Helper()
-	p := testutil.Start(s.T, nil, s.Natserve, "controller", "-nats", s.URL, "-id", id, "-node-timeout", "2s", "-lease-ttl", "3s")
+	args := append([]string{"controller", "-nats", s.URL, "-id", id, "-node-timeout", "2s", "-lease-ttl", "3s"}, s.NATSFlags...)
+	p := testutil.Start(s.T, nil, s.Natserve, args...)
 	s.mu.Lock()
 	s.controllers[id] = p
 	s.mu.Unlock()
@@ -62,7 +73,7 @@ func (s *Stack) Controller(id string) *testutil.Proc {
 // Agent starts a node agent of the test program called name.
 func (s *Stack) Agent(name string) *testutil.Proc {
 	s.T.Helper()
-	p := testutil.Start(s.T, nil, s.Program, "agent", "-nats", s.URL, "-name", name)
+	p := testutil.Start(s.T, nil, s.Program, append([]string{"agent", "-nats", s.URL, "-name", name}, s.NATSFlags...)...)
 	s.mu.Lock()
 	s.agents[name] = p
 	s.mu.Unlock()
@@ -248,7 +259,7 @@ func FreePort(t testing.TB) int {
 func (s *Stack) Ingress(flags ...string) (string, *testutil.Proc) {
 	s.T.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(s.T))
-	args := append([]string{"ingress", "-nats", s.URL, "-addr", addr}, flags...)
+	args := append(append([]string{"ingress", "-nats", s.URL, "-addr", addr}, s.NATSFlags...), flags...)
 	p := testutil.Start(s.T, nil, s.Natserve, args...)
 	base := "http://" + addr
 	testutil.Eventually(s.T, 20*time.Second, func() error {

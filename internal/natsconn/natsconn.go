@@ -1,6 +1,7 @@
 // Package natsconn is how natserve's long-lived processes (controller, node
 // agent, ingress, client) connect to NATS and retry what fails: the shared
-// connect options and the one retry policy, Backoff.
+// connect options, the TLS files of a client connection (TLS), and the one
+// retry policy, Backoff.
 //
 // Data does not pass through it: it only builds nats.Options and waits.
 package natsconn

@@ -1,7 +1,3 @@
-// Package natsconn holds what natserve's processes share to connect to
-// NATS: here, the TLS files of a client connection.
-//
-// Data does not pass through it: it only builds nats.Options.
 package natsconn
 
 import (

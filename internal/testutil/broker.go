@@ -30,10 +30,10 @@ func Broker(t testing.TB) *broker.Broker {
 	return b
 }
 
-// Conn connects to url and closes the connection when the test ends.
-func Conn(t testing.TB, url string) *nats.Conn {
+// Conn connects to url with opts and closes the connection when the test ends.
+func Conn(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.Name(t.Name()))
+	nc, err := nats.Connect(url, append([]nats.Option{nats.Name(t.Name())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
