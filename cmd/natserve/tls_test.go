@@ -81,15 +81,15 @@ func TestUpOverTLS(t *testing.T) {
 	want := regexp.MustCompile(`^\(pid: \d+\); path: /model/rep-1.pkl;`)
 	url := httpsBase + "/rep-1?data=0.2"
 	if curl, err := exec.LookPath("curl"); err == nil {
-		b, err := exec.Command(curl, "-sS", "--fail", "--max-time", "10", "--cacert", ca.CertFile, url).CombinedOutput()
-		if err != nil || !want.Match(b) {
-			t.Fatalf("curl --cacert %s: %v %q", url, err, b)
+		good, err := exec.Command(curl, "-sS", "--fail", "--max-time", "10", "--cacert", ca.CertFile, url).CombinedOutput()
+		if err != nil || !want.Match(good) {
+			t.Fatalf("curl --cacert %s: %v %q", url, err, good)
 		}
-		b, err = exec.Command(curl, "-sS", "--max-time", "10", url).CombinedOutput()
+		bad, err := exec.Command(curl, "-sS", "--max-time", "10", url).CombinedOutput()
 		if err == nil {
-			t.Fatalf("curl without the CA succeeded: %q", b)
+			t.Fatalf("curl without the CA succeeded: %q", bad)
 		}
-		t.Logf("curl with the CA: %s; without: %s", strings.TrimSpace(string(want.Find([]byte(strings.TrimSpace(string(b)))))), strings.TrimSpace(string(b)))
+		t.Logf("curl --cacert: %s; without the CA: %s", good, strings.SplitN(string(bad), "\n", 2)[0])
 	}
 	resp, err := httpsClient(t, ca.CertFile).Get(url)
 	if err != nil {
@@ -114,6 +114,12 @@ func TestUpOverTLS(t *testing.T) {
 	if err != nil || !strings.Contains(s, "/model/rep-2.pkl") {
 		t.Fatalf("handle over TLS: %q %v", s, err)
 	}
+	t.Setenv(client.EnvTLSCA, ca.CertFile) // what Connect reads without WithTLS
+	cl2, err := client.Connect(e2e.Ctx(5*time.Second), natsURL)
+	if err != nil {
+		t.Fatalf("Go client with $%s: %v", client.EnvTLSCA, err)
+	}
+	cl2.Close()
 	if nc, err := nats.Connect(u.natsURL, nats.Timeout(3*time.Second)); err == nil {
 		nc.Close()
 		t.Fatal("a NATS client without the CA connected")
