@@ -14,10 +14,10 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/natserve/natserve/internal/profile"
-	"github.com/natserve/natserve/internal/wire"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/natsconn"
+	"github.com/natserve/natserve/internal/profile"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // Exit codes of a replica process, read by the node agent (defined in
