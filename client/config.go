@@ -164,6 +164,9 @@ func (p *parser) routePrefix(v *yaml.Node, field string) (*string, error) {
 	if err := p.scalar(v, field, &r, "a path like /api, or null"); err != nil {
 		return nil, err
 	}
+	if r == "" { // "" is how a spec says "not on HTTP"; in a file that is null, and "" is refused as Ray Serve refuses it
+		return nil, p.errf(v, field, "%v", wire.ValidateRoutePrefix(r))
+	}
 	return &r, nil
 }
 

@@ -56,6 +56,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"autoscaling storm", "deployments:\n  - name: a\n    class: M\n    autoscaling_config:\n      max_replicas: 10000\n", "a: autoscaling_config: max_replicas 10000 is more than 1000"},
 		{"max_ongoing_requests past the replica's limit", "deployments:\n  - name: a\n    class: M\n    max_ongoing_requests: 2000000\n", "a: max_ongoing_requests: 2000000 is out of range (1 to 1048576)"},
 		{"bad route", "deployments:\n  - name: a\n    class: M\n    route_prefix: api\n", `f.yaml:4: a: route_prefix: "api" must start with '/'`},
+		{"empty route", "deployments:\n  - name: a\n    class: M\n    route_prefix: \"\"\n", `f.yaml:4: deployments[0].route_prefix: "" must start with '/'`},
+		{"wildcard route", "deployments:\n  - name: a\n    class: M\n    route_prefix: /{x}\n", `f.yaml:4: a: route_prefix: "/{x}" must not contain wildcards`},
 		{"no name", "deployments:\n  - class: M\n", "f.yaml:2: deployments[0]: name is required"},
 		{"bad name", "deployments:\n  - name: a.b\n    class: M\n", "f.yaml:2: name: invalid name"},
 		{"no class", "deployments:\n  - name: a\n", "f.yaml:2: a: class: is required"},

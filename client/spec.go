@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 
 	"github.com/natserve/natserve/internal/wire"
 )
@@ -187,26 +186,7 @@ func ReplicaArgsSize(initArgs, userConfig json.RawMessage) int {
 	return n
 }
 
-// ValidateRoutePrefix checks a route prefix: it starts with '/', has no
-// trailing '/' (except "/" itself), no query, fragment, empty segment, '.'
-// or '..' segment, and at most 256 bytes.
-func ValidateRoutePrefix(p string) error {
-	switch {
-	case !strings.HasPrefix(p, "/"):
-		return fmt.Errorf("%q must start with '/'", p)
-	case len(p) > 256:
-		return fmt.Errorf("%.20q… is longer than 256 bytes", p)
-	case p == "/":
-		return nil
-	case strings.HasSuffix(p, "/"):
-		return fmt.Errorf("%q must not end with '/'", p)
-	case strings.ContainsAny(p, "?#%\\ \t\r\n"):
-		return fmt.Errorf("%q must not contain '?', '#', '%%', '\\' or white space", p)
-	}
-	for _, seg := range strings.Split(p[1:], "/") {
-		if seg == "" || seg == "." || seg == ".." {
-			return fmt.Errorf("%q has an empty, '.' or '..' segment", p)
-		}
-	}
-	return nil
-}
+// ValidateRoutePrefix checks a route prefix by Ray Serve's rules: it
+// starts with '/', does not end with '/' (except "/" itself) and holds no
+// wildcard ('{' or '}'). See wire.ValidateRoutePrefix.
+func ValidateRoutePrefix(p string) error { return wire.ValidateRoutePrefix(p) }
