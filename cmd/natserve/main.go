@@ -18,6 +18,7 @@ import (
 
 	"github.com/natserve/natserve/examples/hello"
 	"github.com/natserve/natserve/examples/seed"
+	"github.com/natserve/natserve/examples/slow"
 	"github.com/natserve/natserve/internal/profile"
 	"github.com/natserve/natserve/worker"
 )
@@ -56,6 +57,7 @@ func registry() *worker.Registry {
 	var reg worker.Registry
 	seed.Register(&reg)
 	hello.Register(&reg)
+	slow.Register(&reg)
 	return &reg
 }
 

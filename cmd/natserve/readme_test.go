@@ -97,6 +97,8 @@ func TestReadmeCommands(t *testing.T) {
 		regexp.MustCompile(`^"\(pid: \d+\); path: /model/rep-1.pkl; data: 0.300; prediction: 0.300"$`),
 		regexp.MustCompile(`^"Hello world!"$`),
 		regexp.MustCompile(`(?m)^status:\s+HEALTHY$`),
+		regexp.MustCompile(`^slept 2\d\d ms \(pid \d+\)$`),
+		regexp.MustCompile(`^"slept 2\d\d ms \(pid \d+\)"$`),
 	}
 	try := readmeBlock(t, readme, "try")
 	if len(try) != len(want) {
