@@ -55,8 +55,18 @@ type Config struct {
 	WriteTimeout time.Duration
 	// IdleTimeout bounds a keep-alive connection's wait for its next request. Default: 90s.
 	IdleTimeout time.Duration
-	// MaxConnections bounds open connections. Default: 100000.
+	// MaxConnections bounds open connections; connections over it get a 503
+	// and are closed. Default: the open-file soft limit (RLIMIT_NOFILE) less
+	// 64, which leaves descriptors for NATS and files.
 	MaxConnections int
+	// MaxConnsPerIP bounds the open connections from one client address,
+	// so that one client cannot take them all; over it a connection gets a
+	// 429 and is closed. Clients behind a proxy or NAT share an address:
+	// raise it there, or set -1 for no limit. Default: MaxConnections / 2.
+	MaxConnsPerIP int
+	// Listener, if set, is served instead of listening on Addr (socket
+	// activation, tests); Shutdown closes it. Default: nil.
+	Listener net.Listener
 	// ReduceMemoryUsage releases each idle connection's buffers (fasthttp's
 	// option of that name): less memory with many idle keep-alive
 	// connections, a little more CPU per request. Default: false.
@@ -83,7 +93,7 @@ func (c *Config) Scheme() string {
 func DefaultConfig() Config {
 	return Config{
 		Addr: "127.0.0.1:8000", RequestTimeout: 60 * time.Second, MaxHeaderBytes: 8 << 10,
-		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 90 * time.Second, MaxConnections: 100000,
+		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 90 * time.Second,
 	}
 }
 
@@ -101,6 +111,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: max header bytes %d is below 1024", ErrConfig, c.MaxHeaderBytes)
 	case c.MaxRequestBodySize < 0:
 		return fmt.Errorf("%w: max request body size is negative", ErrConfig)
+	case c.MaxConnections < 0:
+		return fmt.Errorf("%w: max connections %d is negative", ErrConfig, c.MaxConnections)
+	case c.MaxConnsPerIP < -1:
+		return fmt.Errorf("%w: max connections per IP %d: want -1 (no limit), 0 (the default) or a positive number", ErrConfig, c.MaxConnsPerIP)
 	}
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return fmt.Errorf("%w: listen address %q: %v", ErrConfig, c.Addr, err)
@@ -130,9 +144,10 @@ type Ingress struct {
 	srv     *fasthttp.Server
 	maxBody int
 
-	mu       sync.Mutex // guards ln, done, watchers
+	mu       sync.Mutex // guards ln, done, stopErr, watchers
 	ln       net.Listener
-	done     chan struct{}
+	done     chan struct{}      // closed when the HTTP server has stopped
+	stopErr  error              // why it stopped, if not by Shutdown
 	watchers []*kvwatch.Watcher // the route watches; Shutdown stops them
 }
 
@@ -158,7 +173,10 @@ func New(cfg Config) (*Ingress, error) {
 		cfg.IdleTimeout = d.IdleTimeout
 	}
 	if cfg.MaxConnections == 0 {
-		cfg.MaxConnections = d.MaxConnections
+		cfg.MaxConnections = defaultMaxConnections()
+	}
+	if cfg.MaxConnsPerIP == 0 {
+		cfg.MaxConnsPerIP = max(cfg.MaxConnections/2, 1)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -196,6 +214,7 @@ func (g *Ingress) Start(ctx context.Context) error {
 		ErrorHandler:                  g.parseError,
 		Name:                          "natserve",
 		Concurrency:                   g.cfg.MaxConnections,
+		MaxConnsPerIP:                 max(g.cfg.MaxConnsPerIP, 0),
 		ReadBufferSize:                g.cfg.MaxHeaderBytes,
 		ReadTimeout:                   g.cfg.ReadTimeout,
 		WriteTimeout:                  g.cfg.WriteTimeout,
@@ -208,10 +227,12 @@ func (g *Ingress) Start(ctx context.Context) error {
 		DisableHeaderNamesNormalizing: false,
 		Logger:                        fasthttpLogger{g.log},
 	}
-	ln, err := net.Listen("tcp", g.cfg.Addr)
-	if err != nil {
-		nc.Close()
-		return fmt.Errorf("ingress: cannot listen on %s: %w", g.cfg.Addr, err)
+	ln := g.cfg.Listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", g.cfg.Addr); err != nil {
+			nc.Close()
+			return fmt.Errorf("ingress: cannot listen on %s: %w", g.cfg.Addr, err)
+		}
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -219,23 +240,56 @@ func (g *Ingress) Start(ctx context.Context) error {
 		nc.Close()
 		return fmt.Errorf("ingress: %w", err)
 	}
+	if lim := fdLimit(); lim > 0 && g.cfg.MaxConnections > lim-fdReserve {
+		g.log.Warn("max connections is not below the open-file limit less a reserve; accept retries once descriptors run out",
+			"max_connections", g.cfg.MaxConnections, "open_file_limit", lim, "reserve", fdReserve)
+	}
+	rl := newRetryListener(ln, g.log)
 	g.mu.Lock()
-	g.ln, g.done = ln, make(chan struct{})
+	g.ln, g.done = rl, make(chan struct{})
 	// The watches live until Shutdown, not until ctx (Start's) ends.
 	g.watchers = g.watchRoutes(js)
 	g.mu.Unlock()
-	go func() {
-		defer close(g.done)
-		serve := g.srv.Serve
-		if g.cfg.TLSCertFile != "" {
-			serve = func(ln net.Listener) error { return g.srv.ServeTLS(ln, g.cfg.TLSCertFile, g.cfg.TLSKeyFile) }
-		}
-		if err := serve(ln); err != nil {
-			g.log.Error("http server stopped", "err", err)
-		}
-	}()
-	g.log.Info("ingress listening", "addr", ln.Addr().String(), "scheme", g.cfg.Scheme(), "max_body_bytes", g.maxBody, "request_timeout", g.cfg.RequestTimeout)
+	go g.serveHTTP(rl)
+	g.log.Info("ingress listening", "addr", ln.Addr().String(), "scheme", g.cfg.Scheme(), "max_body_bytes", g.maxBody, "request_timeout", g.cfg.RequestTimeout,
+		"max_connections", g.cfg.MaxConnections, "max_conns_per_ip", g.cfg.MaxConnsPerIP)
 	return nil
+}
+
+// serveHTTP runs the HTTP server until Shutdown; if it stops for any other
+// reason, Done is closed and Err says why.
+func (g *Ingress) serveHTTP(ln net.Listener) {
+	var err error
+	if g.cfg.TLSCertFile != "" {
+		err = g.srv.ServeTLS(ln, g.cfg.TLSCertFile, g.cfg.TLSKeyFile)
+	} else {
+		err = g.srv.Serve(ln)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.draining.Load() {
+		if err == nil {
+			err = errors.New("the listener was closed")
+		}
+		g.stopErr = fmt.Errorf("ingress: http server on %s stopped: %w", ln.Addr(), err)
+		g.log.Error("http server stopped", "err", err)
+	}
+	close(g.done)
+}
+
+// Done is closed when the HTTP server has stopped: after Shutdown, or on a
+// failure that Err reports. Nil before Start.
+func (g *Ingress) Done() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.done
+}
+
+// Err reports why the HTTP server stopped if it stopped without Shutdown.
+func (g *Ingress) Err() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.stopErr
 }
 
 // Addr returns the listen address once started.
@@ -285,8 +339,13 @@ func (g *Ingress) Shutdown(ctx context.Context) error {
 	if g.srv != nil {
 		err = g.srv.ShutdownWithContext(ctx)
 		g.mu.Lock()
-		done := g.done
+		done, ln := g.done, g.ln
 		g.mu.Unlock()
+		if ln != nil {
+			// fasthttp closes only the listeners Serve has registered; a
+			// Shutdown right after Start may come first.
+			_ = ln.Close()
+		}
 		if done != nil {
 			<-done
 		}

@@ -147,7 +147,8 @@ func ingressFlags(fs *flag.FlagSet) *ingress.Config {
 	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", d.ReadTimeout, "time to read one request (slowloris guard)")
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", d.WriteTimeout, "time to write one response")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", d.IdleTimeout, "keep-alive idle timeout (keep_alive_timeout_s)")
-	fs.IntVar(&cfg.MaxConnections, "max-connections", d.MaxConnections, "open connection limit")
+	fs.IntVar(&cfg.MaxConnections, "max-connections", 0, "open connection limit (0: the open-file limit less 64)")
+	fs.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "open connection limit per client address (0: half of -max-connections; -1: none; raise it behind a proxy)")
 	fs.BoolVar(&cfg.ReduceMemoryUsage, "reduce-memory-usage", false, "release idle connections' buffers (less memory with many idle connections, a little more CPU)")
 	fs.DurationVar(&cfg.DrainDelay, "drain-delay", 0, "on shutdown, how long /-/healthz answers 503 before the listener closes")
 	fs.StringVar(&cfg.TLSCertFile, "http-tls-cert", "", "serve HTTPS with this certificate (PEM); needs -http-tls-key")
@@ -181,7 +182,14 @@ func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	fmt.Fprintf(stdout, "natserve ingress listening on %s://%s\n", cfg.Scheme(), g.Addr())
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-g.Done(): // the HTTP server stopped by itself: exit non-zero
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = g.Shutdown(sctx)
+		return g.Err()
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.DrainDelay+cfg.RequestTimeout+5*time.Second)
 	defer cancel()
 	return g.Shutdown(sctx)

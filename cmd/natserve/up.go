@@ -155,6 +155,16 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
+	go func() { // the HTTP server stopping by itself stops natserve up, non-zero
+		select {
+		case <-ing.Done():
+			if err := ing.Err(); err != nil {
+				errs <- err
+			}
+		case <-runCtx.Done():
+		}
+	}()
+
 	fmt.Fprintf(stdout, "natserve is up\n")
 	fmt.Fprintf(stdout, "  broker      %s (data in %s)\n", b.ClientURL(), *data)
 	if ntls.CAFile != "" {
