@@ -55,6 +55,10 @@ type AgentConfig struct {
 	// KillReplicasWithAgent gives replicas SIGKILL when the agent process
 	// dies (for natserve up, which must leave no orphans). Default: false.
 	KillReplicasWithAgent bool
+	// OrphanTimeout is how long a replica outlives this agent when no agent
+	// adopts it, or its NATS connection, before it drains and exits.
+	// Default: 5m.
+	OrphanTimeout time.Duration
 	// KVReplicas is the replication of buckets the agent creates. Default: 1.
 	KVReplicas int
 	// ReplicaOutput receives the replicas' stdout and stderr, each line
@@ -132,6 +136,12 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 5 * time.Minute
+	}
+	if cfg.OrphanTimeout < 0 {
+		return nil, fmt.Errorf("agent: orphan timeout %v is negative", cfg.OrphanTimeout)
+	}
+	if cfg.OrphanTimeout == 0 {
+		cfg.OrphanTimeout = DefaultOrphanTimeout
 	}
 	if cfg.ReplicaOutput == nil {
 		cfg.ReplicaOutput = os.Stderr
@@ -396,6 +406,9 @@ func (a *Agent) adopt(ctx context.Context) {
 			continue
 		}
 		if st.PID > 0 && syscall.Kill(st.PID, 0) == nil && a.ping(st.Replica, time.Second) == nil {
+			if err := a.tellAdopted(st.Replica); err != nil { // it exits after its orphan timeout; we watch that
+				a.log.Warn("replica did not take the adoption", "replica", st.Replica, "err", err)
+			}
 			p := &proc{a: a, asg: asg, pid: st.PID, adopted: true, done: make(chan struct{})}
 			a.mu.Lock()
 			a.running[st.Replica] = p
@@ -414,6 +427,19 @@ func (a *Agent) adopt(ctx context.Context) {
 		st.State, st.Error, st.Updated = client.ReplicaFailed, "lost while its node agent was down", time.Now()
 		_, _ = store.Update(ctx, a.kv.Replicas, key, st, rev)
 	}
+}
+
+// tellAdopted tells a replica that this agent now answers for it.
+func (a *Agent) tellAdopted(replica string) error {
+	b, _ := json.Marshal(adoption{Node: a.cfg.Name, PID: os.Getpid()})
+	m, err := a.nc.Request(wire.ReplicaSubject(replica, wire.VerbAdopt), b, time.Second)
+	if err != nil {
+		return err
+	}
+	if e := m.Header.Get(wire.HeaderError); e != "" {
+		return errors.New(e)
+	}
+	return nil
 }
 
 func (a *Agent) ping(replica string, timeout time.Duration) error {
@@ -468,6 +494,7 @@ func (p *proc) run(ctx context.Context) {
 		InitArgs: p.asg.InitArgs, UserConfig: p.asg.UserConfig, MaxOngoingRequests: p.asg.MaxOngoingRequests,
 		GracefulShutdownTimeoutS: p.asg.GracefulShutdownTimeoutS, NATSURL: p.a.cfg.NATSURL,
 		NATSCAFile: p.a.cfg.TLSCAFile, NATSCertFile: p.a.cfg.TLSCertFile, NATSKeyFile: p.a.cfg.TLSKeyFile,
+		AgentPID: os.Getpid(), OrphanTimeoutS: p.a.cfg.OrphanTimeout.Seconds(),
 	}
 	specJSON, _ := json.Marshal(spec)
 	tail := &tailWriter{max: 8 << 10}

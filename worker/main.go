@@ -83,6 +83,7 @@ func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Write
 	fs.StringVar(&files.CAFile, "tls-ca", os.Getenv(client.EnvTLSCA), "CA file that signed the broker's TLS certificate, for the agent and its replicas ($"+client.EnvTLSCA+")")
 	fs.StringVar(&files.CertFile, "tls-cert", os.Getenv(client.EnvTLSCert), "client certificate, for a broker that verifies clients ($"+client.EnvTLSCert+")")
 	fs.StringVar(&files.KeyFile, "tls-key", os.Getenv(client.EnvTLSKey), "key of -tls-cert ($"+client.EnvTLSKey+")")
+	orphan := fs.Duration("orphan-timeout", DefaultOrphanTimeout, "how long a replica outlives its agent unadopted, or NATS, before it drains and exits")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -95,7 +96,7 @@ func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Write
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	a, err := NewAgent(AgentConfig{
 		Name: *name, NATSURL: *url, NATSOptions: files.Options(), Registry: reg, KVReplicas: *kvReplicas, StopReplicasOnExit: *drain, Logger: log, ReplicaOutput: stderr,
-		MaxReplicas: *maxReplicas, SpawnRate: *spawnRate,
+		MaxReplicas: *maxReplicas, SpawnRate: *spawnRate, OrphanTimeout: *orphan,
 		TLSCAFile: files.CAFile, TLSCertFile: files.CertFile, TLSKeyFile: files.KeyFile,
 	})
 	if err != nil {
@@ -130,6 +131,9 @@ func RunReplicaFromEnv(ctx context.Context, reg *Registry, logw io.Writer) error
 		_ = level.UnmarshalText([]byte(v))
 	}
 	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
+	// The agent reads our output through a pipe; once it is gone, a log line
+	// must fail (EPIPE), not kill the replica with SIGPIPE.
+	signal.Ignore(syscall.SIGPIPE)
 	r, err := NewReplica(reg, spec, log)
 	if err != nil {
 		return err

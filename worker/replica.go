@@ -47,6 +47,11 @@ type Replica struct {
 
 	health healthChecks // CheckHealth runs, one at a time
 
+	agentMu      sync.Mutex   // guards agent, orphanSince
+	agent        agentRef     // the node agent this replica answers to
+	orphanSince  time.Time    // when the agent was found gone; zero while it runs
+	disconnected atomic.Int64 // unix nanoseconds since NATS is unreachable; 0 while connected
+
 	stop     chan struct{} // closed by Stop
 	stopOnce sync.Once
 }
@@ -89,7 +94,10 @@ func (r *Replica) Stop() {
 func (r *Replica) Run(ctx context.Context) error {
 	nc, err := nats.Connect(r.spec.NATSURL, append([]nats.Option{
 		nats.Name("replica " + r.spec.Replica + " of " + r.spec.Deployment),
-		nats.MaxReconnects(120), nats.ReconnectWait(time.Second),
+		// Reconnect for ever: the orphan timeout bounds a replica cut off from NATS.
+		nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(*nats.Conn, error) { r.disconnected.CompareAndSwap(0, time.Now().UnixNano()) }),
+		nats.ReconnectHandler(func(*nats.Conn) { r.disconnected.Store(0) }),
 		nats.ClosedHandler(func(*nats.Conn) { r.Stop() }),
 	}, r.spec.tls().Options()...)...)
 	if err != nil {
@@ -155,6 +163,7 @@ func (r *Replica) Run(ctx context.Context) error {
 
 	reportDone := make(chan struct{})
 	go r.reportLoad(reportDone)
+	r.startWatchdog(reportDone)
 	select {
 	case <-ctx.Done():
 	case <-r.stop:
@@ -208,8 +217,11 @@ func (r *Replica) drain() error {
 	sub := r.sub
 	r.mu.Unlock()
 	// Drain sends UNSUB, then delivers what the server had already routed
-	// here; those calls run normally.
-	if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+	// here; those calls run normally. Cut off from NATS, nothing more
+	// arrives: the subscription just ends.
+	if !r.nc.IsConnected() {
+		_ = sub.Unsubscribe()
+	} else if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		r.log.Warn("drain subscription", "err", err)
 	}
 	for sub.IsValid() && time.Now().Before(deadline) {
@@ -508,6 +520,8 @@ func (r *Replica) onControl(m *nats.Msg) {
 	case wire.VerbStop:
 		_ = m.Respond(nil)
 		r.Stop()
+	case wire.VerbAdopt:
+		r.onAdopt(m)
 	}
 }
 

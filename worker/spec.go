@@ -35,6 +35,13 @@ type ReplicaSpec struct {
 	NATSCAFile   string `json:"nats_ca_file,omitempty"`
 	NATSCertFile string `json:"nats_cert_file,omitempty"`
 	NATSKeyFile  string `json:"nats_key_file,omitempty"`
+	// AgentPID is the node agent that started the replica; when it is gone
+	// and no agent adopts the replica for OrphanTimeoutS, the replica drains
+	// and exits. 0: no agent watched. Default: 0.
+	AgentPID int `json:"agent_pid,omitempty"`
+	// OrphanTimeoutS is how long the replica outlives its agent (unadopted)
+	// or its NATS connection. Default: 300.
+	OrphanTimeoutS float64 `json:"orphan_timeout_s,omitempty"`
 }
 
 func (s *ReplicaSpec) tls() natsconn.TLS {
@@ -64,6 +71,9 @@ func (s *ReplicaSpec) Normalize() error {
 	if s.GracefulShutdownTimeoutS < 0 {
 		return fmt.Errorf("%w: graceful_shutdown_timeout_s %v is negative", ErrSpec, s.GracefulShutdownTimeoutS)
 	}
+	if s.OrphanTimeoutS < 0 {
+		return fmt.Errorf("%w: orphan_timeout_s %v is negative", ErrSpec, s.OrphanTimeoutS)
+	}
 	if s.NATSURL == "" {
 		return fmt.Errorf("%w: nats_url is required", ErrSpec)
 	}
@@ -71,6 +81,13 @@ func (s *ReplicaSpec) Normalize() error {
 		return fmt.Errorf("%w: %w", ErrSpec, err)
 	}
 	return nil
+}
+
+func (s *ReplicaSpec) orphanTimeout() time.Duration {
+	if s.OrphanTimeoutS == 0 {
+		return DefaultOrphanTimeout
+	}
+	return time.Duration(s.OrphanTimeoutS * float64(time.Second))
 }
 
 func (s *ReplicaSpec) gracefulTimeout() time.Duration {

@@ -70,10 +70,12 @@ func (s *Stack) Controller(id string) *testutil.Proc {
 	return p
 }
 
-// Agent starts a node agent of the test program called name.
-func (s *Stack) Agent(name string) *testutil.Proc {
+// Agent starts a node agent of the test program called name, with extra
+// agent flags.
+func (s *Stack) Agent(name string, flags ...string) *testutil.Proc {
 	s.T.Helper()
-	p := testutil.Start(s.T, nil, s.Program, append([]string{"agent", "-nats", s.URL, "-name", name}, s.NATSFlags...)...)
+	args := append([]string{"agent", "-nats", s.URL, "-name", name}, s.NATSFlags...)
+	p := testutil.Start(s.T, nil, s.Program, append(args, flags...)...)
 	s.mu.Lock()
 	s.agents[name] = p
 	s.mu.Unlock()

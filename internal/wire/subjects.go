@@ -28,6 +28,7 @@ const (
 	VerbPing        = "ping"
 	VerbReconfigure = "reconfigure"
 	VerbStop        = "stop"
+	VerbAdopt       = "adopt" // a node agent takes over a running replica
 )
 
 // APISubject is the control API subject for verb.
