@@ -67,11 +67,7 @@ func ParseConfig(file string, data []byte) (*Config, error) {
 	p := &parser{file: file}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		msg := strings.TrimPrefix(err.Error(), "yaml: ")
-		if rest, ok := strings.CutPrefix(msg, "line "); ok {
-			return nil, fmt.Errorf("%w: %s:%s", ErrConfigFile, file, rest)
-		}
-		return nil, fmt.Errorf("%w: %s: %s", ErrConfigFile, file, msg)
+		return nil, fmt.Errorf("%w: %w", ErrConfigFile, syntaxError(file, err))
 	}
 	cfg := &Config{File: file}
 	if root.Kind == 0 || len(root.Content) == 0 {
@@ -114,7 +110,7 @@ func ParseConfig(file string, data []byte) (*Config, error) {
 	routes := map[string]string{}
 	for _, g := range cfg.Graphs {
 		if line, dup := seen[g.Spec.Name]; dup {
-			return nil, fmt.Errorf("%w: %s:%d: graph %s is already declared at line %d", ErrConfigFile, file, g.Line, g.Spec.Name, line)
+			return nil, fmt.Errorf("%w: %w", ErrConfigFile, &FieldError{File: file, Line: g.Line, Err: fmt.Errorf("graph %s is already declared at line %d", g.Spec.Name, line)})
 		}
 		seen[g.Spec.Name] = g.Line
 		if r, on := g.Spec.Route(); on {
@@ -123,12 +119,12 @@ func ParseConfig(file string, data []byte) (*Config, error) {
 	}
 	for _, d := range cfg.Deployments {
 		if line, dup := seen[d.Spec.Name]; dup {
-			return nil, fmt.Errorf("%w: %s:%d: deployment %s is already declared at line %d", ErrConfigFile, file, d.Line, d.Spec.Name, line)
+			return nil, fmt.Errorf("%w: %w", ErrConfigFile, &FieldError{File: file, Line: d.Line, Err: fmt.Errorf("deployment %s is already declared at line %d", d.Spec.Name, line)})
 		}
 		seen[d.Spec.Name] = d.Line
 		if r, on := d.Spec.Route(); on {
 			if other, taken := routes[r]; taken {
-				return nil, fmt.Errorf("%w: %s:%d: %s: route_prefix: %s is also the route of %s", ErrConfigFile, file, d.Line, d.Spec.Name, r, other)
+				return nil, fmt.Errorf("%w: %w", ErrConfigFile, &FieldError{File: file, Line: d.Line, Name: d.Spec.Name, Path: "route_prefix", Err: fmt.Errorf("%s is also the route of %s", r, other)})
 			}
 			routes[r] = d.Spec.Name
 		}
@@ -139,11 +135,36 @@ func ParseConfig(file string, data []byte) (*Config, error) {
 type parser struct{ file string }
 
 func (p *parser) errf(n *yaml.Node, field, format string, args ...any) error {
-	where := ""
-	if field != "" {
-		where = field + ": "
+	return fmt.Errorf("%w: %w", ErrConfigFile, &FieldError{File: p.file, Line: n.Line, Path: field, Err: fmt.Errorf(format, args...)})
+}
+
+// located places a spec's or a graph's *FieldError in the file: at the
+// line of its field when lines has it, else at line.
+func (p *parser) located(err error, line int, lines map[string]int) error {
+	var fe *FieldError
+	if !errors.As(err, &fe) {
+		return fmt.Errorf("%w: %w", ErrConfigFile, &FieldError{File: p.file, Line: line, Err: err})
 	}
-	return fmt.Errorf("%w: %s:%d: %s%s", ErrConfigFile, p.file, n.Line, where, fmt.Sprintf(format, args...))
+	if l, ok := lines[fe.Path]; ok {
+		line = l
+	}
+	return fmt.Errorf("%w: %w", ErrConfigFile, fe.at(p.file, line))
+}
+
+// syntaxError makes yaml's syntax error ("yaml: line 3: did not find
+// expected key") a *FieldError: yaml.v3 gives it no type, only text.
+func syntaxError(file string, err error) *FieldError {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	fe := &FieldError{File: file, Err: errors.New(msg)}
+	var line int
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if n, text, ok := strings.Cut(rest, ": "); ok {
+			if _, serr := fmt.Sscanf(n, "%d", &line); serr == nil && line > 0 {
+				fe.Line, fe.Err = line, errors.New(text)
+			}
+		}
+	}
+	return fe
 }
 
 // scalar decodes the scalar v of field into out, or says what was wanted.
@@ -269,14 +290,7 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 		return s, p.errf(n, path, "name is required")
 	}
 	if err := s.Normalize(); err != nil {
-		msg := strings.TrimPrefix(err.Error(), ErrInvalidSpec.Error()+": ")
-		line := n.Line
-		if parts := strings.SplitN(msg, ": ", 3); len(parts) == 3 {
-			if l, ok := lines[parts[1]]; ok {
-				line = l
-			}
-		}
-		return s, fmt.Errorf("%w: %s:%d: %s", ErrConfigFile, p.file, line, msg)
+		return s, p.located(err, n.Line, lines)
 	}
 	return s, nil
 }
@@ -319,7 +333,7 @@ func (p *parser) graph(n *yaml.Node, path string) (GraphSpec, error) {
 		}
 	}
 	if err := g.Normalize(); err != nil {
-		return g, fmt.Errorf("%w: %s:%d: %s", ErrConfigFile, p.file, n.Line, strings.TrimPrefix(err.Error(), ErrInvalidGraph.Error()+": "))
+		return g, p.located(err, n.Line, nil)
 	}
 	return g, nil
 }
@@ -412,12 +426,11 @@ func (c *Client) Apply(ctx context.Context, cfg *Config, opts ApplyOptions) (*Ap
 	}
 	var res ApplyResult
 	if err := c.api(ctx, wire.APIApply, req, &res); err != nil {
-		// Errors name the deployment first: "rep-1: class: …".
+		// The controller names the deployment or graph an error is about.
 		var ae *apiErr
 		if errors.As(err, &ae) {
-			name, _, _ := strings.Cut(ae.msg, ":")
-			if line, ok := lines[name]; ok {
-				return nil, &apiErr{msg: fmt.Sprintf("%s:%d: %s", cfg.File, line, ae.msg), sentinel: ae.sentinel}
+			if line, ok := lines[ae.name]; ok && ae.name != "" {
+				return nil, &FieldError{File: cfg.File, Line: line, Err: ae}
 			}
 		}
 		return nil, err

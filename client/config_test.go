@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/natserve/natserve/internal/wire"
 )
 
 const goodConfig = `# the seed's two deployments
@@ -96,4 +98,59 @@ func FuzzParseConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestConfigFieldError reads where an error stands from the *FieldError
+// it carries, not from its text.
+func TestConfigFieldError(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		line       int
+		path       string
+	}{
+		{"parser", "deployments:\n  - name: a\n    class: M\n    replicas: 2\n", 4, "deployments[0].replicas"},
+		{"spec field", "deployments:\n  - name: a\n    class: M\n    num_replicas: -1\n", 4, "num_replicas"},
+		{"spec name", "deployments:\n  - name: a.b\n    class: M\n", 2, "name"},
+		{"graph", "graphs:\n  - name: g\n    nodes: {a: {call: f, args: [$b]}}\n    output: a\n", 2, ""},
+		{"syntax", "deployments:\n\t- name: a\n", 2, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig("f.yaml", []byte(tc.yaml))
+			var fe *FieldError
+			if !errors.Is(err, ErrConfigFile) || !errors.As(err, &fe) {
+				t.Fatalf("got %v, want an ErrConfigFile carrying a *FieldError", err)
+			}
+			if fe.File != "f.yaml" || fe.Line != tc.line || fe.Path != tc.path {
+				t.Errorf("field error at %s:%d %q, want f.yaml:%d %q (%v)", fe.File, fe.Line, fe.Path, tc.line, tc.path, err)
+			}
+		})
+	}
+}
+
+// TestAPIErrorCodes maps control API codes to sentinels by code alone.
+func TestAPIErrorCodes(t *testing.T) {
+	for _, tc := range []struct {
+		code wire.APICode
+		msg  string
+		want error
+	}{
+		{wire.APIInvalid, "g: cycle: a → b → a", ErrInvalidSpec}, // the text does not decide
+		{wire.APIInvalidGraph, "g: output: unknown node \"x\"", ErrInvalidGraph},
+		{wire.APINotFound, "deployment \"x\" not found", ErrNotFound},
+		{wire.APIConflict, "x: route_prefix: taken", ErrConflict},
+		{wire.APIUnknownClass, "x: class: unknown class Y", ErrUnknownClass},
+	} {
+		err := apiError(wire.APIReply{Code: tc.code, Error: tc.msg})
+		if !errors.Is(err, tc.want) || err.Error() != tc.msg {
+			t.Errorf("%s %q: %v, want %v with the message unchanged", tc.code, tc.msg, err, tc.want)
+		}
+		for _, other := range []error{ErrInvalidSpec, ErrInvalidGraph, ErrNotFound, ErrConflict, ErrUnknownClass} {
+			if other != tc.want && errors.Is(err, other) {
+				t.Errorf("%s also matches %v", tc.code, other)
+			}
+		}
+	}
+	if err := apiError(wire.APIReply{Code: wire.APIInternal, Error: "boom"}); err.Error() != "boom" {
+		t.Errorf("internal: %v", err)
+	}
 }

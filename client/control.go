@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -78,29 +77,28 @@ func isNotLeader(b []byte) bool {
 	return json.Unmarshal(b, &rep) == nil && rep.Code == wire.APINotLeader
 }
 
+// apiSentinels maps the control API's error codes to the errors callers
+// match with errors.Is.
+var apiSentinels = map[wire.APICode]error{
+	wire.APINotFound:     ErrNotFound,
+	wire.APIInvalid:      ErrInvalidSpec,
+	wire.APIInvalidGraph: ErrInvalidGraph,
+	wire.APIConflict:     ErrConflict,
+	wire.APIUnknownClass: ErrUnknownClass,
+}
+
 func apiError(rep wire.APIReply) error {
-	var sentinel error
-	switch rep.Code {
-	case wire.APINotFound:
-		sentinel = ErrNotFound
-	case wire.APIInvalid:
-		sentinel = ErrInvalidSpec
-		if strings.Contains(rep.Error, ": node ") || strings.Contains(rep.Error, "cycle") {
-			sentinel = ErrInvalidGraph
-		}
-	case wire.APIConflict:
-		sentinel = ErrConflict
-	case wire.APIUnknownClass:
-		sentinel = ErrUnknownClass
-	default:
+	sentinel, ok := apiSentinels[rep.Code]
+	if !ok {
 		return errors.New(rep.Error)
 	}
-	return &apiErr{msg: rep.Error, sentinel: sentinel}
+	return &apiErr{msg: rep.Error, sentinel: sentinel, name: rep.Name}
 }
 
 type apiErr struct {
 	msg      string
 	sentinel error
+	name     string // the deployment or graph the error is about, when the controller said
 }
 
 func (e *apiErr) Error() string { return e.msg }

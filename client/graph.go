@@ -86,10 +86,10 @@ func ref(arg json.RawMessage) (string, bool) {
 // what the nodes provide.
 func (g *GraphSpec) Normalize() error {
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrInvalidGraph, g.Name, fmt.Sprintf(format, args...))
+		return fmt.Errorf("%w: %w", ErrInvalidGraph, &FieldError{Name: g.Name, Err: fmt.Errorf(format, args...)})
 	}
 	if err := wire.ValidateName("graph name", g.Name); err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalidGraph, err)
+		return fmt.Errorf("%w: %w", ErrInvalidGraph, &FieldError{Err: err})
 	}
 	if g.RoutePrefix == nil {
 		p := "/" + g.Name

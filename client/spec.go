@@ -89,13 +89,13 @@ func (s *DeploymentSpec) Route() (string, bool) {
 }
 
 // Normalize fills defaults and validates the spec. Every error names the
-// field and wraps ErrInvalidSpec.
+// field (a *FieldError) and wraps ErrInvalidSpec.
 func (s *DeploymentSpec) Normalize() error {
 	bad := func(field, format string, args ...any) error {
-		return fmt.Errorf("%w: %s: %s: %s", ErrInvalidSpec, s.Name, field, fmt.Sprintf(format, args...))
+		return fmt.Errorf("%w: %w", ErrInvalidSpec, &FieldError{Name: s.Name, Path: field, Err: fmt.Errorf(format, args...)})
 	}
 	if err := wire.ValidateName("deployment name", s.Name); err != nil {
-		return fmt.Errorf("%w: name: %w", ErrInvalidSpec, err)
+		return fmt.Errorf("%w: %w", ErrInvalidSpec, &FieldError{Path: "name", Err: err})
 	}
 	if s.Class == "" {
 		return bad("class", "is required")

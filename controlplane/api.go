@@ -21,6 +21,7 @@ import (
 type apiError struct {
 	code wire.APICode
 	msg  string
+	name string // the deployment or graph it is about, when set (see about)
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -45,7 +46,7 @@ func (c *Controller) serveAPI(ctx context.Context, st *state, m *nats.Msg) {
 	if err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) {
-			rep.Code, rep.Error = ae.code, ae.msg
+			rep.Code, rep.Error, rep.Name = ae.code, ae.msg, ae.name
 		} else {
 			rep.Code, rep.Error = wire.APIInternal, err.Error()
 		}
@@ -144,11 +145,33 @@ func (c *Controller) handle(ctx context.Context, st *state, verb string, body []
 	return nil, fail(wire.APIInvalid, "unknown control API verb %q", verb)
 }
 
+// about records that err (an *apiError) is about the deployment or graph
+// name, unless it already names one: the client places it in its file.
+func about(name string, err error) error {
+	var ae *apiError
+	if errors.As(err, &ae) && ae.name == "" {
+		ae.name = name
+	}
+	return err
+}
+
 func conflictOr(err error, name string) error {
-	if errors.Is(err, jetstream.ErrKeyExists) || strings.Contains(err.Error(), "wrong last sequence") {
+	if isConflict(err) {
 		return fail(wire.APIConflict, "deployment %q changed concurrently; read it again and retry", name)
 	}
 	return err
+}
+
+// isConflict reports whether a KV write lost a compare-and-set: the key
+// exists (a create) or its revision moved (an update or a delete), by
+// JetStream's error code.
+func isConflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var ae *jetstream.APIError
+	return errors.As(err, &ae) &&
+		(ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // decodeSpec decodes one spec from the API; an absent num_replicas is 1.
@@ -199,63 +222,98 @@ func (c *Controller) write(ctx context.Context, st *state, spec client.Deploymen
 }
 
 // apply validates a whole set against the state it will produce, then
-// writes it: a set with any error changes nothing.
+// writes it: a set with any error changes nothing. Errors name the item
+// they are about (see about).
 func (c *Controller) apply(ctx context.Context, st *state, req wire.APIApplyRequest) (any, error) {
-	specs := make([]client.DeploymentSpec, 0, len(req.Deployments))
-	routes := map[string]string{} // the routes after the apply
-	names := map[string]bool{}
+	set, err := decodeSet(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.validateSet(st, set, req.Prune); err != nil {
+		return nil, err
+	}
+	var res wire.APIApplyResult
+	if err := c.writeSet(ctx, st, set, req.DryRun, &res); err != nil {
+		return nil, err
+	}
+	if req.Prune {
+		if err := c.prune(ctx, st, set, req.DryRun, &res); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// applySet is the set an apply request lists.
+type applySet struct {
+	specs     []client.DeploymentSpec
+	graphs    []client.GraphSpec
+	graphDeps [][]client.DeploymentSpec // each graph's deployments, once validated
+	names     map[string]bool           // every deployment and graph listed
+}
+
+// decodeSet decodes an apply request's deployments and graphs; a name may
+// be listed once.
+func decodeSet(req wire.APIApplyRequest) (*applySet, error) {
+	set := &applySet{
+		specs:  make([]client.DeploymentSpec, 0, len(req.Deployments)),
+		graphs: make([]client.GraphSpec, 0, len(req.Graphs)),
+		names:  map[string]bool{},
+	}
 	for _, raw := range req.Deployments {
 		spec, err := decodeSpec(raw)
 		if err != nil {
 			return nil, err
 		}
-		if names[spec.Name] {
-			return nil, fail(wire.APIInvalid, "%s: name: listed twice", spec.Name)
+		if set.names[spec.Name] {
+			return nil, about(spec.Name, fail(wire.APIInvalid, "%s: name: listed twice", spec.Name))
 		}
-		names[spec.Name] = true
-		specs = append(specs, spec)
+		set.names[spec.Name] = true
+		set.specs = append(set.specs, spec)
 	}
-	graphs := make([]client.GraphSpec, 0, len(req.Graphs))
 	for _, raw := range req.Graphs {
 		g, err := decodeGraph(raw)
 		if err != nil {
 			return nil, err
 		}
-		if names[g.Name] {
-			return nil, fail(wire.APIInvalid, "%s: name: listed twice", g.Name)
+		if set.names[g.Name] {
+			return nil, about(g.Name, fail(wire.APIInvalid, "%s: name: listed twice", g.Name))
 		}
-		names[g.Name] = true
-		graphs = append(graphs, g)
+		set.names[g.Name] = true
+		set.graphs = append(set.graphs, g)
 	}
-	// Deployments a listed graph makes are the graph's, not pruned.
-	owned := map[string]bool{}
-	for _, g := range graphs {
-		for _, d := range g.Deployments() {
-			owned[d.Name] = true
-		}
-	}
-	for p, n := range currentRoutes(st, func(n string) bool { return names[n] || req.Prune }) {
-		routes[p] = n
-	}
-	for i := range specs {
-		if err := c.validate(st, &specs[i], routes); err != nil {
-			return nil, err
+	return set, nil
+}
+
+// validateSet normalizes and checks every item against the routes the
+// apply leaves (with prune, only the set's own), and fills set.graphDeps.
+func (c *Controller) validateSet(st *state, set *applySet, prune bool) error {
+	routes := currentRoutes(st, func(n string) bool { return set.names[n] || prune })
+	for i := range set.specs {
+		if err := c.validate(st, &set.specs[i], routes); err != nil {
+			return about(set.specs[i].Name, err)
 		}
 	}
-	graphDeps := make([][]client.DeploymentSpec, len(graphs))
-	for i := range graphs {
-		if err := c.validateGraph(st, &graphs[i], routes); err != nil {
-			return nil, err
+	set.graphDeps = make([][]client.DeploymentSpec, len(set.graphs))
+	for i := range set.graphs {
+		g := &set.graphs[i]
+		if err := c.validateGraph(st, g, routes); err != nil {
+			return about(g.Name, err)
 		}
-		graphDeps[i] = graphs[i].Deployments()
-		for j := range graphDeps[i] {
-			if err := c.validate(st, &graphDeps[i][j], map[string]string{}); err != nil {
-				return nil, err
+		set.graphDeps[i] = g.Deployments()
+		for j := range set.graphDeps[i] {
+			if err := c.validate(st, &set.graphDeps[i][j], map[string]string{}); err != nil {
+				return about(g.Name, err)
 			}
 		}
 	}
-	var res wire.APIApplyResult
-	for _, spec := range specs {
+	return nil
+}
+
+// writeSet writes what changed (nothing with dryRun) and records in res
+// what was created, updated or left unchanged.
+func (c *Controller) writeSet(ctx context.Context, st *state, set *applySet, dryRun bool, res *wire.APIApplyResult) error {
+	for _, spec := range set.specs {
 		old, rev, exists := st.deps.get(spec.Name)
 		switch {
 		case exists && sameSpec(old, spec):
@@ -266,13 +324,13 @@ func (c *Controller) apply(ctx context.Context, st *state, req wire.APIApplyRequ
 		default:
 			res.Created = append(res.Created, spec.Name)
 		}
-		if !req.DryRun {
+		if !dryRun {
 			if err := c.write(ctx, st, spec, rev); err != nil {
-				return nil, err
+				return about(spec.Name, err)
 			}
 		}
 	}
-	for i, g := range graphs {
+	for i, g := range set.graphs {
 		old, _, exists := st.graphs.get(g.Name)
 		switch {
 		case exists && sameGraph(old, g):
@@ -283,39 +341,49 @@ func (c *Controller) apply(ctx context.Context, st *state, req wire.APIApplyRequ
 		default:
 			res.Created = append(res.Created, g.Name)
 		}
-		if !req.DryRun {
-			if err := c.writeGraph(ctx, st, g, graphDeps[i]); err != nil {
-				return nil, err
+		if !dryRun {
+			if err := c.writeGraph(ctx, st, g, set.graphDeps[i]); err != nil {
+				return about(g.Name, err)
 			}
 		}
 	}
-	if req.Prune {
-		for _, g := range st.graphs.all() {
-			if names[g.key] {
-				continue
-			}
-			res.Deleted = append(res.Deleted, g.key)
-			if !req.DryRun {
-				if err := c.deleteGraph(ctx, st, g.key); err != nil {
-					return nil, err
-				}
-			}
+	return nil
+}
+
+// prune deletes the graphs and deployments the set does not list (nothing
+// with dryRun), except the deployments of the set's or live graphs.
+func (c *Controller) prune(ctx context.Context, st *state, set *applySet, dryRun bool, res *wire.APIApplyResult) error {
+	owned := map[string]bool{} // deployments a listed graph makes: the graph's
+	for _, g := range set.graphs {
+		for _, d := range g.Deployments() {
+			owned[d.Name] = true
 		}
-		for _, d := range st.deps.all() {
-			if names[d.key] || owned[d.key] || c.ownedByGraph(st, d.key) {
-				continue
-			}
-			res.Deleted = append(res.Deleted, d.key)
-			if !req.DryRun {
-				if err := c.kv.Deployments.Delete(ctx, d.key, jetstream.LastRevision(d.rev)); err != nil {
-					return nil, conflictOr(err, d.key)
-				}
-				st.deps.del(d.key, d.rev)
-				c.log.Info("deployment pruned", "deployment", d.key)
+	}
+	for _, g := range st.graphs.all() {
+		if set.names[g.key] {
+			continue
+		}
+		res.Deleted = append(res.Deleted, g.key)
+		if !dryRun {
+			if err := c.deleteGraph(ctx, st, g.key); err != nil {
+				return err
 			}
 		}
 	}
-	return res, nil
+	for _, d := range st.deps.all() {
+		if set.names[d.key] || owned[d.key] || c.ownedByGraph(st, d.key) {
+			continue
+		}
+		res.Deleted = append(res.Deleted, d.key)
+		if !dryRun {
+			if err := c.kv.Deployments.Delete(ctx, d.key, jetstream.LastRevision(d.rev)); err != nil {
+				return conflictOr(err, d.key)
+			}
+			st.deps.del(d.key, d.rev)
+			c.log.Info("deployment pruned", "deployment", d.key)
+		}
+	}
+	return nil
 }
 
 func sameGraph(a, b client.GraphSpec) bool {

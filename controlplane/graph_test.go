@@ -149,31 +149,32 @@ func TestGraphErrorsNameTheNode(t *testing.T) {
 func TestBadGraphsRefusedAtDeploy(t *testing.T) {
 	s := e2e.Standard(t)
 	cases := []struct {
-		build func() client.GraphSpec
-		want  string
+		build    func() client.GraphSpec
+		want     string
+		sentinel error
 	}{
 		{func() client.GraphSpec {
 			g := client.NewGraph("g1")
 			spec, _ := g.Driver(g.Call("out", "NoSuchFunc", g.Input()))
 			return spec
-		}, "g1: node out: unknown class NoSuchFunc"},
+		}, "g1: node out: unknown class NoSuchFunc", client.ErrUnknownClass},
 		{func() client.GraphSpec {
 			g := client.NewGraph("g2")
 			m := g.Bind("m", "AddModel", 2)
 			spec, _ := g.Driver(g.Call("out", m.Method("fly"), g.Input()))
 			return spec
-		}, "g2: node out: class AddModel has no method fly"},
+		}, "g2: node out: class AddModel has no method fly", client.ErrInvalidGraph},
 		{func() client.GraphSpec {
 			g := client.NewGraph("g3")
 			m := g.Bind("m", "NoSuchClass")
 			spec, _ := g.Driver(g.Call("out", m.Method("x"), g.Input()))
 			return spec
-		}, "g3: node m: unknown class NoSuchClass"},
+		}, "g3: node m: unknown class NoSuchClass", client.ErrUnknownClass},
 	}
 	for _, tc := range cases {
 		_, err := s.Client.DeployGraph(e2e.Ctx(10*time.Second), tc.build())
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("got %v, want %q", err, tc.want)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, tc.sentinel) {
+			t.Errorf("got %v, want %q matching %v", err, tc.want, tc.sentinel)
 		}
 	}
 	if ds, _ := s.Client.List(e2e.Ctx(5 * time.Second)); len(ds) != 0 {

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 
@@ -27,7 +28,11 @@ func decodeGraph(body []byte) (client.GraphSpec, error) {
 // graph's.
 func (c *Controller) validateGraph(st *state, g *client.GraphSpec, routes map[string]string) error {
 	if err := g.Normalize(); err != nil {
-		return fail(wire.APIInvalid, "%v", strings.TrimPrefix(err.Error(), client.ErrInvalidGraph.Error()+": "))
+		var fe *client.FieldError
+		if errors.As(err, &fe) { // the message without the sentinel's prefix
+			return fail(wire.APIInvalidGraph, "%v", fe)
+		}
+		return fail(wire.APIInvalidGraph, "%v", err)
 	}
 	if _, _, ok := st.deps.get(g.Name); ok {
 		return fail(wire.APIConflict, "%s: name: a deployment already has this name", g.Name)
@@ -62,7 +67,7 @@ func (c *Controller) validateGraph(st *state, g *client.GraphSpec, routes map[st
 			return fail(wire.APIUnknownClass, "%s: node %s: unknown class %s", g.Name, n.Name, class)
 		}
 		if method != "" && !slices.Contains(ms, method) {
-			return fail(wire.APIInvalid, "%s: node %s: class %s has no method %s (it has: %s)", g.Name, n.Name, class, method, strings.Join(ms, ", "))
+			return fail(wire.APIInvalidGraph, "%s: node %s: class %s has no method %s (it has: %s)", g.Name, n.Name, class, method, strings.Join(ms, ", "))
 		}
 	}
 	if routes != nil {

@@ -80,6 +80,9 @@ type APIReply struct {
 	Data  json.RawMessage `json:"data,omitempty"`
 	Error string          `json:"error,omitempty"`
 	Code  APICode         `json:"code,omitempty"`
+	// Name is the deployment or graph an error is about, when one is (an
+	// apply names which item of the set failed).
+	Name string `json:"name,omitempty"`
 }
 
 // APICode classifies a control API failure.
@@ -89,6 +92,7 @@ type APICode string
 const (
 	APINotFound     APICode = "not_found"
 	APIInvalid      APICode = "invalid_spec"
+	APIInvalidGraph APICode = "invalid_graph"
 	APIConflict     APICode = "conflict"
 	APIUnknownClass APICode = "unknown_class"
 	APINotLeader    APICode = "not_leader"
