@@ -225,116 +225,171 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 		msg.Header = nats.Header{}
 	}
 	msg.Header[wire.HeaderProto] = []string{wire.ProtoVersion}
-	fail := func(code wire.Code, text, replica string) error {
-		return &Error{Deployment: deployment, Method: method, Code: string(code), Message: text, Replica: replica}
-	}
-	backoff := time.Millisecond
-	woke, waking := false, false
-	var dequeue func()
-	defer func() {
-		if dequeue != nil {
-			dequeue()
-		}
-	}()
+	k := call{c: c, deployment: deployment, method: method, deadline: deadline, backoff: time.Millisecond}
+	defer k.leave()
 	// While this caller already holds requests waiting for a replica of
 	// the deployment, a new one queues behind them instead of racing them
 	// for the next free slot.
 	if c.Queued(deployment) > 0 {
-		var ok bool
-		if dequeue, ok = c.enqueue(deployment, c.queueLimit(deployment)); !ok {
-			return nil, fail(wire.CodeBackpressure, fmt.Sprintf("max_queued_requests reached: %d requests already wait for a replica", c.Queued(deployment)), "")
+		if err := k.admit(); err != nil {
+			return nil, err
 		}
 		time.Sleep(time.Millisecond)
 	}
 	for attempt := 0; ; attempt++ {
 		left := time.Until(deadline)
 		if left <= 0 {
-			return nil, fail(wire.CodeDeadline, "deadline passed before a replica accepted the request", "")
+			return nil, k.fail(wire.CodeDeadline, "deadline passed before a replica accepted the request", "")
 		}
-		msg.Header[wire.HeaderTimeout] = []string{wire.FormatTimeout(left)}
-		var reply *nats.Msg
-		var err error
-		if ctx.Done() == nil {
-			// No cancellation to watch: nats.go's pooled timer is cheaper
-			// than a context per request (the ingress's hot path).
-			reply, err = c.nc.RequestMsg(msg, left)
-		} else {
-			rctx, cancel := context.WithDeadline(ctx, deadline)
-			reply, err = c.nc.RequestMsgWithContext(rctx, msg)
-			cancel()
-		}
+		reply, err := k.send(ctx, msg, left)
 		switch {
 		case err == nil:
 		case errors.Is(err, nats.ErrNoResponders):
-			// No replica: a deployment scaled to zero is woken and the
-			// request held until a replica serves it (bounded by the
-			// deadline); anything else fails at once.
-			if !woke {
-				woke = true
-				waking = c.wake(deployment, time.Until(deadline))
+			if err := k.wakeFromZero(); err != nil {
+				return nil, err
 			}
-			if !waking {
-				return nil, fail(wire.CodeNoReplicas, "no replica is serving "+deployment, "")
-			}
-			if time.Until(deadline) < 20*time.Millisecond {
-				return nil, fail(wire.CodeDeadline, "deployment "+deployment+" was scaled to zero and no replica started before the deadline", "")
-			}
-			time.Sleep(20 * time.Millisecond)
 			continue
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-			return nil, fail(wire.CodeDeadline, fmt.Sprintf("no reply within %v", left.Round(time.Millisecond)), "")
+			return nil, k.fail(wire.CodeDeadline, fmt.Sprintf("no reply within %v", left.Round(time.Millisecond)), "")
 		case errors.Is(err, context.Canceled):
 			return nil, err
 		case errors.Is(err, nats.ErrConnectionClosed):
 			return nil, fmt.Errorf("%s: %w", deployment, ErrClosed)
 		default:
-			return nil, fail(wire.CodeInternal, err.Error(), "")
+			return nil, k.fail(wire.CodeInternal, err.Error(), "")
 		}
-		if reply.Header == nil { // success: a reply without headers
-			return reply, nil
-		}
-		code := wire.Code(reply.Header.Get(wire.HeaderCode))
-		if code == "" {
-			if v := reply.Header.Get(wire.HeaderProto); v != wire.ProtoVersion && v != "" {
-				return nil, fail(wire.CodeProto, fmt.Sprintf("reply of protocol version %q, want %q", v, wire.ProtoVersion), reply.Header.Get(wire.HeaderReplica))
+		if final, err := k.outcome(reply); final {
+			if err != nil {
+				return nil, err
 			}
 			return reply, nil
 		}
-		if !code.Retryable() {
-			return nil, fail(code, reply.Header.Get(wire.HeaderError), reply.Header.Get(wire.HeaderReplica))
+		// Busy: wait in the caller-side queue and try again.
+		if err := k.admit(); err != nil {
+			return nil, err
 		}
-		if dequeue == nil {
-			var ok bool
-			if dequeue, ok = c.enqueue(deployment, c.queueLimit(deployment)); !ok {
-				return nil, fail(wire.CodeBackpressure, fmt.Sprintf("max_queued_requests reached: %d requests already wait for a replica", c.Queued(deployment)), "")
-			}
+		if err := k.backoffBusy(ctx, attempt); err != nil {
+			return nil, err
 		}
-		if c.opts.MaxBusyRetries > 0 && attempt >= c.opts.MaxBusyRetries {
-			return nil, fail(wire.CodeBusy, fmt.Sprintf("every replica was busy after %d attempts", attempt+1), "")
+	}
+}
+
+// call is one RequestMsg in progress: its queue admission, whether it woke
+// the deployment, and its busy backoff.
+type call struct {
+	c          *Client
+	deployment string
+	method     string
+	deadline   time.Time
+	dequeue    func() // takes the call out of the caller-side queue; nil until admitted
+	backoff    time.Duration
+	woke       bool // the controller was asked to wake the deployment
+	waking     bool // … and a replica is coming
+}
+
+func (k *call) fail(code wire.Code, text, replica string) error {
+	return &Error{Deployment: k.deployment, Method: k.method, Code: string(code), Message: text, Replica: replica}
+}
+
+// admit puts the call in the caller-side queue (once), unless
+// max_queued_requests calls already wait.
+func (k *call) admit() error {
+	if k.dequeue != nil {
+		return nil
+	}
+	var ok bool
+	if k.dequeue, ok = k.c.enqueue(k.deployment, k.c.queueLimit(k.deployment)); !ok {
+		return k.fail(wire.CodeBackpressure, fmt.Sprintf("max_queued_requests reached: %d requests already wait for a replica", k.c.Queued(k.deployment)), "")
+	}
+	return nil
+}
+
+// leave takes the call out of the queue if it was in it.
+func (k *call) leave() {
+	if k.dequeue != nil {
+		k.dequeue()
+	}
+}
+
+// send sends msg once, with left as its budget.
+func (k *call) send(ctx context.Context, msg *nats.Msg, left time.Duration) (*nats.Msg, error) {
+	msg.Header[wire.HeaderTimeout] = []string{wire.FormatTimeout(left)}
+	if ctx.Done() == nil {
+		// No cancellation to watch: nats.go's pooled timer is cheaper
+		// than a context per request (the ingress's hot path).
+		return k.c.nc.RequestMsg(msg, left)
+	}
+	rctx, cancel := context.WithDeadline(ctx, k.deadline)
+	defer cancel()
+	return k.c.nc.RequestMsgWithContext(rctx, msg)
+}
+
+// wakeFromZero handles "no replica": a deployment scaled to zero is woken
+// and the request held until a replica serves it (bounded by the
+// deadline); anything else fails at once. nil means try again.
+func (k *call) wakeFromZero() error {
+	if !k.woke {
+		k.woke = true
+		k.waking = k.c.wake(k.deployment, time.Until(k.deadline))
+	}
+	if !k.waking {
+		return k.fail(wire.CodeNoReplicas, "no replica is serving "+k.deployment, "")
+	}
+	if time.Until(k.deadline) < 20*time.Millisecond {
+		return k.fail(wire.CodeDeadline, "deployment "+k.deployment+" was scaled to zero and no replica started before the deadline", "")
+	}
+	time.Sleep(20 * time.Millisecond)
+	return nil
+}
+
+// outcome reads a reply: final is false for a busy one (try again), else
+// err is the call's error or nil for a success.
+func (k *call) outcome(reply *nats.Msg) (final bool, err error) {
+	if reply.Header == nil { // success: a reply without headers
+		return true, nil
+	}
+	code := wire.Code(reply.Header.Get(wire.HeaderCode))
+	if code == "" {
+		if v := reply.Header.Get(wire.HeaderProto); v != wire.ProtoVersion && v != "" {
+			return true, k.fail(wire.CodeProto, fmt.Sprintf("reply of protocol version %q, want %q", v, wire.ProtoVersion), reply.Header.Get(wire.HeaderReplica))
 		}
-		// Full jitter between backoff/2 and backoff, 1 ms doubling up to a
-		// cap that grows with the queue (1 ms per waiting request, 2 to
-		// 32 ms): a short queue retries often, so that the requests it
-		// holds win the next free slot over newcomers and wait about in
-		// order; a long one does not flood the replicas with retries.
-		sleep := backoff/2 + rand.N(backoff/2+1)
-		limit := min(max(time.Duration(c.Queued(deployment))*time.Millisecond, 2*time.Millisecond), 32*time.Millisecond)
-		if backoff < limit {
-			backoff *= 2
+		return true, nil
+	}
+	if !code.Retryable() {
+		return true, k.fail(code, reply.Header.Get(wire.HeaderError), reply.Header.Get(wire.HeaderReplica))
+	}
+	return false, nil
+}
+
+// backoffBusy waits before the next attempt after every replica answered
+// busy, or says why there is none.
+func (k *call) backoffBusy(ctx context.Context, attempt int) error {
+	if k.c.opts.MaxBusyRetries > 0 && attempt >= k.c.opts.MaxBusyRetries {
+		return k.fail(wire.CodeBusy, fmt.Sprintf("every replica was busy after %d attempts", attempt+1), "")
+	}
+	// Full jitter between backoff/2 and backoff, 1 ms doubling up to a
+	// cap that grows with the queue (1 ms per waiting request, 2 to
+	// 32 ms): a short queue retries often, so that the requests it
+	// holds win the next free slot over newcomers and wait about in
+	// order; a long one does not flood the replicas with retries.
+	sleep := k.backoff/2 + rand.N(k.backoff/2+1)
+	limit := min(max(time.Duration(k.c.Queued(k.deployment))*time.Millisecond, 2*time.Millisecond), 32*time.Millisecond)
+	if k.backoff < limit {
+		k.backoff *= 2
+	}
+	k.backoff = min(k.backoff, limit)
+	if time.Until(k.deadline) < sleep {
+		return k.fail(wire.CodeDeadline, fmt.Sprintf("every replica stayed busy until the deadline (%d attempts)", attempt+1), "")
+	}
+	t := time.NewTimer(sleep)
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		t.Stop()
+		if time.Now().After(k.deadline) {
+			return k.fail(wire.CodeDeadline, "deadline passed while every replica was busy", "")
 		}
-		backoff = min(backoff, limit)
-		if time.Until(deadline) < sleep {
-			return nil, fail(wire.CodeDeadline, fmt.Sprintf("every replica stayed busy until the deadline (%d attempts)", attempt+1), "")
-		}
-		t := time.NewTimer(sleep)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			if time.Now().After(deadline) {
-				return nil, fail(wire.CodeDeadline, "deadline passed while every replica was busy", "")
-			}
-			return nil, ctx.Err()
-		}
+		return ctx.Err()
 	}
 }
