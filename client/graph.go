@@ -85,79 +85,110 @@ func ref(arg json.RawMessage) (string, bool) {
 // Whether classes and methods exist is checked by the controller against
 // what the nodes provide.
 func (g *GraphSpec) Normalize() error {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %w", ErrInvalidGraph, &FieldError{Name: g.Name, Err: fmt.Errorf(format, args...)})
-	}
 	if err := wire.ValidateName("graph name", g.Name); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidGraph, &FieldError{Err: err})
 	}
+	if err := g.normalizeOptions(); err != nil {
+		return err
+	}
+	nodes, err := g.indexNodes()
+	if err != nil {
+		return err
+	}
+	deps, err := g.edges(nodes)
+	if err != nil {
+		return err
+	}
+	if err := g.checkOutput(nodes); err != nil {
+		return err
+	}
+	return g.checkAcyclic(nodes, deps)
+}
+
+// bad is an error of the graph's shape.
+func (g *GraphSpec) bad(format string, args ...any) error {
+	return fmt.Errorf("%w: %w", ErrInvalidGraph, &FieldError{Name: g.Name, Err: fmt.Errorf(format, args...)})
+}
+
+// normalizeOptions fills and checks route_prefix and http_input.
+func (g *GraphSpec) normalizeOptions() error {
 	if g.RoutePrefix == nil {
 		p := "/" + g.Name
 		g.RoutePrefix = &p
 	}
 	if p := *g.RoutePrefix; p != "" {
 		if err := ValidateRoutePrefix(p); err != nil {
-			return bad("route_prefix: %v", err)
+			return g.bad("route_prefix: %v", err)
 		}
 	}
 	if g.HTTPInput == "" {
 		g.HTTPInput = "json"
 	}
 	if g.HTTPInput != "json" && (!strings.HasPrefix(g.HTTPInput, "query:") || len(g.HTTPInput) == len("query:")) {
-		return bad("http_input: %q: want json or query:NAME", g.HTTPInput)
+		return g.bad("http_input: %q: want json or query:NAME", g.HTTPInput)
 	}
+	return nil
+}
+
+// indexNodes checks each node on its own and indexes them by name.
+func (g *GraphSpec) indexNodes() (map[string]*GraphNode, error) {
 	if len(g.Nodes) == 0 {
-		return bad("nodes: a graph needs at least one node")
+		return nil, g.bad("nodes: a graph needs at least one node")
 	}
 	nodes := map[string]*GraphNode{}
 	for i := range g.Nodes {
 		n := &g.Nodes[i]
 		if err := wire.ValidateName("node name", n.Name); err != nil {
-			return bad("nodes: %v", err)
+			return nil, g.bad("nodes: %v", err)
 		}
 		if err := wire.ValidateName("deployment name", NodeDeployment(g.Name, n.Name)); err != nil {
-			return bad("node %s: the deployment name %s is too long or invalid", n.Name, NodeDeployment(g.Name, n.Name))
+			return nil, g.bad("node %s: the deployment name %s is too long or invalid", n.Name, NodeDeployment(g.Name, n.Name))
 		}
 		if _, dup := nodes[n.Name]; dup {
-			return bad("node %s is declared twice", n.Name)
+			return nil, g.bad("node %s is declared twice", n.Name)
 		}
 		nodes[n.Name] = n
 		switch {
 		case n.Class != "" && n.Call != "":
-			return bad("node %s: set class or call, not both", n.Name)
+			return nil, g.bad("node %s: set class or call, not both", n.Name)
 		case n.Class == "" && n.Call == "":
-			return bad("node %s: set class (bind a class) or call (call a function or a node's method)", n.Name)
+			return nil, g.bad("node %s: set class (bind a class) or call (call a function or a node's method)", n.Name)
 		case n.Class != "" && len(n.Args) > 0:
-			return bad("node %s: a class node takes init_args, not args", n.Name)
+			return nil, g.bad("node %s: a class node takes init_args, not args", n.Name)
 		}
 		if n.NumReplicas < 0 {
-			return bad("node %s: num_replicas: %d is negative", n.Name, n.NumReplicas)
+			return nil, g.bad("node %s: num_replicas: %d is negative", n.Name, n.NumReplicas)
 		}
 	}
-	// References and the call targets.
+	return nodes, nil
+}
+
+// edges checks the call targets and the arguments' references and returns
+// each node's dependencies.
+func (g *GraphSpec) edges(nodes map[string]*GraphNode) (map[string][]string, error) {
 	deps := map[string][]string{}
 	for _, n := range g.Nodes {
 		if n.Call != "" {
 			target, method, hasMethod := strings.Cut(n.Call, ".")
 			if t, ok := nodes[target]; ok {
 				if t.Class == "" {
-					return bad("node %s: calls %s, which is a call node, not a class node", n.Name, target)
+					return nil, g.bad("node %s: calls %s, which is a call node, not a class node", n.Name, target)
 				}
 				if hasMethod {
 					if err := wire.ValidateMethod(method); err != nil || method == "" {
-						return bad("node %s: call %q: bad method name", n.Name, n.Call)
+						return nil, g.bad("node %s: call %q: bad method name", n.Name, n.Call)
 					}
 				}
 				deps[n.Name] = append(deps[n.Name], target)
 			} else if hasMethod {
-				return bad("node %s: call %q: unknown node %s", n.Name, n.Call, target)
+				return nil, g.bad("node %s: call %q: unknown node %s", n.Name, n.Call, target)
 			} else if err := wire.ValidateName("class name", target); err != nil {
-				return bad("node %s: call %q: %v", n.Name, n.Call, err)
+				return nil, g.bad("node %s: call %q: %v", n.Name, n.Call, err)
 			}
 		}
 		for _, a := range n.Args {
 			if !json.Valid(a) {
-				return bad("node %s: argument %s is not JSON", n.Name, a)
+				return nil, g.bad("node %s: argument %s is not JSON", n.Name, a)
 			}
 			r, isRef := ref(a)
 			if !isRef || r == InputRef {
@@ -165,28 +196,39 @@ func (g *GraphSpec) Normalize() error {
 			}
 			t, ok := nodes[r]
 			if !ok {
-				return bad("node %s: argument $%s: unknown node %s", n.Name, r, r)
+				return nil, g.bad("node %s: argument $%s: unknown node %s", n.Name, r, r)
 			}
 			if t.Class != "" {
-				return bad("node %s: argument $%s: a class node has no value; call one of its methods", n.Name, r)
+				return nil, g.bad("node %s: argument $%s: a class node has no value; call one of its methods", n.Name, r)
 			}
 			deps[n.Name] = append(deps[n.Name], r)
 		}
 	}
+	return deps, nil
+}
+
+// checkOutput checks that the output is a call node.
+func (g *GraphSpec) checkOutput(nodes map[string]*GraphNode) error {
 	out, ok := nodes[g.Output]
 	if !ok {
-		return bad("output: unknown node %q", g.Output)
+		return g.bad("output: unknown node %q", g.Output)
 	}
 	if out.Class != "" {
-		return bad("output: %s is a class node; output a call node", g.Output)
+		return g.bad("output: %s is a class node; output a call node", g.Output)
 	}
-	// Cycles: depth-first search with colours.
+	return nil
+}
+
+// checkAcyclic finds a cycle by depth-first search with colours, visiting
+// nodes and dependencies in name order so that the cycle reported is
+// always the same.
+func (g *GraphSpec) checkAcyclic(nodes map[string]*GraphNode, deps map[string][]string) error {
 	colour := map[string]int{}
 	var visit func(string, []string) error
 	visit = func(n string, path []string) error {
 		switch colour[n] {
 		case 1:
-			return bad("cycle: %s", strings.Join(append(path, n), " → "))
+			return g.bad("cycle: %s", strings.Join(append(path, n), " → "))
 		case 2:
 			return nil
 		}
