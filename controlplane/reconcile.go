@@ -123,140 +123,207 @@ func (c *Controller) retire(ctx context.Context, st *state, v view, alive map[st
 }
 
 func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.DeploymentSpec, specRev uint64, vs []view, alive map[string]store.Node, load map[string]int) {
-	now := time.Now()
-	code, cfg := hashes(spec)
-	ds := st.snapshot(spec.Name)
-	ds.specRev = specRev
-	if ds.failHash != code {
-		ds.failHash, ds.failures, ds.lastErr = code, 0, ""
+	p := &depPass{c: c, ctx: ctx, st: st, spec: spec, alive: alive, load: load, now: time.Now()}
+	p.code, p.cfg = hashes(spec)
+	p.ds = st.snapshot(spec.Name)
+	p.ds.specRev = specRev
+	if p.ds.failHash != p.code {
+		p.ds.failHash, p.ds.failures, p.ds.lastErr = p.code, 0, ""
 	}
-	var cur, old []view
+	cur, old := p.sortReplicas(vs)
+	target, readyCur := p.target(cur)
+	limit := min(max(target, 1)*3, spec.MaxConstructorRetryCount)
+	failed := p.ds.failures >= limit && readyCur == 0
+
+	cur = p.scaleDown(cur, target)
+	placeMsg := ""
+	if !failed {
+		placeMsg = p.scaleUp(cur, old, target, readyCur)
+	}
+	p.retireOld(old, target, readyCur, failed)
+	cfgCurrent := p.reconfigure(cur)
+	p.setStatus(specRev, limit, failed, target, readyCur, len(cur), len(old), cfgCurrent, placeMsg)
+	st.storeDep(spec.Name, p.ds)
+}
+
+// depPass is one reconcile pass over one deployment: what the steps of
+// reconcileOne share.
+type depPass struct {
+	c     *Controller
+	ctx   context.Context
+	st    *state
+	spec  *client.DeploymentSpec
+	alive map[string]store.Node
+	load  map[string]int // replicas per node, kept current as the pass acts
+	now   time.Time
+	code  string   // the spec's code hash
+	cfg   string   // the spec's config hash
+	ds    depState // stored at the end of the pass
+}
+
+// sortReplicas drops the assignments whose replica ended or whose node is
+// lost (counting constructor failures and crashes), and splits the rest
+// that should run into the current version's and older ones.
+func (p *depPass) sortReplicas(vs []view) (cur, old []view) {
+	c, spec := p.c, p.spec
 	for _, v := range vs {
-		_, nodeUp := alive[v.a.Node]
+		_, nodeUp := p.alive[v.a.Node]
 		switch {
 		case v.hasSt && (v.st.State == client.ReplicaStopped || v.st.State == client.ReplicaFailed):
 			if v.a.Desired == store.DesiredRun && v.st.State == client.ReplicaFailed {
-				if (v.st.ExitCode == wire.ExitConstructor || v.st.EarlyExit) && v.a.CodeHash == code {
-					// Whatever ends a replica before it serves (constructor,
-					// exec failure, bad spec, crash, no answer) counts: retrying
-					// the same spec backs off and ends in DEPLOY_FAILED.
-					ds.failures++
-					ds.lastErr = v.st.Error
-					ds.nextStart = now.Add(min(time.Duration(ds.failures)*250*time.Millisecond, 5*time.Second))
-					c.log.Warn("replica failed before serving", "deployment", spec.Name, "replica", v.a.Replica, "failures", ds.failures, "exit_code", v.st.ExitCode, "err", v.st.Error)
-				} else {
-					ds.lastCrash = v.st.Error
-					c.log.Warn("replica died; replacing it", "deployment", spec.Name, "replica", v.a.Replica, "pid", v.st.PID, "err", v.st.Error)
-				}
+				p.countFailure(v)
 			}
-			c.dropAssignment(ctx, st, v)
-			load[v.a.Node]--
+			c.dropAssignment(p.ctx, p.st, v)
+			p.load[v.a.Node]--
 			continue
-		case !nodeUp && v.a.Desired == store.DesiredRun && st.answering(v.a.Replica, c.cfg.NodeTimeout):
+		case !nodeUp && v.a.Desired == store.DesiredRun && p.st.answering(v.a.Replica, c.cfg.NodeTimeout):
 			// The node agent is gone but the replica answers: it keeps
 			// serving, counted as it is, until its agent returns or it stops answering.
 		case !nodeUp:
 			c.log.Warn("node lost; replacing its replica", "deployment", spec.Name, "replica", v.a.Replica, "node", v.a.Node)
-			c.dropAssignment(ctx, st, v)
+			c.dropAssignment(p.ctx, p.st, v)
 			if v.a.Desired == store.DesiredRun {
-				load[v.a.Node]--
+				p.load[v.a.Node]--
 			}
 			continue
 		case v.a.Desired != store.DesiredRun:
 			if !v.hasSt {
-				c.dropAssignment(ctx, st, v)
+				c.dropAssignment(p.ctx, p.st, v)
 			}
 			continue
 		}
 		if nodeUp {
-			st.clearOrphan(v.a.Replica)
+			p.st.clearOrphan(v.a.Replica)
 		}
-		v.ready = v.hasSt && v.st.State == client.ReplicaRunning && st.healthy(v.a.Replica)
-		if v.a.CodeHash == code {
+		v.ready = v.hasSt && v.st.State == client.ReplicaRunning && p.st.healthy(v.a.Replica)
+		if v.a.CodeHash == p.code {
 			cur = append(cur, v)
 		} else {
 			old = append(old, v)
 		}
 	}
+	return cur, old
+}
 
-	target := spec.NumReplicas
-	if spec.Autoscaled() {
+// countFailure records a replica that failed while it should run.
+func (p *depPass) countFailure(v view) {
+	if (v.st.ExitCode == wire.ExitConstructor || v.st.EarlyExit) && v.a.CodeHash == p.code {
+		// Whatever ends a replica before it serves (constructor,
+		// exec failure, bad spec, crash, no answer) counts: retrying
+		// the same spec backs off and ends in DEPLOY_FAILED.
+		p.ds.failures++
+		p.ds.lastErr = v.st.Error
+		p.ds.nextStart = p.now.Add(min(time.Duration(p.ds.failures)*250*time.Millisecond, 5*time.Second))
+		p.c.log.Warn("replica failed before serving", "deployment", p.spec.Name, "replica", v.a.Replica, "failures", p.ds.failures, "exit_code", v.st.ExitCode, "err", v.st.Error)
+		return
+	}
+	p.ds.lastCrash = v.st.Error
+	p.c.log.Warn("replica died; replacing it", "deployment", p.spec.Name, "replica", v.a.Replica, "pid", v.st.PID, "err", v.st.Error)
+}
+
+// target is the replica count wanted (the autoscaler's when on) and how
+// many current replicas are ready.
+func (p *depPass) target(cur []view) (target, readyCur int) {
+	target = p.spec.NumReplicas
+	if p.spec.Autoscaled() {
 		running := map[string]bool{}
 		for _, v := range cur {
 			if v.ready {
 				running[v.a.Replica] = true
 			}
 		}
-		target = c.autoscaleTarget(st, spec, &ds, running)
+		target = p.c.autoscaleTarget(p.st, p.spec, &p.ds, running)
 	}
-	readyCur := 0
 	for _, v := range cur {
 		if v.ready {
 			readyCur++
 		}
 	}
-	limit := min(max(target, 1)*3, spec.MaxConstructorRetryCount)
-	failed := ds.failures >= limit && readyCur == 0
-	placeMsg := ""
+	return target, readyCur
+}
 
-	// Too many current replicas (scale down): stop the extras.
-	if len(cur) > target {
-		sortForStop(cur, load)
-		for _, v := range cur[:len(cur)-target] {
-			c.setDesired(ctx, st, v, store.DesiredStop)
-			load[v.a.Node]--
-		}
-		cur = cur[len(cur)-target:]
+// scaleDown stops the current replicas beyond target and returns those
+// that stay.
+func (p *depPass) scaleDown(cur []view, target int) []view {
+	if len(cur) <= target {
+		return cur
 	}
-	// Too few: start new ones, a rollout step at a time while old ones serve.
-	if !failed && len(cur) < target && !now.Before(ds.nextStart) {
-		n := target - len(cur)
-		if len(old) > 0 {
-			starting := len(cur) - readyCur
-			n = min(n, max(rolloutSize(target)-starting, 0))
-		}
-		for i := 0; i < n; i++ {
-			node, full := place(spec.Class, spec.Name, alive, load, st)
-			if node == "" {
-				placeMsg = fmt.Sprintf("waiting for a live node that provides class %s", spec.Class)
-				if full > 0 {
-					placeMsg = fmt.Sprintf("%d replicas pending: every live node that provides class %s is at its replica cap (%d nodes full; raise -max-replicas-per-node or add nodes)", n-i, spec.Class, full)
-				}
-				break
+	sortForStop(cur, p.load)
+	for _, v := range cur[:len(cur)-target] {
+		p.c.setDesired(p.ctx, p.st, v, store.DesiredStop)
+		p.load[v.a.Node]--
+	}
+	return cur[len(cur)-target:]
+}
+
+// scaleUp starts the current replicas missing, a rollout step at a time
+// while old ones serve, once the constructor backoff allows; it returns
+// why some could not be placed ("" if none).
+func (p *depPass) scaleUp(cur, old []view, target, readyCur int) string {
+	if len(cur) >= target || p.now.Before(p.ds.nextStart) {
+		return ""
+	}
+	spec := p.spec
+	n := target - len(cur)
+	if len(old) > 0 {
+		starting := len(cur) - readyCur
+		n = min(n, max(rolloutSize(target)-starting, 0))
+	}
+	for i := 0; i < n; i++ {
+		node, full := place(spec.Class, spec.Name, p.alive, p.load, p.st)
+		if node == "" {
+			if full > 0 {
+				return fmt.Sprintf("%d replicas pending: every live node that provides class %s is at its replica cap (%d nodes full; raise -max-replicas-per-node or add nodes)", n-i, spec.Class, full)
 			}
-			c.createAssignment(ctx, st, spec, node, code, cfg)
-			load[node]++
+			return fmt.Sprintf("waiting for a live node that provides class %s", spec.Class)
 		}
+		p.c.createAssignment(p.ctx, p.st, spec, node, p.code, p.cfg)
+		p.load[node]++
 	}
-	// Old versions: keep only as many as the ready current ones leave missing.
+	return ""
+}
+
+// retireOld keeps only as many old-version replicas as the ready current
+// ones leave missing (all of them when the new version failed).
+func (p *depPass) retireOld(old []view, target, readyCur int, failed bool) {
 	keepOld := max(0, target-readyCur)
 	if failed {
 		keepOld = len(old)
 	}
-	if len(old) > keepOld {
-		sortForStop(old, load)
-		for _, v := range old[:len(old)-keepOld] {
-			c.setDesired(ctx, st, v, store.DesiredStop)
-			load[v.a.Node]--
-		}
+	if len(old) <= keepOld {
+		return
 	}
-	// user_config changes: reconfigure in place.
-	cfgCurrent := true
+	sortForStop(old, p.load)
+	for _, v := range old[:len(old)-keepOld] {
+		p.c.setDesired(p.ctx, p.st, v, store.DesiredStop)
+		p.load[v.a.Node]--
+	}
+}
+
+// reconfigure sends a changed user_config to the ready current replicas
+// in place; it reports whether every current replica has it.
+func (p *depPass) reconfigure(cur []view) (cfgCurrent bool) {
+	cfgCurrent = true
 	for _, v := range cur {
-		if v.a.ConfigHash != cfg {
+		if v.a.ConfigHash != p.cfg {
 			cfgCurrent = false
 			if v.ready {
-				c.reconfigure(ctx, st, v, spec, cfg)
+				p.c.reconfigure(p.ctx, p.st, v, p.spec, p.cfg)
 			}
 		}
 	}
+	return cfgCurrent
+}
 
+// setStatus sets the deployment's status and message from the pass.
+func (p *depPass) setStatus(specRev uint64, limit int, failed bool, target, readyCur, nCur, nOld int, cfgCurrent bool, placeMsg string) {
+	ds := &p.ds
 	ds.ready = readyCur
 	switch {
 	case failed:
 		ds.status = client.StatusDeployFailed
 		ds.message = fmt.Sprintf("replica constructor failed %d times (limit %d); last error: %s", ds.failures, limit, ds.lastErr)
-	case readyCur == target && len(cur) == target && len(old) == 0 && cfgCurrent:
+	case readyCur == target && nCur == target && nOld == 0 && cfgCurrent:
 		ds.status, ds.message, ds.healthyRev = client.StatusHealthy, "", specRev
 	case ds.healthyRev == specRev && ds.healthyRev != 0:
 		ds.status = client.StatusUnhealthy
@@ -267,8 +334,8 @@ func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.D
 	default:
 		ds.status = client.StatusUpdating
 		ds.message = fmt.Sprintf("%d of %d replicas ready", readyCur, target)
-		if len(old) > 0 {
-			ds.message += fmt.Sprintf(", %d of the previous version still serving", len(old))
+		if nOld > 0 {
+			ds.message += fmt.Sprintf(", %d of the previous version still serving", nOld)
 		}
 		if ds.lastErr != "" {
 			ds.message += fmt.Sprintf("; constructor failed %d times: %s", ds.failures, ds.lastErr)
@@ -277,7 +344,6 @@ func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.D
 	if placeMsg != "" {
 		ds.message += "; " + placeMsg
 	}
-	st.storeDep(spec.Name, ds)
 }
 
 // sortForStop orders replicas so that the best to stop come first: not
