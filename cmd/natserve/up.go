@@ -6,12 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -28,60 +28,31 @@ import (
 // tree; replicas are child processes. Ctrl-C stops them in order: ingress,
 // replicas (drained), controller, broker.
 func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("up", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	data := fs.String("data", "natserve-data", "directory for the broker's JetStream data")
-	natsPort := fs.Int("nats-port", 4222, "NATS client port (on 127.0.0.1 unless -nats-host)")
-	natsHost := fs.String("nats-host", "127.0.0.1", "NATS client listen address")
-	file := fs.String("f", "", "config file to apply once everything runs")
-	node := fs.String("name", "local", "this node's name")
-	level := fs.String("log-level", "warn", "debug, info, warn or error")
-	maxReplicas := fs.Int("max-replicas-per-node", 0, "cap on this node's replica processes (0: what its memory holds, memory / 20 MB)")
-	spawnRate := fs.Float64("spawn-rate", worker.DefaultSpawnRate, "replica starts per second on this node")
-	ntls := tlsServerFlags(fs, "tls-", "the NATS port's", "CA file (PEM) that signed -tls-cert; replicas trust it (default: the system's roots)")
-	icfg := ingressFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	f, err := parseUpFlags(args, stderr)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("up takes no arguments, got %q (flags go before them?)", fs.Args())
-	}
-	if !isLoopback(*natsHost) && !ntls.Enabled() {
-		return fmt.Errorf("-nats-host %s is off loopback and NATS would be plain TCP: pass -tls-cert FILE -tls-key FILE (and -tls-ca FILE) to serve it over TLS, or keep -nats-host 127.0.0.1", *natsHost)
-	}
-	// Replicas connect over TCP on this machine: with TLS they trust -tls-ca.
-	replicaTLS := natsconn.TLS{}
-	if ntls.Enabled() {
-		replicaTLS.CAFile = ntls.CAFile
-		if err := replicaTLS.Validate(); err != nil {
-			return err
-		}
-	}
-	log, err := newLogger(stderr, *level)
+	log, err := newLogger(stderr, f.level)
 	if err != nil {
 		return err
 	}
 	var cfg *client.Config
-	if *file != "" { // fail before starting anything
-		if cfg, err = client.LoadConfig(*file); err != nil {
+	if f.file != "" { // fail before starting anything
+		if cfg, err = client.LoadConfig(f.file); err != nil {
 			return err
 		}
 	}
-	if err := os.MkdirAll(*data, 0o750); err != nil {
-		return fmt.Errorf("data dir %s: %w", *data, err)
+	if err := os.MkdirAll(f.data, 0o750); err != nil {
+		return fmt.Errorf("data dir %s: %w", f.data, err)
 	}
-	unlock, err := lockDir(*data)
+	unlock, err := lockDir(f.data)
 	if err != nil {
 		return err
 	}
 	defer unlock()
 
-	// Broker.
-	b, err := broker.New(broker.Config{Host: *natsHost, Port: *natsPort, DataDir: filepath.Join(*data, "broker"), Logger: log, TLS: *ntls})
+	b, err := startUpBroker(ctx, f, log)
 	if err != nil {
-		return err
-	}
-	if err := b.Start(ctx); err != nil {
 		return err
 	}
 	defer func() {
@@ -89,92 +60,17 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer cancel()
 		_ = b.Shutdown(sctx)
 	}()
-	if replicaTLS.Enabled() { // fail now, not in every replica
-		nc, err := nats.Connect(b.ClientURL(), append(replicaTLS.Options(), nats.Timeout(5*time.Second), nats.NoReconnect())...)
-		if err != nil {
-			return fmt.Errorf("replicas cannot connect to %s over TLS (the certificate must name 127.0.0.1 and be signed by -tls-ca): %w", b.ClientURL(), err)
-		}
-		nc.Close()
-	}
-	inproc := b.InProcessOption()
-	// In-process connections skip TLS: a tls:// URL would make nats.go ask
-	// for it. Replicas (TCP) still get TLS, from the agent's TLS files.
-	url := strings.Replace(b.ClientURL(), "tls://", "nats://", 1)
 
-	var wg sync.WaitGroup
-	errs := make(chan error, 3)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
-	// Controller.
-	ctl, err := controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: []nats.Option{inproc}, ID: *node + "-controller", Logger: log})
-	if err != nil {
+	u := &upParts{errs: make(chan error, 3), drain: f.ingress.RequestTimeout + 5*time.Second}
+	if err := u.start(runCtx, b, f, log, stderr); err != nil {
+		u.stop()
 		return err
 	}
-	ctlCtx, stopCtl := context.WithCancel(context.Background())
-	defer stopCtl()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := ctl.Run(ctlCtx); err != nil {
-			errs <- fmt.Errorf("controller: %w", err)
-		}
-	}()
-
-	// Node agent: replicas are this binary, re-executed.
-	agent, err := worker.NewAgent(worker.AgentConfig{
-		Name: *node, NATSURL: url, NATSOptions: []nats.Option{inproc}, Registry: registry(),
-		StopReplicasOnExit: true, KillReplicasWithAgent: true, Logger: log, ReplicaOutput: stderr, ReplicaLogLevel: *level,
-		MaxReplicas: *maxReplicas, SpawnRate: *spawnRate,
-		TLSCAFile: replicaTLS.CAFile,
-	})
-	if err != nil {
-		return err
-	}
-	agentCtx, stopAgent := context.WithCancel(context.Background())
-	defer stopAgent()
-	agentDone := make(chan struct{})
-	go func() {
-		defer close(agentDone)
-		if err := agent.Run(agentCtx); err != nil {
-			errs <- fmt.Errorf("node agent: %w", err)
-		}
-	}()
-
-	// Ingress.
-	icfg.NATSURL, icfg.NATSOptions, icfg.Logger = url, []nats.Option{inproc}, log
-	ing, err := ingress.New(*icfg)
-	if err != nil {
-		return err
-	}
-	if err := ing.Start(runCtx); err != nil {
-		stopAgent()
-		<-agentDone
-		stopCtl()
-		wg.Wait()
-		return err
-	}
-
-	go func() { // the HTTP server stopping by itself stops natserve up, non-zero
-		select {
-		case <-ing.Done():
-			if err := ing.Err(); err != nil {
-				errs <- err
-			}
-		case <-runCtx.Done():
-		}
-	}()
-
-	fmt.Fprintf(stdout, "natserve is up\n")
-	fmt.Fprintf(stdout, "  broker      %s (data in %s)\n", b.ClientURL(), *data)
-	if ntls.CAFile != "" {
-		fmt.Fprintf(stdout, "  tls         clients trust %s (-tls-ca or $%s)\n", ntls.CAFile, client.EnvTLSCA)
-	}
-	fmt.Fprintf(stdout, "  http        %s://%s\n", icfg.Scheme(), ing.Addr())
-	fmt.Fprintf(stdout, "  controller  %s\n", ctl.ID())
-	fmt.Fprintf(stdout, "  node        %s (classes: %s)\n", agent.Name(), strings.Join(registry().Classes(), ", "))
+	printUp(stdout, b, f, u)
 	if cfg != nil {
-		if err := applyAtStart(runCtx, b, ing, cfg, stdout); err != nil {
+		if err := applyAtStart(runCtx, b, u.ing, cfg, stdout); err != nil {
 			fmt.Fprintf(stderr, "natserve: %v\n", err)
 		}
 	}
@@ -183,17 +79,179 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var runErr error
 	select {
 	case <-ctx.Done():
-	case runErr = <-errs:
+	case runErr = <-u.errs:
 	}
 	fmt.Fprintln(stdout, "natserve: shutting down")
-	sctx, scancel := context.WithTimeout(context.Background(), icfg.RequestTimeout+5*time.Second)
-	_ = ing.Shutdown(sctx)
-	scancel()
-	stopAgent() // drains the replicas
-	<-agentDone
-	stopCtl()
-	wg.Wait()
+	u.stop()
 	return runErr
+}
+
+// upFlags are natserve up's flags.
+type upFlags struct {
+	data, natsHost, file, node, level string
+	natsPort, maxReplicas             int
+	spawnRate                         float64
+	tls                               *broker.TLSConfig
+	replicaTLS                        natsconn.TLS // what replicas trust: -tls-ca
+	ingress                           *ingress.Config
+}
+
+func parseUpFlags(args []string, stderr io.Writer) (*upFlags, error) {
+	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	f := &upFlags{}
+	fs.StringVar(&f.data, "data", "natserve-data", "directory for the broker's JetStream data")
+	fs.IntVar(&f.natsPort, "nats-port", 4222, "NATS client port (on 127.0.0.1 unless -nats-host)")
+	fs.StringVar(&f.natsHost, "nats-host", "127.0.0.1", "NATS client listen address")
+	fs.StringVar(&f.file, "f", "", "config file to apply once everything runs")
+	fs.StringVar(&f.node, "name", "local", "this node's name")
+	fs.StringVar(&f.level, "log-level", "warn", "debug, info, warn or error")
+	fs.IntVar(&f.maxReplicas, "max-replicas-per-node", 0, "cap on this node's replica processes (0: what its memory holds, memory / 20 MB)")
+	fs.Float64Var(&f.spawnRate, "spawn-rate", worker.DefaultSpawnRate, "replica starts per second on this node")
+	f.tls = tlsServerFlags(fs, "tls-", "the NATS port's", "CA file (PEM) that signed -tls-cert; replicas trust it (default: the system's roots)")
+	f.ingress = ingressFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("up takes no arguments, got %q (flags go before them?)", fs.Args())
+	}
+	if !isLoopback(f.natsHost) && !f.tls.Enabled() {
+		return nil, fmt.Errorf("-nats-host %s is off loopback and NATS would be plain TCP: pass -tls-cert FILE -tls-key FILE (and -tls-ca FILE) to serve it over TLS, or keep -nats-host 127.0.0.1", f.natsHost)
+	}
+	// Replicas connect over TCP on this machine: with TLS they trust -tls-ca.
+	if f.tls.Enabled() {
+		f.replicaTLS.CAFile = f.tls.CAFile
+		if err := f.replicaTLS.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+// startUpBroker starts the broker and, with TLS, checks that replicas
+// will be able to connect to it.
+func startUpBroker(ctx context.Context, f *upFlags, log *slog.Logger) (*broker.Broker, error) {
+	b, err := broker.New(broker.Config{Host: f.natsHost, Port: f.natsPort, DataDir: filepath.Join(f.data, "broker"), Logger: log, TLS: *f.tls})
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Start(ctx); err != nil {
+		return nil, err
+	}
+	if f.replicaTLS.Enabled() { // fail now, not in every replica
+		nc, err := nats.Connect(b.ClientURL(), append(f.replicaTLS.Options(), nats.Timeout(5*time.Second), nats.NoReconnect())...)
+		if err != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = b.Shutdown(sctx)
+			return nil, fmt.Errorf("replicas cannot connect to %s over TLS (the certificate must name 127.0.0.1 and be signed by -tls-ca): %w", b.ClientURL(), err)
+		}
+		nc.Close()
+	}
+	return b, nil
+}
+
+// upParts are what natserve up runs on its broker; stop stops what start
+// started, in order, and waits for it.
+type upParts struct {
+	ctl   *controlplane.Controller
+	agent *worker.Agent
+	ing   *ingress.Ingress // nil until started
+	errs  chan error       // a part that stopped by itself
+	drain time.Duration    // the ingress's shutdown budget
+
+	stopCtl, stopAgent context.CancelFunc // nil until started
+	ctlDone, agentDone chan struct{}
+}
+
+// start starts the controller, the node agent and the ingress.
+func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, log *slog.Logger, stderr io.Writer) error {
+	inproc := b.InProcessOption()
+	// In-process connections skip TLS: a tls:// URL would make nats.go ask
+	// for it. Replicas (TCP) still get TLS, from the agent's TLS files.
+	url := strings.Replace(b.ClientURL(), "tls://", "nats://", 1)
+	var err error
+	u.ctl, err = controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: []nats.Option{inproc}, ID: f.node + "-controller", Logger: log})
+	if err != nil {
+		return err
+	}
+	u.stopCtl, u.ctlDone = u.run("controller", u.ctl.Run)
+
+	// Node agent: replicas are this binary, re-executed.
+	u.agent, err = worker.NewAgent(worker.AgentConfig{
+		Name: f.node, NATSURL: url, NATSOptions: []nats.Option{inproc}, Registry: registry(),
+		StopReplicasOnExit: true, KillReplicasWithAgent: true, Logger: log, ReplicaOutput: stderr, ReplicaLogLevel: f.level,
+		MaxReplicas: f.maxReplicas, SpawnRate: f.spawnRate,
+		TLSCAFile: f.replicaTLS.CAFile,
+	})
+	if err != nil {
+		return err
+	}
+	u.stopAgent, u.agentDone = u.run("node agent", u.agent.Run)
+
+	f.ingress.NATSURL, f.ingress.NATSOptions, f.ingress.Logger = url, []nats.Option{inproc}, log
+	ing, err := ingress.New(*f.ingress)
+	if err != nil {
+		return err
+	}
+	if err := ing.Start(runCtx); err != nil {
+		return err
+	}
+	u.ing = ing
+	go func() { // the HTTP server stopping by itself stops natserve up, non-zero
+		select {
+		case <-ing.Done():
+			if err := ing.Err(); err != nil {
+				u.errs <- err
+			}
+		case <-runCtx.Done():
+		}
+	}()
+	return nil
+}
+
+// run runs a part until its stop is called (not until natserve up's ctx
+// ends: stop orders the parts); a failure goes to u.errs.
+func (u *upParts) run(what string, run func(context.Context) error) (context.CancelFunc, chan struct{}) {
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := run(ctx); err != nil {
+			u.errs <- fmt.Errorf("%s: %w", what, err)
+		}
+	}()
+	return stop, done
+}
+
+// stop stops the parts in order: ingress, node agent (which drains the
+// replicas), controller. The broker is the caller's.
+func (u *upParts) stop() {
+	if u.ing != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), u.drain)
+		_ = u.ing.Shutdown(sctx)
+		cancel()
+	}
+	if u.stopAgent != nil {
+		u.stopAgent()
+		<-u.agentDone
+	}
+	if u.stopCtl != nil {
+		u.stopCtl()
+		<-u.ctlDone
+	}
+}
+
+func printUp(stdout io.Writer, b *broker.Broker, f *upFlags, u *upParts) {
+	fmt.Fprintf(stdout, "natserve is up\n")
+	fmt.Fprintf(stdout, "  broker      %s (data in %s)\n", b.ClientURL(), f.data)
+	if f.tls.CAFile != "" {
+		fmt.Fprintf(stdout, "  tls         clients trust %s (-tls-ca or $%s)\n", f.tls.CAFile, client.EnvTLSCA)
+	}
+	fmt.Fprintf(stdout, "  http        %s://%s\n", f.ingress.Scheme(), u.ing.Addr())
+	fmt.Fprintf(stdout, "  controller  %s\n", u.ctl.ID())
+	fmt.Fprintf(stdout, "  node        %s (classes: %s)\n", u.agent.Name(), strings.Join(registry().Classes(), ", "))
 }
 
 // applyAtStart applies the config file once a controller leads and the
