@@ -51,8 +51,9 @@ fuzz: ## run every fuzz target for FUZZTIME each
 build: ## build natserve and servectl into ./bin
 	$(GO) build -o bin/ ./cmd/...
 
-bench: ## the end-to-end benchmark harness (needs wrk, nginx-light, gnuplot-nox); results in bench/results
-	$(GO) run ./bench/harness -duration 5s -repeats 3 -out bench/results
+BENCH_FLAGS ?=
+bench: ## the end-to-end benchmark harness (needs wrk, nginx-light, gnuplot-nox); results in bench/results; BENCH_FLAGS=-metrics=false compares without metrics
+	$(GO) run ./bench/harness -duration 5s -repeats 3 -out bench/results $(BENCH_FLAGS)
 
 microbench: ## hot-path micro benchmarks, each beside its baseline
 	$(GO) test -run XXX -bench . -benchmem ./bench/ ./ingress/ ./controlplane/

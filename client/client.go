@@ -41,6 +41,11 @@ type Options struct {
 	// and key for a broker that verifies clients. Default: $NATSERVE_TLS_CA,
 	// $NATSERVE_TLS_CERT and $NATSERVE_TLS_KEY when all three are unset here.
 	TLSCAFile, TLSCertFile, TLSKeyFile string
+	// CallObserver, when set, is told of every handle call when it ends:
+	// the deployment, the method ("" for the default), the error code (""
+	// on success) and how long it took. Replicas use it for their handle
+	// call metrics. Default: nil.
+	CallObserver func(deployment, method, code string, elapsed time.Duration)
 }
 
 // Environment variables Connect reads for TLS when no WithTLS is given.
@@ -62,6 +67,11 @@ func WithMaxBusyRetries(n int) Option { return func(o *Options) { o.MaxBusyRetri
 // WithQueueLimit sets Options.QueueLimit.
 func WithQueueLimit(f func(deployment string) int) Option {
 	return func(o *Options) { o.QueueLimit = f }
+}
+
+// WithCallObserver sets Options.CallObserver.
+func WithCallObserver(f func(deployment, method, code string, elapsed time.Duration)) Option {
+	return func(o *Options) { o.CallObserver = f }
 }
 
 // WithName sets Options.Name.

@@ -346,7 +346,7 @@ func appendArray(vals [][]byte) []byte {
 
 // callRaw sends msgpack-encoded args to a deployment's method and returns
 // the raw msgpack result.
-func (c *Client) callRaw(ctx context.Context, deployment, method string, payload []byte) ([]byte, error) {
+func (c *Client) callRaw(ctx context.Context, deployment, method string, payload []byte) (_ []byte, err error) {
 	if err := wire.ValidateMethod(method); err != nil {
 		return nil, &Error{Deployment: deployment, Method: method, Code: string(wire.CodeUnknownMethod), Message: err.Error()}
 	}
@@ -360,6 +360,20 @@ func (c *Client) callRaw(ctx context.Context, deployment, method string, payload
 	}
 	if method != "" {
 		hdr[wire.HeaderMethod] = []string{method}
+	}
+	if obs := c.opts.CallObserver; obs != nil {
+		start := time.Now()
+		defer func() {
+			code := ""
+			if err != nil {
+				code = string(wire.CodeInternal)
+				var ce *Error
+				if errors.As(err, &ce) {
+					code = ce.Code
+				}
+			}
+			obs(deployment, method, code, time.Since(start))
+		}()
 	}
 	reply, err := c.RequestMsg(ctx, time.Time{}, deployment, method, &nats.Msg{Subject: wire.DeploymentSubject(deployment), Header: hdr, Data: payload})
 	if err != nil {

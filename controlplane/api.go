@@ -33,6 +33,9 @@ func fail(code wire.APICode, format string, args ...any) error {
 // serveAPI answers one control API request.
 func (c *Controller) serveAPI(ctx context.Context, st *state, m *nats.Msg) {
 	verb := wire.APIVerb(m.Subject)
+	start := time.Now()
+	var rep wire.APIReply
+	defer func() { c.m.served(verb, rep.Code, time.Since(start)) }()
 	var data any
 	var err error
 	if len(m.Data) > wire.MaxAPIRequest {
@@ -42,7 +45,6 @@ func (c *Controller) serveAPI(ctx context.Context, st *state, m *nats.Msg) {
 		data, err = c.handle(rctx, st, verb, m.Data)
 		cancel()
 	}
-	var rep wire.APIReply
 	if err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) {

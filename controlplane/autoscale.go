@@ -138,6 +138,7 @@ func (c *Controller) autoscaleTarget(st *state, spec *client.DeploymentSpec, ds 
 		ds.autoTarget = client.DesiredReplicas(a, 0, 1)
 		ds.decision = client.Decision{}
 		ds.scaleReason = fmt.Sprintf("%s: 0 → %d replicas: a request arrived while scaled to zero", time.Now().UTC().Format(time.RFC3339), ds.autoTarget)
+		c.m.coldStart(spec.Name)
 		c.log.Info("waking a deployment scaled to zero", "deployment", spec.Name, "to", ds.autoTarget)
 	}
 	window := time.Duration(a.LookBackPeriodS * float64(time.Second))
@@ -155,6 +156,7 @@ func (c *Controller) autoscaleTarget(st *state, spec *client.DeploymentSpec, ds 
 	if next != ds.autoTarget {
 		ds.scaleReason = fmt.Sprintf("%s: %d → %d replicas: %.1f ongoing requests over %d replicas (target %.1f each) for the delay",
 			time.Now().UTC().Format(time.RFC3339), ds.autoTarget, next, total, n, a.TargetOngoingRequests)
+		c.m.decided(spec.Name, ds.autoTarget, next)
 		c.log.Info("autoscaling", "deployment", spec.Name, "from", ds.autoTarget, "to", next, "ongoing", total, "running", n)
 		ds.autoTarget = next
 	}

@@ -25,9 +25,11 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/kvwatch"
+	prom "github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/wire"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures a Controller.
@@ -47,6 +49,9 @@ type Config struct {
 	NodeTimeout time.Duration
 	// ReconcileInterval is the control loop period. Default: 100ms.
 	ReconcileInterval time.Duration
+	// Metrics receives the controller's Prometheus metrics; nil turns them
+	// off. Default: nil.
+	Metrics prometheus.Registerer
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -59,6 +64,7 @@ type Controller struct {
 	nc *nats.Conn
 	js jetstream.JetStream
 	kv *store.Buckets
+	m  *ctlMetrics // nil when Config.Metrics is nil
 
 	mu      sync.Mutex // guards leading, st
 	leading bool
@@ -86,7 +92,11 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Controller{cfg: cfg, log: cfg.Logger.With("controller", cfg.ID)}, nil
+	c := &Controller{cfg: cfg, log: cfg.Logger.With("controller", cfg.ID)}
+	if cfg.Metrics != nil {
+		c.m = newCtlMetrics()
+	}
+	return c, nil
 }
 
 // ID returns the controller's id.
@@ -109,6 +119,13 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	defer nc.Close()
 	c.nc = nc
+	if c.m != nil {
+		for _, col := range append(c.m.collectors(), newStateCollector(c), prom.NATSCollector(nc, "controller")) {
+			if err := c.cfg.Metrics.Register(col); err != nil {
+				return fmt.Errorf("controller: registering metrics: %w", err)
+			}
+		}
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
@@ -204,6 +221,11 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 		return
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	svc := c.apiService()
+	if err := svc.Start(c.nc); err != nil {
+		c.log.Warn("announcing the control API service failed", "err", err)
+	}
+	defer svc.Stop()
 
 	wg.Add(1)
 	go func() {
@@ -238,7 +260,9 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 				c.log.Warn("renewing the lease failed; retrying", "err", err)
 			}
 		case <-tick.C:
+			start := time.Now()
 			c.reconcile(ctx, st)
+			c.m.loopTook(time.Since(start))
 		}
 	}
 }

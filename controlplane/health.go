@@ -148,6 +148,9 @@ func (c *Controller) check(ctx context.Context, st *state, key, replica string, 
 	if reason == "" {
 		return
 	}
+	if a, _, ok := st.asgs.get(key); ok {
+		c.m.healthFailed(a.Deployment)
+	}
 	c.log.Warn("replica failed a health check", "replica", replica, "fails", fails, "reason", reason)
 	if fails < UnhealthyThreshold {
 		return
@@ -156,6 +159,7 @@ func (c *Controller) check(ctx context.Context, st *state, key, replica string, 
 	if !ok || a.Desired != store.DesiredRun {
 		return
 	}
+	c.m.restarted(a.Deployment, "unhealthy")
 	c.log.Warn("replica unhealthy; killing it", "deployment", a.Deployment, "replica", replica)
 	c.setDesired(ctx, st, view{a: a, rev: rev}, store.DesiredKill)
 }

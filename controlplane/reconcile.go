@@ -180,6 +180,7 @@ func (p *depPass) sortReplicas(vs []view) (cur, old []view) {
 			// The node agent is gone but the replica answers: it keeps
 			// serving, counted as it is, until its agent returns or it stops answering.
 		case !nodeUp:
+			c.m.restarted(spec.Name, "node_lost")
 			c.log.Warn("node lost; replacing its replica", "deployment", spec.Name, "replica", v.a.Replica, "node", v.a.Node)
 			c.dropAssignment(p.ctx, p.st, v)
 			if v.a.Desired == store.DesiredRun {
@@ -218,6 +219,7 @@ func (p *depPass) countFailure(v view) {
 		return
 	}
 	p.ds.lastCrash = v.st.Error
+	p.c.m.restarted(p.spec.Name, "crashed")
 	p.c.log.Warn("replica died; replacing it", "deployment", p.spec.Name, "replica", v.a.Replica, "pid", v.st.PID, "err", v.st.Error)
 }
 
@@ -412,6 +414,7 @@ func (c *Controller) createAssignment(ctx context.Context, st *state, spec *clie
 		return
 	}
 	st.asgs.put(a.Key(), rev, a)
+	c.m.started(spec.Name)
 	c.log.Info("replica assigned", "deployment", spec.Name, "replica", a.Replica, "node", node)
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/natserve/natserve/examples/hello"
 	"github.com/natserve/natserve/internal/testutil"
 	"github.com/natserve/natserve/worker"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 )
 
@@ -21,11 +22,16 @@ import (
 // their ratio. The replica runs in this process over TCP to the broker; the
 // ingress connects in process, as in natserve up.
 func BenchmarkServeVsFasthttp(b *testing.B) {
+	b.Run("metrics=off", func(b *testing.B) { benchServe(b, nil) })
+	b.Run("metrics=on", func(b *testing.B) { benchServe(b, prometheus.NewRegistry()) })
+}
+
+func benchServe(b *testing.B, metricsReg prometheus.Registerer) {
 	br := testutil.Broker(b)
 	var reg worker.Registry
 	hello.Register(&reg)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	r, err := worker.NewReplica(&reg, worker.ReplicaSpec{Deployment: "hello", Class: "Hello", Replica: "rbench", NATSURL: br.ClientURL(), MaxOngoingRequests: 100, InitArgs: json.RawMessage(`[]`)}, quiet)
+	r, err := worker.NewReplica(&reg, worker.ReplicaSpec{Deployment: "hello", Class: "Hello", Replica: "rbench", NATSURL: br.ClientURL(), MaxOngoingRequests: 100, InitArgs: json.RawMessage(`[]`), Metrics: metricsReg != nil}, quiet)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -33,7 +39,7 @@ func BenchmarkServeVsFasthttp(b *testing.B) {
 	done := make(chan struct{})
 	go func() { _ = r.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	g, err := New(Config{Addr: "127.0.0.1:0", NATSOptions: nil, NATSURL: br.ClientURL(), Logger: quiet})
+	g, err := New(Config{Addr: "127.0.0.1:0", NATSOptions: nil, NATSURL: br.ClientURL(), Logger: quiet, Metrics: metricsReg})
 	if err != nil {
 		b.Fatal(err)
 	}

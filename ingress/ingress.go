@@ -18,16 +18,21 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/discovery"
 	"github.com/natserve/natserve/internal/kvwatch"
+	"github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/wire"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 )
 
@@ -77,6 +82,9 @@ type Config struct {
 	// TLSCertFile and TLSKeyFile, when set, make the listener serve HTTPS
 	// with this PEM certificate and key. Default: "" (plain HTTP).
 	TLSCertFile, TLSKeyFile string
+	// Metrics receives the ingress's Prometheus metrics; nil turns
+	// counting off (the request path then skips it). Default: nil.
+	Metrics prometheus.Registerer
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -144,6 +152,9 @@ type Ingress struct {
 	srv     *fasthttp.Server
 	maxBody int
 
+	metrics *metricSet         // nil when Config.Metrics is nil
+	svc     *discovery.Service // the ingress in `nats micro ls`
+
 	mu       sync.Mutex // guards ln, done, stopErr, watchers
 	ln       net.Listener
 	done     chan struct{}      // closed when the HTTP server has stopped
@@ -185,7 +196,10 @@ func New(cfg Config) (*Ingress, error) {
 		return nil, err
 	}
 	g := &Ingress{cfg: cfg, log: cfg.Logger.With("component", "ingress")}
-	g.routes.Store(newTable(nil))
+	if cfg.Metrics != nil {
+		g.metrics = newMetricSet(g)
+	}
+	g.storeTable(newTable(nil))
 	return g, nil
 }
 
@@ -197,6 +211,20 @@ func (g *Ingress) Start(ctx context.Context) error {
 		return fmt.Errorf("ingress: connecting to %s: %w", g.cfg.NATSURL, err)
 	}
 	g.nc = nc
+	if g.metrics != nil {
+		for _, c := range append(g.metrics.collectors(), metrics.NATSCollector(nc, "ingress")) {
+			if err := g.cfg.Metrics.Register(c); err != nil {
+				nc.Close()
+				return fmt.Errorf("ingress: registering metrics: %w", err)
+			}
+		}
+	}
+	g.svc = &discovery.Service{Name: wire.IngressService, ID: strings.ToLower(nuid.Next()), Description: "natserve HTTP ingress",
+		Endpoints: g.serviceEndpoints, Stats: g.serviceStats}
+	if err := g.svc.Start(nc); err != nil {
+		nc.Close()
+		return fmt.Errorf("ingress: %w", err)
+	}
 	g.cl = client.New(nc, client.WithTimeout(g.cfg.RequestTimeout), client.WithMaxBusyRetries(g.cfg.MaxBusyRetries), client.WithQueueLimit(g.queueLimit))
 	// The envelope must fit the broker's max payload: leave room for the
 	// headers, the NATS headers and the envelope's own framing.
@@ -350,6 +378,9 @@ func (g *Ingress) Shutdown(ctx context.Context) error {
 			<-done
 		}
 	}
+	if g.svc != nil {
+		g.svc.Stop()
+	}
 	g.mu.Lock()
 	watchers := g.watchers
 	g.watchers = nil
@@ -390,7 +421,7 @@ func (g *Ingress) watchRoutes(js jetstream.JetStream) []*kvwatch.Watcher {
 		for _, gr := range graphs {
 			gs = append(gs, gr)
 		}
-		g.routes.Store(newTable(routes, gs...))
+		g.storeTable(newTable(routes, gs...))
 	}
 	return []*kvwatch.Watcher{
 		g.watchBucket(js, wire.BucketGraphs, func() { mu.Lock(); clear(graphs); mu.Unlock() }, func(key string, val []byte) {
@@ -451,5 +482,18 @@ func (g *Ingress) setRoutes(specs map[string]client.DeploymentSpec) {
 			routes[p] = name
 		}
 	}
-	g.routes.Store(newTable(routes))
+	g.storeTable(newTable(routes))
+}
+
+// storeTable resolves the new table's metric children and swaps it in.
+func (g *Ingress) storeTable(t *table) {
+	if g.metrics != nil {
+		live := make(map[string]bool, len(t.byPrefix))
+		for p, rt := range t.byPrefix {
+			rt.metrics = g.metrics.route(p, rt.deployment)
+			live[p+"\x00"+rt.deployment] = true
+		}
+		g.metrics.retain(live)
+	}
+	g.routes.Store(t)
 }

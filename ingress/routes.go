@@ -15,6 +15,7 @@ type route struct {
 	deployment string
 	subject    string
 	graph      *client.GraphSpec // set for a graph: the ingress runs it
+	metrics    *routeMetrics     // nil when metrics are off
 }
 
 // table is an immutable route table; the ingress swaps whole tables

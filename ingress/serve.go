@@ -51,13 +51,20 @@ func (g *Ingress) serve(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.Set(headerRequestID, id)
 
 	rt := g.routes.Load().match(path)
+	if g.metrics != nil {
+		m := g.metrics.notFound
+		if rt != nil {
+			m = rt.metrics
+		}
+		defer m.done(ctx, m.start())
+	}
 	if rt == nil {
 		ctx.Error("no deployment serves "+string(path)+"\n", fasthttp.StatusNotFound)
 		ctx.Response.Header.Set(headerRequestID, id)
 		return
 	}
 	if rt.graph != nil {
-		g.serveGraph(ctx, rt.graph, id)
+		g.serveGraph(ctx, rt, id)
 		return
 	}
 
@@ -84,12 +91,14 @@ func (g *Ingress) serve(ctx *fasthttp.RequestCtx) {
 	}}
 	reply, err := g.cl.RequestMsg(context.Background(), time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", msg)
 	if err != nil {
+		rt.metrics.failed(err)
 		g.writeError(ctx, rt.deployment, err)
 		return
 	}
 	rep, err := wire.DecodeHTTPReply(reply.Data)
 	if err != nil {
 		g.log.Warn("bad reply from replica", "deployment", rt.deployment, "replica", reply.Header.Get(wire.HeaderReplica), "err", err)
+		rt.metrics.failedCode("bad_reply", err.Error())
 		ctx.Error("bad reply from deployment "+rt.deployment+"\n", fasthttp.StatusBadGateway)
 		return
 	}
@@ -162,7 +171,8 @@ func (g *Ingress) parseError(ctx *fasthttp.RequestCtx, err error) {
 // serveGraph runs a graph for an HTTP request: the input is the JSON body
 // or a query parameter (the graph's http_input), the output is written as
 // text (a string) or JSON.
-func (g *Ingress) serveGraph(ctx *fasthttp.RequestCtx, gr *client.GraphSpec, id string) {
+func (g *Ingress) serveGraph(ctx *fasthttp.RequestCtx, rt *route, id string) {
+	gr := rt.graph
 	var raw []byte
 	if param, ok := strings.CutPrefix(gr.HTTPInput, "query:"); ok {
 		v := ctx.QueryArgs().Peek(param)
@@ -189,6 +199,7 @@ func (g *Ingress) serveGraph(ctx *fasthttp.RequestCtx, gr *client.GraphSpec, id 
 	out, err := g.cl.RunGraph(rctx, gr, input)
 	cancel()
 	if err != nil {
+		rt.metrics.failed(err)
 		g.writeError(ctx, gr.Name, err)
 		return
 	}

@@ -20,9 +20,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/kvwatch"
+	"github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/wire"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
 
@@ -73,6 +75,10 @@ type AgentConfig struct {
 	MaxReplicas int
 	// SpawnRate bounds replica starts per second. Default: 100.
 	SpawnRate float64
+	// Metrics receives the agent's Prometheus metrics and turns on its
+	// replicas' (exported through ReplicaGatherer); nil turns both off.
+	// Default: nil.
+	Metrics prometheus.Registerer
 	// Logger is the agent's logger. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -87,11 +93,13 @@ type Agent struct {
 	nc *nats.Conn
 	kv *store.Buckets
 
-	mu      sync.Mutex // guards running, waiting
+	mu      sync.Mutex // guards running, waiting, and nc against ReplicaGatherer
 	running map[string]*proc
 	waiting map[string]store.Assignment // assigned while the node was at MaxReplicas
 
 	starts *rate.Limiter // SpawnRate
+
+	metrics *agentMetrics // nil when Config.Metrics is nil
 
 	spawn chan func()    // run on a locked OS thread when KillReplicasWithAgent
 	wg    sync.WaitGroup // the heartbeat
@@ -177,7 +185,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("node agent %s: connecting to %s: %w", a.cfg.Name, a.cfg.NATSURL, err)
 	}
 	defer nc.Close()
+	a.mu.Lock()
 	a.nc = nc
+	a.mu.Unlock()
+	if a.cfg.Metrics != nil {
+		if err := a.registerMetrics(a.cfg.Metrics); err != nil {
+			return err
+		}
+		if err := a.cfg.Metrics.Register(metrics.NATSCollector(nc, "agent")); err != nil {
+			return fmt.Errorf("agent %s: registering metrics: %w", a.cfg.Name, err)
+		}
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
@@ -492,7 +510,7 @@ func (p *proc) run(ctx context.Context) {
 	spec := ReplicaSpec{
 		Deployment: p.asg.Deployment, Class: p.asg.Class, Replica: p.asg.Replica, Version: p.asg.Version, Node: p.asg.Node,
 		InitArgs: p.asg.InitArgs, UserConfig: p.asg.UserConfig, MaxOngoingRequests: p.asg.MaxOngoingRequests,
-		GracefulShutdownTimeoutS: p.asg.GracefulShutdownTimeoutS, NATSURL: p.a.cfg.NATSURL,
+		GracefulShutdownTimeoutS: p.asg.GracefulShutdownTimeoutS, NATSURL: p.a.cfg.NATSURL, Metrics: p.a.cfg.Metrics != nil,
 		NATSCAFile: p.a.cfg.TLSCAFile, NATSCertFile: p.a.cfg.TLSCertFile, NATSKeyFile: p.a.cfg.TLSKeyFile,
 		AgentPID: os.Getpid(), OrphanTimeoutS: p.a.cfg.OrphanTimeout.Seconds(),
 	}
@@ -529,6 +547,9 @@ func (p *proc) run(ctx context.Context) {
 		_ = cmd.Process.Kill()
 	}
 	pid := cmd.Process.Pid
+	if p.a.metrics != nil {
+		p.a.metrics.starts.WithLabelValues(p.asg.Deployment).Inc()
+	}
 	p.a.log.Info("replica started", "deployment", p.asg.Deployment, "replica", p.asg.Replica, "pid", pid)
 	p.state(client.ReplicaStarting, pid, 0, "", started)
 
@@ -584,6 +605,9 @@ func (p *proc) exit(err error, tail *tailWriter, started time.Time) {
 		} else if msg == "" {
 			msg = fmt.Sprintf("exited with code %d", code)
 		}
+	}
+	if p.a.metrics != nil {
+		p.a.metrics.exits.WithLabelValues(p.asg.Deployment, state).Inc()
 	}
 	p.a.log.Info("replica exited", "deployment", p.asg.Deployment, "replica", p.asg.Replica, "code", code, "state", state)
 	p.state(state, p.pid, code, msg, started)

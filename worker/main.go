@@ -15,9 +15,12 @@ import (
 	"syscall"
 
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/profile"
 	"github.com/natserve/natserve/internal/wire"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Exit codes of a replica process, read by the node agent (defined in
@@ -84,6 +87,9 @@ func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Write
 	fs.StringVar(&files.CertFile, "tls-cert", os.Getenv(client.EnvTLSCert), "client certificate, for a broker that verifies clients ($"+client.EnvTLSCert+")")
 	fs.StringVar(&files.KeyFile, "tls-key", os.Getenv(client.EnvTLSKey), "key of -tls-cert ($"+client.EnvTLSKey+")")
 	orphan := fs.Duration("orphan-timeout", DefaultOrphanTimeout, "how long a replica outlives its agent unadopted, or NATS, before it drains and exits")
+	metricsOn := fs.Bool("metrics", true, "count and export Prometheus metrics for the node and its replicas")
+	metricsAddr := fs.String("metrics-addr", DefaultMetricsAddr, "the node's Prometheus /metrics listen address, its replicas' included (a taken default falls back to a free port)")
+	tokenFile := fs.String("metrics-token-file", os.Getenv("NATSERVE_METRICS_TOKEN_FILE"), "file holding the bearer token /metrics requires; required off loopback ($NATSERVE_METRICS_TOKEN_FILE)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -94,16 +100,43 @@ func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Write
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	a, err := NewAgent(AgentConfig{
+	cfg := AgentConfig{
 		Name: *name, NATSURL: *url, NATSOptions: files.Options(), Registry: reg, KVReplicas: *kvReplicas, StopReplicasOnExit: *drain, Logger: log, ReplicaOutput: stderr,
 		MaxReplicas: *maxReplicas, SpawnRate: *spawnRate, OrphanTimeout: *orphan,
 		TLSCAFile: files.CAFile, TLSCertFile: files.CertFile, TLSKeyFile: files.KeyFile,
-	})
+	}
+	var preg *prometheus.Registry
+	token := ""
+	if *metricsOn {
+		var err error
+		if token, err = metrics.ReadToken(*tokenFile); err != nil {
+			return err
+		}
+		if err := metrics.CheckExposure(*metricsAddr, token); err != nil {
+			return err
+		}
+		preg = prometheus.NewRegistry()
+		preg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		cfg.Metrics = preg
+	}
+	a, err := NewAgent(cfg)
 	if err != nil {
 		return err
 	}
+	if preg != nil {
+		srv, err := metrics.Listen(*metricsAddr, *metricsAddr == DefaultMetricsAddr, metrics.Mux(prometheus.Gatherers{preg, a.ReplicaGatherer()}, token), log)
+		if err != nil {
+			return err
+		}
+		defer srv.Shutdown(context.Background())
+		log.Info("node metrics", "url", "http://"+srv.Addr()+"/metrics")
+	}
 	return a.Run(ctx)
 }
+
+// DefaultMetricsAddr is where a node agent serves /metrics by default
+// (Ray's metrics export port).
+const DefaultMetricsAddr = "127.0.0.1:8080"
 
 func envOr(key, def string) string {
 	if v := os.Getenv(key); v != "" {

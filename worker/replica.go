@@ -15,6 +15,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/discovery"
+	"github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/wire"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -47,10 +49,12 @@ type Replica struct {
 
 	health healthChecks // CheckHealth runs, one at a time
 
-	agentMu      sync.Mutex   // guards agent, orphanSince
-	agent        agentRef     // the node agent this replica answers to
-	orphanSince  time.Time    // when the agent was found gone; zero while it runs
-	disconnected atomic.Int64 // unix nanoseconds since NATS is unreachable; 0 while connected
+	agentMu      sync.Mutex         // guards agent, orphanSince
+	agent        agentRef           // the node agent this replica answers to
+	orphanSince  time.Time          // when the agent was found gone; zero while it runs
+	disconnected atomic.Int64       // unix nanoseconds since NATS is unreachable; 0 while connected
+	metrics      *replicaMetrics    // nil unless spec.Metrics
+	svc          *discovery.Service // the replica in `nats micro ls`
 
 	stop     chan struct{} // closed by Stop
 	stopOnce sync.Once
@@ -105,7 +109,13 @@ func (r *Replica) Run(ctx context.Context) error {
 	}
 	defer nc.Close()
 	r.nc = nc
-	r.cl = client.New(nc)
+	var copts []client.Option
+	if r.spec.Metrics {
+		r.metrics = newReplicaMetrics(r)
+		r.metrics.labelled.MustRegister(metrics.NATSCollector(nc, "replica"))
+		copts = append(copts, client.WithCallObserver(r.metrics.observeCall))
+	}
+	r.cl = client.New(nc, copts...)
 	defer r.cl.Close()
 
 	// life ends on ctx (SIGTERM) or Stop: the constructor, reconfigures
@@ -155,6 +165,10 @@ func (r *Replica) Run(ctx context.Context) error {
 			defer r.receivers.Done()
 			r.receive()
 		}()
+	}
+	r.svc = r.service()
+	if err := r.svc.Start(nc); err != nil {
+		return fmt.Errorf("replica %s: %w", r.spec.Replica, err)
 	}
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("replica %s: %w", r.spec.Replica, err)
@@ -210,6 +224,9 @@ func (r *Replica) reportLoad(done <-chan struct{}) {
 
 func (r *Replica) drain() error {
 	r.draining.Store(true)
+	if r.svc != nil {
+		r.svc.Stop() // no longer an instance of the service
+	}
 	timeout := r.spec.gracefulTimeout()
 	deadline := time.Now().Add(timeout)
 	r.log.Info("replica draining", "graceful_shutdown_timeout", timeout)
@@ -271,6 +288,9 @@ func (r *Replica) receive() {
 		select {
 		case r.sem <- struct{}{}:
 		default:
+			if r.metrics != nil {
+				r.metrics.busy.Inc()
+			}
 			r.replyError(m, wire.CodeBusy, "replica is at max_ongoing_requests")
 			continue
 		}
@@ -284,19 +304,26 @@ func (r *Replica) receive() {
 }
 
 func (r *Replica) serveAndRelease(m *nats.Msg) {
-	r.serve(m)
+	if r.metrics == nil {
+		r.serve(m, nil)
+	} else {
+		var oc outcome
+		start := time.Now()
+		r.serve(m, &oc)
+		r.metrics.observe(&oc, time.Since(start))
+	}
 	<-r.sem
 	r.inflight.Done()
 }
 
-func (r *Replica) serve(m *nats.Msg) {
+func (r *Replica) serve(m *nats.Msg, oc *outcome) {
 	if v := m.Header.Get(wire.HeaderProto); v != wire.ProtoVersion {
-		r.replyError(m, wire.CodeProto, fmt.Sprintf("protocol version %q not spoken; this replica speaks %q", v, wire.ProtoVersion))
+		r.fail(oc, m, wire.CodeProto, fmt.Sprintf("protocol version %q not spoken; this replica speaks %q", v, wire.ProtoVersion))
 		return
 	}
 	timeout, err := wire.ParseTimeout(m.Header.Get(wire.HeaderTimeout))
 	if err != nil {
-		r.replyError(m, wire.CodeBadRequest, err.Error())
+		r.fail(oc, m, wire.CodeBadRequest, err.Error())
 		return
 	}
 	id := m.Header.Get(wire.HeaderRequestID)
@@ -305,15 +332,18 @@ func (r *Replica) serve(m *nats.Msg) {
 	}
 	name := m.Header.Get(wire.HeaderMethod)
 	if err := wire.ValidateMethod(name); err != nil {
-		r.replyError(m, wire.CodeUnknownMethod, err.Error())
+		r.fail(oc, m, wire.CodeUnknownMethod, err.Error())
 		return
 	}
 	if name == "" {
 		name = DefaultMethod
 	}
 	meth := r.cls.methods[name]
+	if oc != nil && !hook(name) {
+		oc.meth = meth
+	}
 	if meth == nil || hook(name) {
-		r.replyError(m, wire.CodeUnknownMethod, fmt.Sprintf("class %s has no method %s", r.cls.name, name))
+		r.fail(oc, m, wire.CodeUnknownMethod, fmt.Sprintf("class %s has no method %s", r.cls.name, name))
 		return
 	}
 
@@ -332,7 +362,7 @@ func (r *Replica) serve(m *nats.Msg) {
 		args, err = callArgs(m.Data, meth, id)
 	}
 	if err != nil {
-		r.replyError(m, wire.CodeBadRequest, fmt.Sprintf("%s.%s: %v", r.cls.name, name, err))
+		r.fail(oc, m, wire.CodeBadRequest, fmt.Sprintf("%s.%s: %v", r.cls.name, name, err))
 		return
 	}
 
@@ -358,11 +388,11 @@ func (r *Replica) serve(m *nats.Msg) {
 		switch {
 		case errors.As(err, &pe):
 			r.log.Error("method panicked", "method", name, "request_id", id, "panic", fmt.Sprint(pe.Value), "stack", string(pe.Stack))
-			r.replyError(m, wire.CodePanic, pe.Error())
+			r.fail(oc, m, wire.CodePanic, pe.Error())
 		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
-			r.replyError(m, wire.CodeDeadline, err.Error())
+			r.fail(oc, m, wire.CodeDeadline, err.Error())
 		default:
-			r.replyError(m, wire.CodeUser, err.Error())
+			r.fail(oc, m, wire.CodeUser, err.Error())
 		}
 		return
 	}
@@ -370,7 +400,7 @@ func (r *Replica) serve(m *nats.Msg) {
 	if isHTTP {
 		data = wire.AppendHTTPReply(nil, httpReply(result))
 	} else if data, err = wire.MarshalValue(result); err != nil {
-		r.replyError(m, wire.CodeInternal, fmt.Sprintf("encoding the result of %s.%s: %v", r.cls.name, name, err))
+		r.fail(oc, m, wire.CodeInternal, fmt.Sprintf("encoding the result of %s.%s: %v", r.cls.name, name, err))
 		return
 	}
 	r.reply(m, nil, data)
@@ -522,6 +552,8 @@ func (r *Replica) onControl(m *nats.Msg) {
 		r.Stop()
 	case wire.VerbAdopt:
 		r.onAdopt(m)
+	case wire.VerbMetrics:
+		r.answerMetrics(m)
 	}
 }
 

@@ -29,6 +29,9 @@ type ReplicaSpec struct {
 	GracefulShutdownTimeoutS float64 `json:"graceful_shutdown_timeout_s,omitempty"`
 	// NATSURL is the broker (comma-separated for a cluster).
 	NATSURL string `json:"nats_url"`
+	// Metrics turns on the replica's Prometheus metrics (and the stats it
+	// reports to `nats micro stats`); its node agent exports them. Default: false.
+	Metrics bool `json:"metrics,omitempty"`
 	// NATSCAFile, NATSCertFile and NATSKeyFile are the TLS files of the
 	// replica's connection: the CA of the broker's certificate, and a client
 	// certificate and key for a broker that verifies clients. Default: "" (plain TCP).

@@ -46,6 +46,7 @@ type config struct {
 	repeats  int
 	out      string
 	conns    int
+	metrics  bool
 }
 
 func main() {
@@ -54,6 +55,7 @@ func main() {
 	flag.IntVar(&cfg.repeats, "repeats", 3, "repetitions of every measurement")
 	flag.StringVar(&cfg.out, "out", "bench/results", "directory for results.json, results.md, throughput.png")
 	flag.IntVar(&cfg.conns, "idle-conns", 10000, "idle connections held open against the ingress")
+	flag.BoolVar(&cfg.metrics, "metrics", true, "Prometheus metrics on in natserve up and the ingress (false: compare the hot path without them)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -194,7 +196,8 @@ func run(ctx context.Context, cfg config) error {
 	natsPort, portD := freePort(), freePort()
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
 	up, err := ps.start(bins["natserve"], "up", "-data", filepath.Join(tmp, "data"), "-nats-port", strconv.Itoa(natsPort),
-		"-addr", fmt.Sprintf("127.0.0.1:%d", portD), "-max-connections", "200000")
+		"-addr", fmt.Sprintf("127.0.0.1:%d", portD), "-max-connections", "200000",
+		"-metrics="+strconv.FormatBool(cfg.metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort()))
 	if err != nil {
 		return err
 	}
@@ -275,7 +278,8 @@ func run(ctx context.Context, cfg config) error {
 	}
 	// Ingress memory under idle connections: a standalone ingress.
 	portI := freePort()
-	ing, err := ps.start(bins["natserve"], "ingress", "-nats", natsURL, "-addr", fmt.Sprintf("127.0.0.1:%d", portI), "-max-connections", "200000")
+	ing, err := ps.start(bins["natserve"], "ingress", "-nats", natsURL, "-addr", fmt.Sprintf("127.0.0.1:%d", portI), "-max-connections", "200000",
+		"-metrics="+strconv.FormatBool(cfg.metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort()))
 	if err != nil {
 		return err
 	}

@@ -119,6 +119,7 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 	leaseTTL := fs.Duration("lease-ttl", 6*time.Second, "how long the leader's lease outlives it")
 	tlsFiles := tlsClientFlags(fs)
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	mf := addMetricsFlags(fs, defaultControllerMetricsAddr)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -129,10 +130,21 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := controlplane.New(controlplane.Config{NATSURL: *url, NATSOptions: tlsFiles.Options(), ID: *id, KVReplicas: *kvReplicas, NodeTimeout: *nodeTimeout, LeaseTTL: *leaseTTL, Logger: log})
+	token, err := mf.check()
 	if err != nil {
 		return err
 	}
+	reg := mf.registry()
+	c, err := controlplane.New(controlplane.Config{NATSURL: *url, NATSOptions: tlsFiles.Options(), ID: *id, KVReplicas: *kvReplicas, NodeTimeout: *nodeTimeout, LeaseTTL: *leaseTTL, Logger: log, Metrics: registerer(reg)})
+	if err != nil {
+		return err
+	}
+	msrv, err := mf.serve(reg, token, nil, log)
+	if err != nil {
+		return err
+	}
+	defer msrv.Shutdown(context.Background())
+	log.Info("controller metrics", "url", metricsURL(msrv))
 	return c.Run(ctx)
 }
 
@@ -163,6 +175,7 @@ func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	tlsFiles := tlsClientFlags(fs)
 	cfg := ingressFlags(fs)
+	mf := addMetricsFlags(fs, defaultIngressMetricsAddr)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -173,7 +186,12 @@ func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	cfg.NATSURL, cfg.NATSOptions, cfg.Logger = *url, tlsFiles.Options(), log
+	token, err := mf.check()
+	if err != nil {
+		return err
+	}
+	reg := mf.registry()
+	cfg.NATSURL, cfg.NATSOptions, cfg.Logger, cfg.Metrics = *url, tlsFiles.Options(), log, registerer(reg)
 	g, err := ingress.New(*cfg)
 	if err != nil {
 		return err
@@ -181,7 +199,15 @@ func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := g.Start(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "natserve ingress listening on %s://%s\n", cfg.Scheme(), g.Addr())
+	msrv, err := mf.serve(reg, token, nil, log)
+	if err != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = g.Shutdown(sctx)
+		cancel()
+		return err
+	}
+	defer msrv.Shutdown(context.Background())
+	fmt.Fprintf(stdout, "natserve ingress listening on %s://%s (metrics %s)\n", cfg.Scheme(), g.Addr(), metricsURL(msrv))
 	select {
 	case <-ctx.Done():
 	case <-g.Done(): // the HTTP server stopped by itself: exit non-zero

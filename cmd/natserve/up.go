@@ -20,8 +20,10 @@ import (
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/controlplane"
 	"github.com/natserve/natserve/ingress"
+	"github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/worker"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // runUp runs broker, controller, ingress and a node agent in one process
@@ -94,6 +96,8 @@ type upFlags struct {
 	tls                               *broker.TLSConfig
 	replicaTLS                        natsconn.TLS // what replicas trust: -tls-ca
 	ingress                           *ingress.Config
+	metrics                           *metricsFlags
+	metricsToken                      string
 }
 
 func parseUpFlags(args []string, stderr io.Writer) (*upFlags, error) {
@@ -110,7 +114,12 @@ func parseUpFlags(args []string, stderr io.Writer) (*upFlags, error) {
 	fs.Float64Var(&f.spawnRate, "spawn-rate", worker.DefaultSpawnRate, "replica starts per second on this node")
 	f.tls = tlsServerFlags(fs, "tls-", "the NATS port's", "CA file (PEM) that signed -tls-cert; replicas trust it (default: the system's roots)")
 	f.ingress = ingressFlags(fs)
+	f.metrics = addMetricsFlags(fs, defaultMetricsAddr)
 	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	var err error
+	if f.metricsToken, err = f.metrics.check(); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
@@ -160,6 +169,7 @@ type upParts struct {
 	ing   *ingress.Ingress // nil until started
 	errs  chan error       // a part that stopped by itself
 	drain time.Duration    // the ingress's shutdown budget
+	msrv  *metrics.Server  // /metrics for all of it; nil with metrics off
 
 	stopCtl, stopAgent context.CancelFunc // nil until started
 	ctlDone, agentDone chan struct{}
@@ -171,8 +181,9 @@ func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, lo
 	// In-process connections skip TLS: a tls:// URL would make nats.go ask
 	// for it. Replicas (TCP) still get TLS, from the agent's TLS files.
 	url := strings.Replace(b.ClientURL(), "tls://", "nats://", 1)
+	reg := f.metrics.registry()
 	var err error
-	u.ctl, err = controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: []nats.Option{inproc}, ID: f.node + "-controller", Logger: log})
+	u.ctl, err = controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: []nats.Option{inproc}, ID: f.node + "-controller", Logger: log, Metrics: registerer(reg)})
 	if err != nil {
 		return err
 	}
@@ -182,7 +193,7 @@ func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, lo
 	u.agent, err = worker.NewAgent(worker.AgentConfig{
 		Name: f.node, NATSURL: url, NATSOptions: []nats.Option{inproc}, Registry: registry(),
 		StopReplicasOnExit: true, KillReplicasWithAgent: true, Logger: log, ReplicaOutput: stderr, ReplicaLogLevel: f.level,
-		MaxReplicas: f.maxReplicas, SpawnRate: f.spawnRate,
+		MaxReplicas: f.maxReplicas, SpawnRate: f.spawnRate, Metrics: registerer(reg),
 		TLSCAFile: f.replicaTLS.CAFile,
 	})
 	if err != nil {
@@ -190,7 +201,7 @@ func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, lo
 	}
 	u.stopAgent, u.agentDone = u.run("node agent", u.agent.Run)
 
-	f.ingress.NATSURL, f.ingress.NATSOptions, f.ingress.Logger = url, []nats.Option{inproc}, log
+	f.ingress.NATSURL, f.ingress.NATSOptions, f.ingress.Logger, f.ingress.Metrics = url, []nats.Option{inproc}, log, registerer(reg)
 	ing, err := ingress.New(*f.ingress)
 	if err != nil {
 		return err
@@ -208,6 +219,13 @@ func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, lo
 		case <-runCtx.Done():
 		}
 	}()
+	// One /metrics for all of it: the parts' registry and the replicas',
+	// merged at each scrape.
+	if reg != nil {
+		if u.msrv, err = f.metrics.serve(prometheus.Gatherers{reg, u.agent.ReplicaGatherer()}, f.metricsToken, nil, log); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -241,6 +259,11 @@ func (u *upParts) stop() {
 		u.stopCtl()
 		<-u.ctlDone
 	}
+	if u.msrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = u.msrv.Shutdown(sctx)
+		cancel()
+	}
 }
 
 func printUp(stdout io.Writer, b *broker.Broker, f *upFlags, u *upParts) {
@@ -250,6 +273,7 @@ func printUp(stdout io.Writer, b *broker.Broker, f *upFlags, u *upParts) {
 		fmt.Fprintf(stdout, "  tls         clients trust %s (-tls-ca or $%s)\n", f.tls.CAFile, client.EnvTLSCA)
 	}
 	fmt.Fprintf(stdout, "  http        %s://%s\n", f.ingress.Scheme(), u.ing.Addr())
+	fmt.Fprintf(stdout, "  metrics     %s\n", metricsURL(u.msrv))
 	fmt.Fprintf(stdout, "  controller  %s\n", u.ctl.ID())
 	fmt.Fprintf(stdout, "  node        %s (classes: %s)\n", u.agent.Name(), strings.Join(registry().Classes(), ", "))
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/natserve/natserve/examples/seed"
 	"github.com/natserve/natserve/worker"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Probe is the test class.
@@ -221,8 +222,25 @@ func (Counter) Call(ctx context.Context, req *worker.Request) (int, error) {
 	return os.Getpid(), nil
 }
 
+// Metered counts its calls in a metric of its own, registered through
+// worker.Metrics in the constructor.
+type Metered struct{ hits prometheus.Counter }
+
+// NewMetered registers natserve_test_hits_total.
+func NewMetered(ctx context.Context) (*Metered, error) {
+	m := &Metered{hits: prometheus.NewCounter(prometheus.CounterOpts{Name: "natserve_test_hits_total", Help: "Hits of a test class."})}
+	return m, worker.Metrics(ctx).Register(m.hits)
+}
+
+// Hit counts one hit.
+func (m *Metered) Hit() int {
+	m.hits.Inc()
+	return 1
+}
+
 func main() {
 	var reg worker.Registry
+	reg.Class("Metered", NewMetered)
 	reg.Class("Probe", NewProbe)
 	reg.Func("double", func(x int) int { return 2 * x })
 	reg.HTTPHandler("Router", NewRouter)
