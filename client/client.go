@@ -105,6 +105,7 @@ type Client struct {
 	opts   Options
 	graphs graphCache
 	queue  queueStats
+	mux    sync.Map // deployment → *MultiplexStats
 
 	// ctx ends when Close is called; the client's goroutines (the queue
 	// reports) stop on it, and wg counts them so that Close waits for
@@ -255,6 +256,9 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 		switch {
 		case err == nil:
 		case errors.Is(err, nats.ErrNoResponders):
+			if probeOf(ctx) != nil { // a multiplexing probe falls back to the next subject
+				return nil, k.fail(wire.CodeNoReplicas, "no replica serves "+msg.Subject, "")
+			}
 			if err := k.wakeFromZero(); err != nil {
 				return nil, err
 			}
@@ -277,6 +281,9 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 		// Busy: wait in the caller-side queue and try again.
 		if err := k.admit(); err != nil {
 			return nil, err
+		}
+		if p := probeOf(ctx); p != nil && time.Now().After(p.until) {
+			return nil, k.fail(wire.CodeBusy, "the replicas holding the model stayed busy", probeGaveUp)
 		}
 		if err := k.backoffBusy(ctx, attempt); err != nil {
 			return nil, err

@@ -27,6 +27,8 @@ var ErrConfigFile = errors.New("invalid config file")
 //	    route_prefix: /rep-1
 //	    max_ongoing_requests: 5
 //	    user_config: {threshold: 0.5}
+//	    batching:            # the class's batched methods, changed in place
+//	      Predict: {max_batch_size: 8, batch_wait_timeout_s: 0.02}
 type Config struct {
 	// File is the file's name, used in errors.
 	File        string
@@ -263,6 +265,8 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 				return s, p.errf(v, field, "%s", strings.TrimPrefix(derr.Error(), "json: "))
 			}
 			s.AutoscalingConfig = base
+		case "batching":
+			s.Batching, err = p.batching(v, field)
 		case "route_prefix":
 			s.RoutePrefix, err = p.routePrefix(v, field)
 		case "max_ongoing_requests":
@@ -293,6 +297,34 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 		return s, p.located(err, n.Line, lines)
 	}
 	return s, nil
+}
+
+// batching decodes a batching block: method name to its batch parameters.
+func (p *parser) batching(v *yaml.Node, field string) (map[string]BatchConfig, error) {
+	if v.Kind != yaml.MappingNode {
+		return nil, p.errf(v, field, "want a mapping of method names to {max_batch_size, batch_wait_timeout_s, max_concurrent_batches}, got %s", kindName(v))
+	}
+	out := map[string]BatchConfig{}
+	for i := 0; i+1 < len(v.Content); i += 2 {
+		k, mv := v.Content[i], v.Content[i+1]
+		mfield := field + "." + k.Value
+		var x any
+		if mv.Kind != yaml.MappingNode || mv.Decode(&x) != nil {
+			return nil, p.errf(mv, mfield, "want a mapping with max_batch_size, batch_wait_timeout_s or max_concurrent_batches, got %s", kindName(mv))
+		}
+		b, _ := json.Marshal(x)
+		var bc BatchConfig
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		if derr := dec.Decode(&bc); derr != nil {
+			return nil, p.errf(mv, mfield, "%s", strings.TrimPrefix(derr.Error(), "json: "))
+		}
+		if err := bc.Validate(); err != nil {
+			return nil, p.errf(mv, mfield, "%v", err)
+		}
+		out[k.Value] = bc
+	}
+	return out, nil
 }
 
 func (p *parser) graph(n *yaml.Node, path string) (GraphSpec, error) {

@@ -210,7 +210,7 @@ func (c *Client) RunGraph(ctx context.Context, g *GraphSpec, input []byte) ([]by
 					args[i] = v
 				}
 			}
-			r.val, r.err = c.callRaw(ctx, deployment, method, appendArray(args))
+			r.val, r.err = c.callRaw(ctx, deployment, method, "", appendArray(args))
 			if r.err != nil {
 				var ce *Error
 				if errors.As(r.err, &ce) {
@@ -345,8 +345,9 @@ func appendArray(vals [][]byte) []byte {
 }
 
 // callRaw sends msgpack-encoded args to a deployment's method and returns
-// the raw msgpack result.
-func (c *Client) callRaw(ctx context.Context, deployment, method string, payload []byte) (_ []byte, err error) {
+// the raw msgpack result; a call for a multiplexed model (model != "") goes
+// through RequestModel.
+func (c *Client) callRaw(ctx context.Context, deployment, method, model string, payload []byte) (_ []byte, err error) {
 	if err := wire.ValidateMethod(method); err != nil {
 		return nil, &Error{Deployment: deployment, Method: method, Code: string(wire.CodeUnknownMethod), Message: err.Error()}
 	}
@@ -375,7 +376,13 @@ func (c *Client) callRaw(ctx context.Context, deployment, method string, payload
 			obs(deployment, method, code, time.Since(start))
 		}()
 	}
-	reply, err := c.RequestMsg(ctx, time.Time{}, deployment, method, &nats.Msg{Subject: wire.DeploymentSubject(deployment), Header: hdr, Data: payload})
+	msg := &nats.Msg{Subject: wire.DeploymentSubject(deployment), Header: hdr, Data: payload}
+	var reply *nats.Msg
+	if model != "" {
+		reply, err = c.RequestModel(ctx, time.Time{}, deployment, method, model, msg)
+	} else {
+		reply, err = c.RequestMsg(ctx, time.Time{}, deployment, method, msg)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ type Handle struct {
 	deployment string
 	method     string
 	subject    string
+	model      string // multiplexed model id; "" for none
 }
 
 // Deployment returns the name of the deployment the handle calls.
@@ -56,7 +57,7 @@ func (h *Handle) call(ctx context.Context, args []any) ([]byte, error) {
 	if err != nil {
 		return nil, &Error{Deployment: h.deployment, Method: h.method, Code: string(wire.CodeBadRequest), Message: "encoding the arguments: " + err.Error()}
 	}
-	out, err := h.c.callRaw(ctx, h.deployment, h.method, payload)
+	out, err := h.c.callRaw(ctx, h.deployment, h.method, h.model, payload)
 	if errors.Is(err, ErrNoReplicas) && h.method == "" {
 		// Perhaps a graph: its name has no replicas of its own.
 		if g, ok := h.c.Graph(ctx, h.deployment); ok {

@@ -75,6 +75,9 @@ type DeploymentSpec struct {
 	// AutoscalingConfig turns on autoscaling; NumReplicas is then ignored.
 	// Default: none.
 	AutoscalingConfig *AutoscalingConfig `json:"autoscaling_config,omitempty"`
+	// Batching tunes the class's batched methods, by method name; a
+	// change is applied in place. Default: the values the class registered.
+	Batching map[string]BatchConfig `json:"batching,omitempty"`
 }
 
 // Autoscaled reports whether the controller chooses the replica count.
@@ -160,6 +163,9 @@ func (s *DeploymentSpec) Normalize() error {
 		return bad("health_check_timeout_s", "%v is below 0.05", s.HealthCheckTimeoutS)
 	case len(s.Version) > 128:
 		return bad("version", "longer than 128 characters")
+	}
+	if err := validateBatching(s.Batching, s.MaxOngoingRequests); err != nil {
+		return bad("batching", "%v", err)
 	}
 	if s.AutoscalingConfig != nil {
 		if err := s.AutoscalingConfig.Normalize(); err != nil {

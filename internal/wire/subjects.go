@@ -5,6 +5,7 @@ import "strings"
 // Subjects and queue groups. Every subject natserve uses is built here.
 //
 //	natserve.dep.<deployment>          requests to a deployment; queue group <deployment>
+//	natserve.mux.<deployment>.<token>  multiplexed requests (multiplex.go); same queue group
 //	natserve.rep.<replica>.<verb>      control of one replica (ping, reconfigure, stop)
 //	natserve.api.<verb>                the controller's control API
 //	natserve.agent.<node>.<verb>       commands to one node agent
