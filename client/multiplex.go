@@ -102,7 +102,6 @@ func (s *MultiplexStats) HitRate() float64 {
 	return float64(h) / float64(h+f+a)
 }
 
-
 // Multiplex returns the routing counters of this client's calls to
 // deployment's models.
 func (c *Client) Multiplex(deployment string) *MultiplexStats { return c.muxStats(deployment) }
