@@ -174,7 +174,7 @@ func (c *Controller) reconfigure(ctx context.Context, st *state, v view, spec *c
 	}
 	st.busy[v.a.Replica] = true
 	st.mu.Unlock()
-	userConfig := spec.UserConfig
+	userConfig, batching := spec.UserConfig, spec.Batching
 	timeout := time.Duration(spec.HealthCheckTimeoutS * float64(time.Second))
 	st.spawn(func() {
 		defer func() {
@@ -183,7 +183,11 @@ func (c *Controller) reconfigure(ctx context.Context, st *state, v view, spec *c
 			st.mu.Unlock()
 		}()
 		rctx, cancel := context.WithTimeout(ctx, timeout)
-		m, err := c.nc.RequestWithContext(rctx, wire.ReplicaSubject(v.a.Replica, wire.VerbReconfigure), userConfig)
+		req := nats.NewMsg(wire.ReplicaSubject(v.a.Replica, wire.VerbReconfigure))
+		req.Data = userConfig
+		b, _ := json.Marshal(batching)
+		req.Header.Set(wire.HeaderBatching, string(b)) // "null" when none: nothing to change
+		m, err := c.nc.RequestMsgWithContext(rctx, req)
 		cancel()
 		if err == nil && m.Header.Get(wire.HeaderCode) != "" {
 			err = &client.Error{Code: m.Header.Get(wire.HeaderCode), Message: m.Header.Get(wire.HeaderError), Deployment: v.a.Deployment, Method: "Reconfigure"}
@@ -193,7 +197,7 @@ func (c *Controller) reconfigure(ctx context.Context, st *state, v view, spec *c
 			return
 		}
 		a := v.a
-		a.UserConfig, a.ConfigHash = userConfig, cfg
+		a.UserConfig, a.Batching, a.ConfigHash = userConfig, batching, cfg
 		// The term's context: a controller that stepped down writes nothing.
 		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
 		defer wcancel()

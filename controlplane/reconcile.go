@@ -35,7 +35,11 @@ func hashes(spec *client.DeploymentSpec) (code, cfg string) {
 		return buf.String()
 	}
 	h := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%g", spec.Class, compact(spec.InitArgs), spec.Version, spec.MaxOngoingRequests, spec.GracefulShutdownTimeoutS)))
-	c := sha256.Sum256([]byte(compact(spec.UserConfig)))
+	var batching []byte
+	if len(spec.Batching) > 0 {
+		batching, _ = json.Marshal(spec.Batching) // map keys sorted: stable
+	}
+	c := sha256.Sum256([]byte(compact(spec.UserConfig) + "\x00" + string(batching)))
 	return hex.EncodeToString(h[:6]), hex.EncodeToString(c[:6])
 }
 
@@ -404,7 +408,7 @@ func place(class, deployment string, alive map[string]store.Node, load map[strin
 func (c *Controller) createAssignment(ctx context.Context, st *state, spec *client.DeploymentSpec, node, code, cfg string) {
 	a := store.Assignment{
 		Replica: strings.ToLower(nuid.Next()), Node: node, Deployment: spec.Name, Class: spec.Class,
-		InitArgs: spec.InitArgs, UserConfig: spec.UserConfig, Version: spec.Version, CodeHash: code, ConfigHash: cfg,
+		InitArgs: spec.InitArgs, UserConfig: spec.UserConfig, Batching: spec.Batching, Version: spec.Version, CodeHash: code, ConfigHash: cfg,
 		MaxOngoingRequests: spec.MaxOngoingRequests, GracefulShutdownTimeoutS: spec.GracefulShutdownTimeoutS,
 		Desired: store.DesiredRun, Created: time.Now(),
 	}

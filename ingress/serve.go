@@ -89,7 +89,14 @@ func (g *Ingress) serve(ctx *fasthttp.RequestCtx) {
 		wire.HeaderKind:      []string{wire.KindHTTP},
 		wire.HeaderRequestID: []string{id},
 	}}
-	reply, err := g.cl.RequestMsg(context.Background(), time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", msg)
+	var reply *nats.Msg
+	var err error
+	if model := req.Header.Peek(wire.HTTPHeaderModelID); len(model) > 0 {
+		// A multiplexed model: routed to a replica that holds it.
+		reply, err = g.cl.RequestModel(context.Background(), time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", string(model), msg)
+	} else {
+		reply, err = g.cl.RequestMsg(context.Background(), time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", msg)
+	}
 	if err != nil {
 		rt.metrics.failed(err)
 		g.writeError(ctx, rt.deployment, err)

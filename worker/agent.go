@@ -509,7 +509,7 @@ func (p *proc) run(ctx context.Context) {
 	}
 	spec := ReplicaSpec{
 		Deployment: p.asg.Deployment, Class: p.asg.Class, Replica: p.asg.Replica, Version: p.asg.Version, Node: p.asg.Node,
-		InitArgs: p.asg.InitArgs, UserConfig: p.asg.UserConfig, MaxOngoingRequests: p.asg.MaxOngoingRequests,
+		InitArgs: p.asg.InitArgs, UserConfig: p.asg.UserConfig, Batching: p.asg.Batching, MaxOngoingRequests: p.asg.MaxOngoingRequests,
 		GracefulShutdownTimeoutS: p.asg.GracefulShutdownTimeoutS, NATSURL: p.a.cfg.NATSURL, Metrics: p.a.cfg.Metrics != nil,
 		NATSCAFile: p.a.cfg.TLSCAFile, NATSCertFile: p.a.cfg.TLSCertFile, NATSKeyFile: p.a.cfg.TLSKeyFile,
 		AgentPID: os.Getpid(), OrphanTimeoutS: p.a.cfg.OrphanTimeout.Seconds(),

@@ -51,7 +51,7 @@ func newHTTPClass(name string, ctor any) (*class, error) {
 		}
 		return []reflect.Value{reflect.ValueOf(&httpApp{h: h}), reflect.Zero(errType)}
 	})
-	return newClass(name, wrapped.Interface())
+	return newClass(name, wrapped.Interface(), nil)
 }
 
 // httpApp adapts an http.Handler to the class protocol.

@@ -46,15 +46,19 @@ const (
 // carry, and returns nothing, a result, an error, or a result and an error.
 // The method Call is the default entry point for HTTP and handles; when it
 // takes a single *Request it receives HTTP requests as such.
-func (r *Registry) Class(name string, constructor any) {
-	c, err := newClass(name, constructor)
+//
+// Options make methods batched (Batched) or the class multiplexed
+// (Multiplexed).
+func (r *Registry) Class(name string, constructor any, opts ...ClassOption) {
+	c, err := newClass(name, constructor, opts)
 	r.add(name, c, err)
 }
 
 // Func registers a plain function as a deployment (the seed's "function for
 // simple use cases"): its only method is Call, and it takes no init args.
-func (r *Registry) Func(name string, fn any) {
-	c, err := newFuncClass(name, fn)
+// Batched(DefaultMethod, …) makes it a batched function.
+func (r *Registry) Func(name string, fn any, opts ...ClassOption) {
+	c, err := newFuncClass(name, fn, opts)
 	r.add(name, c, err)
 }
 
@@ -162,6 +166,7 @@ type class struct {
 	ctorIn   []reflect.Type
 	function reflect.Value // the function of a function deployment
 	methods  map[string]*method
+	mux      *muxSpec // model multiplexing; nil for none
 }
 
 type method struct {
@@ -174,9 +179,10 @@ type method struct {
 	hasResult  bool
 	hasErr     bool
 	resultType reflect.Type
+	batch      *batchSpec // set for a batched method
 }
 
-func newClass(name string, ctor any) (*class, error) {
+func newClass(name string, ctor any, opts []ClassOption) (*class, error) {
 	if err := wire.ValidateName("class name", name); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRegistration, err)
 	}
@@ -210,9 +216,20 @@ func newClass(name string, ctor any) (*class, error) {
 	if it.Kind() == reflect.Interface {
 		return nil, fmt.Errorf("%w: class %q: constructor must return a concrete type, not the interface %v", ErrRegistration, name, it)
 	}
+	co, err := buildOptions(opts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: class %q: %v", ErrRegistration, name, err)
+	}
 	for i := 0; i < it.NumMethod(); i++ {
 		m := it.Method(i)
-		mm, err := newMethod(m.Name, m.Func, true)
+		var mm *method
+		var err error
+		if bo, ok := co.batched[m.Name]; ok {
+			mm, err = newBatchMethod(m.Name, m.Func, true, bo)
+			delete(co.batched, m.Name)
+		} else {
+			mm, err = newMethod(m.Name, m.Func, true)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: class %q: %v (unexport it if handles need not call it)", ErrRegistration, name, err)
 		}
@@ -227,13 +244,16 @@ func newClass(name string, ctor any) (*class, error) {
 			}
 		}
 	}
+	if err := co.check(c); err != nil {
+		return nil, fmt.Errorf("%w: class %q: %v", ErrRegistration, name, err)
+	}
 	if len(c.methods) == 0 {
 		return nil, fmt.Errorf("%w: class %q: %v has no exported methods to call", ErrRegistration, name, it)
 	}
 	return c, nil
 }
 
-func newFuncClass(name string, fn any) (*class, error) {
+func newFuncClass(name string, fn any, opts []ClassOption) (*class, error) {
 	if err := wire.ValidateName("function name", name); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRegistration, err)
 	}
@@ -241,11 +261,28 @@ func newFuncClass(name string, fn any) (*class, error) {
 	if !v.IsValid() || v.Kind() != reflect.Func || v.IsNil() {
 		return nil, fmt.Errorf("%w: function %q: want a function, got %T", ErrRegistration, name, fn)
 	}
-	m, err := newMethod(DefaultMethod, v, false)
+	co, err := buildOptions(opts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: function %q: %v", ErrRegistration, name, err)
 	}
-	return &class{name: name, function: v, methods: map[string]*method{DefaultMethod: m}}, nil
+	if co.mux != nil {
+		return nil, fmt.Errorf("%w: function %q: only a class can be multiplexed (its loader is a method)", ErrRegistration, name)
+	}
+	var m *method
+	if bo, ok := co.batched[DefaultMethod]; ok {
+		m, err = newBatchMethod(DefaultMethod, v, false, bo)
+		delete(co.batched, DefaultMethod)
+	} else {
+		m, err = newMethod(DefaultMethod, v, false)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: function %q: %v", ErrRegistration, name, err)
+	}
+	c := &class{name: name, function: v, methods: map[string]*method{DefaultMethod: m}}
+	if err := co.check(c); err != nil {
+		return nil, fmt.Errorf("%w: function %q: %v", ErrRegistration, name, err)
+	}
+	return c, nil
 }
 
 func newMethod(name string, fn reflect.Value, receiver bool) (*method, error) {

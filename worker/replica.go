@@ -56,6 +56,11 @@ type Replica struct {
 	metrics      *replicaMetrics    // nil unless spec.Metrics
 	svc          *discovery.Service // the replica in `nats micro ls`
 
+	batchers   map[*method]*batcher // the batched methods'; set before serving
+	models     *models              // the multiplexed models; nil unless the class is multiplexed
+	userConfig []byte               // the user_config Reconfigure last took; guarded by reconfMu
+	reconfMu   sync.Mutex           // one reconfigure at a time
+
 	stop     chan struct{} // closed by Stop
 	stopOnce sync.Once
 }
@@ -143,6 +148,14 @@ func (r *Replica) Run(ctx context.Context) error {
 	}
 	r.inst = inst
 	defer r.closeInstance()
+	if err := r.startBatchers(); err != nil {
+		return fmt.Errorf("%w: class %s: %w", ErrConstructor, r.spec.Class, err)
+	}
+	defer r.stopBatchers()
+	if r.cls.mux != nil {
+		r.models = newModels(r, r.cls.mux)
+		defer r.models.closeAll()
+	}
 	if len(r.spec.UserConfig) > 0 {
 		if err := r.reconfigure(life, r.spec.UserConfig); err != nil {
 			return fmt.Errorf("%w: class %s: reconfigure with user_config: %w", ErrConstructor, r.spec.Class, err)
@@ -157,6 +170,9 @@ func (r *Replica) Run(ctx context.Context) error {
 	r.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("replica %s: subscribing: %w", r.spec.Replica, err)
+	}
+	if r.models != nil {
+		r.models.resubscribe() // the free-slot subject: no model yet
 	}
 	receivers := min(r.spec.MaxOngoingRequests, maxReceivers) + 1
 	for i := 0; i < receivers; i++ {
@@ -241,12 +257,24 @@ func (r *Replica) drain() error {
 	} else if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		r.log.Warn("drain subscription", "err", err)
 	}
-	for sub.IsValid() && time.Now().Before(deadline) {
+	subs := []*nats.Subscription{sub}
+	if r.models != nil {
+		subs = append(subs, r.models.drain()...)
+	}
+	valid := func() bool {
+		for _, s := range subs {
+			if s.IsValid() {
+				return true
+			}
+		}
+		return false
+	}
+	for valid() && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	// The subscription is closed: nothing more arrives in inbox. The
+	// The subscriptions are closed: nothing more arrives in inbox. The
 	// receivers run what it still holds, then stop.
-	if !sub.IsValid() {
+	if !valid() {
 		close(r.inbox)
 	}
 	done := make(chan struct{})
@@ -350,19 +378,45 @@ func (r *Replica) serve(m *nats.Msg, oc *outcome) {
 	isHTTP := m.Header.Get(wire.HeaderKind) == wire.KindHTTP
 	var args []reflect.Value
 	var req *Request
+	dm := meth // the shape to decode: one call's element for a batched method
+	if meth.batch != nil {
+		dm = meth.batch.item
+	}
 	switch {
-	case isHTTP && meth.takesReq:
+	case isHTTP && dm.takesReq:
 		var env *wire.HTTPRequest
 		if env, err = wire.DecodeHTTPRequest(m.Data); err == nil {
 			req = newHTTPRequest(env, id)
 		}
 	case isHTTP:
-		args, err = r.httpArgs(m.Data, id, meth)
+		args, err = r.httpArgs(m.Data, id, dm)
 	default:
-		args, err = callArgs(m.Data, meth, id)
+		args, err = callArgs(m.Data, dm, id)
 	}
 	if err != nil {
 		r.fail(oc, m, wire.CodeBadRequest, fmt.Sprintf("%s.%s: %v", r.cls.name, name, err))
+		return
+	}
+
+	var model *modelEntry
+	if r.models != nil {
+		if model, err = r.acquireModel(m, timeout); err != nil {
+			var pe *PanicError
+			switch {
+			case errors.As(err, &pe):
+				r.log.Error("model loader panicked", "request_id", id, "panic", fmt.Sprint(pe.Value), "stack", string(pe.Stack))
+				r.fail(oc, m, wire.CodePanic, pe.Error())
+			case errors.Is(err, errNoModelID):
+				r.fail(oc, m, wire.CodeBadRequest, err.Error())
+			default:
+				r.fail(oc, m, wire.CodeUser, err.Error())
+			}
+			return
+		}
+		defer r.models.release(model)
+	}
+	if meth.batch != nil {
+		r.serveBatched(m, oc, meth, model, args, req, timeout, isHTTP)
 		return
 	}
 
@@ -371,6 +425,9 @@ func (r *Replica) serve(m *nats.Msg, oc *outcome) {
 	ctx := context.Background()
 	if meth.takesCtx {
 		ctx = client.WithRequestID(context.WithValue(ctx, replicaKey, r), id)
+		if model != nil {
+			ctx = context.WithValue(ctx, modelKey, model)
+		}
 		if timeout > 0 {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -383,6 +440,12 @@ func (r *Replica) serve(m *nats.Msg, oc *outcome) {
 	} else {
 		result, err = r.inst.invoke(ctx, meth, args)
 	}
+	r.replyResult(m, oc, meth, ctx, result, err, isHTTP, id)
+}
+
+// replyResult answers m with a method's result or error.
+func (r *Replica) replyResult(m *nats.Msg, oc *outcome, meth *method, ctx context.Context, result any, err error, isHTTP bool, id string) {
+	name := meth.name
 	if err != nil {
 		var pe *PanicError
 		switch {
@@ -542,7 +605,7 @@ func (r *Replica) onControl(m *nats.Msg) {
 	case wire.VerbPing:
 		r.ping(m)
 	case wire.VerbReconfigure:
-		if err := r.reconfigure(r.lifeContext(), m.Data); err != nil {
+		if err := r.reconfigureAll(r.lifeContext(), m.Header.Get(wire.HeaderBatching), m.Data); err != nil {
 			_ = m.RespondMsg(&nats.Msg{Header: nats.Header{wire.HeaderCode: {string(wire.CodeUser)}, wire.HeaderError: {err.Error()}}})
 			return
 		}
@@ -573,6 +636,9 @@ func (r *Replica) reconfigure(ctx context.Context, cfg json.RawMessage) error {
 		return fmt.Errorf("%s must take (ctx, config)", ReconfigureMethod)
 	}
 	_, err := r.inst.invoke(ctx, hm, args)
+	if err == nil {
+		r.userConfig = compactJSON(cfg)
+	}
 	return err
 }
 
@@ -588,5 +654,6 @@ func (r *Replica) Status() ReplicaStatus {
 		Replica: r.spec.Replica, Deployment: r.spec.Deployment, Class: r.spec.Class, Version: r.spec.Version,
 		Node: r.spec.Node, PID: r.pid, Ongoing: len(r.sem), MaxOngoing: cap(r.sem),
 		Draining: r.draining.Load(), Healthy: true,
+		Batching: r.batchStats(), Models: r.modelStats(),
 	}
 }

@@ -23,6 +23,9 @@ type ReplicaSpec struct {
 	InitArgs json.RawMessage `json:"init_args,omitempty"`
 	// UserConfig is passed to Reconfigure before the replica serves.
 	UserConfig json.RawMessage `json:"user_config,omitempty"`
+	// Batching tunes the class's batched methods (the deployment's
+	// batching block). Default: the values the class registered.
+	Batching map[string]client.BatchConfig `json:"batching,omitempty"`
 	// MaxOngoingRequests bounds the calls running at once. Default: 5.
 	MaxOngoingRequests int `json:"max_ongoing_requests,omitempty"`
 	// GracefulShutdownTimeoutS bounds the drain on stop. Default: 20.

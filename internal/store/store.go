@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/wire"
 )
@@ -126,6 +127,8 @@ type Assignment struct {
 	InitArgs   json.RawMessage `json:"init_args,omitempty"`
 	UserConfig json.RawMessage `json:"user_config,omitempty"`
 	Version    string          `json:"version,omitempty"`
+	// Batching is the deployment's batching block.
+	Batching map[string]client.BatchConfig `json:"batching,omitempty"`
 	// CodeHash identifies everything that needs a restart to change.
 	CodeHash string `json:"code_hash"`
 	// ConfigHash identifies the user_config the replica should have.

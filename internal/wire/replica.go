@@ -31,4 +31,8 @@ type ReplicaStatus struct {
 	Draining   bool   `json:"draining,omitempty"`
 	Healthy    bool   `json:"healthy"`
 	Error      string `json:"error,omitempty"`
+	// Batching describes the batched methods, by name.
+	Batching map[string]BatchStats `json:"batching,omitempty"`
+	// Models describes the models of a multiplexed replica.
+	Models *ModelStats `json:"models,omitempty"`
 }
