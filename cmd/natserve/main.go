@@ -17,6 +17,7 @@ import (
 	"syscall"
 
 	"github.com/natserve/natserve/examples/hello"
+	"github.com/natserve/natserve/examples/mlserve"
 	"github.com/natserve/natserve/examples/seed"
 	"github.com/natserve/natserve/examples/slow"
 	"github.com/natserve/natserve/internal/profile"
@@ -58,6 +59,7 @@ func registry() *worker.Registry {
 	seed.Register(&reg)
 	hello.Register(&reg)
 	slow.Register(&reg)
+	mlserve.Register(&reg)
 	return &reg
 }
 

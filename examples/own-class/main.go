@@ -19,6 +19,7 @@ import (
 	"strconv"
 
 	"github.com/natserve/natserve/examples/hello"
+	"github.com/natserve/natserve/examples/mlserve"
 	"github.com/natserve/natserve/examples/seed"
 	"github.com/natserve/natserve/worker"
 )
@@ -55,7 +56,8 @@ func (m *MyModel) Predict(data float64) float64 { return data * m.scale }
 func main() {
 	var reg worker.Registry
 	reg.Class("MyModel", NewMyModel)
-	seed.Register(&reg)  // Model, HTTPDeployment, MyFirstDeployment, ...: the quick start's classes
-	hello.Register(&reg) // Hello
+	seed.Register(&reg)    // Model, HTTPDeployment, MyFirstDeployment, ...: the quick start's classes
+	hello.Register(&reg)   // Hello
+	mlserve.Register(&reg) // BatchedEcho, MuxModel: the quick start's batched and mux
 	worker.Main(&reg)
 }
