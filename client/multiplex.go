@@ -113,3 +113,12 @@ func (c *Client) muxStats(deployment string) *MultiplexStats {
 	s, _ := c.mux.LoadOrStore(deployment, &MultiplexStats{})
 	return s.(*MultiplexStats)
 }
+
+// RangeMultiplex calls f with the routing counters of every deployment
+// this client called for a multiplexed model (for metrics).
+func (c *Client) RangeMultiplex(f func(deployment string, s *MultiplexStats)) {
+	c.mux.Range(func(k, v any) bool {
+		f(k.(string), v.(*MultiplexStats))
+		return true
+	})
+}

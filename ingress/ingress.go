@@ -226,6 +226,12 @@ func (g *Ingress) Start(ctx context.Context) error {
 		return fmt.Errorf("ingress: %w", err)
 	}
 	g.cl = client.New(nc, client.WithTimeout(g.cfg.RequestTimeout), client.WithMaxBusyRetries(g.cfg.MaxBusyRetries), client.WithQueueLimit(g.queueLimit))
+	if g.metrics != nil {
+		if err := g.cfg.Metrics.Register(metrics.MultiplexCollector("ingress", "deployment", g.cl)); err != nil {
+			nc.Close()
+			return fmt.Errorf("ingress: registering metrics: %w", err)
+		}
+	}
 	// The envelope must fit the broker's max payload: leave room for the
 	// headers, the NATS headers and the envelope's own framing.
 	limit := int(nc.MaxPayload()) - g.cfg.MaxHeaderBytes - 4096

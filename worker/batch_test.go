@@ -1,10 +1,12 @@
 package worker_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,9 +14,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/testutil"
 	"github.com/natserve/natserve/internal/wire"
 	"github.com/natserve/natserve/worker"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 )
 
 // batchReply is what the batched test method answers each call with.
@@ -94,7 +99,7 @@ func (c *muxClass) Which(ctx context.Context) string {
 func inproc(t *testing.T, reg *worker.Registry, url, dep, class string, maxOngoing int, batching map[string]client.BatchConfig) string {
 	t.Helper()
 	id := fmt.Sprintf("r%s%d", dep, time.Now().UnixNano()%1e9)
-	r, err := worker.NewReplica(reg, worker.ReplicaSpec{Deployment: dep, Class: class, Replica: id, NATSURL: url, MaxOngoingRequests: maxOngoing, Batching: batching}, quiet)
+	r, err := worker.NewReplica(reg, worker.ReplicaSpec{Deployment: dep, Class: class, Replica: id, NATSURL: url, MaxOngoingRequests: maxOngoing, Batching: batching, Metrics: true}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,6 +252,14 @@ func TestBatchParametersChangeInPlace(t *testing.T) {
 	if h := st.Batching["Echo"].Size; h.Count < 7 || h.Mean() < 2 {
 		t.Errorf("batch size histogram %+v: want the batches above", h)
 	}
+	// The Prometheus metrics say the same.
+	f := scrapeReplica(t, nc, id)
+	if n, ok := f.Value("natserve_replica_batch_size", map[string]string{"method": "Echo", "deployment": "batch"}); !ok || n != float64(st.Batching["Echo"].Size.Count) {
+		t.Errorf("natserve_replica_batch_size count %v (found %v), want %d", n, ok, st.Batching["Echo"].Size.Count)
+	}
+	if n, ok := f.Value("natserve_replica_batch_wait_seconds", map[string]string{"method": "Echo"}); !ok || n < 24 {
+		t.Errorf("natserve_replica_batch_wait_seconds count %v (found %v), want the 24 calls", n, ok)
+	}
 	// A bad block is refused with a one-line error, and nothing changes.
 	msg := nats.NewMsg(wire.ReplicaSubject(id, wire.VerbReconfigure))
 	msg.Header.Set(wire.HeaderBatching, `{"Nope":{"max_batch_size":2}}`)
@@ -354,6 +367,14 @@ func TestMultiplexRouting(t *testing.T) {
 	if closed != 1 || st.Fallback.Load() != 1 {
 		t.Errorf("after a fifth model: %d closed, %d fallbacks, want 1 and 1", closed, st.Fallback.Load())
 	}
+	loadsMetric := 0.0
+	for _, id := range []string{r1, r2} {
+		n, _ := scrapeReplica(t, nc, id).Value("natserve_replica_multiplexed_model_loads_total", nil)
+		loadsMetric += n
+	}
+	if loadsMetric != 5 {
+		t.Errorf("natserve_replica_multiplexed_model_loads_total sums to %v over the replicas, want 5", loadsMetric)
+	}
 	for _, id := range []string{r1, r2} {
 		m, err := nc.Request(wire.ReplicaSubject(id, wire.VerbPing), nil, 2*time.Second)
 		if err != nil {
@@ -366,6 +387,27 @@ func TestMultiplexRouting(t *testing.T) {
 		} else {
 			t.Logf("replica %s: loaded %v, %d loads, %d unloads", id, s.Models.Loaded, s.Models.Loads, s.Models.Unloads)
 		}
+	}
+}
+
+// scrapeReplica asks a replica for its metrics as its node agent does.
+func scrapeReplica(t *testing.T, nc *nats.Conn, id string) metrics.Families {
+	t.Helper()
+	m, err := nc.Request(wire.ReplicaSubject(id, wire.VerbMetrics), nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := expfmt.NewDecoder(bytes.NewReader(m.Data), expfmt.NewFormat(expfmt.TypeProtoDelim))
+	out := metrics.Families{}
+	for {
+		mf := &dto.MetricFamily{}
+		if err := dec.Decode(mf); err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+			return out
+		}
+		out[mf.GetName()] = mf
 	}
 }
 

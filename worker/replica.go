@@ -117,10 +117,13 @@ func (r *Replica) Run(ctx context.Context) error {
 	var copts []client.Option
 	if r.spec.Metrics {
 		r.metrics = newReplicaMetrics(r)
-		r.metrics.labelled.MustRegister(metrics.NATSCollector(nc, "replica"))
+		r.metrics.labelled.MustRegister(metrics.NATSCollector(nc, "replica"), newBatchMuxCollector(r))
 		copts = append(copts, client.WithCallObserver(r.metrics.observeCall))
 	}
 	r.cl = client.New(nc, copts...)
+	if r.metrics != nil {
+		r.metrics.labelled.MustRegister(metrics.MultiplexCollector("handle", "callee", r.cl))
+	}
 	defer r.cl.Close()
 
 	// life ends on ctx (SIGTERM) or Stop: the constructor, reconfigures

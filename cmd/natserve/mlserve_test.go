@@ -14,6 +14,7 @@ import (
 
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/e2e"
+	"github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/testutil"
 )
 
@@ -169,4 +170,26 @@ func TestQuickstartBatchingAndMultiplexing(t *testing.T) {
 		t.Errorf("GET /mux without a model id: %d %q, want 400", code, body)
 	}
 	t.Logf("without a model id: %d %s", code, body)
+
+	// The metrics: batch sizes, model loads, and the ingress's routing
+	// (36 of the 40 calls found a replica holding their model).
+	f, err := metrics.Scrape(bannerURL(t, u.proc.Output(), "metrics"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		lbl  map[string]string
+		min  float64
+	}{
+		{"natserve_replica_batch_size", map[string]string{"deployment": "batched", "method": "Call"}, 20},
+		{"natserve_replica_multiplexed_model_loads_total", map[string]string{"deployment": "mux"}, 4},
+		{"natserve_ingress_multiplexed_routes_total", map[string]string{"deployment": "mux", "route": "model"}, 36},
+	} {
+		if v, ok := f.Value(c.name, c.lbl); !ok || v < c.min {
+			t.Errorf("%s%v = %v (found %v), want at least %v", c.name, c.lbl, v, ok, c.min)
+		} else {
+			t.Logf("%s%v = %v", c.name, c.lbl, v)
+		}
+	}
 }
