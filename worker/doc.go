@@ -12,6 +12,14 @@
 //		worker.Main(&reg)
 //	}
 //
+// Options serve ML models: Batched gathers concurrent calls of a method into
+// one call on a slice (Ray Serve's @serve.batch), Multiplexed keeps an LRU
+// of models per replica loaded on demand (@serve.multiplexed):
+//
+//	reg.Class("Model", NewModel,
+//		worker.Batched("Predict", worker.BatchOptions{MaxBatchSize: 8, BatchWaitTimeout: 20 * time.Millisecond}),
+//		worker.Multiplexed("LoadModel", 3))
+//
 // The same binary is the node agent and, re-executed by it, each replica.
 // Requests enter a replica from its deployment's NATS queue group, run the
 // class's methods with at most max_ongoing_requests at once, and leave as

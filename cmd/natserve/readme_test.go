@@ -99,6 +99,8 @@ func TestReadmeCommands(t *testing.T) {
 		regexp.MustCompile(`(?m)^status:\s+HEALTHY$`),
 		regexp.MustCompile(`^slept 2\d\d ms \(pid \d+\)$`),
 		regexp.MustCompile(`^"slept 2\d\d ms \(pid \d+\)"$`),
+		regexp.MustCompile(`^\{"batch_size":1,"input":"7"\}$`),
+		regexp.MustCompile(`^\{"model":"m1","pid":\d+,"loads":\d+\}$`),
 	}
 	try := readmeBlock(t, readme, "try")
 	if len(try) != len(want) {
