@@ -192,8 +192,8 @@ func (r *Replica) service() *discovery.Service {
 
 func (r *Replica) methodNames() []string {
 	var names []string
-	for name := range r.cls.methods {
-		if !hook(name) {
+	for name, m := range r.cls.methods {
+		if !hook(name) && m.name == name { // one endpoint per method, not per alias
 			names = append(names, name)
 		}
 	}

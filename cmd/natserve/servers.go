@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/broker"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/controlplane"
@@ -120,6 +121,7 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 	tlsFiles := tlsClientFlags(fs)
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	mf := addMetricsFlags(fs, defaultControllerMetricsAddr)
+	df := addDashboardFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -145,6 +147,19 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer msrv.Shutdown(context.Background())
 	log.Info("controller metrics", "url", metricsURL(msrv))
+	if *df.addr != "" {
+		dnc, err := nats.Connect(*url, append(tlsFiles.Options(), nats.Name("natserve dashboard"), nats.MaxReconnects(-1))...)
+		if err != nil {
+			return fmt.Errorf("dashboard: connecting to %s: %w", *url, err)
+		}
+		defer dnc.Close()
+		dash, err := df.start(dnc, log)
+		if err != nil {
+			return err
+		}
+		defer dash.stop()
+		fmt.Fprintf(stderr, "natserve controller dashboard: %s\n", dashboardURL(dash))
+	}
 	return c.Run(ctx)
 }
 

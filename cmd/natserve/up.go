@@ -98,6 +98,7 @@ type upFlags struct {
 	ingress                           *ingress.Config
 	metrics                           *metricsFlags
 	metricsToken                      string
+	dashboard                         *dashboardFlags
 }
 
 func parseUpFlags(args []string, stderr io.Writer) (*upFlags, error) {
@@ -115,6 +116,7 @@ func parseUpFlags(args []string, stderr io.Writer) (*upFlags, error) {
 	f.tls = tlsServerFlags(fs, "tls-", "the NATS port's", "CA file (PEM) that signed -tls-cert; replicas trust it (default: the system's roots)")
 	f.ingress = ingressFlags(fs)
 	f.metrics = addMetricsFlags(fs, defaultMetricsAddr)
+	f.dashboard = addDashboardFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -170,6 +172,8 @@ type upParts struct {
 	errs  chan error       // a part that stopped by itself
 	drain time.Duration    // the ingress's shutdown budget
 	msrv  *metrics.Server  // /metrics for all of it; nil with metrics off
+	dash  *runningDashboard
+	dnc   *nats.Conn // the dashboard's
 
 	stopCtl, stopAgent context.CancelFunc // nil until started
 	ctlDone, agentDone chan struct{}
@@ -226,6 +230,14 @@ func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, lo
 			return err
 		}
 	}
+	if *f.dashboard.addr != "" {
+		if u.dnc, err = nats.Connect(url, inproc, nats.Name("natserve dashboard")); err != nil {
+			return fmt.Errorf("dashboard: %w", err)
+		}
+		if u.dash, err = f.dashboard.start(u.dnc, log); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -246,6 +258,10 @@ func (u *upParts) run(what string, run func(context.Context) error) (context.Can
 // stop stops the parts in order: ingress, node agent (which drains the
 // replicas), controller. The broker is the caller's.
 func (u *upParts) stop() {
+	u.dash.stop()
+	if u.dnc != nil {
+		u.dnc.Close()
+	}
 	if u.ing != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), u.drain)
 		_ = u.ing.Shutdown(sctx)
@@ -274,6 +290,7 @@ func printUp(stdout io.Writer, b *broker.Broker, f *upFlags, u *upParts) {
 	}
 	fmt.Fprintf(stdout, "  http        %s://%s\n", f.ingress.Scheme(), u.ing.Addr())
 	fmt.Fprintf(stdout, "  metrics     %s\n", metricsURL(u.msrv))
+	fmt.Fprintf(stdout, "  dashboard   %s\n", dashboardURL(u.dash))
 	fmt.Fprintf(stdout, "  controller  %s\n", u.ctl.ID())
 	fmt.Fprintf(stdout, "  node        %s (classes: %s)\n", u.agent.Name(), strings.Join(registry().Classes(), ", "))
 }
