@@ -101,11 +101,11 @@ func (m *metrics) total(deployment string, replicas map[string]bool, window time
 }
 
 // forget drops replicas that are gone.
-func (m *metrics) forget(live map[string]bool) {
+func (m *metrics) forget(live func(replica string) bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for id := range m.replicas {
-		if !live[id] {
+		if !live(id) {
 			delete(m.replicas, id)
 			delete(m.depOf, id)
 		}
@@ -176,6 +176,7 @@ func (c *Controller) wake(st *state, name string) wire.APIWakeReply {
 		st.wakes = map[string]bool{}
 	}
 	st.wakes[name] = true // the control loop acts on it at its next pass
+	st.ch.mark(name)
 	return wire.APIWakeReply{Waking: client.DesiredReplicas(spec.AutoscalingConfig, 0, 1) > 0}
 }
 

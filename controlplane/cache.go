@@ -13,6 +13,12 @@ import (
 type table[T any] struct {
 	mu   sync.Mutex // guards rows
 	rows map[string]*row[T]
+
+	// onChange, when set, sees every change the table takes, under mu:
+	// prev and next are nil when the key was absent (or deleted) before
+	// and after. It keeps the controller's indexes and its set of
+	// deployments to reconcile; it must not call back into the table.
+	onChange func(key string, prev, next *T)
 }
 
 type row[T any] struct {
@@ -27,10 +33,18 @@ func newTable[T any]() *table[T] { return &table[T]{rows: map[string]*row[T]{}} 
 func (t *table[T]) put(key string, rev uint64, v T) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if r, ok := t.rows[key]; ok && r.rev >= rev {
+	r, ok := t.rows[key]
+	if ok && r.rev >= rev {
 		return false
 	}
 	t.rows[key] = &row[T]{val: v, rev: rev}
+	if t.onChange != nil {
+		var prev *T
+		if ok && !r.deleted {
+			prev = &r.val
+		}
+		t.onChange(key, prev, &v)
+	}
 	return true
 }
 
@@ -48,11 +62,15 @@ func (t *table[T]) putJSON(key string, rev uint64, b []byte) bool {
 func (t *table[T]) del(key string, rev uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if r, ok := t.rows[key]; ok && r.rev > rev {
+	r, ok := t.rows[key]
+	if ok && r.rev > rev {
 		return
 	}
 	var zero T
 	t.rows[key] = &row[T]{val: zero, rev: rev, deleted: true}
+	if t.onChange != nil && ok && !r.deleted {
+		t.onChange(key, &r.val, nil)
+	}
 }
 
 func (t *table[T]) get(key string) (T, uint64, bool) {
@@ -74,6 +92,19 @@ type keyed[T any] struct {
 	key string
 	val T
 	rev uint64
+}
+
+// keys returns the keys of the live rows, unsorted.
+func (t *table[T]) keys() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]string, 0, len(t.rows))
+	for k, r := range t.rows {
+		if !r.deleted {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // all returns the live rows sorted by key.

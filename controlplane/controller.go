@@ -47,11 +47,17 @@ type Config struct {
 	// NodeTimeout is how long a node may miss heartbeats before its replicas
 	// are placed elsewhere. Default: 5s.
 	NodeTimeout time.Duration
-	// ReconcileInterval is the control loop period. Default: 100ms.
+	// ReconcileInterval is how often the control loop looks for changes
+	// (and acts on them): a pass covers only the deployments that changed
+	// or are not settled yet. Default: 100ms.
 	ReconcileInterval time.Duration
 	// Metrics receives the controller's Prometheus metrics; nil turns them
 	// off. Default: nil.
 	Metrics prometheus.Registerer
+	// FullPassInterval is how often the control loop passes over every
+	// deployment, changed or not: the safety net of the event-driven loop.
+	// Default: 15s.
+	FullPassInterval time.Duration
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -88,6 +94,9 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.ReconcileInterval == 0 {
 		cfg.ReconcileInterval = 100 * time.Millisecond
+	}
+	if cfg.FullPassInterval == 0 {
+		cfg.FullPassInterval = 15 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -237,6 +246,10 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 	defer renew.Stop()
 	tick := time.NewTicker(c.cfg.ReconcileInterval)
 	defer tick.Stop()
+	fullPass := time.NewTicker(c.cfg.FullPassInterval)
+	defer fullPass.Stop()
+	st.ch.markAll() // the first pass covers everything
+	lastAlive := map[string]store.Node{}
 	lastRenew := time.Now()
 	for {
 		select {
@@ -259,12 +272,46 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 			default:
 				c.log.Warn("renewing the lease failed; retrying", "err", err)
 			}
+		case <-fullPass.C:
+			st.ch.markAll()
 		case <-tick.C:
-			start := time.Now()
-			c.reconcile(ctx, st)
-			c.m.loopTook(time.Since(start))
+			// A node that came or stopped heartbeating concerns every
+			// deployment; the heartbeats themselves concern none.
+			if alive := st.alive(c.cfg.NodeTimeout); !sameKeys(alive, lastAlive) {
+				st.ch.markAll()
+				lastAlive = alive
+			}
+			if names, reps, full := st.ch.take(); full || len(names) > 0 || len(reps) > 0 {
+				start := time.Now()
+				c.reconcile(ctx, st, names, reps, full)
+				c.m.loopTook(time.Since(start))
+			}
 		}
 	}
+}
+
+func sameKeys[V any](a, b map[string]V) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// Stats counts the control loop's work while this controller leads (zero
+// otherwise): for tests and benchmarks.
+func (c *Controller) Stats() PassStats {
+	c.mu.Lock()
+	st := c.st
+	c.mu.Unlock()
+	if st == nil {
+		return PassStats{}
+	}
+	return st.ch.stats()
 }
 
 func applyEntry[T any](t *table[T], e jetstream.KeyValueEntry) {
@@ -284,6 +331,7 @@ type state struct {
 	graphs *table[client.GraphSpec]
 
 	metrics *metrics
+	ch      *changes // what changed since the last pass; indexes
 
 	// wg counts the goroutines of this leadership term (watches, health
 	// checks, reconfigures); lead cancels them and waits for them before
@@ -299,12 +347,14 @@ type state struct {
 }
 
 func newState() *state {
-	return &state{
+	st := &state{
 		deps: newTable[client.DeploymentSpec](), asgs: newTable[store.Assignment](),
 		reps: newTable[store.ReplicaState](), nodes: newTable[store.Node](), graphs: newTable[client.GraphSpec](),
 		seen: map[string]time.Time{}, dep: map[string]*depState{}, health: map[string]*healthState{}, busy: map[string]bool{},
-		metrics: newMetrics(),
+		metrics: newMetrics(), ch: newChanges(),
 	}
+	st.ch.hook(st)
+	return st
 }
 
 // spawn runs f on a goroutine of this term (see wg).

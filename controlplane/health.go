@@ -17,6 +17,7 @@ import (
 const UnhealthyThreshold = 3
 
 type healthState struct {
+	key      string // the replica's assignment
 	fails    int
 	next     time.Time
 	inflight bool
@@ -61,50 +62,104 @@ func (s *state) forgetHealth(replica string) {
 // replica that fails UnhealthyThreshold checks in a row (no answer within
 // health_check_timeout_s, or its CheckHealth failed) is killed, and the
 // control loop replaces it.
+//
+// It looks for replicas that started running when an assignment or a
+// replica state changed (and every few seconds, as a safety net); in
+// between, each tick only picks the checks that are due, so that its cost
+// is the checks themselves.
 func (c *Controller) healthLoop(ctx context.Context, st *state) {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
+	rescan := time.NewTicker(5 * time.Second)
+	defer rescan.Stop()
+	type due struct{ key, replica string }
+	var dues []due
 	for {
+		scan := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			select {
+			case <-st.ch.healthKick:
+				scan = true
+			default:
+			}
+		case <-rescan.C:
+			scan = true
 		}
 		now := time.Now()
-		for _, a := range st.asgs.all() {
-			if a.val.Desired != store.DesiredRun {
+		if scan {
+			c.watchRunning(st, now)
+		}
+		dues = dues[:0]
+		st.mu.Lock()
+		for replica, h := range st.health {
+			if !h.inflight && !now.Before(h.next) && h.key != "" {
+				dues = append(dues, due{h.key, replica})
+			}
+		}
+		st.mu.Unlock()
+		for _, d := range dues {
+			a, _, ok := st.asgs.get(d.key)
+			if !ok || a.Desired != store.DesiredRun {
 				continue
 			}
-			rs, _, ok := st.reps.get(a.val.Replica)
+			rs, _, ok := st.reps.get(d.replica)
 			if !ok || rs.State != client.ReplicaRunning {
 				continue
 			}
-			spec, _, ok := st.deps.get(a.val.Deployment)
+			spec, _, ok := st.deps.get(a.Deployment)
 			if !ok {
 				continue
 			}
 			period := time.Duration(spec.HealthCheckPeriodS * float64(time.Second))
 			timeout := time.Duration(spec.HealthCheckTimeoutS * float64(time.Second))
 			st.mu.Lock()
-			if h, ok := st.health[a.val.Replica]; ok && !h.orphan.IsZero() {
+			h, ok := st.health[d.replica]
+			if ok && !h.orphan.IsZero() {
 				period, timeout = min(period, 300*time.Millisecond), min(timeout, 300*time.Millisecond)
 			}
-			st.mu.Unlock()
-			st.mu.Lock()
-			h, ok := st.health[a.val.Replica]
-			if !ok {
-				h = &healthState{next: now.Add(period)}
-				st.health[a.val.Replica] = h
-			}
-			due := !h.inflight && !now.Before(h.next)
-			if due {
+			start := ok && !h.inflight && !now.Before(h.next)
+			if start {
 				h.inflight = true
 			}
 			st.mu.Unlock()
-			if due {
-				st.spawn(func() { c.check(ctx, st, a.key, a.val.Replica, period, timeout) })
+			if start {
+				st.spawn(func() { c.check(ctx, st, d.key, d.replica, period, timeout) })
 			}
 		}
+	}
+}
+
+// watchRunning starts health checking the running replicas not checked
+// yet: their first check is one period after they are first seen.
+func (c *Controller) watchRunning(st *state, now time.Time) {
+	for _, key := range st.asgs.keys() {
+		a, _, ok := st.asgs.get(key)
+		if !ok || a.Desired != store.DesiredRun {
+			continue
+		}
+		st.mu.Lock()
+		_, known := st.health[a.Replica]
+		st.mu.Unlock()
+		if known {
+			continue
+		}
+		rs, _, ok := st.reps.get(a.Replica)
+		if !ok || rs.State != client.ReplicaRunning {
+			continue
+		}
+		spec, _, ok := st.deps.get(a.Deployment)
+		if !ok {
+			continue
+		}
+		period := time.Duration(spec.HealthCheckPeriodS * float64(time.Second))
+		st.mu.Lock()
+		if _, ok := st.health[a.Replica]; !ok {
+			st.health[a.Replica] = &healthState{key: key, next: now.Add(period)}
+		}
+		st.mu.Unlock()
 	}
 }
 
@@ -137,6 +192,7 @@ func (c *Controller) check(ctx context.Context, st *state, key, replica string, 
 	}
 	h.inflight = false
 	h.next = start.Add(period)
+	wasHealthy := h.fails == 0
 	if reason == "" {
 		h.fails = 0
 		h.lastPong = time.Now()
@@ -145,6 +201,9 @@ func (c *Controller) check(ctx context.Context, st *state, key, replica string, 
 	}
 	fails := h.fails
 	st.mu.Unlock()
+	if wasHealthy != (fails == 0) { // its readiness changed: its deployment's pass
+		st.ch.markReplica(replica)
+	}
 	if reason == "" {
 		return
 	}

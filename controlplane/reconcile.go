@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -55,62 +56,73 @@ type view struct {
 	ready bool
 }
 
-// reconcile runs one pass of the control loop.
-func (c *Controller) reconcile(ctx context.Context, st *state) {
+// reconcile runs one pass of the control loop over what changed since the
+// last one (every deployment when full): deleted deployments are drained,
+// the others brought to their spec, and replica states left by dropped
+// assignments are cleaned up.
+func (c *Controller) reconcile(ctx context.Context, st *state, names, reps []string, full bool) {
 	alive := st.alive(c.cfg.NodeTimeout)
-	specs := map[string]client.DeploymentSpec{}
-	specRevs := map[string]uint64{}
-	for _, d := range st.deps.all() {
-		specs[d.key], specRevs[d.key] = d.val, d.rev
+	if full {
+		names = append(st.deps.keys(), st.ch.assignedDeps()...)
+		reps = st.reps.keys()
 	}
-	byDep := map[string][]view{}
-	for _, a := range st.asgs.all() {
-		rs, _, ok := st.reps.get(a.val.Replica)
-		byDep[a.val.Deployment] = append(byDep[a.val.Deployment], view{a: a.val, rev: a.rev, st: rs, hasSt: ok})
-	}
+	slices.Sort(names)
+	names = slices.Compact(names)
 	// Load per node, for placement.
-	load := map[string]int{}
-	for _, vs := range byDep {
-		for _, v := range vs {
-			if v.a.Desired == store.DesiredRun {
-				load[v.a.Node]++
-			}
-		}
-	}
-	for name, vs := range byDep {
-		if _, ok := specs[name]; !ok { // deleted deployment: drain what is left
-			for _, v := range vs {
-				c.retire(ctx, st, v, alive)
-			}
-		}
-	}
-	names := make([]string, 0, len(specs))
-	for n := range specs {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	load := st.ch.load()
+	var present []string
 	for _, name := range names {
-		spec := specs[name]
-		c.reconcileOne(ctx, st, &spec, specRevs[name], byDep[name], alive, load)
+		if _, _, ok := st.deps.get(name); ok {
+			present = append(present, name)
+			continue
+		}
+		for _, v := range c.views(st, name) { // deleted deployment: drain what is left
+			c.retire(ctx, st, v, alive)
+		}
+		st.mu.Lock()
+		delete(st.dep, name)
+		st.mu.Unlock()
+		st.ch.forget(name)
 	}
+	for _, name := range present {
+		spec, rev, ok := st.deps.get(name)
+		if !ok {
+			continue
+		}
+		if !c.reconcileOne(ctx, st, &spec, rev, c.views(st, name), alive, load) {
+			st.ch.mark(name) // not settled: look again at the next pass
+		}
+	}
+	st.ch.countPass(full, len(present))
 	// Forget what is gone.
-	live := map[string]bool{}
-	for _, a := range st.asgs.all() {
-		live[a.val.Replica] = true
-	}
-	st.metrics.forget(live)
-	for _, r := range st.reps.all() {
-		if _, _, ok := st.asgs.get(wire.AssignmentKey(r.val.Node, r.key)); !ok && (r.val.State == client.ReplicaStopped || r.val.State == client.ReplicaFailed) {
-			c.deleteKey(ctx, st.reps, c.kv.Replicas, r.key, r.rev)
+	for _, key := range reps {
+		r, rev, ok := st.reps.get(key)
+		if !ok || r.State != client.ReplicaStopped && r.State != client.ReplicaFailed {
+			continue
+		}
+		if _, _, ok := st.asgs.get(wire.AssignmentKey(r.Node, key)); !ok {
+			c.deleteKey(ctx, st.reps, c.kv.Replicas, key, rev)
 		}
 	}
-	st.mu.Lock()
-	for name := range st.dep {
-		if _, ok := specs[name]; !ok {
-			delete(st.dep, name)
-		}
+	if full {
+		st.metrics.forget(st.ch.live)
 	}
-	st.mu.Unlock()
+}
+
+// views returns a deployment's assignments, with their replicas' states,
+// sorted by key.
+func (c *Controller) views(st *state, name string) []view {
+	keys := st.ch.assigned(name)
+	vs := make([]view, 0, len(keys))
+	for _, k := range keys {
+		a, rev, ok := st.asgs.get(k)
+		if !ok {
+			continue
+		}
+		rs, _, ok := st.reps.get(a.Replica)
+		vs = append(vs, view{a: a, rev: rev, st: rs, hasSt: ok})
+	}
+	return vs
 }
 
 // retire moves an assignment of a deleted deployment towards its end.
@@ -126,9 +138,12 @@ func (c *Controller) retire(ctx context.Context, st *state, v view, alive map[st
 	}
 }
 
-func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.DeploymentSpec, specRev uint64, vs []view, alive map[string]store.Node, load map[string]int) {
+// reconcileOne brings one deployment towards its spec; it reports whether
+// the deployment is settled (HEALTHY, not autoscaled, every replica on a
+// live node): only then does it wait for a change before its next pass.
+func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.DeploymentSpec, specRev uint64, vs []view, alive map[string]store.Node, load map[string]int) (settled bool) {
 	p := &depPass{c: c, ctx: ctx, st: st, spec: spec, alive: alive, load: load, now: time.Now()}
-	p.code, p.cfg = hashes(spec)
+	p.code, p.cfg = st.ch.specHashes(spec.Name, specRev, spec)
 	p.ds = st.snapshot(spec.Name)
 	p.ds.specRev = specRev
 	if p.ds.failHash != p.code {
@@ -148,6 +163,7 @@ func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.D
 	cfgCurrent := p.reconfigure(cur)
 	p.setStatus(specRev, limit, failed, target, readyCur, len(cur), len(old), cfgCurrent, placeMsg)
 	st.storeDep(spec.Name, p.ds)
+	return p.ds.status == client.StatusHealthy && !spec.Autoscaled() && !p.orphans
 }
 
 // depPass is one reconcile pass over one deployment: what the steps of
@@ -163,6 +179,8 @@ type depPass struct {
 	code  string   // the spec's code hash
 	cfg   string   // the spec's config hash
 	ds    depState // stored at the end of the pass
+
+	orphans bool // a replica is on a node that stopped heartbeating
 }
 
 // sortReplicas drops the assignments whose replica ended or whose node is
@@ -172,6 +190,9 @@ func (p *depPass) sortReplicas(vs []view) (cur, old []view) {
 	c, spec := p.c, p.spec
 	for _, v := range vs {
 		_, nodeUp := p.alive[v.a.Node]
+		if !nodeUp {
+			p.orphans = true
+		}
 		switch {
 		case v.hasSt && (v.st.State == client.ReplicaStopped || v.st.State == client.ReplicaFailed):
 			if v.a.Desired == store.DesiredRun && v.st.State == client.ReplicaFailed {
@@ -372,11 +393,9 @@ func sortForStop(vs []view, load map[string]int) {
 // With no such node it returns "" and how many providing nodes are full.
 func place(class, deployment string, alive map[string]store.Node, load map[string]int, st *state) (best string, full int) {
 	perDep := map[string]int{}
-	procs := map[string]int{} // every assignment is a process until dropped
-	for _, a := range st.asgs.all() {
-		procs[a.val.Node]++
-		if a.val.Deployment == deployment && a.val.Desired == store.DesiredRun {
-			perDep[a.val.Node]++
+	for _, k := range st.ch.assigned(deployment) {
+		if a, _, ok := st.asgs.get(k); ok && a.Desired == store.DesiredRun {
+			perDep[a.Node]++
 		}
 	}
 	for name, n := range alive {
@@ -390,7 +409,8 @@ func place(class, deployment string, alive map[string]store.Node, load map[strin
 		if !provides {
 			continue
 		}
-		if n.MaxReplicas > 0 && procs[name] >= n.MaxReplicas {
+		// Every assignment is a process until dropped.
+		if n.MaxReplicas > 0 && st.ch.nodeProcs(name) >= n.MaxReplicas {
 			full++
 			continue
 		}

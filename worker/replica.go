@@ -205,17 +205,20 @@ func (r *Replica) Run(ctx context.Context) error {
 	return r.drain()
 }
 
-// Load reporting: ongoing requests are sampled every loadSample and their
-// mean is published every loadReport; an idle replica reports only every
-// loadIdleReport, so that the metric traffic stays small with many replicas.
+// Load reporting: while calls run, ongoing requests are sampled every
+// loadSample and their mean is published every loadReport. An idle replica
+// (nothing in flight, last report zero) only glances at its slots every
+// loadIdlePoll and reports zero every loadIdleReport as a keep-alive, so a
+// thousand idle replicas cost next to nothing.
 const (
 	loadSample     = 100 * time.Millisecond
 	loadReport     = time.Second
+	loadIdlePoll   = time.Second
 	loadIdleReport = 5 * time.Second
 )
 
 func (r *Replica) reportLoad(done <-chan struct{}) {
-	t := time.NewTicker(loadSample)
+	t := time.NewTimer(loadSample)
 	defer t.Stop()
 	var sum float64
 	var n int
@@ -226,19 +229,34 @@ func (r *Replica) reportLoad(done <-chan struct{}) {
 			return
 		case <-t.C:
 		}
-		sum += float64(len(r.sem))
+		ongoing := len(r.sem)
+		if n == 0 && ongoing == 0 && lastValue == 0 { // idle
+			if time.Since(lastSent) >= loadIdleReport {
+				r.publishLoad(0, time.Since(start))
+				lastSent = time.Now()
+			}
+			start = time.Now()
+			t.Reset(loadIdlePoll)
+			continue
+		}
+		sum += float64(ongoing)
 		n++
+		t.Reset(loadSample)
 		if time.Since(start) < loadReport {
 			continue
 		}
 		avg := sum / float64(n)
 		if avg != 0 || lastValue != 0 || time.Since(lastSent) >= loadIdleReport {
-			b, _ := json.Marshal(wire.LoadReport{Replica: r.spec.Replica, Deployment: r.spec.Deployment, Ongoing: avg, WindowMS: time.Since(start).Milliseconds()})
-			_ = r.nc.Publish(wire.EventSubject(wire.EventLoad), b)
+			r.publishLoad(avg, time.Since(start))
 			lastSent, lastValue = time.Now(), avg
 		}
 		sum, n, start = 0, 0, time.Now()
 	}
+}
+
+func (r *Replica) publishLoad(ongoing float64, window time.Duration) {
+	b, _ := json.Marshal(wire.LoadReport{Replica: r.spec.Replica, Deployment: r.spec.Deployment, Ongoing: ongoing, WindowMS: window.Milliseconds()})
+	_ = r.nc.Publish(wire.EventSubject(wire.EventLoad), b)
 }
 
 func (r *Replica) drain() error {
