@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: help check check-loaded fmt vet staticcheck tidy test fuzz build bench microbench fault
+.PHONY: help check check-loaded fmt vet staticcheck tidy test fuzz build bench microbench fault scale
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,10 @@ build: ## build natserve and servectl into ./bin
 BENCH_FLAGS ?=
 bench: ## the end-to-end benchmark harness (needs wrk, nginx-light, gnuplot-nox); results in bench/results; BENCH_FLAGS=-metrics=false compares without metrics
 	$(GO) run ./bench/harness -duration 5s -repeats 3 -out bench/results $(BENCH_FLAGS)
+
+SCALE_FLAGS ?= -deployments 1000
+scale: ## control plane at scale (not in CI): natserve up with 1,000 deployments; SCALE_FLAGS='-deployments 1000 -replicas 2 -agents 3' for 2,000 replicas
+	$(GO) run ./bench/scale $(SCALE_FLAGS)
 
 microbench: ## hot-path micro benchmarks, each beside its baseline
 	$(GO) test -run XXX -bench . -benchmem ./bench/ ./ingress/ ./controlplane/

@@ -1,0 +1,354 @@
+// Command scale is the control plane's scale benchmark (make scale; not in
+// CI): it starts `natserve up` with its defaults (plus, with -agents, extra
+// node agents), deploys -deployments deployments of -replicas replicas of
+// MyFirstDeployment, and measures the time to all HEALTHY, the idle CPU of
+// natserve up, of the agents and of the replicas, memory as PSS, servectl
+// latency, the time for a new route to reach the ingress, the time to
+// replace a killed replica, and the JetStream storage used. It stops every
+// process it started.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/natserve/natserve/client"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "scale:", err)
+		os.Exit(1)
+	}
+}
+
+var (
+	deployments = flag.Int("deployments", 1000, "deployments to create")
+	replicas    = flag.Int("replicas", 1, "replicas per deployment")
+	agents      = flag.Int("agents", 0, "extra node agents (natserve agent) besides natserve up's own")
+	idle        = flag.Duration("idle", 20*time.Second, "idle window over which CPU is measured")
+	port        = flag.Int("nats-port", 14222, "NATS port of natserve up")
+	httpAddr    = flag.String("addr", "127.0.0.1:18000", "ingress address of natserve up")
+)
+
+func run() error {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "natserve-scale-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "bin")
+	fmt.Println("building natserve and servectl")
+	if out, err := exec.Command("go", "build", "-o", bin+"/", "./cmd/natserve", "./cmd/servectl").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	url := fmt.Sprintf("nats://127.0.0.1:%d", *port)
+	up := exec.Command(bin+"/natserve", "up", "-data", filepath.Join(dir, "data"), "-nats-port", strconv.Itoa(*port), "-addr", *httpAddr, "-metrics-addr", "127.0.0.1:0")
+	up.Stderr, up.Stdout = os.Stderr, nil
+	up.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := up.Start(); err != nil {
+		return err
+	}
+	var procs []*exec.Cmd
+	defer func() { // stop everything we started: agents, then natserve up
+		for _, p := range append(procs, up) {
+			_ = p.Process.Signal(syscall.SIGTERM)
+		}
+		done := make(chan struct{})
+		go func() {
+			for _, p := range append(procs, up) {
+				_ = p.Wait()
+			}
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			for _, p := range append(procs, up) {
+				_ = syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
+			}
+		}
+	}()
+	ctx := context.Background()
+	var c *client.Client
+	for i := 0; ; i++ {
+		if c, err = client.Connect(ctx, url, client.WithTimeout(30*time.Second)); err == nil {
+			if _, err = c.Status(ctx); err == nil {
+				break
+			}
+		}
+		if i > 300 {
+			return fmt.Errorf("natserve up did not answer: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for i := 0; i < *agents; i++ {
+		a := exec.Command(bin+"/natserve", "agent", "-nats", url, "-name", fmt.Sprintf("a%d", i), "-stop-replicas-on-exit", "-metrics-addr", "127.0.0.1:0")
+		a.Stderr = os.Stderr
+		a.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := a.Start(); err != nil {
+			return err
+		}
+		procs = append(procs, a)
+	}
+	if err := waitNodes(ctx, c, 1+*agents); err != nil {
+		return err
+	}
+
+	// Deploy: one apply of every deployment, then wait for all HEALTHY.
+	n, r := *deployments, *replicas
+	fmt.Printf("deploying %d deployments × %d replicas (%d replicas, %d node agents)\n", n, r, n*r, 1+*agents)
+	cfg := &client.Config{}
+	for i := 0; i < n; i++ {
+		cfg.Deployments = append(cfg.Deployments, client.ConfigDeployment{Spec: client.DeploymentSpec{Name: fmt.Sprintf("d%04d", i), Class: "MyFirstDeployment",
+			InitArgs: json.RawMessage(fmt.Sprintf(`["d%04d"]`, i)), NumReplicas: r}})
+	}
+	start := time.Now()
+	if _, err := c.Apply(ctx, cfg, client.ApplyOptions{}); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	applied := time.Since(start)
+	for {
+		ds, err := c.List(ctx)
+		if err == nil && healthy(ds) == n {
+			break
+		}
+		if time.Since(start) > 10*time.Minute {
+			return fmt.Errorf("not all HEALTHY after 10 min: %d of %d", healthy(ds), n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	allHealthy := time.Since(start)
+	fmt.Printf("apply: %v; all %d HEALTHY after %v\n", applied.Round(time.Millisecond), n, allHealthy.Round(time.Millisecond))
+
+	// Idle.
+	time.Sleep(5 * time.Second) // let the starts settle
+	reps := descendants(up.Process.Pid)
+	for _, a := range procs {
+		reps = append(reps, descendants(a.Process.Pid)...)
+	}
+	fmt.Printf("measuring idle CPU over %v (%d replica processes)\n", *idle, len(reps))
+	upT0, repT0, agT0 := cpu(up.Process.Pid), sumCPU(reps), 0.0
+	for _, a := range procs {
+		agT0 += cpu(a.Process.Pid)
+	}
+	t0 := time.Now()
+	time.Sleep(*idle)
+	wall := time.Since(t0).Seconds()
+	upCPU, repCPU, agCPU := (cpu(up.Process.Pid)-upT0)/wall*100, (sumCPU(reps)-repT0)/wall*100, 0.0
+	for _, a := range procs {
+		agCPU += cpu(a.Process.Pid)
+	}
+	agCPU = (agCPU - agT0) / wall * 100
+	fmt.Printf("idle CPU: natserve up %.2f%% of a core; extra agents %.2f%% in all; replicas %.2f%% in all, %.4f%% each\n",
+		upCPU, agCPU, repCPU, repCPU/float64(max(len(reps), 1)))
+	fmt.Printf("memory (PSS): natserve up %.1f MB; replicas %.1f MB in all, %.2f MB each\n",
+		pss(up.Process.Pid)/1024, sumPSS(reps)/1024, sumPSS(reps)/1024/float64(max(len(reps), 1)))
+
+	// servectl.
+	env := append(os.Environ(), "NATSERVE_URL="+url)
+	for _, args := range [][]string{{"list-deployments"}, {"get-deployment", "d0500"}} {
+		var ts []time.Duration
+		for i := 0; i < 5; i++ {
+			cmd := exec.Command(bin+"/servectl", args...)
+			cmd.Env = env
+			s := time.Now()
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("servectl %v: %v\n%s", args, err, out)
+			}
+			ts = append(ts, time.Since(s))
+		}
+		sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+		fmt.Printf("servectl %s: median %v, min %v, max %v (wall, 5 runs)\n", args[0], ts[2].Round(time.Millisecond), ts[0].Round(time.Millisecond), ts[4].Round(time.Millisecond))
+	}
+
+	// A new route reaches the ingress.
+	for i := 0; i < 3; i++ {
+		name := fmt.Sprintf("route%d", i)
+		s := time.Now()
+		if _, err := c.Deploy(ctx, client.DeploymentSpec{Name: name, Class: "MyFirstDeployment", InitArgs: json.RawMessage(`["hi"]`), NumReplicas: 1}); err != nil {
+			return err
+		}
+		for {
+			resp, err := http.Get("http://" + *httpAddr + "/" + name)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					break
+				}
+			}
+			if time.Since(s) > 30*time.Second {
+				return fmt.Errorf("route /%s not served after 30s", name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		fmt.Printf("deploy → first 200 at /%s: %v\n", name, time.Since(s).Round(time.Millisecond))
+	}
+
+	// A killed replica is replaced.
+	for i := 0; i < 3; i++ {
+		name := fmt.Sprintf("d%04d", 100+i)
+		d, err := c.Get(ctx, name)
+		if err != nil || len(d.Replicas) == 0 {
+			return fmt.Errorf("get %s: %v", name, err)
+		}
+		old := d.Replicas[0]
+		s := time.Now()
+		_ = syscall.Kill(old.PID, syscall.SIGKILL)
+		for {
+			d, err := c.Get(ctx, name)
+			if err == nil && d.Status == client.StatusHealthy && len(d.Replicas) == r && !hasReplica(d, old.ID) {
+				break
+			}
+			if time.Since(s) > 60*time.Second {
+				return fmt.Errorf("%s: killed replica not replaced after 60s", name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		fmt.Printf("kill -9 a replica of %s → HEALTHY again with a new one: %v\n", name, time.Since(s).Round(time.Millisecond))
+	}
+
+	out, _ := exec.Command("du", "-sh", filepath.Join(dir, "data")).Output()
+	fmt.Printf("JetStream storage (du -sh of the data directory): %s", out)
+	return nil
+}
+
+func waitNodes(ctx context.Context, c *client.Client, n int) error {
+	for i := 0; i < 300; i++ {
+		st, err := c.Status(ctx)
+		alive := 0
+		if err == nil {
+			for _, nd := range st.Nodes {
+				if nd.Alive {
+					alive++
+				}
+			}
+		}
+		if alive == n {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("fewer than %d live nodes after 30s", n)
+}
+
+func healthy(ds []client.Deployment) int {
+	n := 0
+	for _, d := range ds {
+		if d.Status == client.StatusHealthy {
+			n++
+		}
+	}
+	return n
+}
+
+func hasReplica(d *client.Deployment, id string) bool {
+	for _, r := range d.Replicas {
+		if r.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// descendants returns the pids of the processes below pid.
+func descendants(pid int) []int {
+	children := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if pp := ppid(p); pp > 0 {
+			children[pp] = append(children[pp], p)
+		}
+	}
+	var out []int
+	var walk func(int)
+	walk = func(p int) {
+		for _, c := range children[p] {
+			out = append(out, c)
+			walk(c)
+		}
+	}
+	walk(pid)
+	return out
+}
+
+func stat(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(s[i+1:]) // field 3 (state) is [0]
+}
+
+func ppid(pid int) int {
+	f := stat(pid)
+	if len(f) < 2 {
+		return 0
+	}
+	p, _ := strconv.Atoi(f[1])
+	return p
+}
+
+// cpu returns the CPU seconds (user+system) a process used.
+func cpu(pid int) float64 {
+	f := stat(pid)
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	s, _ := strconv.ParseFloat(f[12], 64)
+	return (u + s) / 100 // USER_HZ
+}
+
+func sumCPU(pids []int) float64 {
+	t := 0.0
+	for _, p := range pids {
+		t += cpu(p)
+	}
+	return t
+}
+
+// pss returns a process's proportional set size in kB.
+func pss(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "Pss:") {
+			f := strings.Fields(l)
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	return 0
+}
+
+func sumPSS(pids []int) float64 {
+	t := 0.0
+	for _, p := range pids {
+		t += pss(p)
+	}
+	return t
+}
