@@ -475,16 +475,13 @@ func (c *Controller) view(st *state, spec client.DeploymentSpec) client.Deployme
 		d.Message = "applying the new spec"
 	}
 	code, cfg := hashes(&spec)
-	for _, a := range st.asgs.all() {
-		if a.val.Deployment != spec.Name {
-			continue
+	for _, v := range c.views(st, spec.Name) { // its assignments only, by key
+		r := client.Replica{ID: v.a.Replica, Node: v.a.Node, State: client.ReplicaStarting,
+			Current: v.a.CodeHash == code && v.a.ConfigHash == cfg, Healthy: st.healthy(v.a.Replica)}
+		if v.hasSt {
+			r.PID, r.State, r.Started, r.Error = v.st.PID, v.st.State, v.st.Started, v.st.Error
 		}
-		r := client.Replica{ID: a.val.Replica, Node: a.val.Node, State: client.ReplicaStarting,
-			Current: a.val.CodeHash == code && a.val.ConfigHash == cfg, Healthy: st.healthy(a.val.Replica)}
-		if rs, _, ok := st.reps.get(a.val.Replica); ok {
-			r.PID, r.State, r.Started, r.Error = rs.PID, rs.State, rs.Started, rs.Error
-		}
-		if a.val.Desired != store.DesiredRun && r.State == client.ReplicaRunning {
+		if v.a.Desired != store.DesiredRun && r.State == client.ReplicaRunning {
 			r.State = client.ReplicaStopping
 		}
 		d.Replicas = append(d.Replicas, r)

@@ -159,7 +159,7 @@ func run() error {
 
 	// servectl.
 	env := append(os.Environ(), "NATSERVE_URL="+url)
-	for _, args := range [][]string{{"list-deployments"}, {"get-deployment", "d0500"}} {
+	for _, args := range [][]string{{"list-deployments"}, {"get-deployment", fmt.Sprintf("d%04d", n/2)}} {
 		var ts []time.Duration
 		for i := 0; i < 5; i++ {
 			cmd := exec.Command(bin+"/servectl", args...)
