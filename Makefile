@@ -52,7 +52,7 @@ build: ## build natserve and servectl into ./bin
 	$(GO) build -o bin/ ./cmd/...
 
 BENCH_FLAGS ?=
-bench: ## the end-to-end benchmark harness (needs wrk, nginx-light, gnuplot-nox); results in bench/results; BENCH_FLAGS=-metrics=false compares without metrics
+bench: ## the end-to-end benchmark harness (needs wrk, nginx-light, gnuplot-nox); results in bench/results; BENCH_FLAGS="-metrics=false -access-log=false -tracing" to vary
 	$(GO) run ./bench/harness -duration 5s -repeats 3 -out bench/results $(BENCH_FLAGS)
 
 SCALE_FLAGS ?= -deployments 1000

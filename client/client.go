@@ -12,7 +12,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 	"github.com/natserve/natserve/internal/natsconn"
+	"github.com/natserve/natserve/internal/tracectx"
 	"github.com/natserve/natserve/internal/wire"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // DefaultURL is the server a Client connects to when neither the URL argument
@@ -46,6 +48,8 @@ type Options struct {
 	// on success) and how long it took. Replicas use it for their handle
 	// call metrics. Default: nil.
 	CallObserver func(deployment, method, code string, elapsed time.Duration)
+	// TracerProvider traces calls (see WithTracerProvider). Default: nil, off.
+	TracerProvider trace.TracerProvider
 }
 
 // Environment variables Connect reads for TLS when no WithTLS is given.
@@ -105,7 +109,8 @@ type Client struct {
 	opts   Options
 	graphs graphCache
 	queue  queueStats
-	mux    sync.Map // deployment → *MultiplexStats
+	mux    sync.Map     // deployment → *MultiplexStats
+	tracer trace.Tracer // nil: tracing off
 
 	// ctx ends when Close is called; the client's goroutines (the queue
 	// reports) stop on it, and wg counts them so that Close waits for
@@ -120,7 +125,9 @@ type Client struct {
 
 func newClient(nc *nats.Conn, own bool, o Options) *Client {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Client{nc: nc, own: own, opts: o, ctx: ctx, cancel: cancel}
+	c := &Client{nc: nc, own: own, opts: o, ctx: ctx, cancel: cancel}
+	c.initTracer()
+	return c
 }
 
 // goBackground runs f on a goroutine that Close stops (f must return when
@@ -236,7 +243,10 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 		msg.Header = nats.Header{}
 	}
 	msg.Header[wire.HeaderProto] = []string{wire.ProtoVersion}
-	k := call{c: c, deployment: deployment, method: method, deadline: deadline, backoff: time.Millisecond}
+	if c.tracer != nil {
+		tracectx.Inject(ctx, msg.Header)
+	}
+	k := call{c: c, ctx: ctx, deployment: deployment, method: method, deadline: deadline, backoff: time.Millisecond}
 	defer k.leave()
 	// While this caller already holds requests waiting for a replica of
 	// the deployment, a new one queues behind them instead of racing them
@@ -295,13 +305,15 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 // the deployment, and its busy backoff.
 type call struct {
 	c          *Client
+	ctx        context.Context // the caller's, for the queue span
 	deployment string
 	method     string
 	deadline   time.Time
 	dequeue    func() // takes the call out of the caller-side queue; nil until admitted
 	backoff    time.Duration
-	woke       bool // the controller was asked to wake the deployment
-	waking     bool // … and a replica is coming
+	woke       bool       // the controller was asked to wake the deployment
+	waking     bool       // … and a replica is coming
+	queued     trace.Span // the wait for a free replica, when traced
 }
 
 func (k *call) fail(code wire.Code, text, replica string) error {
@@ -318,13 +330,24 @@ func (k *call) admit() error {
 	if k.dequeue, ok = k.c.enqueue(k.deployment, k.c.queueLimit(k.deployment)); !ok {
 		return k.fail(wire.CodeBackpressure, fmt.Sprintf("max_queued_requests reached: %d requests already wait for a replica", k.c.Queued(k.deployment)), "")
 	}
+	k.startWait()
 	return nil
+}
+
+// startWait starts the queue span when the call first waits, if traced.
+func (k *call) startWait() {
+	if k.c.tracer != nil && k.queued == nil {
+		k.queued = k.c.startQueue(k.ctx, k.deployment)
+	}
 }
 
 // leave takes the call out of the queue if it was in it.
 func (k *call) leave() {
 	if k.dequeue != nil {
 		k.dequeue()
+	}
+	if k.queued != nil {
+		k.queued.End()
 	}
 }
 
@@ -348,6 +371,9 @@ func (k *call) wakeFromZero() error {
 	if !k.woke {
 		k.woke = true
 		k.waking = k.c.wake(k.deployment, time.Until(k.deadline))
+		if k.waking {
+			k.startWait()
+		}
 	}
 	if !k.waking {
 		return k.fail(wire.CodeNoReplicas, "no replica is serving "+k.deployment, "")

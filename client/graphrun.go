@@ -14,7 +14,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natserve/natserve/internal/kvwatch"
+	"github.com/natserve/natserve/internal/tracectx"
 	"github.com/natserve/natserve/internal/wire"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // graphCache follows the graphs and the deployments' max_queued_requests
@@ -140,11 +142,16 @@ func (c *Client) cachedGraph(name string) *GraphSpec {
 // output node's value (msgpack). Nodes run as soon as their inputs are in,
 // in parallel; each node's value comes back here and goes straight to the
 // nodes that use it. An error names the node that failed.
-func (c *Client) RunGraph(ctx context.Context, g *GraphSpec, input []byte) ([]byte, error) {
+func (c *Client) RunGraph(ctx context.Context, g *GraphSpec, input []byte) (_ []byte, err error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opts.Timeout)
 		defer cancel()
+	}
+	if c.tracer != nil {
+		var span trace.Span
+		ctx, span = c.tracer.Start(ctx, tracectx.GraphSpan(g.Name), trace.WithAttributes(tracectx.AttrGraph.String(g.Name)))
+		defer func() { endSpan(span, err) }()
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -350,6 +357,11 @@ func appendArray(vals [][]byte) []byte {
 func (c *Client) callRaw(ctx context.Context, deployment, method, model string, payload []byte) (_ []byte, err error) {
 	if err := wire.ValidateMethod(method); err != nil {
 		return nil, &Error{Deployment: deployment, Method: method, Code: string(wire.CodeUnknownMethod), Message: err.Error()}
+	}
+	if c.tracer != nil {
+		var span trace.Span
+		ctx, span = c.startCall(ctx, deployment, method)
+		defer func() { endSpan(span, err) }()
 	}
 	id := RequestID(ctx)
 	if id == "" {

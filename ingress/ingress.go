@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -34,6 +35,7 @@ import (
 	"github.com/natserve/natserve/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Config configures an Ingress.
@@ -85,6 +87,13 @@ type Config struct {
 	// Metrics receives the ingress's Prometheus metrics; nil turns
 	// counting off (the request path then skips it). Default: nil.
 	Metrics prometheus.Registerer
+	// AccessLog receives the access log, one JSON line per request to a
+	// deployment or graph, buffered and written every 250 ms (and on
+	// Shutdown). Default: nil, no access log.
+	AccessLog io.Writer
+	// TracerProvider traces requests (a server span each, its context sent
+	// on to the replicas). Default: nil, off.
+	TracerProvider trace.TracerProvider
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -146,6 +155,9 @@ type Ingress struct {
 	routes   atomic.Pointer[table]
 	limits   atomic.Pointer[map[string]int] // deployment → max_queued_requests
 	draining atomic.Bool
+
+	tracer trace.Tracer // nil: tracing off
+	alog   *accessLog   // nil: no access log
 
 	nc      *nats.Conn
 	cl      *client.Client
@@ -225,7 +237,11 @@ func (g *Ingress) Start(ctx context.Context) error {
 		nc.Close()
 		return fmt.Errorf("ingress: %w", err)
 	}
-	g.cl = client.New(nc, client.WithTimeout(g.cfg.RequestTimeout), client.WithMaxBusyRetries(g.cfg.MaxBusyRetries), client.WithQueueLimit(g.queueLimit))
+	g.cl = client.New(nc, client.WithTimeout(g.cfg.RequestTimeout), client.WithMaxBusyRetries(g.cfg.MaxBusyRetries), client.WithQueueLimit(g.queueLimit),
+		client.WithTracerProvider(g.cfg.TracerProvider))
+	if g.cfg.TracerProvider != nil {
+		g.tracer = g.cfg.TracerProvider.Tracer(tracerName)
+	}
 	if g.metrics != nil {
 		if err := g.cfg.Metrics.Register(metrics.MultiplexCollector("ingress", "deployment", g.cl)); err != nil {
 			nc.Close()
@@ -279,6 +295,9 @@ func (g *Ingress) Start(ctx context.Context) error {
 			"max_connections", g.cfg.MaxConnections, "open_file_limit", lim, "reserve", fdReserve)
 	}
 	rl := newRetryListener(ln, g.log)
+	if g.cfg.AccessLog != nil {
+		g.alog = newAccessLog(g.cfg.AccessLog, g.log)
+	}
 	g.mu.Lock()
 	g.ln, g.done = rl, make(chan struct{})
 	// The watches live until Shutdown, not until ctx (Start's) ends.
@@ -399,6 +418,9 @@ func (g *Ingress) Shutdown(ctx context.Context) error {
 	}
 	if g.nc != nil {
 		_ = g.nc.Drain()
+	}
+	if g.alog != nil {
+		g.alog.Close()
 	}
 	return err
 }

@@ -44,11 +44,25 @@ func (g *Ingress) serve(ctx *fasthttp.RequestCtx) {
 		g.serveInternal(ctx, path)
 		return
 	}
+	if g.tracer != nil || g.alog != nil {
+		g.serveObserved(ctx, path)
+		return
+	}
+	g.serveRoute(ctx, path, nil)
+}
+
+// serveRoute serves a request to a deployment or a graph; o, when not nil,
+// collects what the access log and the span report.
+func (g *Ingress) serveRoute(ctx *fasthttp.RequestCtx, path []byte, o *observation) {
 	id := string(ctx.Request.Header.Peek(headerRequestID))
 	if !wire.ValidRequestID(id) {
 		id = client.NewRequestID()
 	}
 	ctx.Response.Header.Set(headerRequestID, id)
+	rctx := context.Background()
+	if o != nil {
+		o.id, rctx = id, o.ctx
+	}
 
 	rt := g.routes.Load().match(path)
 	if g.metrics != nil {
@@ -63,8 +77,11 @@ func (g *Ingress) serve(ctx *fasthttp.RequestCtx) {
 		ctx.Response.Header.Set(headerRequestID, id)
 		return
 	}
+	if o != nil {
+		o.deployment, o.route = rt.deployment, rt.prefix
+	}
 	if rt.graph != nil {
-		g.serveGraph(ctx, rt, id)
+		g.serveGraph(rctx, ctx, rt, id)
 		return
 	}
 
@@ -93,11 +110,14 @@ func (g *Ingress) serve(ctx *fasthttp.RequestCtx) {
 	var err error
 	if model := req.Header.Peek(wire.HTTPHeaderModelID); len(model) > 0 {
 		// A multiplexed model: routed to a replica that holds it.
-		reply, err = g.cl.RequestModel(context.Background(), time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", string(model), msg)
+		reply, err = g.cl.RequestModel(rctx, time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", string(model), msg)
 	} else {
-		reply, err = g.cl.RequestMsg(context.Background(), time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", msg)
+		reply, err = g.cl.RequestMsg(rctx, time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", msg)
 	}
 	if err != nil {
+		if o != nil {
+			o.failed(err)
+		}
 		rt.metrics.failed(err)
 		g.writeError(ctx, rt.deployment, err)
 		return
@@ -108,6 +128,9 @@ func (g *Ingress) serve(ctx *fasthttp.RequestCtx) {
 		rt.metrics.failedCode("bad_reply", err.Error())
 		ctx.Error("bad reply from deployment "+rt.deployment+"\n", fasthttp.StatusBadGateway)
 		return
+	}
+	if o != nil {
+		o.replica = string(rep.Replica)
 	}
 	ctx.SetStatusCode(rep.Status)
 	for i := 0; i+1 < len(rep.Headers); i += 2 {
@@ -178,7 +201,7 @@ func (g *Ingress) parseError(ctx *fasthttp.RequestCtx, err error) {
 // serveGraph runs a graph for an HTTP request: the input is the JSON body
 // or a query parameter (the graph's http_input), the output is written as
 // text (a string) or JSON.
-func (g *Ingress) serveGraph(ctx *fasthttp.RequestCtx, rt *route, id string) {
+func (g *Ingress) serveGraph(base context.Context, ctx *fasthttp.RequestCtx, rt *route, id string) {
 	gr := rt.graph
 	var raw []byte
 	if param, ok := strings.CutPrefix(gr.HTTPInput, "query:"); ok {
@@ -202,7 +225,7 @@ func (g *Ingress) serveGraph(ctx *fasthttp.RequestCtx, rt *route, id string) {
 		ctx.Error("graph "+gr.Name+": the input is not JSON: "+err.Error()+"\n", fasthttp.StatusBadRequest)
 		return
 	}
-	rctx, cancel := context.WithTimeout(client.WithRequestID(context.Background(), id), g.cfg.RequestTimeout)
+	rctx, cancel := context.WithTimeout(client.WithRequestID(base, id), g.cfg.RequestTimeout)
 	out, err := g.cl.RunGraph(rctx, gr, input)
 	cancel()
 	if err != nil {

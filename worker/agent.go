@@ -23,6 +23,7 @@ import (
 	"github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/store"
+	"github.com/natserve/natserve/internal/tracing"
 	"github.com/natserve/natserve/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
@@ -79,6 +80,9 @@ type AgentConfig struct {
 	// replicas' (exported through ReplicaGatherer); nil turns both off.
 	// Default: nil.
 	Metrics prometheus.Registerer
+	// OTLPEndpoint is the OTLP/HTTP endpoint the replicas export trace
+	// spans to (in their spec); "" turns their tracing off. Default: "".
+	OTLPEndpoint string
 	// Logger is the agent's logger. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -113,6 +117,11 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	}
 	if err := cfg.Registry.Err(); err != nil {
 		return nil, err
+	}
+	if cfg.OTLPEndpoint != "" {
+		if _, err := tracing.TracesURL(cfg.OTLPEndpoint); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
 	}
 	if cfg.Name == "" {
 		h, _ := os.Hostname()
@@ -510,7 +519,7 @@ func (p *proc) run(ctx context.Context) {
 	spec := ReplicaSpec{
 		Deployment: p.asg.Deployment, Class: p.asg.Class, Replica: p.asg.Replica, Version: p.asg.Version, Node: p.asg.Node,
 		InitArgs: p.asg.InitArgs, UserConfig: p.asg.UserConfig, Batching: p.asg.Batching, MaxOngoingRequests: p.asg.MaxOngoingRequests,
-		GracefulShutdownTimeoutS: p.asg.GracefulShutdownTimeoutS, NATSURL: p.a.cfg.NATSURL, Metrics: p.a.cfg.Metrics != nil,
+		GracefulShutdownTimeoutS: p.asg.GracefulShutdownTimeoutS, NATSURL: p.a.cfg.NATSURL, Metrics: p.a.cfg.Metrics != nil, OTLPEndpoint: p.a.cfg.OTLPEndpoint,
 		NATSCAFile: p.a.cfg.TLSCAFile, NATSCertFile: p.a.cfg.TLSCertFile, NATSKeyFile: p.a.cfg.TLSKeyFile,
 		AgentPID: os.Getpid(), OrphanTimeoutS: p.a.cfg.OrphanTimeout.Seconds(),
 	}

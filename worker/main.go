@@ -18,6 +18,7 @@ import (
 	"github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/profile"
+	"github.com/natserve/natserve/internal/tracing"
 	"github.com/natserve/natserve/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -90,6 +91,7 @@ func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Write
 	metricsOn := fs.Bool("metrics", true, "count and export Prometheus metrics for the node and its replicas")
 	metricsAddr := fs.String("metrics-addr", DefaultMetricsAddr, "the node's Prometheus /metrics listen address, its replicas' included (a taken default falls back to a free port)")
 	tokenFile := fs.String("metrics-token-file", os.Getenv("NATSERVE_METRICS_TOKEN_FILE"), "file holding the bearer token /metrics requires; required off loopback ($NATSERVE_METRICS_TOKEN_FILE)")
+	otlp := fs.String("otlp-endpoint", tracing.EndpointFromEnv(), "OTLP/HTTP endpoint the replicas send trace spans to, e.g. http://127.0.0.1:4318 (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or $OTEL_EXPORTER_OTLP_ENDPOINT; empty: tracing off)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -102,7 +104,7 @@ func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Write
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	cfg := AgentConfig{
 		Name: *name, NATSURL: *url, NATSOptions: files.Options(), Registry: reg, KVReplicas: *kvReplicas, StopReplicasOnExit: *drain, Logger: log, ReplicaOutput: stderr,
-		MaxReplicas: *maxReplicas, SpawnRate: *spawnRate, OrphanTimeout: *orphan,
+		MaxReplicas: *maxReplicas, SpawnRate: *spawnRate, OrphanTimeout: *orphan, OTLPEndpoint: *otlp,
 		TLSCAFile: files.CAFile, TLSCertFile: files.CertFile, TLSKeyFile: files.KeyFile,
 	}
 	var preg *prometheus.Registry

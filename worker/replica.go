@@ -17,8 +17,10 @@ import (
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/discovery"
 	"github.com/natserve/natserve/internal/metrics"
+	"github.com/natserve/natserve/internal/tracing"
 	"github.com/natserve/natserve/internal/wire"
 	"github.com/vmihailenco/msgpack/v5"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Replica serves one deployment in this process: it joins the deployment's
@@ -29,11 +31,15 @@ type Replica struct {
 	reg  *Registry
 	log  *slog.Logger
 	pid  int
+	id   []byte // spec.Replica, for reply envelopes
 
 	cls  *class
 	inst *instance
 	nc   *nats.Conn
 	cl   *client.Client
+
+	tracer trace.Tracer      // nil: tracing off (the spec names no OTLP endpoint)
+	traces *tracing.Provider // exports tracer's spans
 
 	sem       chan struct{}  // one token per running call
 	inflight  sync.WaitGroup // running calls
@@ -79,7 +85,7 @@ func NewReplica(reg *Registry, spec ReplicaSpec, log *slog.Logger) (*Replica, er
 	}
 	log = log.With("deployment", spec.Deployment, "replica", spec.Replica)
 	return &Replica{
-		spec: spec, reg: reg, log: log, pid: os.Getpid(), cls: cls,
+		spec: spec, reg: reg, log: log, pid: os.Getpid(), id: []byte(spec.Replica), cls: cls,
 		sem: make(chan struct{}, spec.MaxOngoingRequests), inbox: make(chan *nats.Msg, inboxSize), stop: make(chan struct{}),
 	}, nil
 }
@@ -114,7 +120,14 @@ func (r *Replica) Run(ctx context.Context) error {
 	}
 	defer nc.Close()
 	r.nc = nc
+	if err := r.startTracing(); err != nil {
+		return fmt.Errorf("replica %s: %w", r.spec.Replica, err)
+	}
+	defer r.stopTracing()
 	var copts []client.Option
+	if r.tracer != nil {
+		copts = append(copts, client.WithTracerProvider(r.traces.TracerProvider()))
+	}
 	if r.spec.Metrics {
 		r.metrics = newReplicaMetrics(r)
 		r.metrics.labelled.MustRegister(metrics.NATSCollector(nc, "replica"), newBatchMuxCollector(r))
@@ -353,19 +366,37 @@ func (r *Replica) receive() {
 }
 
 func (r *Replica) serveAndRelease(m *nats.Msg) {
-	if r.metrics == nil {
-		r.serve(m, nil)
+	if r.metrics == nil && r.tracer == nil {
+		r.serve(context.Background(), m, nil)
 	} else {
-		var oc outcome
-		start := time.Now()
-		r.serve(m, &oc)
-		r.metrics.observe(&oc, time.Since(start))
+		r.serveObserved(m)
 	}
 	<-r.sem
 	r.inflight.Done()
 }
 
-func (r *Replica) serve(m *nats.Msg, oc *outcome) {
+// serveObserved serves m with metrics, tracing or both: the outcome
+// feeds the metrics and ends the server span.
+func (r *Replica) serveObserved(m *nats.Msg) {
+	var oc outcome
+	start := time.Now()
+	ctx := context.Background()
+	var span trace.Span
+	if r.tracer != nil {
+		ctx, span = r.startServe(m)
+	}
+	r.serve(ctx, m, &oc)
+	if span != nil {
+		endServe(span, &oc)
+	}
+	if r.metrics != nil {
+		r.metrics.observe(&oc, time.Since(start))
+	}
+}
+
+// serve runs the call m carries under base (Background, or the replica's
+// span when traced) and replies; oc, when not nil, records the outcome.
+func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome) {
 	if v := m.Header.Get(wire.HeaderProto); v != wire.ProtoVersion {
 		r.fail(oc, m, wire.CodeProto, fmt.Sprintf("protocol version %q not spoken; this replica speaks %q", v, wire.ProtoVersion))
 		return
@@ -443,7 +474,7 @@ func (r *Replica) serve(m *nats.Msg, oc *outcome) {
 
 	// A context (the deadline, the request id, handles to other
 	// deployments) only for methods that take one.
-	ctx := context.Background()
+	ctx := base
 	if meth.takesCtx {
 		ctx = client.WithRequestID(context.WithValue(ctx, replicaKey, r), id)
 		if model != nil {
@@ -482,7 +513,9 @@ func (r *Replica) replyResult(m *nats.Msg, oc *outcome, meth *method, ctx contex
 	}
 	var data []byte
 	if isHTTP {
-		data = wire.AppendHTTPReply(nil, httpReply(result))
+		rep := httpReply(result)
+		rep.Replica = r.id // for the ingress's access log
+		data = wire.AppendHTTPReply(make([]byte, 0, rep.MaxSize()), rep)
 	} else if data, err = wire.MarshalValue(result); err != nil {
 		r.fail(oc, m, wire.CodeInternal, fmt.Sprintf("encoding the result of %s.%s: %v", r.cls.name, name, err))
 		return

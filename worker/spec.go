@@ -7,6 +7,7 @@ import (
 
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/natsconn"
+	"github.com/natserve/natserve/internal/tracing"
 	"github.com/natserve/natserve/internal/wire"
 )
 
@@ -48,6 +49,9 @@ type ReplicaSpec struct {
 	// OrphanTimeoutS is how long the replica outlives its agent (unadopted)
 	// or its NATS connection. Default: 300.
 	OrphanTimeoutS float64 `json:"orphan_timeout_s,omitempty"`
+	// OTLPEndpoint is the OTLP/HTTP traces URL the replica exports spans
+	// to; "" turns tracing off. Default: "".
+	OTLPEndpoint string `json:"otlp_endpoint,omitempty"`
 }
 
 func (s *ReplicaSpec) tls() natsconn.TLS {
@@ -85,6 +89,11 @@ func (s *ReplicaSpec) Normalize() error {
 	}
 	if err := s.tls().Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrSpec, err)
+	}
+	if s.OTLPEndpoint != "" {
+		if _, err := tracing.TracesURL(s.OTLPEndpoint); err != nil {
+			return fmt.Errorf("%w: otlp_endpoint: %w", ErrSpec, err)
+		}
 	}
 	return nil
 }

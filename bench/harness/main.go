@@ -12,6 +12,11 @@
 // results.json, results.md and, with gnuplot, throughput.png under -out.
 //
 //	go run ./bench/harness -duration 5s -repeats 3 -out bench/results
+//
+// natserve runs with its access log on (as natserve up does by default) and
+// tracing off; -access-log=false and -tracing (spans sent to an OTLP/HTTP
+// receiver in the harness that drops them, or to -otlp-endpoint) measure
+// what each costs on the request path.
 package main
 
 import (
@@ -47,6 +52,10 @@ type config struct {
 	out      string
 	conns    int
 	metrics  bool
+
+	accessLog bool
+	tracing   bool
+	otlp      string
 }
 
 func main() {
@@ -56,6 +65,9 @@ func main() {
 	flag.StringVar(&cfg.out, "out", "bench/results", "directory for results.json, results.md, throughput.png")
 	flag.IntVar(&cfg.conns, "idle-conns", 10000, "idle connections held open against the ingress")
 	flag.BoolVar(&cfg.metrics, "metrics", true, "Prometheus metrics on in natserve up and the ingress (false: compare the hot path without them)")
+	flag.BoolVar(&cfg.accessLog, "access-log", true, "natserve writes its access log (natserve up's default)")
+	flag.BoolVar(&cfg.tracing, "tracing", false, "natserve traces every request, exporting to -otlp-endpoint or to a receiver in the harness that drops the spans")
+	flag.StringVar(&cfg.otlp, "otlp-endpoint", "", "OTLP/HTTP endpoint for -tracing (default: the harness's own receiver)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -85,6 +97,8 @@ type Results struct {
 	Machine      string             `json:"machine"`
 	Date         string             `json:"date"`
 	Duration     string             `json:"duration"`
+	AccessLog    bool               `json:"access_log"`
+	Tracing      bool               `json:"tracing"`
 	Measurements []Measurement      `json:"measurements"`
 	Memory       map[string]float64 `json:"memory_mb"`
 }
@@ -195,9 +209,14 @@ func run(ctx context.Context, cfg config) error {
 	// D: natserve up with Hello deployments of 1 and 2 replicas.
 	natsPort, portD := freePort(), freePort()
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
-	up, err := ps.start(bins["natserve"], "up", "-data", filepath.Join(tmp, "data"), "-nats-port", strconv.Itoa(natsPort),
+	observe, stopSink, err := observeFlags(cfg)
+	if err != nil {
+		return err
+	}
+	defer stopSink()
+	up, err := ps.start(bins["natserve"], append([]string{"up", "-data", filepath.Join(tmp, "data"), "-nats-port", strconv.Itoa(natsPort),
 		"-addr", fmt.Sprintf("127.0.0.1:%d", portD), "-max-connections", "200000",
-		"-metrics="+strconv.FormatBool(cfg.metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort()))
+		"-metrics=" + strconv.FormatBool(cfg.metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort())}, observe...)...)
 	if err != nil {
 		return err
 	}
@@ -231,7 +250,8 @@ func run(ctx context.Context, cfg config) error {
 			return err
 		}
 	}
-	res := Results{Commit: gitCommit(), Machine: machine(), Date: time.Now().UTC().Format(time.RFC3339), Duration: cfg.duration.String(), Memory: map[string]float64{}}
+	res := Results{Commit: gitCommit(), Machine: machine(), Date: time.Now().UTC().Format(time.RFC3339), Duration: cfg.duration.String(), Memory: map[string]float64{},
+		AccessLog: cfg.accessLog, Tracing: cfg.tracing}
 	replicaPIDs := childPIDs(up.Process.Pid)
 	res.Memory["replica_idle_max"] = maxRSS(replicaPIDs)
 	fmt.Fprintf(os.Stderr, "replica processes %v, idle RSS max %.1f MB\n", replicaPIDs, res.Memory["replica_idle_max"])
@@ -278,8 +298,8 @@ func run(ctx context.Context, cfg config) error {
 	}
 	// Ingress memory under idle connections: a standalone ingress.
 	portI := freePort()
-	ing, err := ps.start(bins["natserve"], "ingress", "-nats", natsURL, "-addr", fmt.Sprintf("127.0.0.1:%d", portI), "-max-connections", "200000",
-		"-metrics="+strconv.FormatBool(cfg.metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort()))
+	ing, err := ps.start(bins["natserve"], append([]string{"ingress", "-nats", natsURL, "-addr", fmt.Sprintf("127.0.0.1:%d", portI), "-max-connections", "200000",
+		"-metrics=" + strconv.FormatBool(cfg.metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort())}, observe...)...)
 	if err != nil {
 		return err
 	}
@@ -299,6 +319,29 @@ func run(ctx context.Context, cfg config) error {
 	}
 	fmt.Fprintf(os.Stderr, "ingress RSS %.1f MB → %.1f MB with %d idle connections\n", res.Memory["ingress_before_conns"], res.Memory["ingress_with_idle_conns"], len(conns))
 	return write(cfg.out, &res)
+}
+
+// observeFlags returns natserve's flags for the access log and tracing
+// settings, starting an OTLP/HTTP receiver that drops spans when tracing
+// has no endpoint of its own; stop stops it.
+func observeFlags(cfg config) (flags []string, stop func(), err error) {
+	flags = []string{"-access-log=" + strconv.FormatBool(cfg.accessLog)}
+	if !cfg.tracing {
+		return append(flags, "-otlp-endpoint="), func() {}, nil
+	}
+	if cfg.otlp != "" {
+		return append(flags, "-otlp-endpoint="+cfg.otlp), func() {}, nil
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	return append(flags, "-otlp-endpoint=http://"+ln.Addr().String()), func() { _ = srv.Close() }, nil
 }
 
 func connect(ctx context.Context, url string) (*client.Client, error) {

@@ -79,7 +79,8 @@ func write(dir string, res *Results) error {
 func report(res *Results) string {
 	s := summarize(res.Measurements)
 	var b strings.Builder
-	fmt.Fprintf(&b, "Commit %s, %s, %s; each measurement %s, median of the repeats (min–max).\n\n", res.Commit, res.Machine, res.Date, res.Duration)
+	fmt.Fprintf(&b, "Commit %s, %s, %s; each measurement %s, median of the repeats (min–max); natserve access log %s, tracing %s.\n\n",
+		res.Commit, res.Machine, res.Date, res.Duration, onOff(res.AccessLog), onOff(res.Tracing))
 	fmt.Fprintln(&b, "| config | conc | payload | replicas | req/s (median) | min–max | p50 µs | p99 µs | errors |")
 	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|")
 	keys := make([]key, 0, len(s))
@@ -199,4 +200,11 @@ unset multiplot
 		return fmt.Errorf("%v: %s", err, out)
 	}
 	return nil
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }

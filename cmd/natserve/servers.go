@@ -191,6 +191,7 @@ func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	tlsFiles := tlsClientFlags(fs)
 	cfg := ingressFlags(fs)
 	mf := addMetricsFlags(fs, defaultIngressMetricsAddr)
+	obs := addObserveFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -207,6 +208,11 @@ func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	reg := mf.registry()
 	cfg.NATSURL, cfg.NATSOptions, cfg.Logger, cfg.Metrics = *url, tlsFiles.Options(), log, registerer(reg)
+	closeObs, err := obs.apply(cfg, stdout)
+	if err != nil {
+		return err
+	}
+	defer closeObs()
 	g, err := ingress.New(*cfg)
 	if err != nil {
 		return err

@@ -38,6 +38,11 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	closeObs, err := f.observe.apply(f.ingress, stdout)
+	if err != nil {
+		return err
+	}
+	defer closeObs()
 	var cfg *client.Config
 	if f.file != "" { // fail before starting anything
 		if cfg, err = client.LoadConfig(f.file); err != nil {
@@ -99,6 +104,7 @@ type upFlags struct {
 	metrics                           *metricsFlags
 	metricsToken                      string
 	dashboard                         *dashboardFlags
+	observe                           *observeFlags
 }
 
 func parseUpFlags(args []string, stderr io.Writer) (*upFlags, error) {
@@ -117,6 +123,7 @@ func parseUpFlags(args []string, stderr io.Writer) (*upFlags, error) {
 	f.ingress = ingressFlags(fs)
 	f.metrics = addMetricsFlags(fs, defaultMetricsAddr)
 	f.dashboard = addDashboardFlags(fs)
+	f.observe = addObserveFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -197,7 +204,7 @@ func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, lo
 	u.agent, err = worker.NewAgent(worker.AgentConfig{
 		Name: f.node, NATSURL: url, NATSOptions: []nats.Option{inproc}, Registry: registry(),
 		StopReplicasOnExit: true, KillReplicasWithAgent: true, Logger: log, ReplicaOutput: stderr, ReplicaLogLevel: f.level,
-		MaxReplicas: f.maxReplicas, SpawnRate: f.spawnRate, Metrics: registerer(reg),
+		MaxReplicas: f.maxReplicas, SpawnRate: f.spawnRate, Metrics: registerer(reg), OTLPEndpoint: f.observe.otlp,
 		TLSCAFile: f.replicaTLS.CAFile,
 	})
 	if err != nil {

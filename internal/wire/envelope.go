@@ -8,8 +8,10 @@ import "fmt"
 //
 // and a reply is
 //
-//	[status uint, headers [k, v, …] of str, body bin]
+//	[status uint, headers [k, v, …] of str, body bin, replica str]
 //
+// where the replica id (for the ingress's access log) is optional: a
+// reply of three elements has none.
 // Decoders accept and ignore extra trailing elements so that a later
 // protocol version may add fields.
 
@@ -31,6 +33,17 @@ type HTTPReply struct {
 	Status  int
 	Headers []string // alternating names and values
 	Body    []byte
+	Replica []byte // the replica that answered; optional; aliases the input when decoded
+}
+
+// MaxSize bounds the bytes AppendHTTPReply appends for r, so that a
+// replica sizes the buffer once.
+func (r *HTTPReply) MaxSize() int {
+	n := 16 + len(r.Body) + len(r.Replica)
+	for _, h := range r.Headers {
+		n += 5 + len(h)
+	}
+	return n
 }
 
 // AppendHTTPRequestHead starts a request envelope; the caller then appends
@@ -65,7 +78,11 @@ func AppendHTTPRequest(b []byte, r *HTTPRequest) []byte {
 
 // AppendHTTPReply appends the envelope of r.
 func AppendHTTPReply(b []byte, r *HTTPReply) []byte {
-	b = append(b, 0x93)
+	if len(r.Replica) > 0 {
+		b = append(b, 0x94)
+	} else {
+		b = append(b, 0x93)
+	}
 	status := r.Status
 	if status <= 0 {
 		status = 200
@@ -75,7 +92,11 @@ func AppendHTTPReply(b []byte, r *HTTPReply) []byte {
 	for i := 0; i+1 < len(r.Headers); i += 2 {
 		b = AppendHeader(b, r.Headers[i], r.Headers[i+1])
 	}
-	return AppendBody(b, r.Body)
+	b = AppendBody(b, r.Body)
+	if len(r.Replica) > 0 {
+		b = appendStr(b, r.Replica)
+	}
+	return b
 }
 
 func (r *reader) headers() []string {
@@ -128,7 +149,7 @@ func DecodeHTTPRequest(b []byte) (*HTTPRequest, error) {
 	return req, nil
 }
 
-// DecodeHTTPReply decodes a reply envelope. Body aliases b.
+// DecodeHTTPReply decodes a reply envelope. Body and Replica alias b.
 func DecodeHTTPReply(b []byte) (*HTTPReply, error) {
 	r := reader{b: b}
 	n := r.arrayLen()
@@ -143,7 +164,12 @@ func DecodeHTTPReply(b []byte) (*HTTPReply, error) {
 	rep.Status = int(st)
 	rep.Headers = r.headers()
 	rep.Body = r.rawStr()
-	r.tail(n, 3)
+	fields := 3
+	if n > 3 {
+		rep.Replica = r.rawStr()
+		fields = 4
+	}
+	r.tail(n, fields)
 	if r.err != nil {
 		return nil, fmt.Errorf("http reply envelope: %w", r.err)
 	}

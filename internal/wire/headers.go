@@ -20,6 +20,12 @@ const (
 	HeaderCode      = "Natserve-Code"       // reply: error code; absent on success
 	HeaderError     = "Natserve-Error"      // reply: error message
 	HeaderReplica   = "Natserve-Replica"    // reply: the replica that answered
+
+	// W3C trace context (https://www.w3.org/TR/trace-context/), set on a
+	// request only when the caller traces; optional, so not a protocol
+	// change. internal/tracectx reads and writes them.
+	HeaderTraceparent = "Traceparent"
+	HeaderTracestate  = "Tracestate"
 )
 
 // Request kinds.

@@ -102,11 +102,31 @@ func TestHTTPReplyRoundTrip(t *testing.T) {
 	if err != nil || out.Status != 201 || string(out.Body) != "hello" || len(out.Headers) != 2 {
 		t.Fatalf("got %+v, %v", out, err)
 	}
-	// Extra trailing fields (a later protocol) are skipped.
-	b := append([]byte{0x94}, AppendHTTPReply(nil, in)[1:]...)
-	b = append(b, 0xc0)
-	if _, err := DecodeHTTPReply(b); err != nil {
-		t.Fatalf("extra field: %v", err)
+	if out.Replica != nil {
+		t.Fatalf("replica %q from a reply without one", out.Replica)
+	}
+	// The optional replica id, and extra trailing fields (a later protocol)
+	// after it, which are skipped; a nil replica reads as none.
+	in.Replica = []byte("r-123")
+	withReplica := AppendHTTPReply(nil, in)
+	b := append([]byte{0x95}, withReplica[1:]...)
+	b = append(b, 0x01)
+	for _, tc := range []struct {
+		b    []byte
+		want string
+	}{{withReplica, "r-123"}, {b, "r-123"}, {append(append([]byte{0x94}, AppendHTTPReply(nil, &HTTPReply{Status: 200})[1:]...), 0xc0), ""}} {
+		out, err := DecodeHTTPReply(tc.b)
+		if err != nil || string(out.Replica) != tc.want || out.Status != in.Status && tc.want != "" {
+			t.Fatalf("DecodeHTTPReply(% x) = %+v, %v; want replica %q", tc.b, out, err, tc.want)
+		}
+	}
+	if n := len(AppendHTTPReply(nil, in)); n > in.MaxSize() {
+		t.Fatalf("reply of %d bytes, MaxSize %d", n, in.MaxSize())
+	}
+	// A replica id that is not a string is malformed.
+	bad := append(append([]byte{0x94}, AppendHTTPReply(nil, &HTTPReply{Status: 200})[1:]...), 0x91, 0x01)
+	if _, err := DecodeHTTPReply(bad); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("replica as an array: %v", err)
 	}
 }
 
@@ -157,6 +177,7 @@ func fuzzSeeds(f *testing.F) {
 	}
 	f.Add(AppendHTTPRequest(nil, &HTTPRequest{Method: "GET", Path: "/a", Headers: []string{"k", "v"}, Body: []byte("x")}))
 	f.Add(AppendHTTPReply(nil, &HTTPReply{Status: 200, Body: []byte("x")}))
+	f.Add(AppendHTTPReply(nil, &HTTPReply{Status: 200, Body: []byte("x"), Replica: []byte("r1")}))
 }
 
 func FuzzDecodeHTTPRequest(f *testing.F) {

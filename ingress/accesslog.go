@@ -1,0 +1,198 @@
+package ingress
+
+import (
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+)
+
+// The access log: one JSON line per routed request,
+//
+//	{"time":"2026-01-02T15:04:05.123Z","request_id":"…","deployment":"hello","method":"GET","path":"/hello","status":200,"bytes":20,"latency_ms":0.412,"replica":"…"}
+//
+// (and "trace_id" when the request is traced). Lines are appended by hand
+// into a buffer (no fmt, no slog, no allocation per request) that is
+// written when it passes accessLogFlushSize and every accessLogFlushEvery.
+// Requests to /-/ (health checks) are not logged.
+
+const (
+	accessLogFlushSize  = 64 << 10
+	accessLogFlushEvery = 250 * time.Millisecond
+	accessLogMaxBuffer  = 4 << 20 // lines beyond this while the writer is stuck are dropped, and counted
+)
+
+type accessLog struct {
+	w   io.Writer
+	log *slog.Logger
+
+	mu  sync.Mutex // guards buf
+	buf []byte
+
+	wmu     sync.Mutex // guards spare, failing; held while writing to w
+	spare   []byte
+	failing bool
+
+	dropped atomic.Int64
+
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+func newAccessLog(w io.Writer, log *slog.Logger) *accessLog {
+	l := &accessLog{w: w, log: log, buf: make([]byte, 0, accessLogFlushSize), spare: make([]byte, 0, accessLogFlushSize),
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go l.flushLoop()
+	return l
+}
+
+func (l *accessLog) flushLoop() {
+	defer close(l.done)
+	t := time.NewTicker(accessLogFlushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			l.flush()
+			return
+		case <-t.C:
+			l.flush()
+		}
+	}
+}
+
+// Close writes what is buffered and stops the flusher. Idempotent.
+func (l *accessLog) Close() {
+	l.once.Do(func() { close(l.stop) })
+	<-l.done
+}
+
+// add appends one line.
+func (l *accessLog) add(line []byte) {
+	l.mu.Lock()
+	if len(l.buf)+len(line) > accessLogMaxBuffer {
+		l.mu.Unlock()
+		l.dropped.Add(1)
+		return
+	}
+	l.buf = append(l.buf, line...)
+	full := len(l.buf) >= accessLogFlushSize
+	l.mu.Unlock()
+	if full {
+		l.flush()
+	}
+}
+
+// flush writes the buffered lines; one flush runs at a time, and requests
+// keep appending to the other buffer meanwhile.
+func (l *accessLog) flush() {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	l.mu.Lock()
+	out := l.buf
+	l.buf = l.spare[:0]
+	l.mu.Unlock()
+	if len(out) > 0 {
+		_, err := l.w.Write(out)
+		if err != nil && !l.failing {
+			l.log.Warn("writing the access log failed", "err", err)
+		}
+		l.failing = err != nil
+	}
+	if n := l.dropped.Swap(0); n > 0 {
+		l.log.Warn("access log lines dropped: the writer is too slow", "lines", n)
+	}
+	if cap(out) > 4*accessLogFlushSize { // do not keep a burst's buffer
+		out = make([]byte, 0, accessLogFlushSize)
+	}
+	l.spare = out[:0]
+}
+
+// accessEntry is what one line records.
+type accessEntry struct {
+	start      time.Time
+	id         string
+	deployment string
+	replica    string
+	traceID    string // "" unless traced
+	method     []byte
+	path       []byte
+	status     int
+	bytes      int
+}
+
+// appendAccessLine appends e as one JSON line.
+func appendAccessLine(b []byte, e *accessEntry, latency time.Duration) []byte {
+	b = append(b, `{"time":"`...)
+	b = e.start.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z")
+	b = append(b, `","request_id":`...)
+	b = appendJSONString(b, e.id)
+	b = append(b, `,"deployment":`...)
+	b = appendJSONString(b, e.deployment)
+	b = append(b, `,"method":`...)
+	b = appendJSONString(b, e.method)
+	b = append(b, `,"path":`...)
+	b = appendJSONString(b, e.path)
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(e.status), 10)
+	b = append(b, `,"bytes":`...)
+	b = strconv.AppendInt(b, int64(e.bytes), 10)
+	b = append(b, `,"latency_ms":`...)
+	b = strconv.AppendFloat(b, float64(latency.Microseconds())/1000, 'f', -1, 64)
+	b = append(b, `,"replica":`...)
+	b = appendJSONString(b, e.replica)
+	if e.traceID != "" {
+		b = append(b, `,"trace_id":`...)
+		b = appendJSONString(b, e.traceID)
+	}
+	return append(b, "}\n"...)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString appends s as a JSON string: quotes, backslashes and
+// control characters escaped, invalid UTF-8 replaced by U+FFFD.
+func appendJSONString[T string | []byte](b []byte, s T) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		if c >= utf8.RuneSelf {
+			r, size := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))]))
+			if r != utf8.RuneError || size != 1 {
+				i += size
+				continue
+			}
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i++
+			start = i
+			continue
+		}
+		b = append(b, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			b = append(b, '\\', c)
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\r':
+			b = append(b, '\\', 'r')
+		case '\t':
+			b = append(b, '\\', 't')
+		default:
+			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		}
+		i++
+		start = i
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
