@@ -35,19 +35,25 @@ func (m costModel) One(x int) int { m.dev.pass(1); return x }
 // Many runs one pass per batch (registered batched).
 func (m costModel) Many(xs []int) []int { m.dev.pass(len(xs)); return xs }
 
+// Adaptive is Many with BatchOptions.AdaptiveWait.
+func (m costModel) Adaptive(xs []int) []int { m.dev.pass(len(xs)); return xs }
+
 // BenchmarkBatching: calls/s and latency of a method costing 2 ms + 0.1 ms
 // per item on one device, one call per pass (One) against batched (Many,
-// max_batch_size 16, wait 10 ms), from 1, 16 and 64 concurrent callers.
+// max_batch_size 16, wait 10 ms; Adaptive: the same with AdaptiveWait),
+// from 1, 16 and 64 concurrent callers.
 //
 //	go test ./bench -run '^$' -bench Batching -benchtime 2s
 func BenchmarkBatching(b *testing.B) {
 	br := testutil.Broker(b)
 	url := br.ClientURL()
 	var reg worker.Registry
-	reg.Class("Cost", func() costModel { return costModel{dev: &device{}} }, worker.Batched("Many", worker.BatchOptions{MaxBatchSize: 16, BatchWaitTimeout: 10 * time.Millisecond}))
+	reg.Class("Cost", func() costModel { return costModel{dev: &device{}} },
+		worker.Batched("Many", worker.BatchOptions{MaxBatchSize: 16, BatchWaitTimeout: 10 * time.Millisecond}),
+		worker.Batched("Adaptive", worker.BatchOptions{MaxBatchSize: 16, BatchWaitTimeout: 10 * time.Millisecond, AdaptiveWait: true}))
 	replica(b, url, &reg, "cost", "Cost", "", 64)
 	cl := client.New(testutil.Conn(b, url))
-	for _, method := range []string{"One", "Many"} {
+	for _, method := range []string{"One", "Many", "Adaptive"} {
 		for _, c := range []int{1, 16, 64} {
 			b.Run(fmt.Sprintf("%s/c%d", method, c), func(b *testing.B) {
 				h := cl.Handle("cost").Method(method)
@@ -129,8 +135,7 @@ func BenchmarkMultiplexRouting(b *testing.B) {
 				url := br.ClientURL()
 				var reg worker.Registry
 				reg.Class("Mux", func() benchMux { return benchMux{} }, worker.Multiplexed("LoadModel", 2))
-				replica(b, url, &reg, "mux", "Mux", "", 16)
-				replica(b, url, &reg, "mux", "Mux", "", 16)
+				ids := []string{replica(b, url, &reg, "mux", "Mux", "", 16), replica(b, url, &reg, "mux", "Mux", "", 16)}
 				nc := testutil.Conn(b, url)
 				cl := client.New(nc)
 				var wg sync.WaitGroup
@@ -160,8 +165,8 @@ func BenchmarkMultiplexRouting(b *testing.B) {
 				wg.Wait()
 				b.StopTimer()
 				loads := int64(0)
-				for _, id := range replicaIDs(b, nc, "mux") {
-					loads += id.Models.Loads
+				for _, st := range statuses(b, nc, ids) {
+					loads += st.Models.Loads
 				}
 				n := float64(per * 4)
 				b.ReportMetric(float64(loads)*1000/n, "loads/1k")
@@ -174,27 +179,19 @@ func BenchmarkMultiplexRouting(b *testing.B) {
 	}
 }
 
-// replicaIDs pings every replica of deployment (a broadcast on the ping
-// wildcard) and returns their statuses.
-func replicaIDs(b testing.TB, nc *nats.Conn, deployment string) []worker.ReplicaStatus {
-	inbox := nats.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := nc.PublishRequest(wire.ReplicaSubject("*", wire.VerbPing), inbox, nil); err != nil {
-		b.Fatal(err)
-	}
+// statuses pings the replicas and returns their statuses.
+func statuses(b testing.TB, nc *nats.Conn, ids []string) []worker.ReplicaStatus {
 	var out []worker.ReplicaStatus
-	for {
-		m, err := sub.NextMsg(300 * time.Millisecond)
+	for _, id := range ids {
+		m, err := nc.Request(wire.ReplicaSubject(id, wire.VerbPing), nil, 2*time.Second)
 		if err != nil {
-			return out
+			b.Fatal(err)
 		}
 		var st worker.ReplicaStatus
-		if json.Unmarshal(m.Data, &st) == nil && st.Deployment == deployment && st.Models != nil {
-			out = append(out, st)
+		if err := json.Unmarshal(m.Data, &st); err != nil || st.Models == nil {
+			b.Fatalf("replica %s status %s: %v", id, m.Data, err)
 		}
+		out = append(out, st)
 	}
+	return out
 }

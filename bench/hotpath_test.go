@@ -23,10 +23,12 @@ func TestMain(m *testing.M) { testutil.Main(m) }
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // replica runs a replica of class in this process (the benchmark measures
-// the protocol, not process isolation) and waits until it serves.
-func replica(b testing.TB, url string, reg *worker.Registry, deployment, class string, initArgs string, maxOngoing int) {
+// the protocol, not process isolation), waits until it serves and returns
+// its id.
+func replica(b testing.TB, url string, reg *worker.Registry, deployment, class string, initArgs string, maxOngoing int) string {
 	b.Helper()
-	spec := worker.ReplicaSpec{Deployment: deployment, Class: class, Replica: "r" + strings.ReplaceAll(deployment, "_", "x") + fmt.Sprint(time.Now().UnixNano()%1e6),
+	replicaSeq++
+	spec := worker.ReplicaSpec{Deployment: deployment, Class: class, Replica: "r" + strings.ReplaceAll(deployment, "_", "x") + fmt.Sprint(time.Now().UnixNano()%1e6) + "n" + fmt.Sprint(replicaSeq),
 		NATSURL: url, MaxOngoingRequests: maxOngoing, InitArgs: json.RawMessage(initArgs)}
 	r, err := worker.NewReplica(reg, spec, quiet)
 	if err != nil {
@@ -41,7 +43,10 @@ func replica(b testing.TB, url string, reg *worker.Registry, deployment, class s
 		_, err := nc.Request(wire.ReplicaSubject(spec.Replica, wire.VerbPing), nil, time.Second)
 		return err
 	})
+	return spec.Replica
 }
+
+var replicaSeq int // benchmarks start replicas from one goroutine
 
 // BenchmarkHandleVsRawNATS compares a handle call to the Hello deployment
 // with a raw NATS request to a responder doing the same work: the cost

@@ -23,6 +23,10 @@ type BatchConfig struct {
 	// MaxConcurrentBatches is how many batches of the method run at once
 	// on one replica. Default: 1.
 	MaxConcurrentBatches int `json:"max_concurrent_batches,omitempty"`
+	// AdaptiveWait, when true, never waits for a longer queue than the
+	// method has had lately, so that a lone caller pays no wait (see
+	// worker.BatchOptions.AdaptiveWait). Default: false.
+	AdaptiveWait *bool `json:"adaptive_wait,omitempty"`
 }
 
 // Batching defaults, as in Ray Serve, and bounds.
@@ -59,6 +63,10 @@ func (b BatchConfig) Merge(over BatchConfig) BatchConfig {
 	}
 	if over.MaxConcurrentBatches > 0 {
 		b.MaxConcurrentBatches = over.MaxConcurrentBatches
+	}
+	if over.AdaptiveWait != nil {
+		a := *over.AdaptiveWait
+		b.AdaptiveWait = &a
 	}
 	return b
 }

@@ -302,7 +302,7 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 // batching decodes a batching block: method name to its batch parameters.
 func (p *parser) batching(v *yaml.Node, field string) (map[string]BatchConfig, error) {
 	if v.Kind != yaml.MappingNode {
-		return nil, p.errf(v, field, "want a mapping of method names to {max_batch_size, batch_wait_timeout_s, max_concurrent_batches}, got %s", kindName(v))
+		return nil, p.errf(v, field, "want a mapping of method names to {max_batch_size, batch_wait_timeout_s, max_concurrent_batches, adaptive_wait}, got %s", kindName(v))
 	}
 	out := map[string]BatchConfig{}
 	for i := 0; i+1 < len(v.Content); i += 2 {
@@ -310,7 +310,7 @@ func (p *parser) batching(v *yaml.Node, field string) (map[string]BatchConfig, e
 		mfield := field + "." + k.Value
 		var x any
 		if mv.Kind != yaml.MappingNode || mv.Decode(&x) != nil {
-			return nil, p.errf(mv, mfield, "want a mapping with max_batch_size, batch_wait_timeout_s or max_concurrent_batches, got %s", kindName(mv))
+			return nil, p.errf(mv, mfield, "want a mapping with max_batch_size, batch_wait_timeout_s, max_concurrent_batches or adaptive_wait, got %s", kindName(mv))
 		}
 		b, _ := json.Marshal(x)
 		var bc BatchConfig

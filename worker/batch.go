@@ -33,10 +33,11 @@ type batchParams struct {
 	maxSize    int
 	wait       time.Duration
 	concurrent int
+	adaptive   bool // wait for no more calls than the recent peak (BatchOptions.AdaptiveWait)
 }
 
 func (o BatchOptions) params() batchParams {
-	p := batchParams{maxSize: o.MaxBatchSize, wait: o.BatchWaitTimeout, concurrent: o.MaxConcurrentBatches}
+	p := batchParams{maxSize: o.MaxBatchSize, wait: o.BatchWaitTimeout, concurrent: o.MaxConcurrentBatches, adaptive: o.AdaptiveWait}
 	if p.maxSize == 0 {
 		p.maxSize = client.DefaultMaxBatchSize
 	}
@@ -62,6 +63,9 @@ func (p batchParams) merge(c client.BatchConfig) batchParams {
 	}
 	if c.MaxConcurrentBatches > 0 {
 		p.concurrent = c.MaxConcurrentBatches
+	}
+	if c.AdaptiveWait != nil {
+		p.adaptive = *c.AdaptiveWait
 	}
 	return p
 }
@@ -249,8 +253,11 @@ func (b *batcher) submit(it *batchItem) (any, error) {
 
 func (b *batcher) loop() {
 	queues := map[string][]*batchItem{}
-	running := 0
-	done := make(chan struct{})
+	running, runningCalls, queued := 0, 0, 0
+	done := make(chan int) // a batch of that many calls finished
+	// The longest the queue has been in this and the previous second, for
+	// the adaptive wait.
+	peakCur, peakPrev, peakSince := 0, 0, time.Now()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -258,10 +265,17 @@ func (b *batcher) loop() {
 		// long enough) while a slot is free, oldest first.
 		p := b.get()
 		now := time.Now()
+		if now.Sub(peakSince) > time.Second {
+			peakPrev, peakCur, peakSince = peakCur, 0, now
+		}
+		// Adaptive: the queue is as long as it has been lately (before
+		// this event); more calls are unlikely to come.
+		enough := p.adaptive && queued >= min(p.maxSize, max(peakCur, peakPrev))
+		peakCur = max(peakCur, queued)
 		for running < p.concurrent {
 			key, oldest := "", time.Time{}
 			for k, q := range queues {
-				if (len(q) >= p.maxSize || now.Sub(q[0].enq) >= p.wait) && (oldest.IsZero() || q[0].enq.Before(oldest)) {
+				if (len(q) >= p.maxSize || enough || now.Sub(q[0].enq) >= p.wait) && (oldest.IsZero() || q[0].enq.Before(oldest)) {
 					key, oldest = k, q[0].enq
 				}
 			}
@@ -277,12 +291,14 @@ func (b *batcher) loop() {
 				queues[key] = q[n:]
 			}
 			running++
+			runningCalls += n
+			queued -= n
 			b.wg.Add(1)
 			go func() {
 				defer b.wg.Done()
 				b.run(batch)
 				select {
-				case done <- struct{}{}:
+				case done <- len(batch):
 				case <-b.quit:
 				}
 			}()
@@ -299,8 +315,10 @@ func (b *batcher) loop() {
 		select {
 		case it := <-b.in:
 			queues[it.key] = append(queues[it.key], it)
-		case <-done:
+			queued++
+		case n := <-done:
 			running--
+			runningCalls -= n
 		case <-timer.C:
 		case <-b.kick:
 		case <-b.quit:

@@ -270,6 +270,47 @@ func TestBatchParametersChangeInPlace(t *testing.T) {
 	t.Logf("refused: %s", m.Header.Get(wire.HeaderError))
 }
 
+// TestBatchAdaptiveWait: with a 5 s wait, a lone caller is still served at
+// once when adaptive_wait is on (set in place), and 8 callers at once
+// still fill a batch of 8.
+func TestBatchAdaptiveWait(t *testing.T) {
+	b := testutil.Broker(t)
+	var reg worker.Registry
+	reg.Class("B", func() batchClass { return batchClass{} }, worker.Batched("Echo", worker.BatchOptions{MaxBatchSize: 8, BatchWaitTimeout: 5 * time.Second}))
+	on := true
+	inproc(t, &reg, b.ClientURL(), "adaptive", "B", 16, map[string]client.BatchConfig{"Echo": {AdaptiveWait: &on}})
+	cl := client.New(testutil.Conn(t, b.ClientURL()))
+	h := cl.Handle("adaptive").Method("Echo")
+	start := time.Now()
+	for i := 0; i < 3; i++ {
+		var r batchReply
+		if err := h.Call(context.Background(), &r, i); err != nil || r.Size != 1 {
+			t.Fatalf("lone call %d: %+v %v", i, r, err)
+		}
+	}
+	took := time.Since(start)
+	t.Logf("3 lone calls with a 5 s wait took %v", took.Round(time.Millisecond))
+	if took > 4*time.Second {
+		t.Errorf("3 lone calls took %v: the adaptive wait waited", took)
+	}
+	start = time.Now()
+	out, errs := concurrently(h, []int{1, 2, 3, 4, 5, 6, 7, 8})
+	if took := time.Since(start); took > 4*time.Second {
+		t.Errorf("8 calls at once took %v: the adaptive wait waited for a 9th", took)
+	}
+	sizes := map[int]int{}
+	for i := range out {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		sizes[out[i].Size]++
+	}
+	t.Logf("8 calls at once: batch sizes %v", sizes)
+	if sizes[1] == 8 {
+		t.Error("8 calls at once ran one by one")
+	}
+}
+
 func TestMultiplexedBatchesDoNotMixModels(t *testing.T) {
 	b := testutil.Broker(t)
 	var reg worker.Registry
@@ -409,6 +450,54 @@ func scrapeReplica(t *testing.T, nc *nats.Conn, id string) metrics.Families {
 		}
 		out[mf.GetName()] = mf
 	}
+}
+
+// TestMultiplexChurn: one model slot per replica and three models asked
+// for at random from four callers: models are evicted and subjects
+// (un)subscribed all the time, and no request is lost on the way (a lost
+// one would run into its 20 s deadline).
+func TestMultiplexChurn(t *testing.T) {
+	b := testutil.Broker(t)
+	var reg worker.Registry
+	reg.Class("M", func() *muxClass { return &muxClass{} }, worker.Multiplexed("LoadModel", 1))
+	r1 := inproc(t, &reg, b.ClientURL(), "churn", "M", 8, nil)
+	r2 := inproc(t, &reg, b.ClientURL(), "churn", "M", 8, nil)
+	nc := testutil.Conn(t, b.ClientURL())
+	cl := client.New(nc)
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 60; i++ {
+				m := []string{"a", "b", "c"}[(i*7+w)%3]
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				got, err := client.Call[string](ctx, cl.Handle("churn").Method("Which").Options(client.MultiplexedModelID(m)))
+				cancel()
+				if err != nil || got[:1] != m {
+					failed.Add(1)
+					t.Errorf("call for %s: %q %v", m, got, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, id := range []string{r1, r2} {
+		m, err := nc.Request(wire.ReplicaSubject(id, wire.VerbPing), nil, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s worker.ReplicaStatus
+		_ = json.Unmarshal(m.Data, &s)
+		t.Logf("replica %s: loaded %v, %d loads, %d unloads", id, s.Models.Loaded, s.Models.Loads, s.Models.Unloads)
+		if len(s.Models.Loaded) > 1 {
+			t.Errorf("replica %s holds %v, more than its 1 slot", id, s.Models.Loaded)
+		}
+	}
+	st := cl.Multiplex("churn")
+	t.Logf("routing: %d hits, %d free-slot, %d fallback", st.Hits.Load(), st.FreeSlot.Load(), st.Fallback.Load())
 }
 
 func TestBatchRegistrationErrors(t *testing.T) {

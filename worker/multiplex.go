@@ -78,6 +78,9 @@ type models struct {
 	subMu sync.Mutex                    // guards subs and free; held across (un)subscribing
 	subs  map[string]*nats.Subscription // model id → its subject's subscription
 	free  *nats.Subscription            // the free-slot subject's; nil when full
+	// retired are subscriptions draining after an eviction: they may still
+	// deliver to the inbox, so the replica's drain waits for them too.
+	retired []*nats.Subscription
 }
 
 var loadLatencyBounds = []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 60000}
@@ -103,27 +106,10 @@ func (ms *models) acquire(ctx context.Context, id string) (*modelEntry, error) {
 		}
 		return e, nil
 	}
-	var victims []*modelEntry
-	for len(ms.byID) >= ms.spec.max {
-		var lru *modelEntry
-		for _, e := range ms.byID {
-			if e.loaded && (lru == nil || e.used < lru.used) {
-				lru = e
-			}
-		}
-		if lru == nil {
-			break // every slot is loading: hold one more for a while
-		}
-		delete(ms.byID, lru.id)
-		lru.evicted = true
-		if lru.refs == 0 {
-			victims = append(victims, lru)
-		}
-	}
+	victims := ms.evictLocked(ms.spec.max - 1)
 	e := &modelEntry{id: id, ready: make(chan struct{}), refs: 1, used: ms.clock}
 	ms.byID[id] = e
 	ms.mu.Unlock()
-
 	for _, v := range victims {
 		ms.unload(v)
 	}
@@ -146,7 +132,13 @@ func (ms *models) acquire(ctx context.Context, id string) (*modelEntry, error) {
 		ms.loads++
 		ms.latency.Observe(float64(took) / float64(time.Millisecond))
 	}
+	// Loads that ran at once may have left more models than slots: evict
+	// down to max now that they are loaded.
+	victims = ms.evictLocked(ms.spec.max)
 	ms.mu.Unlock()
+	for _, v := range victims {
+		ms.unload(v)
+	}
 	close(e.ready)
 	ms.r.log.Info("model loaded", "model", id, "took", took, "err", err)
 	ms.resubscribe()
@@ -155,6 +147,31 @@ func (ms *models) acquire(ctx context.Context, id string) (*modelEntry, error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// evictLocked evicts least recently used loaded models until at most keep
+// remain (models still loading are not evicted, so more may remain for a
+// while) and returns those to unload now (the others are unloaded by their
+// last user).
+func (ms *models) evictLocked(keep int) []*modelEntry {
+	var victims []*modelEntry
+	for len(ms.byID) > keep {
+		var lru *modelEntry
+		for _, e := range ms.byID {
+			if e.loaded && (lru == nil || e.used < lru.used) {
+				lru = e
+			}
+		}
+		if lru == nil {
+			break // every slot is loading: hold more for a while
+		}
+		delete(ms.byID, lru.id)
+		lru.evicted = true
+		if lru.refs == 0 {
+			victims = append(victims, lru)
+		}
+	}
+	return victims
 }
 
 // release ends a call's use of e; an evicted model is unloaded by its last
@@ -222,7 +239,8 @@ func (ms *models) resubscribe() {
 	changed := false
 	for id, sub := range ms.subs {
 		if !want[id] {
-			_ = sub.Unsubscribe()
+			_ = sub.Drain() // not Unsubscribe: a request already on its way would be dropped
+			ms.retire(sub)
 			delete(ms.subs, id)
 			changed = true
 		}
@@ -249,7 +267,8 @@ func (ms *models) resubscribe() {
 			changed = true
 		}
 	case !free && ms.free != nil:
-		_ = ms.free.Unsubscribe()
+		_ = ms.free.Drain()
+		ms.retire(ms.free)
 		ms.free = nil
 		changed = true
 	}
@@ -258,6 +277,17 @@ func (ms *models) resubscribe() {
 			r.log.Warn("flushing subscriptions failed", "err", err)
 		}
 	}
+}
+
+// retire keeps a draining subscription until it is closed; subMu is held.
+func (ms *models) retire(sub *nats.Subscription) {
+	live := ms.retired[:0]
+	for _, s := range ms.retired {
+		if s.IsValid() {
+			live = append(live, s)
+		}
+	}
+	ms.retired = append(live, sub)
 }
 
 // drain stops routing by model: it drains every model and free-slot
@@ -278,6 +308,8 @@ func (ms *models) drain() []*nats.Subscription {
 	for _, sub := range subs {
 		_ = sub.Drain()
 	}
+	subs = append(subs, ms.retired...)
+	ms.retired = nil
 	return subs
 }
 

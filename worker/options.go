@@ -65,6 +65,12 @@ type BatchOptions struct {
 	BatchWaitTimeout time.Duration
 	// MaxConcurrentBatches is how many batches run at once. Default: 1.
 	MaxConcurrentBatches int
+	// AdaptiveWait never waits for a longer queue than the method has had
+	// lately (the peak over the last 1 to 2 s): a batch runs as soon as
+	// the queue is that long, so a lone caller pays no wait, while callers
+	// that come many at once still fill batches. Default: false (Ray
+	// Serve's fixed wait).
+	AdaptiveWait bool
 }
 
 // Batched makes method a batched method: natserve gathers concurrent calls
