@@ -245,7 +245,7 @@ func (c *Controller) reconfigure(ctx context.Context, st *state, v view, spec *c
 		req := nats.NewMsg(wire.ReplicaSubject(v.a.Replica, wire.VerbReconfigure))
 		req.Data = userConfig
 		b, _ := json.Marshal(batching)
-		req.Header.Set(wire.HeaderBatching, string(b)) // "null" when none: nothing to change
+		req.Header.Set(wire.HeaderBatching, string(b)) // "null" when none: the values the class registered
 		m, err := c.nc.RequestMsgWithContext(rctx, req)
 		cancel()
 		if err == nil && m.Header.Get(wire.HeaderCode) != "" {

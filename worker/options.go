@@ -68,8 +68,10 @@ type BatchOptions struct {
 	// AdaptiveWait never waits for a longer queue than the method has had
 	// lately (the peak over the last 1 to 2 s): a batch runs as soon as
 	// the queue is that long, so a lone caller pays no wait, while callers
-	// that come many at once still fill batches. Default: false (Ray
-	// Serve's fixed wait).
+	// that come many at once still fill batches. It never waits longer
+	// than BatchWaitTimeout; when a burst ends, its last calls may wait
+	// that long, as with the fixed wait. Default: false (Ray Serve's
+	// fixed wait).
 	AdaptiveWait bool
 }
 
