@@ -49,9 +49,10 @@ func (batchClass) Echo(ctx context.Context, xs []int) ([]batchReply, []error) {
 }
 
 // Slow is Echo at 20 ms per batch, so that calls queue while a batch runs.
-func (c batchClass) Slow(ctx context.Context, xs []int) ([]batchReply, []error) {
+func (c batchClass) Slow(ctx context.Context, xs []int) ([]batchReply, error) {
 	time.Sleep(20 * time.Millisecond)
-	return c.Echo(ctx, xs)
+	out, _ := c.Echo(ctx, xs)
+	return out, nil
 }
 
 // Reconfigure takes {"max_batch_size": n} and applies it with the setter.
