@@ -111,6 +111,7 @@ type Client struct {
 	queue  queueStats
 	mux    sync.Map     // deployment → *MultiplexStats
 	tracer trace.Tracer // nil: tracing off
+	async  async        // stored requests (async.go)
 
 	// ctx ends when Close is called; the client's goroutines (the queue
 	// reports) stop on it, and wg counts them so that Close waits for

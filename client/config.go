@@ -283,6 +283,10 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 			err = p.scalar(v, field, &s.MaxConstructorRetryCount, "an integer")
 		case "version":
 			err = p.scalar(v, field, &s.Version, "a string")
+		case "max_attempts":
+			err = p.scalar(v, field, &s.MaxAttempts, "an integer")
+		case "max_stored_requests":
+			err = p.scalar(v, field, &s.MaxStoredRequests, "an integer")
 		default:
 			return s, p.errf(k, field, "unknown field")
 		}

@@ -24,6 +24,8 @@ const (
 	DefaultHealthCheckPeriodS       = 10.0
 	DefaultHealthCheckTimeoutS      = 30.0
 	DefaultMaxConstructorRetryCount = 20
+	DefaultMaxAttempts              = 3
+	DefaultMaxStoredRequests        = 100000
 )
 
 // Bounds a spec must keep, so that no spec starts a process storm or hands a
@@ -78,6 +80,12 @@ type DeploymentSpec struct {
 	// Batching tunes the class's batched methods, by method name; a
 	// change is applied in place. Default: the values the class registered.
 	Batching map[string]BatchConfig `json:"batching,omitempty"`
+	// MaxAttempts bounds how often a stored (asynchronous) request runs
+	// before it ends as failed with its last error. Default: 3.
+	MaxAttempts int `json:"max_attempts,omitempty"`
+	// MaxStoredRequests caps the deployment's stored requests, queued and
+	// running; a submission over it gets 429. Default: 100000.
+	MaxStoredRequests int `json:"max_stored_requests,omitempty"`
 }
 
 // Autoscaled reports whether the controller chooses the replica count.
@@ -145,6 +153,8 @@ func (s *DeploymentSpec) Normalize() error {
 	setInt(&s.MaxOngoingRequests, DefaultMaxOngoingRequests)
 	setInt(&s.MaxQueuedRequests, DefaultMaxQueuedRequests)
 	setInt(&s.MaxConstructorRetryCount, DefaultMaxConstructorRetryCount)
+	setInt(&s.MaxAttempts, DefaultMaxAttempts)
+	setInt(&s.MaxStoredRequests, DefaultMaxStoredRequests)
 	setFloat(&s.GracefulShutdownTimeoutS, DefaultGracefulShutdownTimeoutS)
 	setFloat(&s.HealthCheckPeriodS, DefaultHealthCheckPeriodS)
 	setFloat(&s.HealthCheckTimeoutS, DefaultHealthCheckTimeoutS)
@@ -161,6 +171,10 @@ func (s *DeploymentSpec) Normalize() error {
 		return bad("health_check_period_s", "%v is below 0.05", s.HealthCheckPeriodS)
 	case s.HealthCheckTimeoutS < 0.05:
 		return bad("health_check_timeout_s", "%v is below 0.05", s.HealthCheckTimeoutS)
+	case s.MaxAttempts < 1 || s.MaxAttempts > 100:
+		return bad("max_attempts", "%d is out of range (1 to 100)", s.MaxAttempts)
+	case s.MaxStoredRequests < 1:
+		return bad("max_stored_requests", "%d must be at least 1", s.MaxStoredRequests)
 	case len(s.Version) > 128:
 		return bad("version", "longer than 128 characters")
 	}

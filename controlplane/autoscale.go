@@ -19,6 +19,14 @@ type metrics struct {
 	callers  map[string]map[string]sample // caller → deployment → last report
 	depOf    map[string]string            // replica → deployment
 	msgs     int64                        // reports received
+	backlog  map[string]float64           // deployment → stored requests queued or running
+}
+
+// setBacklog records the deployments' stored requests (async.go).
+func (m *metrics) setBacklog(b map[string]float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.backlog = b
 }
 
 type sample struct {
@@ -90,6 +98,11 @@ func (m *metrics) total(deployment string, replicas map[string]bool, window time
 			sum += x.value
 		}
 		total += sum / float64(len(s.samples))
+	}
+	// Stored requests count once: those running are in the replicas'
+	// reports already, so only the queued rest is added.
+	if b := m.backlog[deployment] - total; b > 0 {
+		total += b
 	}
 	fresh := time.Now().Add(-3 * time.Second) // a caller reports every second while it queues
 	for _, byDep := range m.callers {

@@ -58,6 +58,9 @@ type Config struct {
 	// deployment, changed or not: the safety net of the event-driven loop.
 	// Default: 15s.
 	FullPassInterval time.Duration
+	// AsyncRetention is how long stored requests' records and results are
+	// kept. Default: 24h.
+	AsyncRetention time.Duration
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -97,6 +100,9 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.FullPassInterval == 0 {
 		cfg.FullPassInterval = 15 * time.Second
+	}
+	if cfg.AsyncRetention == 0 {
+		cfg.AsyncRetention = DefaultAsyncRetention
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -241,6 +247,7 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 		defer wg.Done()
 		c.healthLoop(ctx, st)
 	}()
+	st.spawn(func() { c.asyncLoop(ctx, st) })
 
 	renew := time.NewTicker(c.cfg.LeaseTTL / 4)
 	defer renew.Stop()

@@ -80,7 +80,12 @@ func (g *Ingress) serveRoute(ctx *fasthttp.RequestCtx, path []byte, o *observati
 	if o != nil {
 		o.deployment, o.route = rt.deployment, rt.prefix
 	}
+	async := prefersAsync(ctx.Request.Header.Peek(headerPrefer))
 	if rt.graph != nil {
+		if async {
+			ctx.Error("graph "+rt.graph.Name+" runs in the caller and cannot be stored: send it without Prefer: respond-async\n", fasthttp.StatusBadRequest)
+			return
+		}
 		g.serveGraph(rctx, ctx, rt, id)
 		return
 	}
@@ -101,6 +106,10 @@ func (g *Ingress) serveRoute(ctx *fasthttp.RequestCtx, path []byte, o *observati
 		}
 	}
 	buf = wire.AppendBody(buf, req.Body())
+	if async { // a stored request (async.go)
+		g.serveAsync(ctx, rt.deployment, buf)
+		return
+	}
 
 	msg := &nats.Msg{Subject: rt.subject, Data: buf, Header: nats.Header{
 		wire.HeaderKind:      []string{wire.KindHTTP},
@@ -167,6 +176,8 @@ func (g *Ingress) writeError(ctx *fasthttp.RequestCtx, deployment string, err er
 
 func (g *Ingress) serveInternal(ctx *fasthttp.RequestCtx, path []byte) {
 	switch {
+	case bytes.HasPrefix(path, pathRequests):
+		g.serveRequest(ctx, string(path[len(pathRequests):]))
 	case bytes.Equal(path, pathRoutes):
 		ctx.SetContentType("application/json")
 		ctx.SetBody(g.routes.Load().json)

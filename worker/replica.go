@@ -54,6 +54,7 @@ type Replica struct {
 	cancelLife context.CancelFunc
 
 	health healthChecks // CheckHealth runs, one at a time
+	stored stored       // stored requests (durable.go)
 
 	agentMu      sync.Mutex         // guards agent, orphanSince
 	agent        agentRef           // the node agent this replica answers to
@@ -207,6 +208,8 @@ func (r *Replica) Run(ctx context.Context) error {
 	}
 	r.log.Info("replica serving", "class", r.spec.Class, "pid", r.pid, "max_ongoing_requests", r.spec.MaxOngoingRequests)
 
+	storedDone := make(chan struct{})
+	go func() { defer close(storedDone); r.runStored(life) }()
 	reportDone := make(chan struct{})
 	go r.reportLoad(reportDone)
 	r.startWatchdog(reportDone)
@@ -215,7 +218,12 @@ func (r *Replica) Run(ctx context.Context) error {
 	case <-r.stop:
 	}
 	close(reportDone)
-	return r.drain()
+	err = r.drain()
+	select { // the results of the stored requests that ran are stored
+	case <-storedDone:
+	case <-time.After(r.spec.gracefulTimeout() + storedPublishFor):
+	}
+	return err
 }
 
 // Load reporting: while calls run, ongoing requests are sampled every
@@ -528,6 +536,7 @@ func (r *Replica) replyResult(m *nats.Msg, oc *outcome, meth *method, ctx contex
 // protocol version and the replica.
 func (r *Replica) reply(m *nats.Msg, h nats.Header, data []byte) {
 	if m.Reply == "" {
+		r.storedReply(m, h, data) // a stored request (durable.go), else nothing
 		return
 	}
 	if h != nil {

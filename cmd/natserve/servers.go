@@ -118,6 +118,7 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 	kvReplicas := fs.Int("kv-replicas", 1, "replication of the control-plane buckets (3 in a cluster)")
 	nodeTimeout := fs.Duration("node-timeout", 5*time.Second, "how long a node may miss heartbeats before its replicas move")
 	leaseTTL := fs.Duration("lease-ttl", 6*time.Second, "how long the leader's lease outlives it")
+	retention := fs.Duration("async-retention", controlplane.DefaultAsyncRetention, "how long stored (asynchronous) requests' statuses and results are kept")
 	tlsFiles := tlsClientFlags(fs)
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	mf := addMetricsFlags(fs, defaultControllerMetricsAddr)
@@ -137,7 +138,7 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	reg := mf.registry()
-	c, err := controlplane.New(controlplane.Config{NATSURL: *url, NATSOptions: tlsFiles.Options(), ID: *id, KVReplicas: *kvReplicas, NodeTimeout: *nodeTimeout, LeaseTTL: *leaseTTL, Logger: log, Metrics: registerer(reg)})
+	c, err := controlplane.New(controlplane.Config{NATSURL: *url, NATSOptions: tlsFiles.Options(), ID: *id, KVReplicas: *kvReplicas, NodeTimeout: *nodeTimeout, LeaseTTL: *leaseTTL, AsyncRetention: *retention, Logger: log, Metrics: registerer(reg)})
 	if err != nil {
 		return err
 	}

@@ -98,6 +98,7 @@ type upFlags struct {
 	data, natsHost, file, node, level string
 	natsPort, maxReplicas             int
 	spawnRate                         float64
+	retention                         time.Duration
 	tls                               *broker.TLSConfig
 	replicaTLS                        natsconn.TLS // what replicas trust: -tls-ca
 	ingress                           *ingress.Config
@@ -118,6 +119,7 @@ func parseUpFlags(args []string, stderr io.Writer) (*upFlags, error) {
 	fs.StringVar(&f.node, "name", "local", "this node's name")
 	fs.StringVar(&f.level, "log-level", "warn", "debug, info, warn or error")
 	fs.IntVar(&f.maxReplicas, "max-replicas-per-node", 0, "cap on this node's replica processes (0: what its memory holds, memory / 20 MB)")
+	fs.DurationVar(&f.retention, "async-retention", controlplane.DefaultAsyncRetention, "how long stored (asynchronous) requests' statuses and results are kept")
 	fs.Float64Var(&f.spawnRate, "spawn-rate", worker.DefaultSpawnRate, "replica starts per second on this node")
 	f.tls = tlsServerFlags(fs, "tls-", "the NATS port's", "CA file (PEM) that signed -tls-cert; replicas trust it (default: the system's roots)")
 	f.ingress = ingressFlags(fs)
@@ -194,7 +196,7 @@ func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, lo
 	url := strings.Replace(b.ClientURL(), "tls://", "nats://", 1)
 	reg := f.metrics.registry()
 	var err error
-	u.ctl, err = controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: []nats.Option{inproc}, ID: f.node + "-controller", Logger: log, Metrics: registerer(reg)})
+	u.ctl, err = controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: []nats.Option{inproc}, ID: f.node + "-controller", AsyncRetention: f.retention, Logger: log, Metrics: registerer(reg)})
 	if err != nil {
 		return err
 	}

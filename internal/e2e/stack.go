@@ -59,10 +59,10 @@ func NewOn(t *testing.T, url string, natsFlags []string, opts ...nats.Option) *S
 	return s
 }
 
-// Controller starts a controller process with id.
-func (s *Stack) Controller(id string) *testutil.Proc {
+// Controller starts a controller process with id and extra flags.
+func (s *Stack) Controller(id string, flags ...string) *testutil.Proc {
 	s.T.Helper()
-	args := append([]string{"controller", "-nats", s.URL, "-id", id, "-node-timeout", "2s", "-lease-ttl", "3s"}, s.NATSFlags...)
+	args := append(append([]string{"controller", "-nats", s.URL, "-id", id, "-node-timeout", "2s", "-lease-ttl", "3s"}, s.NATSFlags...), flags...)
 	p := testutil.Start(s.T, nil, s.Natserve, args...)
 	s.mu.Lock()
 	s.controllers[id] = p

@@ -1,0 +1,334 @@
+package durable_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/e2e"
+	"github.com/natserve/natserve/internal/testutil"
+	"github.com/natserve/natserve/internal/wire"
+)
+
+func TestMain(m *testing.M) { testutil.Main(m) }
+
+// publicKeys are the keys of GET /-/requests/<id>, all always present.
+var publicKeys = []string{"id", "deployment", "status", "attempts", "submitted_at", "started_at", "finished_at", "error", "result"}
+
+func decodeStatus(t *testing.T, body string) (*client.RequestStatus, map[string]json.RawMessage) {
+	t.Helper()
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(body), &raw); err != nil {
+		t.Fatalf("status is not JSON: %v: %s", err, body)
+	}
+	if len(raw) != len(publicKeys) {
+		t.Errorf("status has keys %v, want exactly %v", keys(raw), publicKeys)
+	}
+	for _, k := range publicKeys {
+		if _, ok := raw[k]; !ok {
+			t.Errorf("status lacks %q: %s", k, body)
+		}
+	}
+	var st client.RequestStatus
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	return &st, raw
+}
+
+func keys(m map[string]json.RawMessage) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// pollHTTP polls GET /-/requests/<id> until the status is want.
+func pollHTTP(t *testing.T, base, id, want string) *client.RequestStatus {
+	t.Helper()
+	var st *client.RequestStatus
+	testutil.Eventually(t, 30*time.Second, func() error {
+		code, body, _ := e2e.HTTP(t, "GET", base+"/-/requests/"+id, "")
+		if code != 200 {
+			return fmt.Errorf("GET: %d %s", code, body)
+		}
+		st, _ = decodeStatus(t, body)
+		if st.Status != want {
+			return fmt.Errorf("status %s, want %s", st.Status, want)
+		}
+		return nil
+	})
+	return st
+}
+
+func submitHTTP(t *testing.T, method, url, body string, hdr ...string) (string, int, http.Header, string) {
+	t.Helper()
+	code, resp, h := e2e.HTTP(t, method, url, body, append([]string{"Prefer", "respond-async"}, hdr...)...)
+	if code != 202 {
+		return "", code, h, resp
+	}
+	st, _ := decodeStatus(t, resp)
+	if loc := h.Get("Location"); loc != "/-/requests/"+st.ID {
+		t.Errorf("Location %q, want /-/requests/%s", loc, st.ID)
+	}
+	if st.Status != wire.AsyncQueued && st.Status != wire.AsyncRunning && st.Status != wire.AsyncSucceeded {
+		t.Errorf("202 body status %q", st.Status)
+	}
+	return st.ID, code, h, resp
+}
+
+func TestStoredRequests(t *testing.T) {
+	s := e2e.New(t)
+	s.Controller("c1", "-async-retention", "90m")
+	s.Agent("n1")
+	s.WaitNodes(1)
+	base, _ := s.Ingress()
+	s.Deploy(client.DeploymentSpec{Name: "p", Class: "Probe", InitArgs: json.RawMessage(`["t1"]`), MaxAttempts: 2, MaxOngoingRequests: 2})
+	s.Deploy(client.DeploymentSpec{Name: "cnt", Class: "Counter", NumReplicas: 1})
+	s.Deploy(client.DeploymentSpec{Name: "capped", Class: "Probe", InitArgs: json.RawMessage(`["c"]`), MaxOngoingRequests: 2, MaxStoredRequests: 2})
+	nc := s.Client.Conn()
+	execs := map[string]int{}
+	var mu sync.Mutex
+	if _, err := nc.Subscribe("fault.exec", func(m *nats.Msg) { mu.Lock(); execs[string(m.Data)]++; mu.Unlock() }); err != nil {
+		t.Fatal(err)
+	}
+	waitStream := func(dep string) {
+		js, _ := jetstream.New(nc)
+		testutil.Eventually(t, 20*time.Second, func() error {
+			_, err := js.Consumer(e2e.Ctx(2*time.Second), wire.AsyncStream(dep), wire.AsyncConsumer)
+			return err
+		})
+	}
+	for _, d := range []string{"p", "cnt", "capped"} {
+		waitStream(d)
+	}
+
+	t.Run("http", func(t *testing.T) {
+		id, code, _, body := submitHTTP(t, "POST", base+"/p/x?q=1", "hello")
+		if code != 202 {
+			t.Fatalf("submit: %d %s", code, body)
+		}
+		if len(id) < 26 {
+			t.Fatalf("id %q is shorter than 128 bits in base32", id)
+		}
+		st := pollHTTP(t, base, id, wire.AsyncSucceeded)
+		var res wire.HTTPResult
+		if err := json.Unmarshal(st.Result, &res); err != nil {
+			t.Fatalf("result %s: %v", st.Result, err)
+		}
+		if res.Status != 200 || res.Base64 || !strings.Contains(res.Body, "tag=t1") || !strings.Contains(res.Body, "body=hello") || res.Headers["Content-Type"] == "" {
+			t.Errorf("result %+v", res)
+		}
+		if st.Attempts != 1 || st.SubmittedAt == nil || st.StartedAt == nil || st.FinishedAt == nil || st.Error != nil || st.Deployment != "p" {
+			t.Errorf("status %+v", st)
+		}
+		if code, _, _ := e2e.HTTP(t, "GET", base+"/-/requests/"+strings.Repeat("a", 32), ""); code != 404 {
+			t.Errorf("unknown id: %d, want 404", code)
+		}
+		if code, _, _ := e2e.HTTP(t, "GET", base+"/-/requests/../../x", ""); code != 404 {
+			t.Errorf("malformed id: %d, want 404", code)
+		}
+	})
+
+	t.Run("handle", func(t *testing.T) {
+		h := s.Client.Handle("p").Method("Add")
+		id, err := h.Submit(e2e.Ctx(10*time.Second), 2, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := s.Client.Wait(e2e.Ctx(30*time.Second), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum float64
+		if err := st.Decode(&sum); err != nil || sum != 5 {
+			t.Fatalf("result %s (%v), want 5", st.Result, err)
+		}
+	})
+
+	t.Run("max_attempts", func(t *testing.T) {
+		id, err := s.Client.Handle("p").Method("Fail").Submit(e2e.Ctx(10*time.Second), "boom")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := s.Client.Wait(e2e.Ctx(30*time.Second), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Status != wire.AsyncFailed || st.Attempts != 2 || st.Error == nil || !strings.Contains(*st.Error, "boom") {
+			t.Fatalf("status %+v (error %v), want failed after 2 attempts with boom", st, deref(st.Error))
+		}
+	})
+
+	t.Run("idempotency", func(t *testing.T) {
+		id1, code, _, body := submitHTTP(t, "GET", base+"/cnt?ms=1", "", "Idempotency-Key", "k-1")
+		if code != 202 {
+			t.Fatalf("%d %s", code, body)
+		}
+		pollHTTP(t, base, id1, wire.AsyncSucceeded)
+		id2, _, _, _ := submitHTTP(t, "GET", base+"/cnt?ms=1", "", "Idempotency-Key", "k-1")
+		id3, err := s.Client.Handle("cnt").Submit(client.WithIdempotencyKey(e2e.Ctx(10*time.Second), "k-1"), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id2 != id1 || id3 != id1 {
+			t.Fatalf("ids %s %s %s: want the same", id1, id2, id3)
+		}
+		id4, _, _, _ := submitHTTP(t, "GET", base+"/cnt?ms=1", "", "Idempotency-Key", "k-2")
+		pollHTTP(t, base, id4, wire.AsyncSucceeded)
+		_ = nc.Flush()
+		mu.Lock()
+		defer mu.Unlock()
+		if execs[id1] != 1 || execs[id4] != 1 {
+			t.Fatalf("executions %d and %d, want 1 each", execs[id1], execs[id4])
+		}
+	})
+
+	t.Run("callback", func(t *testing.T) {
+		sub, err := nc.SubscribeSync("cb.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = nc.Flush()
+		id, code, _, body := submitHTTP(t, "GET", base+"/cnt?ms=1", "", "Natserve-Callback", "cb.test")
+		if code != 202 {
+			t.Fatalf("%d %s", code, body)
+		}
+		m, err := sub.NextMsg(30 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, _ := decodeStatus(t, string(m.Data))
+		if st.ID != id || st.Status != wire.AsyncSucceeded {
+			t.Fatalf("callback %s", m.Data)
+		}
+	})
+
+	t.Run("cancel", func(t *testing.T) {
+		h := s.Client.Handle("p").Method("Work")
+		// max_ongoing_requests 2: one stored request runs at a time.
+		running, err := h.Submit(e2e.Ctx(10*time.Second), 20000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		queued, err := h.Submit(e2e.Ctx(10*time.Second), 20000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pollHTTP(t, base, running, wire.AsyncRunning)
+		code, body, _ := e2e.HTTP(t, "DELETE", base+"/-/requests/"+queued, "")
+		if st, _ := decodeStatus(t, body); code != 200 || st.Status != wire.AsyncCancelled {
+			t.Fatalf("cancel queued: %d %s", code, body)
+		}
+		start := time.Now()
+		code, body, _ = e2e.HTTP(t, "DELETE", base+"/-/requests/"+running, "")
+		if st, _ := decodeStatus(t, body); code != 200 || st.Status != wire.AsyncCancelled {
+			t.Fatalf("cancel running: %d %s", code, body)
+		}
+		// The running call's context ends: the slot frees long before 20 s.
+		id, err := s.Client.Handle("p").Method("Add").Submit(e2e.Ctx(10*time.Second), 1, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Client.Wait(e2e.Ctx(15*time.Second), id); err != nil {
+			t.Fatalf("after cancelling, the next stored request did not run: %v", err)
+		}
+		t.Logf("next stored request ran %v after the cancel", time.Since(start).Round(time.Millisecond))
+		for _, id := range []string{queued, running} {
+			if st, err := s.Client.Request(e2e.Ctx(5*time.Second), id); err != nil || st.Status != wire.AsyncCancelled {
+				t.Fatalf("%s: %+v %v, want cancelled to stay", id, st, err)
+			}
+		}
+	})
+
+	t.Run("graph refuses", func(t *testing.T) {
+		if _, err := s.Client.DeployGraph(e2e.Ctx(10*time.Second), client.GraphSpec{Name: "g1", Output: "a", Nodes: []client.GraphNode{
+			{Name: "a", Call: "double", Args: []json.RawMessage{json.RawMessage(`"$input"`)}},
+		}}); err != nil {
+			t.Fatalf("deploying a graph: %v", err)
+		}
+		testutil.Eventually(t, 10*time.Second, func() error {
+			code, body, _ := e2e.HTTP(t, "POST", base+"/g1", "1", "Prefer", "respond-async")
+			if code != 400 || !strings.Contains(body, "respond-async") {
+				return fmt.Errorf("%d %s", code, body)
+			}
+			return nil
+		})
+	})
+
+	t.Run("backlog cap and delete", func(t *testing.T) {
+		// One runs (the replica's stored share is 1), one waits: the
+		// backlog is full at 2.
+		var ids []string
+		for i := 0; i < 2; i++ {
+			id, err := s.Client.Handle("capped").Method("Work").Submit(e2e.Ctx(10*time.Second), 3000)
+			if err != nil {
+				t.Fatalf("submission %d: %v", i, err)
+			}
+			ids = append(ids, id)
+		}
+		_, code, h, body := submitHTTP(t, "GET", base+"/capped", "")
+		if code != 429 || h.Get("Retry-After") == "" {
+			t.Fatalf("over the cap: %d %q %s, want 429 with Retry-After", code, h.Get("Retry-After"), body)
+		}
+		if _, err := s.Client.Handle("capped").Submit(e2e.Ctx(10*time.Second)); !errorsIs(err, client.ErrBacklogFull) {
+			t.Fatalf("handle over the cap: %v, want ErrBacklogFull", err)
+		}
+		if err := s.Client.Delete(e2e.Ctx(10*time.Second), "capped"); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			st := pollHTTP(t, base, id, wire.AsyncFailed)
+			if st.Error == nil || !strings.Contains(*st.Error, "deleted") {
+				t.Errorf("%s: error %v, want deleted", id, deref(st.Error))
+			}
+		}
+	})
+
+	t.Run("retention", func(t *testing.T) {
+		js, _ := jetstream.New(nc)
+		kv, err := js.KeyValue(e2e.Ctx(5*time.Second), wire.BucketRequests)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := kv.Status(e2e.Ctx(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.TTL() != 90*time.Minute {
+			t.Fatalf("records kept %v, want the -async-retention 90m", st.TTL())
+		}
+	})
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "<nil>"
+	}
+	return *s
+}
+
+func errorsIs(err, target error) bool {
+	for err != nil {
+		if err == target {
+			return true
+		}
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		err = u.Unwrap()
+	}
+	return false
+}
+
+var _ = context.Background

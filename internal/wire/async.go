@@ -1,0 +1,270 @@
+package wire
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Durable (asynchronous) requests. A submitted request is a JetStream
+// message in its deployment's request stream; the deployment's replicas
+// pull it from the stream's one durable consumer, run it, and publish what
+// happened on the deployment's results subject, which the results stream
+// keeps; the leading controller folds those events into the requests
+// bucket, where callers read the request's status and result.
+//
+//	natserve.async.<deployment>        stream AsyncStream(deployment), consumer AsyncConsumer (the replicas)
+//	natserve.ares.<deployment>.<id>    results: one AsyncEvent per message; stream AsyncResultsStream
+//	natserve.acancel.<deployment>      core: the id of a request cancelled while it may run
+//	natserve_requests  req.<id>        AsyncRecord                       submitter, then the controller
+//	natserve_requests  idem.<deployment>.<hash>  the id an Idempotency-Key maps to  submitter (Create)
+//	natserve_results   (object store)  <id>: a result too large for the record  controller
+const (
+	asyncRoot   = subjectRoot + "async."
+	aresRoot    = subjectRoot + "ares."
+	acancelRoot = subjectRoot + "acancel."
+
+	// AsyncStreamPrefix starts the name of every deployment's request stream.
+	AsyncStreamPrefix = "natserve_req_"
+	// AsyncConsumer is the durable pull consumer the replicas of a
+	// deployment share.
+	AsyncConsumer = "replicas"
+	// AsyncResultsStream keeps the results subjects of every deployment.
+	AsyncResultsStream = "natserve_results"
+	// AsyncResultsSubjects is its subject filter.
+	AsyncResultsSubjects = aresRoot + ">"
+	// AsyncFolder is the results stream's durable consumer (the controller).
+	AsyncFolder = "folder"
+	// BucketRequests holds the requests' records and idempotency keys.
+	BucketRequests = "natserve_requests"
+	// ObjectResults holds results larger than AsyncInlineResult.
+	ObjectResults = "natserve_results"
+	// AsyncMetaMaxAttempts is the consumer metadata key carrying the
+	// deployment's max_attempts to its replicas.
+	AsyncMetaMaxAttempts = "natserve_max_attempts"
+)
+
+// AsyncInlineResult is the largest result kept in the record itself;
+// larger ones go to ObjectResults.
+const AsyncInlineResult = 64 << 10
+
+// Headers of a stored request message (besides HeaderKind, HeaderMethod,
+// HeaderRequestID).
+const (
+	HeaderSubmitted = "Natserve-Submitted" // RFC 3339 time of submission
+)
+
+// AsyncSubject is the subject requests to deployment are stored on.
+func AsyncSubject(deployment string) string { return asyncRoot + deployment }
+
+// AsyncStream is the name of deployment's request stream.
+func AsyncStream(deployment string) string { return AsyncStreamPrefix + deployment }
+
+// AsyncStreamDeployment is the deployment of a request stream name ("" if
+// name is not one).
+func AsyncStreamDeployment(name string) string {
+	d, ok := strings.CutPrefix(name, AsyncStreamPrefix)
+	if !ok || ValidateName("deployment", d) != nil {
+		return ""
+	}
+	return d
+}
+
+// AsyncResultSubject is the subject a replica reports on request id's
+// progress and result.
+func AsyncResultSubject(deployment, id string) string { return aresRoot + deployment + "." + id }
+
+// AsyncResultDeployment splits a results subject into deployment and id.
+func AsyncResultDeployment(subject string) (deployment, id string, ok bool) {
+	rest, ok := strings.CutPrefix(subject, aresRoot)
+	if !ok {
+		return "", "", false
+	}
+	deployment, id, ok = strings.Cut(rest, ".")
+	if !ok || ValidateName("deployment", deployment) != nil || !ValidAsyncID(id) {
+		return "", "", false
+	}
+	return deployment, id, true
+}
+
+// AsyncCancelSubject carries the ids of cancelled requests to the
+// deployment's replicas.
+func AsyncCancelSubject(deployment string) string { return acancelRoot + deployment }
+
+// AsyncRecordKey is a request's key in BucketRequests.
+func AsyncRecordKey(id string) string { return "req." + id }
+
+// AsyncRecordKeys is the filter of every record key.
+const AsyncRecordKeys = "req.*"
+
+// AsyncIdemKey is the key in BucketRequests that maps an Idempotency-Key
+// of deployment to a request id. The key itself is hashed: any bytes a
+// client sends become a valid KV key.
+func AsyncIdemKey(deployment, key string) string {
+	h := sha256.Sum256([]byte(key))
+	return "idem." + deployment + "." + hex.EncodeToString(h[:16])
+}
+
+// MaxIdempotencyKey bounds an Idempotency-Key.
+const MaxIdempotencyKey = 256
+
+// asyncIDLen is the length of a request id: 160 random bits in base32.
+const asyncIDLen = 32
+
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// NewAsyncID returns a new request id: 160 bits from crypto/rand, base32.
+// Ids are bearer capabilities: whoever knows one reads and cancels the
+// request.
+func NewAsyncID() string {
+	var b [20]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics instead)
+	return idEncoding.EncodeToString(b[:])
+}
+
+// ValidAsyncID reports whether id has the shape NewAsyncID gives.
+func ValidAsyncID(id string) bool {
+	if len(id) != asyncIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= '2' && c <= '7') {
+			return false
+		}
+	}
+	return true
+}
+
+// Request statuses.
+const (
+	AsyncQueued    = "queued"
+	AsyncRunning   = "running"
+	AsyncSucceeded = "succeeded"
+	AsyncFailed    = "failed"
+	AsyncCancelled = "cancelled"
+)
+
+// AsyncTerminal reports whether status is final.
+func AsyncTerminal(status string) bool {
+	return status == AsyncSucceeded || status == AsyncFailed || status == AsyncCancelled
+}
+
+// AsyncRecord is a request's record in BucketRequests. Its public JSON is
+// client.RequestStatus; the other fields are natserve's own.
+type AsyncRecord struct {
+	ID         string          `json:"id"`
+	Deployment string          `json:"deployment"`
+	Status     string          `json:"status"`
+	Attempts   int             `json:"attempts"`
+	Submitted  time.Time       `json:"submitted_at"`
+	Started    time.Time       `json:"started_at,omitzero"`
+	Finished   time.Time       `json:"finished_at,omitzero"`
+	Error      string          `json:"error,omitempty"`
+	Result     json.RawMessage `json:"result,omitempty"`
+	// ResultObject: the result is in ObjectResults under the id.
+	ResultObject bool `json:"result_object,omitempty"`
+	// Method is the method called ("" for the default and for HTTP).
+	Method string `json:"method,omitempty"`
+	// Kind is KindHTTP or KindCall.
+	Kind string `json:"kind,omitempty"`
+	// Callback is a NATS subject notified with the public record when the
+	// request ends.
+	Callback string `json:"callback,omitempty"`
+	// Seq is the request's sequence in its deployment's stream.
+	Seq uint64 `json:"seq,omitempty"`
+}
+
+// Kinds of AsyncEvent.
+const (
+	AsyncEventStarted = "started" // an attempt began
+	AsyncEventRetry   = "retry"   // an attempt failed; the request is queued again
+	AsyncEventDone    = "done"    // succeeded: Result holds the result
+	AsyncEventFailed  = "failed"  // the last attempt failed, or the request cannot run
+)
+
+// AsyncEvent is what a replica publishes on AsyncResultSubject.
+type AsyncEvent struct {
+	Kind       string          `json:"kind"`
+	Attempt    int             `json:"attempt"`
+	At         time.Time       `json:"at"`
+	Submitted  time.Time       `json:"submitted,omitzero"`
+	Error      string          `json:"error,omitempty"`
+	Code       Code            `json:"code,omitempty"`
+	Result     json.RawMessage `json:"result,omitempty"`
+	Replica    string          `json:"replica,omitempty"`
+	RequestKind string         `json:"request_kind,omitempty"` // KindHTTP or KindCall
+	MethodName string          `json:"method,omitempty"`
+}
+
+// DecodeAsyncEvent decodes an event from a results subject.
+func DecodeAsyncEvent(b []byte) (*AsyncEvent, error) {
+	var e AsyncEvent
+	if err := json.Unmarshal(b, &e); err != nil {
+		return nil, fmt.Errorf("async event: %w", err)
+	}
+	switch e.Kind {
+	case AsyncEventStarted, AsyncEventRetry, AsyncEventDone, AsyncEventFailed:
+	default:
+		return nil, fmt.Errorf("async event: kind %q unknown", e.Kind)
+	}
+	if e.Attempt < 0 {
+		return nil, errors.New("async event: negative attempt")
+	}
+	return &e, nil
+}
+
+// Fold applies an event to a record and reports whether it changed. A
+// final record never changes; an event of an earlier attempt than the
+// record's is ignored (events may be folded twice after a restart).
+func (r *AsyncRecord) Fold(e *AsyncEvent) bool {
+	if AsyncTerminal(r.Status) || e.Attempt < r.Attempts {
+		return false
+	}
+	switch e.Kind {
+	case AsyncEventStarted:
+		if e.Attempt == r.Attempts && r.Status == AsyncRunning {
+			return false
+		}
+		r.Status, r.Attempts, r.Started = AsyncRunning, e.Attempt, e.At
+	case AsyncEventRetry:
+		r.Status, r.Attempts, r.Error = AsyncQueued, e.Attempt, e.Error
+	case AsyncEventDone:
+		r.Status, r.Attempts, r.Finished, r.Result, r.Error = AsyncSucceeded, max(e.Attempt, r.Attempts), e.At, e.Result, ""
+	case AsyncEventFailed:
+		r.Status, r.Attempts, r.Finished = AsyncFailed, max(e.Attempt, r.Attempts), e.At
+		if e.Error != "" || r.Error == "" {
+			r.Error = e.Error
+		}
+	}
+	if r.Started.IsZero() && e.Kind != AsyncEventFailed {
+		r.Started = e.At
+	}
+	return true
+}
+
+// HTTPResult is the result of a stored HTTP request: the reply, its body
+// as text when it is UTF-8, else base64 with Base64 set.
+type HTTPResult struct {
+	Status  int               `json:"status"`
+	Headers map[string]string `json:"headers"`
+	Body    string            `json:"body"`
+	Base64  bool              `json:"base64,omitempty"`
+}
+
+// Errors of the async protocol.
+var (
+	// ErrAsyncBacklogFull: the deployment's stored requests reached its
+	// max_stored_requests.
+	ErrAsyncBacklogFull = errors.New("backlog full")
+)
+
+// JetStream API error code of a publish refused by a full stream
+// (DiscardNew with MaxMsgs): the backlog cap.
+const JSStreamStoreFailed = 10077

@@ -1,0 +1,408 @@
+package worker
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/wire"
+)
+
+// Stored (durable) requests. A replica pulls them from its deployment's
+// request stream (wire.AsyncStream) through the one durable consumer the
+// replicas share, and runs them through the same serve path as requests
+// that arrive on the queue group: serve sees a message without a reply
+// subject, runs under the request's own (cancellable) context and hands
+// its reply to storedReply instead of publishing it.
+//
+// Share: stored requests never take more than half of the slots
+// (max_ongoing_requests/2, at least one), and only free ones, so that
+// synchronous traffic always keeps the other half. A replica fetches a
+// stored request only while fewer than that share run, then waits for a
+// free slot like any request.
+//
+// Each attempt publishes "started" (core NATS; the results stream keeps
+// it), runs, then publishes its outcome with a JetStream acknowledgment
+// before the request message is acknowledged: a result is stored before
+// the request leaves the stream. A replica that dies mid-attempt never
+// acknowledges; the message comes back after storedAckWait, to any replica
+// of the deployment. A redelivered request whose result is already stored
+// (the replica died between the two acknowledgments) is acknowledged
+// without running again.
+const (
+	// storedAckWait is the consumer's AckWait (the controller sets it);
+	// storedProgress the interval of in-progress acknowledgments.
+	storedProgress = 3 * time.Second
+	storedFetchMax = 5 * time.Second
+	// storedPublishFor bounds the retries of storing a result while the
+	// broker is unreachable; the request is redelivered after that.
+	storedPublishFor = 2 * time.Minute
+)
+
+// stored is a replica's bookkeeping of stored requests.
+type stored struct {
+	mu        sync.Mutex                // guards calls, byID, cancelled
+	calls     map[*nats.Msg]*storedCall // running, by their synthetic message
+	byID      map[string]*storedCall    // running, by request id
+	cancelled map[string]time.Time      // ids cancelled recently, when
+	running   chan struct{}             // one token per stored request held (the share)
+	cancelSub *nats.Subscription        // wire.AsyncCancelSubject
+}
+
+type storedCall struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	h      nats.Header // the reply: set by storedReply
+	data   []byte
+	done   bool
+}
+
+// storedReply keeps the reply of a stored request.
+func (r *Replica) storedReply(m *nats.Msg, h nats.Header, data []byte) {
+	r.stored.mu.Lock()
+	defer r.stored.mu.Unlock()
+	if c := r.stored.calls[m]; c != nil {
+		c.h, c.data, c.done = h, data, true
+	}
+}
+
+func (r *Replica) onCancel(m *nats.Msg) {
+	id := string(m.Data)
+	if !wire.ValidAsyncID(id) {
+		return
+	}
+	r.stored.mu.Lock()
+	defer r.stored.mu.Unlock()
+	now := time.Now()
+	for k, t := range r.stored.cancelled {
+		if now.Sub(t) > 10*time.Minute {
+			delete(r.stored.cancelled, k)
+		}
+	}
+	r.stored.cancelled[id] = now
+	if c := r.stored.byID[id]; c != nil {
+		c.cancel()
+	}
+}
+
+func (r *Replica) wasCancelled(id string) bool {
+	r.stored.mu.Lock()
+	defer r.stored.mu.Unlock()
+	_, ok := r.stored.cancelled[id]
+	return ok
+}
+
+// runStored pulls and runs stored requests until ctx ends (Stop or the
+// end of Run); the requests it started finish (they are in r.inflight).
+func (r *Replica) runStored(ctx context.Context) {
+	share := max(1, cap(r.sem)/2)
+	r.stored.calls, r.stored.byID, r.stored.cancelled = map[*nats.Msg]*storedCall{}, map[string]*storedCall{}, map[string]time.Time{}
+	r.stored.running = make(chan struct{}, share)
+	sub, err := r.nc.Subscribe(wire.AsyncCancelSubject(r.spec.Deployment), r.onCancel)
+	if err != nil {
+		r.log.Warn("subscribing to cancels failed; stored requests are not taken", "err", err)
+		return
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	js, err := jetstream.New(r.nc)
+	if err != nil {
+		return
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for ctx.Err() == nil {
+		cons, err := js.Consumer(ctx, wire.AsyncStream(r.spec.Deployment), wire.AsyncConsumer)
+		if err != nil {
+			// Not created yet (the controller does), or the broker is away.
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		maxAttempts := client.DefaultMaxAttempts
+		if n, err := strconv.Atoi(cons.CachedInfo().Config.Metadata[wire.AsyncMetaMaxAttempts]); err == nil && n > 0 {
+			maxAttempts = n
+		}
+		if err := r.pullStored(ctx, js, cons, maxAttempts, &wg); err != nil && ctx.Err() == nil {
+			r.log.Debug("pulling stored requests", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+// pullStored fetches while the share has room; it returns on a fetch
+// error (the consumer is looked up again) or when ctx ends.
+func (r *Replica) pullStored(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, maxAttempts int, wg *sync.WaitGroup) error {
+	refresh := time.Now().Add(time.Minute) // max_attempts may change
+	for ctx.Err() == nil && time.Now().Before(refresh) {
+		select {
+		case r.stored.running <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		fctx, cancel := context.WithTimeout(ctx, storedFetchMax)
+		batch, err := cons.Fetch(1, jetstream.FetchContext(fctx))
+		var msg jetstream.Msg
+		if err == nil {
+			for m := range batch.Messages() {
+				msg = m
+			}
+			err = batch.Error()
+		}
+		cancel()
+		if msg == nil {
+			<-r.stored.running
+			if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+				return err
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-r.stored.running }()
+			r.runStoredMsg(ctx, js, msg, maxAttempts)
+		}()
+	}
+	return nil
+}
+
+// runStoredMsg runs one delivery of a stored request.
+func (r *Replica) runStoredMsg(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, maxAttempts int) {
+	md, err := msg.Metadata()
+	if err != nil {
+		_ = msg.Term()
+		return
+	}
+	attempt := int(md.NumDelivered)
+	id := msg.Headers().Get(wire.HeaderRequestID)
+	if !wire.ValidAsyncID(id) {
+		r.log.Warn("stored request without a valid id dropped", "seq", md.Sequence.Stream)
+		_ = msg.Term()
+		return
+	}
+	if r.wasCancelled(id) {
+		_ = msg.Ack()
+		return
+	}
+	base := wire.AsyncEvent{Attempt: attempt, Replica: r.spec.Replica, RequestKind: msg.Headers().Get(wire.HeaderKind), MethodName: msg.Headers().Get(wire.HeaderMethod)}
+	if t, err := time.Parse(time.RFC3339Nano, msg.Headers().Get(wire.HeaderSubmitted)); err == nil {
+		base.Submitted = t
+	}
+	if attempt > 1 && r.resultStored(ctx, js, id) {
+		_ = msg.Ack()
+		return
+	}
+	if attempt > maxAttempts {
+		ev := base
+		ev.Kind, ev.At, ev.Code = wire.AsyncEventFailed, time.Now().UTC(), wire.CodeInternal
+		ev.Error = fmt.Sprintf("gave up after %d attempts: the replica running it stopped each time", maxAttempts)
+		if r.publishEvent(ctx, js, id, &ev) {
+			_ = msg.Ack()
+		}
+		return
+	}
+
+	// Keep the delivery alive while it waits for a slot and runs.
+	keep := make(chan struct{})
+	var kwg sync.WaitGroup
+	kwg.Add(1)
+	go func() {
+		defer kwg.Done()
+		t := time.NewTicker(storedProgress)
+		defer t.Stop()
+		for {
+			select {
+			case <-keep:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	defer func() { close(keep); kwg.Wait() }()
+
+	select {
+	case r.sem <- struct{}{}:
+	case <-ctx.Done(): // stopping before it started: another replica takes it
+		return
+	}
+	r.inflight.Add(1)
+	cctx, cancel := context.WithCancel(context.Background())
+	m := &nats.Msg{Subject: wire.DeploymentSubject(r.spec.Deployment), Header: nats.Header{}, Data: msg.Data()}
+	for k, v := range msg.Headers() {
+		if strings.HasPrefix(k, "Natserve-") {
+			m.Header[k] = v
+		}
+	}
+	call := &storedCall{ctx: cctx, cancel: cancel}
+	r.stored.mu.Lock()
+	r.stored.calls[m], r.stored.byID[id] = call, call
+	_, cancelled := r.stored.cancelled[id]
+	r.stored.mu.Unlock()
+	if cancelled {
+		cancel()
+	}
+	ev := base
+	ev.Kind, ev.At = wire.AsyncEventStarted, time.Now().UTC()
+	if b, err := json.Marshal(&ev); err == nil {
+		_ = r.nc.Publish(wire.AsyncResultSubject(r.spec.Deployment, id), b)
+	}
+
+	if r.metrics == nil {
+		r.serve(cctx, m, nil)
+	} else {
+		var oc outcome
+		start := time.Now()
+		r.serve(cctx, m, &oc)
+		r.metrics.observe(&oc, time.Since(start))
+	}
+
+	r.stored.mu.Lock()
+	delete(r.stored.calls, m)
+	delete(r.stored.byID, id)
+	r.stored.mu.Unlock()
+	cancelled = cctx.Err() != nil
+	cancel()
+	<-r.sem
+	r.inflight.Done()
+
+	out := r.storedOutcome(base, call, attempt, maxAttempts, cancelled)
+	if !r.publishEvent(ctx, js, id, out) {
+		return // not stored: redelivered, and run again
+	}
+	if out.Kind == wire.AsyncEventRetry {
+		_ = msg.NakWithDelay(retryDelay(attempt))
+		return
+	}
+	actx, acancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = msg.DoubleAck(actx)
+	acancel()
+}
+
+func retryDelay(attempt int) time.Duration {
+	return min(time.Duration(attempt)*200*time.Millisecond, 5*time.Second)
+}
+
+// storedOutcome turns a call's reply into its event.
+func (r *Replica) storedOutcome(base wire.AsyncEvent, call *storedCall, attempt, maxAttempts int, cancelled bool) *wire.AsyncEvent {
+	ev := base
+	ev.At = time.Now().UTC()
+	code := wire.Code(call.h.Get(wire.HeaderCode))
+	if !call.done {
+		code, call.h = wire.CodeInternal, nats.Header{wire.HeaderError: {"the method gave no reply"}}
+	}
+	if code == "" {
+		res, err := storedResult(base.RequestKind, call.data)
+		if err == nil && len(res) > int(r.nc.MaxPayload())-4096 {
+			err = fmt.Errorf("the result is %d bytes, more than the broker's max payload allows", len(res))
+		}
+		if err == nil {
+			ev.Kind, ev.Result = wire.AsyncEventDone, res
+			return &ev
+		}
+		code, call.h = wire.CodeInternal, nats.Header{wire.HeaderError: {err.Error()}}
+	}
+	ev.Code, ev.Error = code, call.h.Get(wire.HeaderError)
+	switch {
+	case cancelled:
+		ev.Kind, ev.Error = wire.AsyncEventFailed, "cancelled"
+	case attempt < maxAttempts && code != wire.CodeBadRequest && code != wire.CodeUnknownMethod && code != wire.CodeProto:
+		ev.Kind = wire.AsyncEventRetry
+	default:
+		ev.Kind = wire.AsyncEventFailed
+	}
+	return &ev
+}
+
+// storedResult is a reply as the request's record keeps it: a handle
+// call's value as JSON, an HTTP reply as wire.HTTPResult.
+func storedResult(kind string, data []byte) (json.RawMessage, error) {
+	if kind != wire.KindHTTP {
+		if len(data) == 0 {
+			return json.RawMessage("null"), nil
+		}
+		v, err := client.ValueToJSON(data)
+		if err != nil {
+			return nil, fmt.Errorf("decoding the result: %w", err)
+		}
+		return json.Marshal(v)
+	}
+	rep, err := wire.DecodeHTTPReply(data)
+	if err != nil {
+		return nil, err
+	}
+	hr := wire.HTTPResult{Status: rep.Status, Headers: map[string]string{}}
+	for i := 0; i+1 < len(rep.Headers); i += 2 {
+		k := rep.Headers[i]
+		if v, ok := hr.Headers[k]; ok {
+			hr.Headers[k] = v + ", " + rep.Headers[i+1]
+		} else {
+			hr.Headers[k] = rep.Headers[i+1]
+		}
+	}
+	if utf8.Valid(rep.Body) {
+		hr.Body = string(rep.Body)
+	} else {
+		hr.Body, hr.Base64 = base64.StdEncoding.EncodeToString(rep.Body), true
+	}
+	return json.Marshal(&hr)
+}
+
+// publishEvent stores an event in the results stream, retrying while the
+// broker is away (bounded by storedPublishFor).
+func (r *Replica) publishEvent(ctx context.Context, js jetstream.JetStream, id string, ev *wire.AsyncEvent) bool {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return false
+	}
+	subject := wire.AsyncResultSubject(r.spec.Deployment, id)
+	msgID := id + "." + ev.Kind + "." + strconv.Itoa(ev.Attempt)
+	deadline := time.Now().Add(storedPublishFor)
+	var retry time.Duration = 50 * time.Millisecond
+	for {
+		pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := js.Publish(pctx, subject, b, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(wire.AsyncResultsStream))
+		cancel()
+		if err == nil {
+			return true
+		}
+		if time.Now().After(deadline) {
+			r.log.Error("storing a stored request's result failed; it will run again", "request_id", id, "err", err)
+			return false
+		}
+		time.Sleep(retry)
+		retry = min(retry*2, 2*time.Second)
+	}
+}
+
+// resultStored reports whether request id's outcome is in the results
+// stream already.
+func (r *Replica) resultStored(ctx context.Context, js jetstream.JetStream, id string) bool {
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := js.Stream(gctx, wire.AsyncResultsStream)
+	if err != nil {
+		return false
+	}
+	m, err := st.GetLastMsgForSubject(gctx, wire.AsyncResultSubject(r.spec.Deployment, id))
+	if err != nil {
+		return false
+	}
+	ev, err := wire.DecodeAsyncEvent(m.Data)
+	return err == nil && (ev.Kind == wire.AsyncEventDone || ev.Kind == wire.AsyncEventFailed)
+}
