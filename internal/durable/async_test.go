@@ -280,7 +280,7 @@ func TestStoredRequests(t *testing.T) {
 		if code != 429 || h.Get("Retry-After") == "" {
 			t.Fatalf("over the cap: %d %q %s, want 429 with Retry-After", code, h.Get("Retry-After"), body)
 		}
-		if _, err := s.Client.Handle("capped").Submit(e2e.Ctx(10*time.Second)); !errorsIs(err, client.ErrBacklogFull) {
+		if _, err := s.Client.Handle("capped").Submit(e2e.Ctx(10 * time.Second)); !errorsIs(err, client.ErrBacklogFull) {
 			t.Fatalf("handle over the cap: %v, want ErrBacklogFull", err)
 		}
 		if err := s.Client.Delete(e2e.Ctx(10*time.Second), "capped"); err != nil {

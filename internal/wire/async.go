@@ -191,16 +191,16 @@ const (
 
 // AsyncEvent is what a replica publishes on AsyncResultSubject.
 type AsyncEvent struct {
-	Kind       string          `json:"kind"`
-	Attempt    int             `json:"attempt"`
-	At         time.Time       `json:"at"`
-	Submitted  time.Time       `json:"submitted,omitzero"`
-	Error      string          `json:"error,omitempty"`
-	Code       Code            `json:"code,omitempty"`
-	Result     json.RawMessage `json:"result,omitempty"`
-	Replica    string          `json:"replica,omitempty"`
-	RequestKind string         `json:"request_kind,omitempty"` // KindHTTP or KindCall
-	MethodName string          `json:"method,omitempty"`
+	Kind        string          `json:"kind"`
+	Attempt     int             `json:"attempt"`
+	At          time.Time       `json:"at"`
+	Submitted   time.Time       `json:"submitted,omitzero"`
+	Error       string          `json:"error,omitempty"`
+	Code        Code            `json:"code,omitempty"`
+	Result      json.RawMessage `json:"result,omitempty"`
+	Replica     string          `json:"replica,omitempty"`
+	RequestKind string          `json:"request_kind,omitempty"` // KindHTTP or KindCall
+	MethodName  string          `json:"method,omitempty"`
 }
 
 // DecodeAsyncEvent decodes an event from a results subject.
