@@ -123,16 +123,9 @@ func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.Ke
 		cancel()
 	}
 	st.metrics.setBacklog(backlog)
-	for name := range backlog {
-		if n := backlog[name]; n > 0 {
-			if spec, _, ok := st.deps.get(name); ok && spec.Autoscaled() {
-				st.mu.Lock()
-				if st.wakes == nil {
-					st.wakes = map[string]bool{}
-				}
-				st.wakes[name] = true // a no-op unless it is at zero
-				st.mu.Unlock()
-			}
+	for name, n := range backlog {
+		if n > 0 {
+			c.wake(st, name) // a no-op unless it is autoscaled and at zero
 		}
 	}
 	// Streams of deployments that are gone.
