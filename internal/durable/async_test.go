@@ -94,7 +94,7 @@ func TestStoredRequests(t *testing.T) {
 	base, _ := s.Ingress()
 	s.Deploy(client.DeploymentSpec{Name: "p", Class: "Probe", InitArgs: json.RawMessage(`["t1"]`), MaxAttempts: 2, MaxOngoingRequests: 2})
 	s.Deploy(client.DeploymentSpec{Name: "cnt", Class: "Counter", NumReplicas: 1})
-	s.Deploy(client.DeploymentSpec{Name: "capped", Class: "Probe", InitArgs: json.RawMessage(`["c"]`), MaxOngoingRequests: 2, MaxStoredRequests: 2})
+	s.Deploy(client.DeploymentSpec{Name: "capped", Class: "Probe", InitArgs: json.RawMessage(`["c"]`), MaxOngoingRequests: 2, MaxStoredRequests: 2, GracefulShutdownTimeoutS: 1})
 	nc := s.Client.Conn()
 	execs := map[string]int{}
 	var mu sync.Mutex
@@ -270,7 +270,7 @@ func TestStoredRequests(t *testing.T) {
 		// backlog is full at 2.
 		var ids []string
 		for i := 0; i < 2; i++ {
-			id, err := s.Client.Handle("capped").Method("Work").Submit(e2e.Ctx(10*time.Second), 3000)
+			id, err := s.Client.Handle("capped").Method("Work").Submit(e2e.Ctx(10*time.Second), 60000)
 			if err != nil {
 				t.Fatalf("submission %d: %v", i, err)
 			}
@@ -291,6 +291,25 @@ func TestStoredRequests(t *testing.T) {
 			if st.Error == nil || !strings.Contains(*st.Error, "deleted") {
 				t.Errorf("%s: error %v, want deleted", id, deref(st.Error))
 			}
+		}
+	})
+
+	t.Run("wake from zero", func(t *testing.T) {
+		// Scaled to zero: the spec applies (not HEALTHY with no replica to
+		// wait for), the stream appears, and stored work wakes it.
+		spec := client.DeploymentSpec{Name: "zero", Class: "Counter", AutoscalingConfig: &client.AutoscalingConfig{
+			MinReplicas: e2e.Ptr(0), InitialReplicas: e2e.Ptr(0), MaxReplicas: 1, DownscaleToZeroDelayS: e2e.Ptr(600.0)}}
+		if _, err := s.Client.Deploy(e2e.Ctx(10*time.Second), spec); err != nil {
+			t.Fatal(err)
+		}
+		waitStream("zero")
+		id, err := s.Client.Handle("zero").Submit(e2e.Ctx(10*time.Second), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := s.Client.Wait(e2e.Ctx(40*time.Second), id)
+		if err != nil || st.Status != wire.AsyncSucceeded {
+			t.Fatalf("%+v %v, want succeeded after waking", st, err)
 		}
 	})
 
