@@ -76,6 +76,7 @@ func (c *Controller) ensureAsync(ctx context.Context) (jetstream.KeyValue, jetst
 	if _, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: wire.AsyncResultsStream, Subjects: []string{wire.AsyncResultsSubjects}, Storage: jetstream.FileStorage,
 		Retention: jetstream.LimitsPolicy, MaxAge: ret, Replicas: c.cfg.KVReplicas, Duplicates: 2 * time.Minute,
+		AllowDirect: true, // replicas look up a request's last event on every delivery
 	}); err != nil {
 		return nil, nil, fmt.Errorf("stream %s: %w", wire.AsyncResultsStream, err)
 	}

@@ -35,28 +35,30 @@ import (
 // it), runs, then publishes its outcome with a JetStream acknowledgment
 // before the request message is acknowledged: a result is stored before
 // the request leaves the stream. A replica that dies mid-attempt never
-// acknowledges; the message comes back after storedAckWait, to any replica
-// of the deployment. A redelivered request whose result is already stored
-// (the replica died between the two acknowledgments) is acknowledged
-// without running again.
+// acknowledges; the message comes back after the consumer's AckWait (the
+// controller's storedAckWait), to any replica of the deployment. A delivery
+// whose result is already stored (the replica died between the two
+// acknowledgments, or a broker killed -9 lost the acknowledgment and the
+// delivery count with it) is acknowledged without running again.
 const (
-	// storedAckWait is the consumer's AckWait (the controller sets it);
-	// storedProgress the interval of in-progress acknowledgments.
+	// storedProgress is the interval of in-progress acknowledgments.
 	storedProgress = 3 * time.Second
 	storedFetchMax = 5 * time.Second
 	// storedPublishFor bounds the retries of storing a result while the
 	// broker is unreachable; the request is redelivered after that.
 	storedPublishFor = 2 * time.Minute
+	// storedCheckFor bounds the retries of looking for a stored result.
+	storedCheckFor = 30 * time.Second
 )
 
 // stored is a replica's bookkeeping of stored requests.
 type stored struct {
-	mu        sync.Mutex                // guards calls, byID, cancelled
+	mu        sync.Mutex                // guards calls, byID, cancelled, results
 	calls     map[*nats.Msg]*storedCall // running, by their synthetic message
 	byID      map[string]*storedCall    // running, by request id
 	cancelled map[string]time.Time      // ids cancelled recently, when
 	running   chan struct{}             // one token per stored request held (the share)
-	cancelSub *nats.Subscription        // wire.AsyncCancelSubject
+	results   jetstream.Stream          // the results stream, once looked up
 }
 
 type storedCall struct {
@@ -203,7 +205,15 @@ func (r *Replica) runStoredMsg(ctx context.Context, js jetstream.JetStream, msg 
 	if t, err := time.Parse(time.RFC3339Nano, msg.Headers().Get(wire.HeaderSubmitted)); err == nil {
 		base.Submitted = t
 	}
-	if attempt > 1 && r.resultStored(ctx, js, id) {
+	// Every delivery, not only redeliveries, looks for a stored result
+	// first: a broker killed -9 may lose the latest acknowledgments and
+	// the delivery counts with them, so a request that ran may come back
+	// as a first delivery.
+	switch done, err := r.resultStored(ctx, js, id); {
+	case err != nil:
+		r.log.Warn("cannot tell whether a stored request ran; it is left for later", "request_id", id, "err", err)
+		return // not acknowledged: redelivered after the ack wait
+	case done:
 		_ = msg.Ack()
 		return
 	}
@@ -391,18 +401,52 @@ func (r *Replica) publishEvent(ctx context.Context, js jetstream.JetStream, id s
 }
 
 // resultStored reports whether request id's outcome is in the results
-// stream already.
-func (r *Replica) resultStored(ctx context.Context, js jetstream.JetStream, id string) bool {
-	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	st, err := js.Stream(gctx, wire.AsyncResultsStream)
-	if err != nil {
-		return false
+// stream already; it retries while the stream cannot answer (a broker
+// restarting), for up to storedCheckFor.
+func (r *Replica) resultStored(ctx context.Context, js jetstream.JetStream, id string) (bool, error) {
+	deadline := time.Now().Add(storedCheckFor)
+	retry := 50 * time.Millisecond
+	for {
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := r.resultsStream(gctx, js)
+		var m *jetstream.RawStreamMsg
+		if err == nil {
+			m, err = st.GetLastMsgForSubject(gctx, wire.AsyncResultSubject(r.spec.Deployment, id))
+		}
+		cancel()
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return false, nil
+		case err == nil:
+			ev, err := wire.DecodeAsyncEvent(m.Data)
+			return err == nil && (ev.Kind == wire.AsyncEventDone || ev.Kind == wire.AsyncEventFailed), nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return false, err
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(retry):
+		}
+		retry = min(retry*2, time.Second)
 	}
-	m, err := st.GetLastMsgForSubject(gctx, wire.AsyncResultSubject(r.spec.Deployment, id))
-	if err != nil {
-		return false
+}
+
+// resultsStream returns the results stream's handle, looked up once (its
+// info says whether direct gets work).
+func (r *Replica) resultsStream(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {
+	r.stored.mu.Lock()
+	st := r.stored.results
+	r.stored.mu.Unlock()
+	if st != nil {
+		return st, nil
 	}
-	ev, err := wire.DecodeAsyncEvent(m.Data)
-	return err == nil && (ev.Kind == wire.AsyncEventDone || ev.Kind == wire.AsyncEventFailed)
+	st, err := js.Stream(ctx, wire.AsyncResultsStream)
+	if err != nil {
+		return nil, err
+	}
+	r.stored.mu.Lock()
+	r.stored.results = st
+	r.stored.mu.Unlock()
+	return st, nil
 }

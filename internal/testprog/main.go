@@ -238,6 +238,48 @@ func (m *Metered) Hit() int {
 	return 1
 }
 
+// Tally appends "<request id> <unix nanoseconds>" to a file (its init
+// argument) for every request it runs, before running it: executions
+// counted from outside across kills of every process, the broker's too.
+// ?ms=N (or the first argument) sleeps N ms.
+type Tally struct {
+	mu sync.Mutex // guards f
+	f  *os.File
+}
+
+// NewTally opens the tally file.
+func NewTally(path string) (*Tally, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return &Tally{f: f}, nil
+}
+
+// Call runs one tallied request and returns the pid.
+func (t *Tally) Call(ctx context.Context, req *worker.Request) (int, error) {
+	ms := 0
+	if req.IsHTTP() {
+		ms, _ = strconv.Atoi(req.QueryParam("ms"))
+	} else if req.NumArgs() > 0 {
+		_ = req.Arg(0, &ms)
+	}
+	t.mu.Lock()
+	_, err := fmt.Fprintf(t.f, "%s %d\n", req.ID, time.Now().UnixNano())
+	t.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if ms > 0 {
+		select {
+		case <-time.After(time.Duration(ms) * time.Millisecond):
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	return os.Getpid(), nil
+}
+
 func main() {
 	var reg worker.Registry
 	reg.Class("Metered", NewMetered)
@@ -248,6 +290,7 @@ func main() {
 	// registered nothing on it (no /debug/pprof/).
 	reg.HTTPHandler("DefaultMux", func() http.Handler { return http.DefaultServeMux })
 	reg.Class("Counter", func() Counter { return Counter{} })
+	reg.Class("Tally", NewTally)
 	reg.Func("combine", func(a, b int) int { return a + b })
 	seed.Register(&reg)
 	worker.Main(&reg)
