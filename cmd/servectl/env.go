@@ -38,6 +38,8 @@ type options struct {
 	dryRun bool
 	method string
 	nodes  int
+	dep    string // requests list -deployment
+	limit  int    // requests list -limit
 }
 
 func newEnv(fs *flag.FlagSet, stdout, stderr io.Writer) *env {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -310,6 +311,40 @@ func TestStoredRequests(t *testing.T) {
 		st, err := s.Client.Wait(e2e.Ctx(40*time.Second), id)
 		if err != nil || st.Status != wire.AsyncSucceeded {
 			t.Fatalf("%+v %v, want succeeded after waking", st, err)
+		}
+	})
+
+	t.Run("servectl", func(t *testing.T) {
+		bin := testutil.Build(t, "./cmd/servectl")
+		ctl := func(args ...string) (string, error) {
+			out, err := exec.Command(bin, append(args, "--server", s.URL)...).CombinedOutput()
+			return string(out), err
+		}
+		id, err := s.Client.Handle("p").Method("Add").Submit(e2e.Ctx(10*time.Second), 40, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := ctl("requests", "get", id, "-wait", "-o", "json")
+		if err != nil {
+			t.Fatalf("get: %v: %s", err, out)
+		}
+		if st, _ := decodeStatus(t, out); st.Status != wire.AsyncSucceeded || string(st.Result) != "42" {
+			t.Fatalf("get: %s", out)
+		}
+		out, err = ctl("requests", "list", "-deployment", "p")
+		if err != nil || !strings.Contains(out, id) || !strings.Contains(out, "succeeded") {
+			t.Fatalf("list: %v: %s", err, out)
+		}
+		queued, err := s.Client.Handle("p").Method("Work").Submit(e2e.Ctx(10*time.Second), 20000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err = ctl("requests", "cancel", queued)
+		if err != nil || !strings.Contains(out, "cancelled") {
+			t.Fatalf("cancel: %v: %s", err, out)
+		}
+		if out, err := ctl("requests", "get", "nonsense"); err == nil || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+			t.Fatalf("get of a bad id: %v: %q, want one line and a failure", err, out)
 		}
 	})
 

@@ -223,8 +223,10 @@ func DecodeAsyncEvent(b []byte) (*AsyncEvent, error) {
 // Fold applies an event to a record and reports whether it changed. A
 // final record never changes; an event of an earlier attempt than the
 // record's is ignored (events may be folded twice after a restart).
+// Attempt 0 is no attempt: the controller's own verdict (a deleted
+// deployment), which applies whatever ran.
 func (r *AsyncRecord) Fold(e *AsyncEvent) bool {
-	if AsyncTerminal(r.Status) || e.Attempt < r.Attempts {
+	if AsyncTerminal(r.Status) || (e.Attempt > 0 && e.Attempt < r.Attempts) {
 		return false
 	}
 	switch e.Kind {
