@@ -152,6 +152,13 @@ func TestUpServesMetricsForEverything(t *testing.T) {
 			t.Errorf("nats micro ls: %v\n%s", err, out)
 		}
 		t.Logf("nats micro ls:\n%s", out)
+		for _, args := range [][]string{{"micro", "info", "hi"}, {"micro", "stats", "hi"}} {
+			out, err := exec.Command(natsCLI, append([]string{"--server", u.natsURL}, args...)...).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "Call") {
+				t.Errorf("nats %s: %v\n%s", strings.Join(args, " "), err, out)
+			}
+			t.Logf("nats %s:\n%s", strings.Join(args, " "), out)
+		}
 	} else {
 		t.Log("the nats CLI is not installed; skipped `nats micro ls` (go install github.com/nats-io/natscli/nats@v0.5.0)")
 	}
