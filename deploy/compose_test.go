@@ -149,7 +149,7 @@ func TestDockerCompose(t *testing.T) {
 	if cmd == nil {
 		t.Skip("neither 'docker compose' nor docker-compose is installed")
 	}
-	httpPort, natsPort, nats2Port := e2e.FreePort(t), e2e.FreePort(t), e2e.FreePort(t)
+	httpPort, natsPort, nats2Port, dashPort := e2e.FreePort(t), e2e.FreePort(t), e2e.FreePort(t), e2e.FreePort(t)
 	c := &compose{t: t, cmd: cmd, project: fmt.Sprintf("natserve-e2e-%d", os.Getpid()), root: testutil.ModuleRoot(t), env: []string{
 		"NATSERVE_GO_IMAGE=" + goImage(t),
 		"NATSERVE_IMAGE=natserve:e2e",
@@ -157,6 +157,7 @@ func TestDockerCompose(t *testing.T) {
 		"NATSERVE_HTTP_PORT=" + strconv.Itoa(httpPort),
 		"NATSERVE_NATS_PORT=" + strconv.Itoa(natsPort),
 		"NATSERVE_NATS2_PORT=" + strconv.Itoa(nats2Port),
+		"NATSERVE_DASHBOARD_PORT=" + strconv.Itoa(dashPort),
 	}}
 	start := time.Now()
 	c.run("build", "nats1", "worker1") // the servers' image and the nodes' (a user program)
@@ -191,6 +192,18 @@ func TestDockerCompose(t *testing.T) {
 		return nil
 	})
 	t.Logf("serving on port %d %v after docker compose up", httpPort, time.Since(start).Round(100*time.Millisecond))
+	// controller1's dashboard is published, behind its login token.
+	testutil.Eventually(t, 30*time.Second, func() error {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", dashPort))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			return fmt.Errorf("dashboard without its token: %s, want 401", resp.Status)
+		}
+		return nil
+	})
 
 	cl, err := client.Connect(e2e.Ctx(10*time.Second), natsURL, client.WithTimeout(20*time.Second))
 	if err != nil {

@@ -90,7 +90,7 @@ func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Write
 	orphan := fs.Duration("orphan-timeout", DefaultOrphanTimeout, "how long a replica outlives its agent unadopted, or NATS, before it drains and exits")
 	metricsOn := fs.Bool("metrics", true, "count and export Prometheus metrics for the node and its replicas")
 	metricsAddr := fs.String("metrics-addr", DefaultMetricsAddr, "the node's Prometheus /metrics listen address, its replicas' included (a taken default falls back to a free port)")
-	tokenFile := fs.String("metrics-token-file", os.Getenv("NATSERVE_METRICS_TOKEN_FILE"), "file holding the bearer token /metrics requires; required off loopback ($NATSERVE_METRICS_TOKEN_FILE)")
+	tokenFile := fs.String("metrics-token-file", os.Getenv("NATSERVE_METRICS_TOKEN_FILE"), "file holding the bearer token /metrics requires; required off loopback ($NATSERVE_METRICS_TOKEN_FILE; or the token itself in $NATSERVE_METRICS_TOKEN)")
 	otlp := fs.String("otlp-endpoint", tracing.EndpointFromEnv(), "OTLP/HTTP endpoint the replicas send trace spans to, e.g. http://127.0.0.1:4318 (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or $OTEL_EXPORTER_OTLP_ENDPOINT; empty: tracing off)")
 	if err := fs.Parse(args); err != nil {
 		return err

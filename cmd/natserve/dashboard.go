@@ -39,12 +39,13 @@ func (f *dashboardFlags) start(nc *nats.Conn, log *slog.Logger) (*runningDashboa
 	if *f.addr == "" {
 		return nil, nil
 	}
-	token, err := metrics.ReadToken(*f.tokenFile)
-	if err != nil {
-		return nil, fmt.Errorf("dashboard: %w", err)
-	}
-	if token == "" {
-		token = dashboard.NewToken()
+	token := dashboard.NewToken()
+	if *f.tokenFile != "" {
+		t, err := metrics.ReadToken(*f.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("dashboard: %w", err)
+		}
+		token = t
 	}
 	d, err := dashboard.New(dashboard.Config{Conn: nc, Token: token, Logger: log})
 	if err != nil {

@@ -33,7 +33,7 @@ func addMetricsFlags(fs *flag.FlagSet, def string) *metricsFlags {
 		def:       def,
 		on:        fs.Bool("metrics", true, "count and export Prometheus metrics (false: the request path skips them, for benchmarks)"),
 		addr:      fs.String("metrics-addr", def, "Prometheus /metrics listen address (a taken default falls back to a free port)"),
-		tokenFile: fs.String("metrics-token-file", envOr("NATSERVE_METRICS_TOKEN_FILE", ""), "file holding the bearer token /metrics requires; required off loopback ($NATSERVE_METRICS_TOKEN_FILE)"),
+		tokenFile: fs.String("metrics-token-file", envOr("NATSERVE_METRICS_TOKEN_FILE", ""), "file holding the bearer token /metrics requires; required off loopback ($NATSERVE_METRICS_TOKEN_FILE; or the token itself in $NATSERVE_METRICS_TOKEN)"),
 	}
 }
 

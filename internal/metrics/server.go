@@ -44,11 +44,16 @@ func RequireBearer(h http.Handler, token string) http.Handler {
 	})
 }
 
-// ReadToken reads a token file (surrounding white space dropped); "" reads
-// nothing. An empty file is an error: it would turn authentication off.
+// TokenEnv holds a metrics bearer token itself, for where a file is
+// awkward (docker compose); a token file wins over it.
+const TokenEnv = "NATSERVE_METRICS_TOKEN"
+
+// ReadToken reads a token file (surrounding white space dropped); ""
+// reads $NATSERVE_METRICS_TOKEN instead. An empty file is an error: it
+// would turn authentication off.
 func ReadToken(path string) (string, error) {
 	if path == "" {
-		return "", nil
+		return strings.TrimSpace(os.Getenv(TokenEnv)), nil
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
