@@ -179,7 +179,9 @@ type method struct {
 	hasResult  bool
 	hasErr     bool
 	resultType reflect.Type
-	batch      *batchSpec // set for a batched method
+	batch      *batchSpec   // set for a batched method
+	stream     reflect.Type // the item type of a streaming method (iter.Seq or iter.Seq2 result); nil for others
+	stream2    bool         // the result is iter.Seq2[T, error]
 }
 
 func newClass(name string, ctor any, opts []ClassOption) (*class, error) {
@@ -322,7 +324,12 @@ func newMethod(name string, fn reflect.Value, receiver bool) (*method, error) {
 	default:
 		return nil, fmt.Errorf("method %s: must return nothing, (R), (error) or (R, error), not %v", name, t)
 	}
-	if m.hasResult {
+	if elem, two, ok := streamShape(m.resultType); m.hasResult && ok {
+		if err := wireable(elem); err != nil {
+			return nil, fmt.Errorf("method %s: stream item: %v", name, err)
+		}
+		m.stream, m.stream2 = elem, two
+	} else if m.hasResult {
 		if err := wireable(m.resultType); err != nil {
 			return nil, fmt.Errorf("method %s: result: %v", name, err)
 		}

@@ -475,6 +475,30 @@ func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome) {
 		}
 		defer r.models.release(model)
 	}
+	if meth.stream != nil {
+		window, err := wire.ParseStreamWindow(m.Header.Get(wire.HeaderStream))
+		switch {
+		case err != nil:
+			r.fail(oc, m, wire.CodeBadRequest, err.Error())
+		case window == 0:
+			r.fail(oc, m, wire.CodeStreaming, fmt.Sprintf("%s.%s streams: call it as a stream", r.cls.name, name))
+		default:
+			// A stream's budget is the wait for each item, not its length:
+			// the caller enforces it; the context ends when the caller
+			// cancels or goes away.
+			ctx := client.WithRequestID(context.WithValue(context.Background(), replicaKey, r), id)
+			if model != nil {
+				ctx = context.WithValue(ctx, modelKey, model)
+			}
+			r.serveStream(m, oc, meth, window, timeout, ctx, func(ctx context.Context) (any, error) {
+				if req != nil {
+					return r.inst.invokeReq(ctx, meth, req)
+				}
+				return r.inst.invoke(ctx, meth, args)
+			}, isHTTP, id)
+		}
+		return
+	}
 	if meth.batch != nil {
 		r.serveBatched(m, oc, meth, model, args, req, timeout, isHTTP)
 		return

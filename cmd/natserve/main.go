@@ -20,6 +20,7 @@ import (
 	"github.com/natserve/natserve/examples/mlserve"
 	"github.com/natserve/natserve/examples/seed"
 	"github.com/natserve/natserve/examples/slow"
+	"github.com/natserve/natserve/examples/stream"
 	"github.com/natserve/natserve/internal/profile"
 	"github.com/natserve/natserve/worker"
 )
@@ -59,6 +60,7 @@ func registry() *worker.Registry {
 	seed.Register(&reg)
 	hello.Register(&reg)
 	slow.Register(&reg)
+	stream.Register(&reg)
 	mlserve.Register(&reg)
 	return &reg
 }

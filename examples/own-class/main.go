@@ -21,6 +21,7 @@ import (
 	"github.com/natserve/natserve/examples/hello"
 	"github.com/natserve/natserve/examples/mlserve"
 	"github.com/natserve/natserve/examples/seed"
+	"github.com/natserve/natserve/examples/stream"
 	"github.com/natserve/natserve/worker"
 )
 
@@ -59,5 +60,6 @@ func main() {
 	seed.Register(&reg)    // Model, HTTPDeployment, MyFirstDeployment, ...: the quick start's classes
 	hello.Register(&reg)   // Hello
 	mlserve.Register(&reg) // BatchedEcho, MuxModel: the quick start's batched and mux
+	stream.Register(&reg)  // Stream: the quick start's /stream
 	worker.Main(&reg)
 }

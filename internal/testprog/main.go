@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/natserve/natserve/examples/seed"
+	"github.com/natserve/natserve/examples/stream"
 	"github.com/natserve/natserve/worker"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -293,5 +294,6 @@ func main() {
 	reg.Class("Tally", NewTally)
 	reg.Func("combine", func(a, b int) int { return a + b })
 	seed.Register(&reg)
+	stream.Register(&reg)
 	worker.Main(&reg)
 }

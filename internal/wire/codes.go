@@ -30,7 +30,7 @@ func (c Code) HTTPStatus() int {
 		return 503
 	case CodeDeadline:
 		return 504
-	case CodeBadRequest:
+	case CodeBadRequest, CodeStreaming:
 		return 400
 	case CodeUnknownMethod:
 		return 404

@@ -1,0 +1,345 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"strconv"
+
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/internal/wire"
+)
+
+// codeReplicaDied: the replica holding the stream went silent.
+const codeReplicaDied wire.Code = "replica_died"
+
+// ErrStreamEnd is what Stream.Next returns after the last item.
+var ErrStreamEnd = io.EOF
+
+// ItemStream reads the items of a streaming method as they come (see
+// wire.HeaderStream for the frames). It checks their sequence numbers
+// (loss, reordering and duplicates), grants the replica credit as items
+// are read (so a slow reader makes the replica wait and holds at most the
+// window), takes the replica for dead after wire.StreamDeadAfter without a
+// frame, and fails when an item takes longer than the gap budget. Close
+// cancels the stream at the replica. An ItemStream is used by one goroutine.
+type ItemStream struct {
+	c          *Client
+	deployment string
+	method     string
+	ctx        context.Context
+	gap        time.Duration
+	window     int
+
+	sub     *nats.Subscription
+	ch      chan *nats.Msg
+	first   *nats.Msg // the frame that opened the stream, not read yet
+	single  bool      // the method does not stream: its reply is the one item
+	next    uint64
+	credit  string // where credit and cancel go
+	used    int    // items read since the last grant
+	last    time.Time
+	item    time.Time
+	replica string
+	done    bool
+	err     error
+
+	// Dups counts duplicate frames dropped.
+	Dups int
+}
+
+// StreamOption tunes OpenStream.
+type StreamOption func(*ItemStream)
+
+// WithStreamWindow sets how many items the replica may send ahead of the
+// reader (default wire.DefaultStreamWindow).
+func WithStreamWindow(n int) StreamOption {
+	return func(s *ItemStream) { s.window = min(max(n, 1), wire.MaxStreamWindow) }
+}
+
+// WithItemTimeout sets the budget for the first item and for each gap
+// between items (default Options.Timeout).
+func WithItemTimeout(d time.Duration) StreamOption {
+	return func(s *ItemStream) { s.gap = d }
+}
+
+// OpenStream sends msg (subject, headers and payload set) to the deployment
+// as a stream request and waits for the stream to start. Busy replicas are
+// retried as RequestMsg does. The caller must Close the stream.
+func (c *Client) OpenStream(ctx context.Context, deployment, method string, msg *nats.Msg, opts ...StreamOption) (*ItemStream, error) {
+	s := &ItemStream{c: c, deployment: deployment, method: method, ctx: ctx, gap: c.opts.Timeout, window: wire.DefaultStreamWindow}
+	for _, o := range opts {
+		o(s)
+	}
+	s.ch = make(chan *nats.Msg, s.window+64) // items within credit, beats, the end
+	inbox := c.nc.NewInbox()
+	var err error
+	if s.sub, err = c.nc.ChanSubscribe(inbox, s.ch); err != nil {
+		return nil, s.fail(wire.CodeInternal, "subscribing: "+err.Error())
+	}
+	if msg.Header == nil {
+		msg.Header = nats.Header{}
+	}
+	msg.Reply = inbox
+	msg.Header[wire.HeaderProto] = []string{wire.ProtoVersion}
+	msg.Header[wire.HeaderStream] = []string{strconv.Itoa(s.window)}
+	msg.Header[wire.HeaderTimeout] = []string{wire.FormatTimeout(s.gap)}
+	deadline := time.Now().Add(s.gap)
+	k := call{c: c, deployment: deployment, method: method, deadline: deadline, backoff: time.Millisecond}
+	defer k.leave()
+	for attempt := 0; ; attempt++ {
+		if err := c.nc.PublishMsg(msg); err != nil {
+			s.Close()
+			if errors.Is(err, nats.ErrConnectionClosed) {
+				return nil, fmt.Errorf("%s: %w", deployment, ErrClosed)
+			}
+			return nil, s.fail(wire.CodeInternal, err.Error())
+		}
+		m, err := s.wait(deadline)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		switch {
+		case m.Header.Get("Status") == "503": // no responders
+			if err := k.wakeFromZero(); err != nil {
+				s.Close()
+				return nil, err
+			}
+			continue
+		case m.Header != nil && m.Header.Get(wire.HeaderFrame) == "" && m.Header.Get(wire.HeaderSeq) == "":
+			// An error reply before the stream started.
+			if final, err := k.outcome(m); final {
+				if err == nil { // a plain reply with headers: the one item
+					s.single = true
+					s.first = m
+					return s, nil
+				}
+				s.Close()
+				return nil, err
+			}
+			if err := k.admit(); err != nil {
+				s.Close()
+				return nil, err
+			}
+			if err := k.backoffBusy(ctx, attempt); err != nil {
+				s.Close()
+				return nil, err
+			}
+			continue
+		case m.Header == nil:
+			s.single = true
+		}
+		s.first = m
+		s.last, s.item = time.Now(), time.Now()
+		return s, nil
+	}
+}
+
+// wait returns the next message before deadline.
+func (s *ItemStream) wait(deadline time.Time) (*nats.Msg, error) {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case m := <-s.ch:
+		return m, nil
+	case <-s.ctx.Done():
+		return nil, s.ctx.Err()
+	case <-t.C:
+		return nil, s.fail(wire.CodeDeadline, fmt.Sprintf("no item within %v", s.gap))
+	}
+}
+
+func (s *ItemStream) fail(code wire.Code, text string) error {
+	return &Error{Deployment: s.deployment, Method: s.method, Code: string(code), Message: text, Replica: s.replica}
+}
+
+// Next returns the next item (msgpack, or JSON for an HTTP request), or
+// io.EOF after the last one, or the stream's error.
+func (s *ItemStream) Next() ([]byte, error) {
+	for {
+		if s.done {
+			return nil, s.err
+		}
+		m := s.first
+		s.first = nil
+		if m == nil {
+			now := time.Now()
+			dead := s.last.Add(wire.StreamDeadAfter)
+			gap := s.item.Add(s.gap)
+			t := time.NewTimer(min(dead.Sub(now), gap.Sub(now)))
+			select {
+			case m = <-s.ch:
+			case <-s.ctx.Done():
+				t.Stop()
+				return nil, s.finish(s.ctx.Err())
+			case <-t.C:
+			}
+			t.Stop()
+			if m == nil {
+				now = time.Now()
+				if now.After(gap) {
+					return nil, s.finish(s.fail(wire.CodeDeadline, fmt.Sprintf("no item within %v", s.gap)))
+				}
+				if now.After(dead) {
+					return nil, s.finish(s.fail(codeReplicaDied, fmt.Sprintf("the replica sent nothing for %v", wire.StreamDeadAfter)))
+				}
+				continue
+			}
+		}
+		s.last = time.Now()
+		if s.single {
+			s.done, s.err = true, io.EOF
+			if m.Header != nil && m.Header.Get(wire.HeaderCode) != "" {
+				s.err = s.fail(wire.Code(m.Header.Get(wire.HeaderCode)), m.Header.Get(wire.HeaderError))
+				return nil, s.err
+			}
+			return m.Data, nil
+		}
+		if m.Header == nil { // an admission acknowledgment or heartbeat (0xc1 …)
+			continue
+		}
+		if c := m.Header.Get(wire.HeaderCredit); c != "" && s.credit == "" {
+			s.credit = c
+		}
+		if r := m.Header.Get(wire.HeaderReplica); r != "" {
+			s.replica = r
+		}
+		frame := m.Header.Get(wire.HeaderFrame)
+		if frame == wire.FrameBeat {
+			continue
+		}
+		seq, err := wire.ParseSeq(m.Header.Get(wire.HeaderSeq))
+		if err != nil {
+			return nil, s.finish(s.fail(wire.CodeProto, err.Error()))
+		}
+		switch {
+		case seq < s.next:
+			s.Dups++
+			continue
+		case seq > s.next:
+			return nil, s.finish(s.fail(wire.CodeInternal, fmt.Sprintf("stream lost frames: got %d, want %d", seq, s.next)))
+		}
+		s.next++
+		switch frame {
+		case wire.FrameEnd:
+			s.done, s.err = true, io.EOF
+			s.close()
+			return nil, io.EOF
+		case wire.FrameError:
+			s.done, s.err = true, s.fail(wire.Code(m.Header.Get(wire.HeaderCode)), m.Header.Get(wire.HeaderError))
+			s.close()
+			return nil, s.err
+		}
+		s.item = s.last
+		if s.used++; s.used >= max(s.window/2, 1) && s.credit != "" {
+			_ = s.c.nc.Publish(s.credit, strconv.AppendInt(nil, int64(s.used), 10))
+			s.used = 0
+		}
+		return m.Data, nil
+	}
+}
+
+// finish ends the stream with err and cancels it at the replica.
+func (s *ItemStream) finish(err error) error {
+	if !s.done {
+		s.done, s.err = true, err
+		s.cancel()
+	}
+	s.close()
+	return err
+}
+
+func (s *ItemStream) cancel() {
+	if s.credit != "" && !s.single {
+		_ = s.c.nc.Publish(s.credit, []byte(wire.StreamCancel))
+		_ = s.c.nc.Flush()
+	}
+}
+
+func (s *ItemStream) close() {
+	if s.sub != nil {
+		_ = s.sub.Unsubscribe()
+		s.sub = nil
+	}
+}
+
+// Close stops the stream; if it has not ended, the replica's context is
+// cancelled.
+func (s *ItemStream) Close() {
+	if !s.done {
+		s.done, s.err = true, io.EOF
+		s.cancel()
+	}
+	s.close()
+}
+
+// Replica is the replica serving the stream, once known.
+func (s *ItemStream) Replica() string { return s.replica }
+
+// Stream calls the streaming method with args and yields its items as they
+// come, decoded as any (Stream[T] decodes into T). Breaking out of the loop
+// or cancelling ctx cancels the stream at the replica.
+func (h *Handle) Stream(ctx context.Context, args ...any) iter.Seq2[any, error] {
+	return Stream[any](ctx, h, args...)
+}
+
+// Stream calls h's streaming method with args and yields its items as Ts,
+// typed like Call[T]:
+//
+//	for n, err := range client.Stream[int](ctx, h, 5) { … }
+//
+// The budget (Options.Timeout, or the ctx deadline for the whole stream)
+// covers the first item and each gap between items. An error ends the
+// sequence.
+func Stream[T any](ctx context.Context, h *Handle, args ...any) iter.Seq2[T, error] {
+	return func(yield func(T, error) bool) {
+		var zero T
+		payload, err := wire.MarshalArgs(args)
+		if err != nil {
+			yield(zero, &Error{Deployment: h.deployment, Method: h.method, Code: string(wire.CodeBadRequest), Message: "encoding the arguments: " + err.Error()})
+			return
+		}
+		msg := &nats.Msg{Subject: h.subject, Data: payload, Header: nats.Header{wire.HeaderKind: {wire.KindCall}}}
+		if h.method != "" {
+			msg.Header[wire.HeaderMethod] = []string{h.method}
+		}
+		if id := RequestID(ctx); id != "" {
+			msg.Header[wire.HeaderRequestID] = []string{id}
+		}
+		s, err := h.c.OpenStream(ctx, h.deployment, h.method, msg)
+		if err != nil {
+			yield(zero, err)
+			return
+		}
+		defer s.Close()
+		for {
+			data, err := s.Next()
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				yield(zero, err)
+				return
+			}
+			var v T
+			if len(data) > 0 {
+				if err := wire.UnmarshalValue(data, &v); err != nil {
+					yield(zero, &Error{Deployment: h.deployment, Method: h.method, Code: string(wire.CodeBadRequest), Message: fmt.Sprintf("decoding an item into %T: %v", v, err)})
+					return
+				}
+			}
+			if !yield(v, nil) {
+				return
+			}
+		}
+	}
+}
+
+// Queued is the number of frames received and not read yet (at most the
+// window plus a few beats).
+func (s *ItemStream) Queued() int { return len(s.ch) }

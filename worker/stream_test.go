@@ -1,0 +1,175 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/wire"
+)
+
+// TestStreamOrderAndCompleteness: 10,000 items arrive in order, once each,
+// then the stream ends.
+func TestStreamOrderAndCompleteness(t *testing.T) {
+	s := newStack(t)
+	s.replica(t, "st", "Stream", `[]`, 4)
+	ctx := context.Background()
+	want := 0
+	start := time.Now()
+	for v, err := range client.Stream[int](ctx, s.cl.Handle("st"), 10_000, 0) {
+		if err != nil {
+			t.Fatalf("after %d items: %v", want, err)
+		}
+		if v != want {
+			t.Fatalf("item %d is %d", want, v)
+		}
+		want++
+	}
+	if want != 10_000 {
+		t.Fatalf("got %d items, want 10000", want)
+	}
+	t.Logf("10,000 items through a handle in %v", time.Since(start))
+
+	// A streaming method called as a unary call says to stream it.
+	_, err := client.Call[int](ctx, s.cl.Handle("st"), 3, 0)
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Code != string(wire.CodeStreaming) {
+		t.Fatalf("unary call of a stream: %v, want code %s", err, wire.CodeStreaming)
+	}
+	// A unary method called as a stream is a stream of one item.
+	var got []any
+	for v, err := range s.cl.Handle("st").Method("NoSuch").Stream(ctx) {
+		got = append(got, v, err)
+	}
+	if len(got) != 2 || got[1] == nil || !strings.Contains(got[1].(error).Error(), "unknown method") {
+		t.Fatalf("stream of an unknown method: %v", got)
+	}
+}
+
+// TestStreamErrorMidway: an error after some items ends the stream with it,
+// never as a success.
+func TestStreamErrorMidway(t *testing.T) {
+	s := newStack(t)
+	s.replica(t, "st", "Stream", `[]`, 4)
+	n := 0
+	var last error
+	for v, err := range client.Stream[int](context.Background(), s.cl.Handle("st"), 10, 0, 3) {
+		if err != nil {
+			last = err
+			break
+		}
+		if v != n {
+			t.Fatalf("item %d is %d", n, v)
+		}
+		n++
+	}
+	var ce *client.Error
+	if n != 3 || !errors.As(last, &ce) || ce.Code != string(wire.CodeUser) || !strings.Contains(ce.Message, "failed at item 3") {
+		t.Fatalf("got %d items then %v; want 3 then a user error", n, last)
+	}
+}
+
+// TestStreamCancelFreesSlot: breaking out of the loop cancels the replica's
+// context and frees its slot (max_ongoing_requests 1 counts the stream
+// until it ends).
+func TestStreamCancelFreesSlot(t *testing.T) {
+	s := newStack(t)
+	s.replica(t, "st", "Stream", `[]`, 1)
+	ctx := context.Background()
+	h := s.cl.Handle("st")
+	for v, err := range client.Stream[int](ctx, h, 1000, 50) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v == 1 {
+			// The one slot is held: another stream is refused as busy.
+			sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			for _, err := range client.Stream[int](sctx, h, 1, 0) {
+				if err == nil || strings.Contains(err.Error(), "\"1\"") {
+					t.Errorf("second stream while the slot is held: %v", err)
+				}
+				break
+			}
+			cancel()
+			break
+		}
+	}
+	start := time.Now()
+	// The slot frees once the replica sees the cancel: a new stream starts.
+	var took time.Duration
+	for {
+		n := 0
+		var last error
+		for _, err := range client.Stream[int](ctx, h, 2, 0) {
+			if last = err; err != nil {
+				break
+			}
+			n++
+		}
+		if n == 2 && last == nil {
+			took = time.Since(start)
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("slot not freed after 5s: %v", last)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("stream cancelled → slot free again in %v", took)
+	if took > time.Second {
+		t.Errorf("slot freed after %v, want ≤ 1s", took)
+	}
+}
+
+// TestStreamSlowReader: a reader that does not read holds at most the
+// window; the replica waits for credit, then the stream completes.
+func TestStreamSlowReader(t *testing.T) {
+	s := newStack(t)
+	s.replica(t, "st", "Stream", `[]`, 4)
+	msg := streamMsg(t, 20_000)
+	st, err := s.cl.OpenStream(context.Background(), "st", "", msg, client.WithStreamWindow(16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	time.Sleep(500 * time.Millisecond) // a reader that does not read
+	if q := st.Queued(); q > 16+4 {
+		t.Fatalf("%d items queued at the reader, window is 16", q)
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapInuse
+	n := 0
+	for {
+		_, err := st.Next()
+		if err != nil {
+			if err.Error() != "EOF" {
+				t.Fatalf("after %d: %v", n, err)
+			}
+			break
+		}
+		n++
+		if n%5_000 == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	runtime.ReadMemStats(&ms)
+	t.Logf("slow reader: %d items, heap in use %d KiB before reading, %d KiB after", n, before>>10, ms.HeapInuse>>10)
+	if n != 20_000 {
+		t.Fatalf("got %d items", n)
+	}
+}
+
+func streamMsg(t *testing.T, args ...any) *nats.Msg {
+	t.Helper()
+	data, err := wire.MarshalArgs(append(args, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &nats.Msg{Subject: wire.DeploymentSubject("st"), Data: data, Header: nats.Header{wire.HeaderKind: {wire.KindCall}}}
+}
