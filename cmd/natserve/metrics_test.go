@@ -3,6 +3,7 @@ package main_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -39,9 +40,14 @@ func deployHello(t *testing.T, u *upStack, name string, replicas int) *client.Cl
 	cl := client.New(testutil.Conn(t, u.natsURL), client.WithTimeout(30*time.Second))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := cl.Deploy(ctx, client.DeploymentSpec{Name: name, Class: "Hello", NumReplicas: replicas}); err != nil {
-		t.Fatal(err)
-	}
+	// The node agent may still be registering its classes.
+	testutil.Eventually(t, 30*time.Second, func() error {
+		_, err := cl.Deploy(ctx, client.DeploymentSpec{Name: name, Class: "Hello", NumReplicas: replicas})
+		if err != nil && !errors.Is(err, client.ErrUnknownClass) {
+			t.Fatal(err)
+		}
+		return err
+	})
 	if _, err := cl.WaitHealthy(ctx, name, nil); err != nil {
 		t.Fatal(err)
 	}
