@@ -331,6 +331,8 @@ func (r *Replica) storedOutcome(base wire.AsyncEvent, call *storedCall, attempt,
 	switch {
 	case cancelled:
 		ev.Kind, ev.Error = wire.AsyncEventFailed, "cancelled"
+	case code == wire.CodeStreaming: // a streaming method: nobody reads its stream
+		ev.Kind, ev.Error = wire.AsyncEventFailed, ev.Error+" (a stored request cannot take a stream)"
 	case attempt < maxAttempts && code != wire.CodeBadRequest && code != wire.CodeUnknownMethod && code != wire.CodeProto:
 		ev.Kind = wire.AsyncEventRetry
 	default:

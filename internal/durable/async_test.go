@@ -96,6 +96,7 @@ func TestStoredRequests(t *testing.T) {
 	s.Deploy(client.DeploymentSpec{Name: "p", Class: "Probe", InitArgs: json.RawMessage(`["t1"]`), MaxAttempts: 2, MaxOngoingRequests: 2})
 	s.Deploy(client.DeploymentSpec{Name: "cnt", Class: "Counter", NumReplicas: 1})
 	s.Deploy(client.DeploymentSpec{Name: "capped", Class: "Probe", InitArgs: json.RawMessage(`["c"]`), MaxOngoingRequests: 2, MaxStoredRequests: 2, GracefulShutdownTimeoutS: 1})
+	s.Deploy(client.DeploymentSpec{Name: "st", Class: "Stream"})
 	nc := s.Client.Conn()
 	execs := map[string]int{}
 	var mu sync.Mutex
@@ -109,7 +110,7 @@ func TestStoredRequests(t *testing.T) {
 			return err
 		})
 	}
-	for _, d := range []string{"p", "cnt", "capped"} {
+	for _, d := range []string{"p", "cnt", "capped", "st"} {
 		waitStream(d)
 	}
 
@@ -264,6 +265,17 @@ func TestStoredRequests(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("streaming refuses", func(t *testing.T) {
+		id, err := s.Client.Handle("st").Submit(e2e.Ctx(10*time.Second), 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := s.Client.Wait(e2e.Ctx(30*time.Second), id)
+		if err != nil || st.Status != wire.AsyncFailed || st.Attempts != 1 || !strings.Contains(deref(st.Error), "cannot take a stream") {
+			t.Fatalf("%+v (error %s) %v, want failed at once: a stream cannot be stored", st, deref(st.Error), err)
+		}
 	})
 
 	t.Run("backlog cap and delete", func(t *testing.T) {
