@@ -10,17 +10,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/natserve/natserve/examples/quickstart"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
-	"github.com/natserve/natserve/examples/hello"
-	"github.com/natserve/natserve/examples/mlserve"
-	"github.com/natserve/natserve/examples/seed"
-	"github.com/natserve/natserve/examples/slow"
-	"github.com/natserve/natserve/examples/stream"
 	"github.com/natserve/natserve/internal/profile"
 	"github.com/natserve/natserve/worker"
 )
@@ -57,11 +53,7 @@ Run 'natserve <command> -h' for its flags.
 
 func registry() *worker.Registry {
 	var reg worker.Registry
-	seed.Register(&reg)
-	hello.Register(&reg)
-	slow.Register(&reg)
-	stream.Register(&reg)
-	mlserve.Register(&reg)
+	quickstart.Register(&reg)
 	return &reg
 }
 

@@ -18,10 +18,7 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/natserve/natserve/examples/hello"
-	"github.com/natserve/natserve/examples/mlserve"
-	"github.com/natserve/natserve/examples/seed"
-	"github.com/natserve/natserve/examples/stream"
+	"github.com/natserve/natserve/examples/quickstart"
 	"github.com/natserve/natserve/worker"
 )
 
@@ -57,9 +54,6 @@ func (m *MyModel) Predict(data float64) float64 { return data * m.scale }
 func main() {
 	var reg worker.Registry
 	reg.Class("MyModel", NewMyModel)
-	seed.Register(&reg)    // Model, HTTPDeployment, MyFirstDeployment, ...: the quick start's classes
-	hello.Register(&reg)   // Hello
-	mlserve.Register(&reg) // BatchedEcho, MuxModel: the quick start's batched and mux
-	stream.Register(&reg)  // Stream: the quick start's /stream
+	quickstart.Register(&reg) // the example classes, so that the quick start's deployments run here
 	worker.Main(&reg)
 }

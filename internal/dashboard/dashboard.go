@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -41,6 +42,10 @@ type Config struct {
 	Token string
 	// Interval is how often the state and stats are polled. Default: 1s.
 	Interval time.Duration
+	// IdleAfter stops polling when nobody has read the state for this long,
+	// so that an unwatched dashboard wakes no replica (each poll asks every
+	// replica for its stats); the next read starts it again. Default: 1m.
+	IdleAfter time.Duration
 	// History is how long the charts reach back. Default: 5m.
 	History time.Duration
 	// Logger. Default: slog.Default().
@@ -59,6 +64,9 @@ type Dashboard struct {
 	cfg Config
 	cl  *client.Client
 	log *slog.Logger
+
+	lastView atomic.Int64  // Unix nanoseconds of the last State read
+	wake     chan struct{} // a read after an idle spell polls at once
 
 	mu        sync.Mutex // guards everything below
 	snap      Snapshot
@@ -144,6 +152,9 @@ func New(cfg Config) (*Dashboard, error) {
 	if cfg.Interval == 0 {
 		cfg.Interval = time.Second
 	}
+	if cfg.IdleAfter == 0 {
+		cfg.IdleAfter = time.Minute
+	}
 	if cfg.History == 0 {
 		cfg.History = 5 * time.Minute
 	}
@@ -153,26 +164,44 @@ func New(cfg Config) (*Dashboard, error) {
 	return &Dashboard{
 		cfg: cfg, cl: client.New(cfg.Conn, client.WithTimeout(5*time.Second)), log: cfg.Logger.With("component", "dashboard"),
 		prev: map[string]*discovery.Latency{}, series: map[string][]Point{}, totals: map[string]*Totals{},
+		wake: make(chan struct{}, 1),
 	}, nil
 }
 
-// Run polls until ctx ends.
+// Run polls until ctx ends, while somebody reads the state (see
+// Config.IdleAfter).
 func (d *Dashboard) Run(ctx context.Context) error {
 	defer d.cl.Close()
 	t := time.NewTicker(d.cfg.Interval)
 	defer t.Stop()
 	for {
-		d.Poll(ctx)
+		if d.watched() {
+			d.Poll(ctx)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-d.wake:
 		}
 	}
 }
 
-// State returns the last snapshot.
+// watched reports whether the state was read within IdleAfter.
+func (d *Dashboard) watched() bool {
+	return time.Since(time.Unix(0, d.lastView.Load())) < d.cfg.IdleAfter
+}
+
+// State returns the last snapshot. Reading it keeps the polling going; the
+// first read after an idle spell wakes it at once.
 func (d *Dashboard) State() Snapshot {
+	if !d.watched() {
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
+	}
+	d.lastView.Store(time.Now().UnixNano())
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.snap

@@ -10,6 +10,7 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/natserve/natserve/internal/dashboard"
 	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/testutil"
+	"github.com/natserve/natserve/internal/wire"
 	"github.com/natserve/natserve/worker"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -191,4 +193,52 @@ func putDeployment(t *testing.T, nc *nats.Conn, spec client.DeploymentSpec) {
 	if _, err := store.Put(ctx, b.Deployments, spec.Name, spec); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestIdleDashboardPollsNothing: a dashboard nobody reads sends no stats
+// request (each would wake every replica); a read starts the polling at
+// once, and it stops again IdleAfter after the last read.
+func TestIdleDashboardPollsNothing(t *testing.T) {
+	br := testutil.Broker(t)
+	nc := testutil.Conn(t, br.ClientURL())
+	spy := testutil.Conn(t, br.ClientURL())
+	var mu sync.Mutex
+	asked := 0
+	count := func() int { mu.Lock(); defer mu.Unlock(); return asked }
+	if _, err := spy.Subscribe(wire.ServiceSubject(wire.SrvStats, "", ""), func(*nats.Msg) { mu.Lock(); asked++; mu.Unlock() }); err != nil {
+		t.Fatal(err)
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	d, err := dashboard.New(dashboard.Config{Conn: nc, Token: "t0k", Logger: quiet, Interval: 20 * time.Millisecond, IdleAfter: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = d.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	time.Sleep(500 * time.Millisecond) // observe quiet: 25 intervals, nobody reading
+	if n := count(); n != 0 {
+		t.Fatalf("unwatched dashboard sent %d stats requests, want 0", n)
+	}
+	_ = d.State()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if n := count(); n == 0 {
+			return fmt.Errorf("no stats request after a read")
+		}
+		return nil
+	})
+	// After the last read, polling stops: the count settles.
+	testutil.Eventually(t, 20*time.Second, func() error {
+		before := count()
+		time.Sleep(200 * time.Millisecond)
+		if after := count(); after != before {
+			return fmt.Errorf("still polling: %d → %d", before, after)
+		}
+		return nil
+	})
 }
