@@ -164,8 +164,8 @@ func (c *Client) Submit(ctx context.Context, s Submission) (*RequestStatus, erro
 	if len(s.IdempotencyKey) > wire.MaxIdempotencyKey {
 		return nil, fmt.Errorf("%s: idempotency key of %d bytes: the limit is %d", s.Deployment, len(s.IdempotencyKey), wire.MaxIdempotencyKey)
 	}
-	if s.Callback != "" && !validSubject(s.Callback) {
-		return nil, fmt.Errorf("%s: callback %.40q is not a NATS subject", s.Deployment, s.Callback)
+	if s.Callback != "" && !IsCallbackURL(s.Callback) && !validSubject(s.Callback) {
+		return nil, fmt.Errorf("%s: callback %.40q is neither a NATS subject nor an http(s) URL", s.Deployment, s.Callback)
 	}
 	if c.cachedGraph(s.Deployment) != nil {
 		return nil, fmt.Errorf("%s: %w: it is a graph", s.Deployment, ErrNoAsync)
@@ -175,6 +175,11 @@ func (c *Client) Submit(ctx context.Context, s Submission) (*RequestStatus, erro
 	js, kv, err := c.requests(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if IsCallbackURL(s.Callback) {
+		if err := c.callbackAllowed(ctx, js, s.Deployment, s.Callback); err != nil {
+			return nil, err
+		}
 	}
 	id := wire.NewAsyncID()
 	var ikey string
@@ -206,6 +211,9 @@ func (c *Client) Submit(ctx context.Context, s Submission) (*RequestStatus, erro
 	}}
 	if s.Method != "" {
 		msg.Header[wire.HeaderMethod] = []string{s.Method}
+	}
+	if s.Callback != "" {
+		msg.Header[wire.HeaderCallback] = []string{s.Callback}
 	}
 	ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(wire.AsyncStream(s.Deployment)))
 	if err != nil {
@@ -436,4 +444,29 @@ func (c *Client) Wait(ctx context.Context, id string) (*RequestStatus, error) {
 			return c.withResult(ctx, &r)
 		}
 	}
+}
+
+// ErrCallbackNotAllowed: a callback URL is not on the deployment's
+// callback_urls.
+var ErrCallbackNotAllowed = errors.New("callback URL not allowed")
+
+// callbackAllowed checks a callback URL against the deployment's
+// callback_urls (read from the control plane's KV).
+func (c *Client) callbackAllowed(ctx context.Context, js jetstream.JetStream, deployment, url string) error {
+	kv, err := js.KeyValue(ctx, wire.BucketDeployments)
+	if err != nil {
+		return fmt.Errorf("%s: reading its callback_urls: %w", deployment, err)
+	}
+	e, err := kv.Get(ctx, deployment)
+	if err != nil {
+		return fmt.Errorf("%s: reading its callback_urls: %w", deployment, err)
+	}
+	var spec DeploymentSpec
+	if err := json.Unmarshal(e.Value(), &spec); err != nil {
+		return fmt.Errorf("%s: reading its callback_urls: %w", deployment, err)
+	}
+	if !spec.CallbackAllowed(url) {
+		return fmt.Errorf("%s: %w: %.80s is not under the deployment's callback_urls", deployment, ErrCallbackNotAllowed, url)
+	}
+	return nil
 }

@@ -287,6 +287,10 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 			err = p.scalar(v, field, &s.MaxAttempts, "an integer")
 		case "max_stored_requests":
 			err = p.scalar(v, field, &s.MaxStoredRequests, "an integer")
+		case "callback_urls":
+			if v.Kind != yaml.SequenceNode || v.Decode(&s.CallbackURLs) != nil {
+				return s, p.errf(v, field, "want a list of URL prefixes")
+			}
 		default:
 			return s, p.errf(k, field, "unknown field")
 		}

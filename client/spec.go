@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 
 	"github.com/natserve/natserve/internal/wire"
 )
@@ -86,6 +87,27 @@ type DeploymentSpec struct {
 	// MaxStoredRequests caps the deployment's stored requests, queued and
 	// running; a submission over it gets 429. Default: 100000.
 	MaxStoredRequests int `json:"max_stored_requests,omitempty"`
+	// CallbackURLs allow-lists the URLs a stored request may name in
+	// Natserve-Callback (http or https; a URL is allowed when it starts
+	// with one of these). Default: none (NATS subjects only).
+	CallbackURLs []string `json:"callback_urls,omitempty"`
+}
+
+// CallbackAllowed reports whether a stored request of this deployment may
+// name url as its callback.
+func (s *DeploymentSpec) CallbackAllowed(url string) bool {
+	for _, p := range s.CallbackURLs {
+		if p != "" && strings.HasPrefix(url, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// IsCallbackURL reports whether a callback is a URL rather than a NATS
+// subject.
+func IsCallbackURL(s string) bool {
+	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
 }
 
 // Autoscaled reports whether the controller chooses the replica count.
@@ -175,11 +197,18 @@ func (s *DeploymentSpec) Normalize() error {
 		return bad("max_attempts", "%d is out of range (1 to 100)", s.MaxAttempts)
 	case s.MaxStoredRequests < 1:
 		return bad("max_stored_requests", "%d must be at least 1", s.MaxStoredRequests)
+	case len(s.CallbackURLs) > 64:
+		return bad("callback_urls", "%d entries, the limit is 64", len(s.CallbackURLs))
 	case len(s.Version) > 128:
 		return bad("version", "longer than 128 characters")
 	}
 	if err := validateBatching(s.Batching, s.MaxOngoingRequests); err != nil {
 		return bad("batching", "%v", err)
+	}
+	for i, u := range s.CallbackURLs {
+		if !IsCallbackURL(u) || len(u) > 512 {
+			return bad(fmt.Sprintf("callback_urls[%d]", i), "%.60q is not an http:// or https:// URL prefix", u)
+		}
 	}
 	if s.AutoscalingConfig != nil {
 		if err := s.AutoscalingConfig.Normalize(); err != nil {

@@ -1,10 +1,13 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -49,7 +52,7 @@ func (c *Controller) asyncLoop(ctx context.Context, st *state) {
 	if ctx.Err() != nil {
 		return
 	}
-	st.spawn(func() { c.fold(ctx, kv, obj) })
+	st.spawn(func() { c.fold(ctx, st, kv, obj) })
 	made := map[string]string{} // deployment → the stream settings made
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -144,7 +147,7 @@ func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.Ke
 		}
 	}
 	for _, dep := range gone {
-		c.failQueued(lctx, kv, dep)
+		c.failQueued(lctx, st, kv, dep)
 		delete(made, dep)
 	}
 }
@@ -167,7 +170,7 @@ func (c *Controller) ensureRequestStream(ctx context.Context, spec *client.Deplo
 
 // failQueued fails the requests left in a deleted deployment's stream and
 // deletes the stream.
-func (c *Controller) failQueued(ctx context.Context, kv jetstream.KeyValue, dep string) {
+func (c *Controller) failQueued(ctx context.Context, st *state, kv jetstream.KeyValue, dep string) {
 	s, err := c.js.Stream(ctx, wire.AsyncStream(dep))
 	if err != nil {
 		return
@@ -186,7 +189,7 @@ func (c *Controller) failQueued(ctx context.Context, kv jetstream.KeyValue, dep 
 		if !wire.ValidAsyncID(id) {
 			continue
 		}
-		c.foldEvent(ctx, kv, nil, dep, id, &wire.AsyncEvent{Kind: wire.AsyncEventFailed, Attempt: 0, At: time.Now().UTC(),
+		c.foldEvent(ctx, st, kv, nil, dep, id, &wire.AsyncEvent{Kind: wire.AsyncEventFailed, Attempt: 0, At: time.Now().UTC(),
 			Error: "deployment " + dep + " was deleted", Code: wire.CodeNoReplicas})
 		n++
 	}
@@ -198,7 +201,7 @@ func (c *Controller) failQueued(ctx context.Context, kv jetstream.KeyValue, dep 
 }
 
 // fold applies the results stream's events to the records until ctx ends.
-func (c *Controller) fold(ctx context.Context, kv jetstream.KeyValue, obj jetstream.ObjectStore) {
+func (c *Controller) fold(ctx context.Context, st *state, kv jetstream.KeyValue, obj jetstream.ObjectStore) {
 	for ctx.Err() == nil {
 		cons, err := c.js.Consumer(ctx, wire.AsyncResultsStream, wire.AsyncFolder)
 		if err != nil {
@@ -223,7 +226,7 @@ func (c *Controller) fold(ctx context.Context, kv jetstream.KeyValue, obj jetstr
 					_ = m.Term()
 					continue
 				}
-				if c.foldEvent(ctx, kv, obj, dep, id, ev) {
+				if c.foldEvent(ctx, st, kv, obj, dep, id, ev) {
 					_ = m.Ack()
 				} else {
 					_ = m.NakWithDelay(time.Second)
@@ -242,7 +245,7 @@ func (c *Controller) fold(ctx context.Context, kv jetstream.KeyValue, obj jetstr
 // foldEvent applies one event to request id's record (creating the record
 // if the submitter died before it wrote it) and reports whether it is
 // done with the event.
-func (c *Controller) foldEvent(ctx context.Context, kv jetstream.KeyValue, obj jetstream.ObjectStore, dep, id string, ev *wire.AsyncEvent) bool {
+func (c *Controller) foldEvent(ctx context.Context, st *state, kv jetstream.KeyValue, obj jetstream.ObjectStore, dep, id string, ev *wire.AsyncEvent) bool {
 	key := wire.AsyncRecordKey(id)
 	for attempt := 0; attempt < 10 && ctx.Err() == nil; attempt++ {
 		var r wire.AsyncRecord
@@ -282,16 +285,17 @@ func (c *Controller) foldEvent(ctx context.Context, kv jetstream.KeyValue, obj j
 			return false
 		}
 		if wire.AsyncTerminal(r.Status) && r.Callback != "" {
-			c.notify(ctx, obj, &r)
+			c.notify(ctx, st, obj, &r)
 		}
 		return true
 	}
 	return false
 }
 
-// notify publishes a finished request's public status on its callback
-// subject.
-func (c *Controller) notify(ctx context.Context, obj jetstream.ObjectStore, r *wire.AsyncRecord) {
+// notify tells a finished request's callback its public status: a
+// publish on a NATS subject, or a POST to a URL on the deployment's
+// callback_urls (on a goroutine of the term, best effort, once).
+func (c *Controller) notify(ctx context.Context, st *state, obj jetstream.ObjectStore, r *wire.AsyncRecord) {
 	rec := *r
 	if rec.ResultObject && obj != nil {
 		if b, err := obj.GetBytes(ctx, rec.ID); err == nil {
@@ -302,11 +306,38 @@ func (c *Controller) notify(ctx context.Context, obj jetstream.ObjectStore, r *w
 	if err != nil {
 		return
 	}
-	if len(b) > int(c.nc.MaxPayload()) {
-		rec.Result = nil
-		b, _ = json.Marshal(client.StatusOf(&rec))
+	if !client.IsCallbackURL(rec.Callback) {
+		if len(b) > int(c.nc.MaxPayload()) {
+			rec.Result = nil
+			b, _ = json.Marshal(client.StatusOf(&rec))
+		}
+		if err := c.nc.Publish(rec.Callback, b); err != nil {
+			c.log.Warn("callback failed", "request", rec.ID, "subject", rec.Callback, "err", err)
+		}
+		return
 	}
-	if err := c.nc.Publish(rec.Callback, b); err != nil {
-		c.log.Warn("callback failed", "request", rec.ID, "subject", rec.Callback, "err", err)
+	spec, _, ok := st.deps.get(rec.Deployment)
+	if !ok || !spec.CallbackAllowed(rec.Callback) {
+		c.log.Warn("callback URL not allowed (any more); not called", "request", rec.ID, "deployment", rec.Deployment)
+		return
 	}
+	st.spawn(func() {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(pctx, http.MethodPost, rec.Callback, bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			c.log.Warn("callback failed", "request", rec.ID, "err", err)
+			return
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+		resp.Body.Close()
+		if resp.StatusCode >= 300 {
+			c.log.Warn("callback answered an error", "request", rec.ID, "status", resp.StatusCode)
+		}
+	})
 }

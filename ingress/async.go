@@ -55,6 +55,8 @@ func (g *Ingress) serveAsync(ctx *fasthttp.RequestCtx, deployment string, envelo
 		switch {
 		case errors.Is(err, client.ErrBacklogFull):
 			retryAfter(ctx, "deployment "+deployment+": too many stored requests: "+err.Error()+"\n", fasthttp.StatusTooManyRequests)
+		case errors.Is(err, client.ErrCallbackNotAllowed):
+			ctx.Error(firstLine(err.Error())+"\n", fasthttp.StatusBadRequest)
 		case errors.Is(err, client.ErrNoAsync):
 			retryAfter(ctx, "deployment "+deployment+": stored requests are not ready: "+err.Error()+"\n", fasthttp.StatusServiceUnavailable)
 		case errors.Is(err, context.DeadlineExceeded):

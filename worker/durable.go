@@ -201,7 +201,7 @@ func (r *Replica) runStoredMsg(ctx context.Context, js jetstream.JetStream, msg 
 		_ = msg.Ack()
 		return
 	}
-	base := wire.AsyncEvent{Attempt: attempt, Replica: r.spec.Replica, RequestKind: msg.Headers().Get(wire.HeaderKind), MethodName: msg.Headers().Get(wire.HeaderMethod)}
+	base := wire.AsyncEvent{Attempt: attempt, Replica: r.spec.Replica, RequestKind: msg.Headers().Get(wire.HeaderKind), MethodName: msg.Headers().Get(wire.HeaderMethod), Callback: msg.Headers().Get(wire.HeaderCallback)}
 	if t, err := time.Parse(time.RFC3339Nano, msg.Headers().Get(wire.HeaderSubmitted)); err == nil {
 		base.Submitted = t
 	}

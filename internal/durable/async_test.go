@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"strings"
 	"sync"
@@ -94,7 +96,13 @@ func TestStoredRequests(t *testing.T) {
 	s.WaitNodes(1)
 	base, _ := s.Ingress()
 	s.Deploy(client.DeploymentSpec{Name: "p", Class: "Probe", InitArgs: json.RawMessage(`["t1"]`), MaxAttempts: 2, MaxOngoingRequests: 2})
-	s.Deploy(client.DeploymentSpec{Name: "cnt", Class: "Counter", NumReplicas: 1})
+	hooks := make(chan []byte, 4)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		hooks <- b
+	}))
+	t.Cleanup(hook.Close)
+	s.Deploy(client.DeploymentSpec{Name: "cnt", Class: "Counter", NumReplicas: 1, CallbackURLs: []string{hook.URL + "/hooks/"}})
 	s.Deploy(client.DeploymentSpec{Name: "capped", Class: "Probe", InitArgs: json.RawMessage(`["c"]`), MaxOngoingRequests: 2, MaxStoredRequests: 2, GracefulShutdownTimeoutS: 1})
 	s.Deploy(client.DeploymentSpec{Name: "st", Class: "Stream"})
 	nc := s.Client.Conn()
@@ -212,6 +220,23 @@ func TestStoredRequests(t *testing.T) {
 		st, _ := decodeStatus(t, string(m.Data))
 		if st.ID != id || st.Status != wire.AsyncSucceeded {
 			t.Fatalf("callback %s", m.Data)
+		}
+		// A URL on the deployment's callback_urls gets a POST.
+		id, code, _, body = submitHTTP(t, "GET", base+"/cnt?ms=1", "", "Natserve-Callback", hook.URL+"/hooks/1")
+		if code != 202 {
+			t.Fatalf("%d %s", code, body)
+		}
+		select {
+		case b := <-hooks:
+			if st, _ := decodeStatus(t, string(b)); st.ID != id || st.Status != wire.AsyncSucceeded {
+				t.Fatalf("URL callback %s", b)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("no POST to the callback URL")
+		}
+		// One that is not on it is refused.
+		if _, code, _, body := submitHTTP(t, "GET", base+"/cnt?ms=1", "", "Natserve-Callback", hook.URL+"/elsewhere"); code != 400 {
+			t.Fatalf("callback URL off the allow-list: %d %s, want 400", code, body)
 		}
 	})
 

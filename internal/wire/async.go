@@ -58,6 +58,7 @@ const AsyncInlineResult = 64 << 10
 // HeaderRequestID).
 const (
 	HeaderSubmitted = "Natserve-Submitted" // RFC 3339 time of submission
+	HeaderCallback  = "Natserve-Callback"  // the callback (NATS subject or URL), if any
 )
 
 // AsyncSubject is the subject requests to deployment are stored on.
@@ -201,6 +202,10 @@ type AsyncEvent struct {
 	Replica     string          `json:"replica,omitempty"`
 	RequestKind string          `json:"request_kind,omitempty"` // KindHTTP or KindCall
 	MethodName  string          `json:"method,omitempty"`
+	// Callback is the request's callback, carried so that a record the
+	// controller creates from an event (the submitter's write came later,
+	// or never) keeps it.
+	Callback string `json:"callback,omitempty"`
 }
 
 // DecodeAsyncEvent decodes an event from a results subject.
@@ -244,6 +249,9 @@ func (r *AsyncRecord) Fold(e *AsyncEvent) bool {
 		if e.Error != "" || r.Error == "" {
 			r.Error = e.Error
 		}
+	}
+	if r.Callback == "" {
+		r.Callback = e.Callback
 	}
 	if r.Started.IsZero() && e.Kind != AsyncEventFailed {
 		r.Started = e.At
