@@ -99,7 +99,8 @@ func (c *Controller) ensureAsync(ctx context.Context) (jetstream.KeyValue, jetst
 
 // syncStreams keeps one request stream per deployment, removes the
 // streams of deleted deployments (failing their queued requests), and
-// reports backlogs.
+// reports the backlogs of autoscaled deployments (one consumer info each
+// per second; the others need none).
 func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.KeyValue, made map[string]string) {
 	backlog := map[string]float64{}
 	for _, d := range st.deps.all() {
@@ -114,6 +115,9 @@ func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.Ke
 				continue
 			}
 			made[spec.Name] = want
+		}
+		if !spec.Autoscaled() {
+			continue // only the autoscaler reads the backlog
 		}
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		cons, err := c.js.Consumer(cctx, wire.AsyncStream(spec.Name), wire.AsyncConsumer)
