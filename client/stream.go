@@ -343,3 +343,7 @@ func Stream[T any](ctx context.Context, h *Handle, args ...any) iter.Seq2[T, err
 // Queued is the number of frames received and not read yet (at most the
 // window plus a few beats).
 func (s *ItemStream) Queued() int { return len(s.ch) }
+
+// Single reports whether the method did not stream: its ordinary reply is
+// the one item.
+func (s *ItemStream) Single() bool { return s.single }

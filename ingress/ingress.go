@@ -155,6 +155,7 @@ type Ingress struct {
 	routes   atomic.Pointer[table]
 	limits   atomic.Pointer[map[string]int] // deployment → max_queued_requests
 	draining atomic.Bool
+	streams  sync.Map // deployment → true: its default method streams
 
 	tracer trace.Tracer // nil: tracing off
 	alog   *accessLog   // nil: no access log

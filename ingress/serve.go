@@ -115,6 +115,10 @@ func (g *Ingress) serveRoute(ctx *fasthttp.RequestCtx, path []byte, o *observati
 		wire.HeaderKind:      []string{wire.KindHTTP},
 		wire.HeaderRequestID: []string{id},
 	}}
+	if g.wantsStream(rt.deployment, req) {
+		g.serveStream(ctx, rt, msg, rctx)
+		return
+	}
 	var reply *nats.Msg
 	var err error
 	if model := req.Header.Peek(wire.HTTPHeaderModelID); len(model) > 0 {
@@ -122,6 +126,13 @@ func (g *Ingress) serveRoute(ctx *fasthttp.RequestCtx, path []byte, o *observati
 		reply, err = g.cl.RequestModel(rctx, time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", string(model), msg)
 	} else {
 		reply, err = g.cl.RequestMsg(rctx, time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", msg)
+	}
+	if err != nil && g.streamingMethod(rt.deployment, err) {
+		// The replica said the method streams (before running it): send
+		// the request again as a stream, and every later one at once.
+		msg.Reply = ""
+		g.serveStream(ctx, rt, msg, rctx)
+		return
 	}
 	if err != nil {
 		if o != nil {

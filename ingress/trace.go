@@ -51,8 +51,12 @@ func (g *Ingress) serveObserved(ctx *fasthttp.RequestCtx, path []byte) {
 	}
 	g.serveRoute(ctx, path, &o)
 	status := ctx.Response.StatusCode()
+	n := 0
+	if !ctx.Response.IsBodyStream() { // Body() would read a stream to its end before it is sent
+		n = len(ctx.Response.Body())
+	}
 	e := accessEntry{start: start, id: o.id, deployment: o.deployment, replica: o.replica, method: ctx.Method(), path: path,
-		status: status, bytes: len(ctx.Response.Body())}
+		status: status, bytes: n}
 	if span != nil {
 		if o.route != "" {
 			span.SetName(string(ctx.Method()) + " " + o.route)

@@ -1,0 +1,159 @@
+package ingress
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/wire"
+	"github.com/valyala/fasthttp"
+)
+
+// Streams over HTTP. A request goes out as a stream when the client asks
+// for server-sent events (Accept: text/event-stream) or its deployment's
+// default method is known to stream (a replica answered CodeStreaming
+// once). Items go out as they come, flushed one by one: as SSE events
+// ("id: <seq>", "data: <JSON>"; then "event: end", or "event: error" with
+// {"code","message"}), or else as chunked NDJSON (one JSON item per line;
+// a failure writes {"error":{"code","message"}} and cuts the connection,
+// so the body is truncated, never a clean end). The budget
+// (request_timeout_s) covers the first item and each gap between items. A
+// client that goes away is noticed at the next write, which cancels the
+// stream at the replica.
+
+var acceptSSE = []byte("text/event-stream")
+
+func (g *Ingress) wantsStream(deployment string, req *fasthttp.Request) bool {
+	if _, ok := g.streams.Load(deployment); ok {
+		return true
+	}
+	return bytes.Contains(req.Header.Peek("Accept"), acceptSSE)
+}
+
+func (g *Ingress) streamingMethod(deployment string, err error) bool {
+	var ce *client.Error
+	if errors.As(err, &ce) && ce.Code == string(wire.CodeStreaming) {
+		g.streams.Store(deployment, true)
+		return true
+	}
+	return false
+}
+
+type streamError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (g *Ingress) serveStream(ctx *fasthttp.RequestCtx, rt *route, msg *nats.Msg, rctx context.Context) {
+	sctx, cancel := context.WithCancel(rctx)
+	st, err := g.cl.OpenStream(sctx, rt.deployment, "", msg, client.WithItemTimeout(g.cfg.RequestTimeout))
+	if err != nil {
+		cancel()
+		rt.metrics.failed(err)
+		g.writeError(ctx, rt.deployment, err)
+		return
+	}
+	// The first item decides the answer: a failure before any item is an
+	// ordinary HTTP error.
+	first, err := st.Next()
+	if err != nil && err != io.EOF {
+		st.Close()
+		cancel()
+		rt.metrics.failed(err)
+		g.writeError(ctx, rt.deployment, err)
+		return
+	}
+	if st.Single() { // the method does not stream: its reply as it is
+		defer cancel()
+		rep, err := wire.DecodeHTTPReply(first)
+		if err != nil {
+			ctx.Error("bad reply from deployment "+rt.deployment+"\n", fasthttp.StatusBadGateway)
+			return
+		}
+		ctx.SetStatusCode(rep.Status)
+		for i := 0; i+1 < len(rep.Headers); i += 2 {
+			if !hopHeaders[rep.Headers[i]] && rep.Headers[i] != "Content-Length" {
+				ctx.Response.Header.Add(rep.Headers[i], rep.Headers[i+1])
+			}
+		}
+		ctx.SetBody(rep.Body)
+		return
+	}
+	sse := true
+	if !bytes.Contains(ctx.Request.Header.Peek("Accept"), acceptSSE) && len(ctx.Request.Header.Peek("Accept")) > 0 &&
+		bytes.Contains(ctx.Request.Header.Peek("Accept"), []byte("ndjson")) {
+		sse = false
+	}
+	if sse {
+		ctx.SetContentType("text/event-stream")
+		ctx.Response.Header.Set("Cache-Control", "no-cache")
+		ctx.Response.Header.Set("X-Accel-Buffering", "no")
+	} else {
+		ctx.SetContentType("application/x-ndjson")
+	}
+	conn := ctx.Conn()
+	ended := err == io.EOF
+	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer cancel()
+		defer st.Close()
+		seq := 0
+		item := first
+		for {
+			if ended {
+				if sse {
+					_, _ = w.WriteString("event: end\ndata: \n\n")
+					_ = w.Flush()
+				}
+				return
+			}
+			if sse {
+				w.WriteString("id: ")
+				w.WriteString(strconv.Itoa(seq))
+				w.WriteString("\ndata: ")
+				w.Write(item)
+				w.WriteString("\n\n")
+			} else {
+				w.Write(item)
+				w.WriteByte('\n')
+			}
+			if w.Flush() != nil { // the client went away: cancel the stream
+				return
+			}
+			seq++
+			var err error
+			item, err = st.Next()
+			if err == io.EOF {
+				ended = true
+				continue
+			}
+			if err != nil {
+				e := streamError{Code: string(wire.CodeInternal), Message: err.Error()}
+				var ce *client.Error
+				if errors.As(err, &ce) {
+					e = streamError{Code: ce.Code, Message: ce.Message}
+				}
+				rt.metrics.failed(err)
+				b, _ := json.Marshal(e)
+				if sse {
+					w.WriteString("event: error\ndata: ")
+					w.Write(b)
+					w.WriteString("\n\n")
+					_ = w.Flush()
+					return
+				}
+				w.WriteString(`{"error":`)
+				w.Write(b)
+				w.WriteString("}\n")
+				_ = w.Flush()
+				_ = conn.Close() // truncate the chunked body: no clean end
+				return
+			}
+		}
+	})
+}
