@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -72,6 +73,17 @@ func TestQuickstartStream(t *testing.T) {
 	}
 	if n != 5 {
 		t.Fatalf("handle: %d items", n)
+	}
+
+	// servectl call --stream prints each item on its line.
+	servectl := testutil.Build(t, "./cmd/servectl")
+	out, err := exec.Command(servectl, "call", "--server", u.natsURL, "--stream", "stream", "4", "0").CombinedOutput()
+	if err != nil || string(out) != "0\n1\n2\n3\n" {
+		t.Fatalf("servectl call --stream: %v %q", err, out)
+	}
+	out, err = exec.Command(servectl, "call", "--server", u.natsURL, "--stream", "stream", "4", "0", "2").CombinedOutput()
+	if err == nil || !strings.HasPrefix(string(out), "0\n1\n") || !strings.Contains(string(out), "failed at item 2") {
+		t.Fatalf("servectl call --stream failing mid-way: %v %q", err, out)
 	}
 
 	// Client disconnect: read two events, hang up; the replica's stream is

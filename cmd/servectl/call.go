@@ -12,10 +12,11 @@ import (
 
 func init() {
 	register("call", command{
-		usage: "NAME [--method M] [ARG ...]",
-		help:  "call a deployment through a handle; each ARG is a JSON value, the result is printed as JSON",
+		usage: "NAME [--method M] [--stream] [ARG ...]",
+		help:  "call a deployment through a handle; each ARG is a JSON value, the result is printed as JSON (with --stream, each item on its own line as it arrives)",
 		flags: func(fs *flag.FlagSet, o *options) {
 			fs.StringVar(&o.method, "method", "", "method to call (default: the default method, Call)")
+			fs.BoolVar(&o.stream, "stream", false, "call a streaming method: print each item as it arrives (the timeout covers the first item and each gap)")
 		},
 		run: call,
 	})
@@ -38,6 +39,21 @@ func call(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer cancel()
+	if e.opts.stream {
+		// The stream ends on Ctrl-C, not at the whole call's timeout: the
+		// client's budget covers each item.
+		for v, err := range cl.Handle(args[0]).Method(e.opts.method).Stream(ctx, callArgs...) {
+			if err != nil {
+				return err
+			}
+			b, err := json.Marshal(client.JSONable(v))
+			if err != nil {
+				return fmt.Errorf("an item cannot be shown as JSON: %v", err)
+			}
+			fmt.Fprintln(e.stdout, string(b))
+		}
+		return nil
+	}
 	var out any
 	if err := cl.Handle(args[0]).Method(e.opts.method).Call(cctx, &out, callArgs...); err != nil {
 		return err

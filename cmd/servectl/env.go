@@ -40,6 +40,7 @@ type options struct {
 	nodes  int
 	dep    string // requests list -deployment
 	limit  int    // requests list -limit
+	stream bool   // call -stream
 }
 
 func newEnv(fs *flag.FlagSet, stdout, stderr io.Writer) *env {
