@@ -5,6 +5,7 @@ import (
 	"errors"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -172,4 +173,35 @@ func streamMsg(t *testing.T, args ...any) *nats.Msg {
 		t.Fatal(err)
 	}
 	return &nats.Msg{Subject: wire.DeploymentSubject("st"), Data: data, Header: nats.Header{wire.HeaderKind: {wire.KindCall}}}
+}
+
+// TestStreamReplicaKilled: a replica killed mid-stream is noticed within
+// about a second (no frame, not even a beat), and said so.
+func TestStreamReplicaKilled(t *testing.T) {
+	s := newStack(t)
+	r := s.replica(t, "st", "Stream", `[]`, 4)
+	n := 0
+	var killed time.Time
+	var last error
+	for _, err := range client.Stream[int](context.Background(), s.cl.Handle("st"), 100_000, 20) {
+		if err != nil {
+			last = err
+			break
+		}
+		if n++; n == 3 {
+			killed = time.Now()
+			if err := r.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	took := time.Since(killed)
+	t.Logf("replica killed after 3 items: the stream failed %v later: %v", took, last)
+	var ce *client.Error
+	if !errors.As(last, &ce) || ce.Code != "replica_died" {
+		t.Fatalf("stream after the replica was killed: %v, want replica_died", last)
+	}
+	if took > 3*time.Second {
+		t.Errorf("noticed after %v", took)
+	}
 }
