@@ -100,6 +100,9 @@ func (c *Client) OpenStream(ctx context.Context, deployment, method string, msg 
 			return nil, s.fail(wire.CodeInternal, err.Error())
 		}
 		m, err := s.wait(deadline)
+		for err == nil && isAck(m) { // the replica's admission acknowledgment: the frames follow
+			m, err = s.wait(deadline)
+		}
 		if err != nil {
 			s.Close()
 			return nil, err
@@ -139,6 +142,11 @@ func (c *Client) OpenStream(ctx context.Context, deployment, method string, msg 
 		return s, nil
 	}
 }
+
+// isAck reports whether m is an admission acknowledgment or heartbeat (a
+// message without headers whose payload starts with 0xc1, which no reply
+// does).
+func isAck(m *nats.Msg) bool { return m.Header == nil && len(m.Data) >= 2 && m.Data[0] == 0xc1 }
 
 // wait returns the next message before deadline.
 func (s *ItemStream) wait(deadline time.Time) (*nats.Msg, error) {
@@ -192,6 +200,9 @@ func (s *ItemStream) Next() ([]byte, error) {
 			}
 		}
 		s.last = time.Now()
+		if isAck(m) {
+			continue
+		}
 		if s.single {
 			s.done, s.err = true, io.EOF
 			if m.Header != nil && m.Header.Get(wire.HeaderCode) != "" {
@@ -200,7 +211,7 @@ func (s *ItemStream) Next() ([]byte, error) {
 			}
 			return m.Data, nil
 		}
-		if m.Header == nil { // an admission acknowledgment or heartbeat (0xc1 …)
+		if m.Header == nil { // not a frame
 			continue
 		}
 		if c := m.Header.Get(wire.HeaderCredit); c != "" && s.credit == "" {
