@@ -183,7 +183,7 @@ func BenchmarkMultiplexRouting(b *testing.B) {
 func statuses(b testing.TB, nc *nats.Conn, ids []string) []worker.ReplicaStatus {
 	var out []worker.ReplicaStatus
 	for _, id := range ids {
-		m, err := nc.Request(wire.ReplicaSubject(id, wire.VerbPing), nil, 2*time.Second)
+		m, err := nc.Request(wire.ReplicaSubject("mux", id, wire.VerbPing), nil, 2*time.Second)
 		if err != nil {
 			b.Fatal(err)
 		}

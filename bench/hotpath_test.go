@@ -29,7 +29,7 @@ func replica(b testing.TB, url string, reg *worker.Registry, deployment, class s
 	b.Helper()
 	replicaSeq++
 	spec := worker.ReplicaSpec{Deployment: deployment, Class: class, Replica: "r" + strings.ReplaceAll(deployment, "_", "x") + fmt.Sprint(time.Now().UnixNano()%1e6) + "n" + fmt.Sprint(replicaSeq),
-		NATSURL: url, MaxOngoingRequests: maxOngoing, InitArgs: json.RawMessage(initArgs)}
+		NATSURL: url, MaxOngoingRequests: maxOngoing, InitArgs: json.RawMessage(initArgs), Creds: testutil.ReplicaCreds(b, url, deployment)}
 	r, err := worker.NewReplica(reg, spec, quiet)
 	if err != nil {
 		b.Fatal(err)
@@ -40,7 +40,7 @@ func replica(b testing.TB, url string, reg *worker.Registry, deployment, class s
 	b.Cleanup(func() { cancel(); <-done })
 	nc := testutil.Conn(b, url)
 	testutil.Eventually(b, 10*time.Second, func() error {
-		_, err := nc.Request(wire.ReplicaSubject(spec.Replica, wire.VerbPing), nil, time.Second)
+		_, err := nc.Request(wire.ReplicaSubject(deployment, spec.Replica, wire.VerbPing), nil, time.Second)
 		return err
 	})
 	return spec.Replica

@@ -24,8 +24,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/internal/auth"
 	"github.com/natserve/natserve/internal/wire"
 )
 
@@ -58,6 +60,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Debug passes nats-server's debug log to Logger. Default: false.
 	Debug bool
+	// Auth puts the server in operator mode: it trusts Auth's operator,
+	// resolves its two accounts from memory, and refuses anonymous clients.
+	// nil runs without authentication (only tests of the broker alone do).
+	// Default: nil.
+	Auth *auth.Set
 }
 
 // ClusterConfig configures cluster membership.
@@ -235,6 +242,22 @@ func (b *Broker) options() (*server.Options, error) {
 	if tc != nil {
 		o.TLS, o.TLSVerify, o.TLSConfig = true, c.TLS.Verify, tc
 	}
+	if a := c.Auth; a != nil {
+		oc, err := jwt.DecodeOperatorClaims(a.OperatorJWT)
+		if err != nil {
+			return nil, fmt.Errorf("%w: operator jwt: %v", ErrConfig, err)
+		}
+		r := &server.MemAccResolver{}
+		if err := r.Store(a.SystemAccount, a.SystemJWT); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		}
+		if err := r.Store(a.Account, a.AccountJWT); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		}
+		o.TrustedOperators = []*jwt.OperatorClaims{oc}
+		o.AccountResolver = r
+		o.SystemAccount = a.SystemAccount
+	}
 	if c.Cluster.Port != 0 {
 		o.Cluster.Name = c.Cluster.Name
 		o.Cluster.Host = c.Cluster.Host
@@ -351,6 +374,10 @@ func (b *Broker) Server() *server.Server {
 
 // InProcessOption connects a nats.Conn to this broker without TCP.
 func (b *Broker) InProcessOption() nats.Option { return nats.InProcessServer(b.Server()) }
+
+// Auth returns the credentials the broker trusts, or nil without
+// authentication.
+func (b *Broker) Auth() *auth.Set { return b.cfg.Auth }
 
 // Shutdown stops the server and waits for it, or until ctx ends. Idempotent.
 func (b *Broker) Shutdown(ctx context.Context) error {

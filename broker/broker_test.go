@@ -37,7 +37,7 @@ func TestBrokerServesJetStreamKV(t *testing.T) {
 
 func TestInProcessConnection(t *testing.T) {
 	b := testutil.Broker(t)
-	nc, err := nats.Connect("", b.InProcessOption())
+	nc, err := nats.Connect("", append(testutil.CredsOptions(t, b.ClientURL(), "admin"), b.InProcessOption())...)
 	if err != nil {
 		t.Fatal(err)
 	}

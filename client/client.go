@@ -50,6 +50,12 @@ type Options struct {
 	CallObserver func(deployment, method, code string, elapsed time.Duration)
 	// TracerProvider traces calls (see WithTracerProvider). Default: nil, off.
 	TracerProvider trace.TracerProvider
+	// Sender names this caller in the subject of its queue reports: its
+	// identity lets it publish under this name only. Default: "client".
+	Sender string
+	// Creds is the NATS credentials file. Default: $NATSERVE_CREDS, then
+	// DefaultCredsPath if it exists (see FindCreds).
+	Creds string
 }
 
 // Environment variables Connect reads for TLS when no WithTLS is given.
@@ -81,6 +87,12 @@ func WithCallObserver(f func(deployment, method, code string, elapsed time.Durat
 // WithName sets Options.Name.
 func WithName(name string) Option { return func(o *Options) { o.Name = name } }
 
+// WithSender sets Options.Sender.
+func WithSender(name string) Option { return func(o *Options) { o.Sender = name } }
+
+// WithCreds sets Options.Creds.
+func WithCreds(path string) Option { return func(o *Options) { o.Creds = path } }
+
 // WithNATSOptions adds options for nats.Connect.
 func WithNATSOptions(opts ...nats.Option) Option {
 	return func(o *Options) { o.NATSOptions = append(o.NATSOptions, opts...) }
@@ -94,7 +106,7 @@ func WithTLS(caFile, certFile, keyFile string) Option {
 }
 
 func buildOptions(opts []Option) Options {
-	o := Options{Name: "natserve-client", Timeout: 60 * time.Second, ConnectTimeout: 5 * time.Second}
+	o := Options{Name: "natserve-client", Sender: wire.RoleClient, Timeout: 60 * time.Second, ConnectTimeout: 5 * time.Second}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -171,7 +183,21 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	}
 	extra := append(append([]nats.Option{nats.Timeout(timeout)}, files.Options()...), o.NATSOptions...)
 	nopts := natsconn.Options(o.Name, extra...)
+	creds := FindCreds(o.Creds)
+	if creds != "" {
+		copts, err := CredsOptions(creds)
+		if err != nil {
+			return nil, err
+		}
+		nopts = append(nopts, copts...)
+	}
 	nc, err := nats.Connect(url, nopts...)
+	if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked) {
+		if creds == "" {
+			return nil, fmt.Errorf("natserve at %s: %w: no credentials; pass --creds FILE or set $%s (natserve up writes <data>/auth/admin.creds)", url, ErrNoCreds, CredsEnv)
+		}
+		return nil, fmt.Errorf("natserve at %s: %w with credentials %s; pass the right file with --creds FILE or $%s", url, ErrNoCreds, creds, CredsEnv)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach natserve at %s: %w", url, err)
 	}

@@ -45,16 +45,14 @@ func (c *Client) graphWatch() *graphCache {
 			readyOnce()
 			return
 		}
+		// The routes bucket is what a caller may read: graphs without
+		// their arguments, and the deployments' max_queued_requests.
 		g.watchers = []*kvwatch.Watcher{
-			kvwatch.Start(context.Background(), kvwatch.Config{JetStream: js, Bucket: wire.BucketGraphs}, kvwatch.Handler{
-				Restart: func() { g.mu.Lock(); clear(g.graphs); g.mu.Unlock() },
-				Entry:   g.putGraph,
+			kvwatch.Start(context.Background(), kvwatch.Config{JetStream: js, Bucket: wire.BucketRoutes}, kvwatch.Handler{
+				Restart: func() { g.mu.Lock(); clear(g.graphs); clear(g.maxQueued); g.mu.Unlock() },
+				Entry:   g.apply,
 				Synced:  readyOnce,
 				Failed:  func(error) { readyOnce() },
-			}),
-			kvwatch.Start(context.Background(), kvwatch.Config{JetStream: js, Bucket: wire.BucketDeployments}, kvwatch.Handler{
-				Restart: func() { g.mu.Lock(); clear(g.maxQueued); g.mu.Unlock() },
-				Entry:   g.putLimit,
 			}),
 		}
 	})
@@ -72,31 +70,33 @@ func (g *graphCache) stop() {
 	}
 }
 
-func (g *graphCache) putGraph(e jetstream.KeyValueEntry) {
+// apply records a change of the routes bucket: a graph (without its
+// arguments), or a deployment's max_queued_requests.
+func (g *graphCache) apply(e jetstream.KeyValueEntry) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.graphs == nil {
 		g.graphs = map[string]*GraphSpec{}
 	}
-	var spec GraphSpec
-	if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &spec) == nil {
-		g.graphs[e.Key()] = &spec
-	} else {
-		delete(g.graphs, e.Key())
-	}
-}
-
-func (g *graphCache) putLimit(e jetstream.KeyValueEntry) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	if g.maxQueued == nil {
 		g.maxQueued = map[string]int{}
 	}
-	var spec DeploymentSpec
-	if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &spec) == nil && spec.MaxQueuedRequests != 0 {
-		g.maxQueued[e.Key()] = spec.MaxQueuedRequests
+	put := e.Operation() == jetstream.KeyValuePut
+	if name, ok := strings.CutPrefix(e.Key(), wire.RouteGraphPrefix); ok {
+		var spec GraphSpec
+		if put && json.Unmarshal(e.Value(), &spec) == nil {
+			g.graphs[name] = &spec
+		} else {
+			delete(g.graphs, name)
+		}
+		return
+	}
+	name, _ := strings.CutPrefix(e.Key(), wire.RouteDeploymentPrefix)
+	var r wire.RouteRecord
+	if put && json.Unmarshal(e.Value(), &r) == nil && r.MaxQueuedRequests != 0 {
+		g.maxQueued[name] = r.MaxQueuedRequests
 	} else {
-		delete(g.maxQueued, e.Key())
+		delete(g.maxQueued, name)
 	}
 }
 

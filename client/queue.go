@@ -85,7 +85,7 @@ func (c *Client) reportQueue() {
 		}
 		if busy || wasBusy {
 			b, _ := json.Marshal(rep)
-			_ = c.nc.Publish(wire.EventSubject(wire.EventQueue), b)
+			_ = c.nc.Publish(wire.EventSubject(wire.EventQueue, c.opts.Sender), b)
 		}
 		wasBusy = busy
 		clear(sums)

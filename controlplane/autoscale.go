@@ -45,6 +45,11 @@ func (m *metrics) onLoad(msg *nats.Msg) {
 	if json.Unmarshal(msg.Data, &r) != nil || r.Replica == "" {
 		return
 	}
+	// The broker lets a replica publish load under its own deployment
+	// only: a report about another deployment is forged.
+	if msg.Subject != wire.EventSubject(wire.EventLoad, r.Deployment) {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.msgs++
@@ -203,11 +208,11 @@ func (s *state) takeWake(name string) bool {
 }
 
 func (c *Controller) subscribeMetrics(ctx context.Context, st *state) ([]*nats.Subscription, error) {
-	a, err := c.nc.Subscribe(wire.EventSubject(wire.EventLoad), st.metrics.onLoad)
+	a, err := c.nc.Subscribe(wire.EventSubjects(wire.EventLoad), st.metrics.onLoad)
 	if err != nil {
 		return nil, err
 	}
-	b, err := c.nc.Subscribe(wire.EventSubject(wire.EventQueue), st.metrics.onQueue)
+	b, err := c.nc.Subscribe(wire.EventSubjects(wire.EventQueue), st.metrics.onQueue)
 	if err != nil {
 		_ = a.Unsubscribe()
 		return nil, err

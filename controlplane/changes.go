@@ -6,6 +6,7 @@ import (
 
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/store"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // changes is what makes the control loop event-driven: the tables' change
@@ -140,7 +141,8 @@ func (ch *changes) replica(key string, prev, next *store.ReplicaState) {
 	defer ch.mu.Unlock()
 	ch.reps[key] = true
 	if prev == nil || next == nil || prev.State != next.State || prev.PID != next.PID {
-		if d, ok := ch.depOf[key]; ok {
+		_, replica, _ := wire.SplitAssignmentKey(key) // <node>.<replica>
+		if d, ok := ch.depOf[replica]; ok {
 			ch.dirty[d] = true
 		}
 	}

@@ -12,6 +12,7 @@ package controlplane
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/auth"
 	"github.com/natserve/natserve/internal/kvwatch"
 	prom "github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/natsconn"
@@ -54,6 +56,9 @@ type Config struct {
 	// Metrics receives the controller's Prometheus metrics; nil turns them
 	// off. Default: nil.
 	Metrics prometheus.Registerer
+	// Signer mints the NATS identity of each deployment's replicas; nil
+	// on a broker without authentication. Default: nil.
+	Signer *auth.Signer
 	// FullPassInterval is how often the control loop passes over every
 	// deployment, changed or not: the safety net of the event-driven loop.
 	// Default: 15s.
@@ -129,6 +134,9 @@ func (c *Controller) Leading() bool {
 // standby takes over at once.
 func (c *Controller) Run(ctx context.Context) error {
 	nc, err := nats.Connect(c.cfg.NATSURL, natsconn.Options("natserve controller "+c.cfg.ID, c.cfg.NATSOptions...)...)
+	if errors.Is(err, nats.ErrAuthorization) {
+		return fmt.Errorf("controller: %s: %w: pass the controller's credentials with -creds FILE", c.cfg.NATSURL, client.ErrNoCreds)
+	}
 	if err != nil {
 		return fmt.Errorf("controller: connecting to %s: %w", c.cfg.NATSURL, err)
 	}
@@ -183,7 +191,7 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 	}()
 
 	// Load the state before acting on it.
-	synced := make(chan string, 5)
+	synced := make(chan string, 6)
 	watch := func(kv jetstream.KeyValue, apply func(jetstream.KeyValueEntry)) {
 		wg.Add(1)
 		go func() {
@@ -199,11 +207,12 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 	watch(c.kv.Assignments, func(e jetstream.KeyValueEntry) { applyEntry(st.asgs, e) })
 	watch(c.kv.Replicas, func(e jetstream.KeyValueEntry) { applyEntry(st.reps, e) })
 	watch(c.kv.Graphs, func(e jetstream.KeyValueEntry) { applyEntry(st.graphs, e) })
+	watch(c.kv.Routes, func(e jetstream.KeyValueEntry) { applyEntry(st.routes, e) })
 	watch(c.kv.Nodes, func(e jetstream.KeyValueEntry) {
 		applyEntry(st.nodes, e)
 		st.sawNode(e.Key(), e.Operation() == jetstream.KeyValuePut)
 	})
-	for i := 0; i < 5; i++ {
+	for i := 0; i < 6; i++ {
 		select {
 		case <-synced:
 		case <-ctx.Done():
@@ -336,6 +345,7 @@ type state struct {
 	reps   *table[store.ReplicaState]
 	nodes  *table[store.Node]
 	graphs *table[client.GraphSpec]
+	routes *table[json.RawMessage] // what callers may read (routes.go)
 
 	metrics *metrics
 	ch      *changes // what changed since the last pass; indexes
@@ -356,7 +366,7 @@ type state struct {
 func newState() *state {
 	st := &state{
 		deps: newTable[client.DeploymentSpec](), asgs: newTable[store.Assignment](),
-		reps: newTable[store.ReplicaState](), nodes: newTable[store.Node](), graphs: newTable[client.GraphSpec](),
+		reps: newTable[store.ReplicaState](), nodes: newTable[store.Node](), graphs: newTable[client.GraphSpec](), routes: newTable[json.RawMessage](),
 		seen: map[string]time.Time{}, dep: map[string]*depState{}, health: map[string]*healthState{}, busy: map[string]bool{},
 		metrics: newMetrics(), ch: newChanges(),
 	}

@@ -37,7 +37,7 @@ func TestSeedGraph(t *testing.T) {
 		t.Fatalf("handle: %v %v, want 4", got, err)
 	}
 	// Through servectl call.
-	out, err := exec.Command(testutil.Build(t, "./cmd/servectl"), "call", "pipeline", "1", "--server", s.URL).CombinedOutput()
+	out, err := exec.Command(testutil.Build(t, "./cmd/servectl"), "call", "pipeline", "1", "--server", s.URL, "--creds", testutil.Creds(t, s.URL, "admin")).CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "4" {
 		t.Fatalf("servectl call: %v %s", err, out)
 	}

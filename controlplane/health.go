@@ -105,7 +105,7 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 			if !ok || a.Desired != store.DesiredRun {
 				continue
 			}
-			rs, _, ok := st.reps.get(d.replica)
+			rs, _, ok := st.reps.get(wire.ReplicaKey(a.Node, d.replica))
 			if !ok || rs.State != client.ReplicaRunning {
 				continue
 			}
@@ -126,7 +126,7 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 			}
 			st.mu.Unlock()
 			if start {
-				st.spawn(func() { c.check(ctx, st, d.key, d.replica, period, timeout) })
+				st.spawn(func() { c.check(ctx, st, d.key, a.Deployment, d.replica, period, timeout) })
 			}
 		}
 	}
@@ -146,7 +146,7 @@ func (c *Controller) watchRunning(st *state, now time.Time) {
 		if known {
 			continue
 		}
-		rs, _, ok := st.reps.get(a.Replica)
+		rs, _, ok := st.reps.get(wire.ReplicaKey(a.Node, a.Replica))
 		if !ok || rs.State != client.ReplicaRunning {
 			continue
 		}
@@ -163,11 +163,11 @@ func (c *Controller) watchRunning(st *state, now time.Time) {
 	}
 }
 
-func (c *Controller) check(ctx context.Context, st *state, key, replica string, period, timeout time.Duration) {
+func (c *Controller) check(ctx context.Context, st *state, key, deployment, replica string, period, timeout time.Duration) {
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	// The replica bounds its CheckHealth by the same budget.
-	ping := &nats.Msg{Subject: wire.ReplicaSubject(replica, wire.VerbPing), Header: nats.Header{wire.HeaderTimeout: {wire.FormatTimeout(timeout)}}}
+	ping := &nats.Msg{Subject: wire.ReplicaSubject(deployment, replica, wire.VerbPing), Header: nats.Header{wire.HeaderTimeout: {wire.FormatTimeout(timeout)}}}
 	m, err := c.nc.RequestMsgWithContext(pctx, ping)
 	cancel()
 	reason := ""
@@ -242,7 +242,7 @@ func (c *Controller) reconfigure(ctx context.Context, st *state, v view, spec *c
 			st.mu.Unlock()
 		}()
 		rctx, cancel := context.WithTimeout(ctx, timeout)
-		req := nats.NewMsg(wire.ReplicaSubject(v.a.Replica, wire.VerbReconfigure))
+		req := nats.NewMsg(wire.ReplicaSubject(v.a.Deployment, v.a.Replica, wire.VerbReconfigure))
 		req.Data = userConfig
 		b, _ := json.Marshal(batching)
 		req.Header.Set(wire.HeaderBatching, string(b)) // "null" when none: the values the class registered

@@ -170,7 +170,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	perNode := map[string]int{}
 	for _, a := range st.asgs.all() {
 		state := "PENDING"
-		if rs, _, ok := st.reps.get(a.val.Replica); ok {
+		if rs, _, ok := st.reps.get(wire.ReplicaKey(a.val.Node, a.val.Replica)); ok {
 			state = rs.State
 		}
 		counts[key{a.val.Deployment, state}]++

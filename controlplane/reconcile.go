@@ -94,13 +94,16 @@ func (c *Controller) reconcile(ctx context.Context, st *state, names, reps []str
 		}
 	}
 	st.ch.countPass(full, len(present))
+	c.syncRoutes(ctx, st)
 	// Forget what is gone.
 	for _, key := range reps {
 		r, rev, ok := st.reps.get(key)
 		if !ok || r.State != client.ReplicaStopped && r.State != client.ReplicaFailed {
 			continue
 		}
-		if _, _, ok := st.asgs.get(wire.AssignmentKey(r.Node, key)); !ok {
+		// The key (<node>.<replica>), not the record, names the node: only
+		// that node's agent may write under it.
+		if _, _, ok := st.asgs.get(key); !ok {
 			c.deleteKey(ctx, st.reps, c.kv.Replicas, key, rev)
 		}
 	}
@@ -119,7 +122,7 @@ func (c *Controller) views(st *state, name string) []view {
 		if !ok {
 			continue
 		}
-		rs, _, ok := st.reps.get(a.Replica)
+		rs, _, ok := st.reps.get(wire.ReplicaKey(a.Node, a.Replica))
 		vs = append(vs, view{a: a, rev: rev, st: rs, hasSt: ok})
 	}
 	return vs
@@ -432,6 +435,13 @@ func (c *Controller) createAssignment(ctx context.Context, st *state, spec *clie
 		MaxOngoingRequests: spec.MaxOngoingRequests, GracefulShutdownTimeoutS: spec.GracefulShutdownTimeoutS,
 		Desired: store.DesiredRun, Created: time.Now(),
 	}
+	if c.cfg.Signer != nil {
+		var err error
+		if a.Creds, err = c.cfg.Signer.Replica(spec.Name); err != nil {
+			c.log.Error("minting the replica identity failed", "deployment", spec.Name, "err", err)
+			return
+		}
+	}
 	rev, err := store.Update(ctx, c.kv.Assignments, a.Key(), a, 0)
 	if err != nil {
 		c.log.Warn("creating an assignment failed", "deployment", spec.Name, "node", node, "err", err)
@@ -459,8 +469,8 @@ func (c *Controller) setDesired(ctx context.Context, st *state, v view, desired 
 
 func (c *Controller) dropAssignment(ctx context.Context, st *state, v view) {
 	c.deleteKey(ctx, st.asgs, c.kv.Assignments, v.a.Key(), v.rev)
-	if _, rev, ok := st.reps.get(v.a.Replica); ok {
-		c.deleteKey(ctx, st.reps, c.kv.Replicas, v.a.Replica, rev)
+	if _, rev, ok := st.reps.get(wire.ReplicaKey(v.a.Node, v.a.Replica)); ok {
+		c.deleteKey(ctx, st.reps, c.kv.Replicas, wire.ReplicaKey(v.a.Node, v.a.Replica), rev)
 	}
 	st.forgetHealth(v.a.Replica)
 }

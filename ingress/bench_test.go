@@ -31,7 +31,7 @@ func benchServe(b *testing.B, metricsReg prometheus.Registerer) {
 	var reg worker.Registry
 	hello.Register(&reg)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	r, err := worker.NewReplica(&reg, worker.ReplicaSpec{Deployment: "hello", Class: "Hello", Replica: "rbench", NATSURL: br.ClientURL(), MaxOngoingRequests: 100, InitArgs: json.RawMessage(`[]`), Metrics: metricsReg != nil}, quiet)
+	r, err := worker.NewReplica(&reg, worker.ReplicaSpec{Deployment: "hello", Class: "Hello", Replica: "rbench", NATSURL: br.ClientURL(), MaxOngoingRequests: 100, InitArgs: json.RawMessage(`[]`), Metrics: metricsReg != nil, Creds: testutil.ReplicaCreds(b, br.ClientURL(), "hello")}, quiet)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func benchServe(b *testing.B, metricsReg prometheus.Registerer) {
 	done := make(chan struct{})
 	go func() { _ = r.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	g, err := New(Config{Addr: "127.0.0.1:0", NATSOptions: nil, NATSURL: br.ClientURL(), Logger: quiet, Metrics: metricsReg})
+	g, err := New(Config{Addr: "127.0.0.1:0", NATSOptions: testutil.CredsOptions(b, br.ClientURL(), "ingress"), NATSURL: br.ClientURL(), Logger: quiet, Metrics: metricsReg})
 	if err != nil {
 		b.Fatal(err)
 	}

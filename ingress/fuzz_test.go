@@ -43,7 +43,7 @@ func FuzzServe(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer sub.Unsubscribe()
-	g, err := New(Config{Addr: "127.0.0.1:0", NATSURL: b.ClientURL()})
+	g, err := New(Config{Addr: "127.0.0.1:0", NATSURL: b.ClientURL(), NATSOptions: testutil.CredsOptions(f, b.ClientURL(), "ingress")})
 	if err != nil {
 		f.Fatal(err)
 	}

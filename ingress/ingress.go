@@ -239,7 +239,7 @@ func (g *Ingress) Start(ctx context.Context) error {
 		return fmt.Errorf("ingress: %w", err)
 	}
 	g.cl = client.New(nc, client.WithTimeout(g.cfg.RequestTimeout), client.WithMaxBusyRetries(g.cfg.MaxBusyRetries), client.WithQueueLimit(g.queueLimit),
-		client.WithTracerProvider(g.cfg.TracerProvider))
+		client.WithTracerProvider(g.cfg.TracerProvider), client.WithSender(wire.RoleIngress))
 	if g.cfg.TracerProvider != nil {
 		g.tracer = g.cfg.TracerProvider.Tracer(tracerName)
 	}
@@ -426,11 +426,12 @@ func (g *Ingress) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// watchRoutes starts the watches that keep the route table equal to the
-// deployments and graphs in KV.
+// watchRoutes starts the watch that keeps the route table equal to the
+// routes bucket (the deployments' routes and limits, and the graphs, as the
+// controller publishes them for callers).
 func (g *Ingress) watchRoutes(js jetstream.JetStream) []*kvwatch.Watcher {
 	var mu sync.Mutex // guards specs, graphs
-	specs := map[string]client.DeploymentSpec{}
+	specs := map[string]wire.RouteRecord{}
 	graphs := map[string]*client.GraphSpec{}
 	publish := func() {
 		mu.Lock()
@@ -438,8 +439,8 @@ func (g *Ingress) watchRoutes(js jetstream.JetStream) []*kvwatch.Watcher {
 		routes := map[string]string{}
 		limits := map[string]int{}
 		for name, s := range specs {
-			if p, on := s.Route(); on {
-				routes[p] = name
+			if s.Route != "" {
+				routes[s.Route] = name
 			}
 			if s.MaxQueuedRequests != 0 {
 				limits[name] = s.MaxQueuedRequests
@@ -453,25 +454,25 @@ func (g *Ingress) watchRoutes(js jetstream.JetStream) []*kvwatch.Watcher {
 		g.storeTable(newTable(routes, gs...))
 	}
 	return []*kvwatch.Watcher{
-		g.watchBucket(js, wire.BucketGraphs, func() { mu.Lock(); clear(graphs); mu.Unlock() }, func(key string, val []byte) {
+		g.watchBucket(js, wire.BucketRoutes, func() { mu.Lock(); clear(graphs); clear(specs); mu.Unlock() }, func(key string, val []byte) {
 			mu.Lock()
-			var spec client.GraphSpec
-			if val != nil && json.Unmarshal(val, &spec) == nil {
-				graphs[key] = &spec
-			} else {
-				delete(graphs, key)
+			defer mu.Unlock()
+			if name, ok := strings.CutPrefix(key, wire.RouteGraphPrefix); ok {
+				var spec client.GraphSpec
+				if val != nil && json.Unmarshal(val, &spec) == nil {
+					graphs[name] = &spec
+				} else {
+					delete(graphs, name)
+				}
+				return
 			}
-			mu.Unlock()
-		}, publish),
-		g.watchBucket(js, wire.BucketDeployments, func() { mu.Lock(); clear(specs); mu.Unlock() }, func(key string, val []byte) {
-			mu.Lock()
-			var spec client.DeploymentSpec
-			if val != nil && json.Unmarshal(val, &spec) == nil {
-				specs[key] = spec
+			name, _ := strings.CutPrefix(key, wire.RouteDeploymentPrefix)
+			var r wire.RouteRecord
+			if val != nil && json.Unmarshal(val, &r) == nil {
+				specs[name] = r
 			} else {
-				delete(specs, key)
+				delete(specs, name)
 			}
-			mu.Unlock()
 		}, publish),
 	}
 }

@@ -32,7 +32,7 @@ func metricsStack(t *testing.T) (g *Ingress, scrape func() metrics.Families, url
 	var reg worker.Registry
 	hello.Register(&reg)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	r, err := worker.NewReplica(&reg, worker.ReplicaSpec{Deployment: "hello", Class: "Hello", Replica: "r1", NATSURL: br.ClientURL(), MaxOngoingRequests: 10, InitArgs: json.RawMessage(`[]`)}, quiet)
+	r, err := worker.NewReplica(&reg, worker.ReplicaSpec{Deployment: "hello", Class: "Hello", Replica: "r1", NATSURL: br.ClientURL(), MaxOngoingRequests: 10, InitArgs: json.RawMessage(`[]`), Creds: testutil.ReplicaCreds(t, br.ClientURL(), "hello")}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func metricsStack(t *testing.T) (g *Ingress, scrape func() metrics.Families, url
 	go func() { _ = r.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	pr := prometheus.NewRegistry()
-	g, err = New(Config{Addr: "127.0.0.1:0", NATSURL: br.ClientURL(), Logger: quiet, Metrics: pr})
+	g, err = New(Config{Addr: "127.0.0.1:0", NATSURL: br.ClientURL(), NATSOptions: testutil.CredsOptions(t, br.ClientURL(), "ingress"), Logger: quiet, Metrics: pr})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -190,6 +190,9 @@ func (a *Agent) Name() string { return a.cfg.Name }
 // Run registers the node and serves assignments until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	nc, err := nats.Connect(a.cfg.NATSURL, natsconn.Options("natserve node agent "+a.cfg.Name, a.cfg.NATSOptions...)...)
+	if errors.Is(err, nats.ErrAuthorization) {
+		return fmt.Errorf("node agent %s: %s: %w: pass this node's credentials with -creds FILE (natserve auth init -nodes %s writes them)", a.cfg.Name, a.cfg.NATSURL, client.ErrNoCreds, a.cfg.Name)
+	}
 	if err != nil {
 		return fmt.Errorf("node agent %s: connecting to %s: %w", a.cfg.Name, a.cfg.NATSURL, err)
 	}
@@ -209,7 +212,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if a.kv, err = store.OpenRetry(ctx, js, store.Config{Replicas: a.cfg.KVReplicas}, a.log); err != nil {
+	// The controller creates the buckets; the agent's identity may only
+	// open its three.
+	if a.kv, err = store.OpenRetry(ctx, js, store.Config{Replicas: a.cfg.KVReplicas, OpenOnly: true,
+		Only: []string{wire.BucketNodes, wire.BucketAssignments, wire.BucketReplicas}}, a.log); err != nil {
 		return fmt.Errorf("node agent %s: %w", a.cfg.Name, err)
 	}
 	if a.cfg.KillReplicasWithAgent {
@@ -332,7 +338,7 @@ func (a *Agent) startReplica(ctx context.Context, asg store.Assignment) {
 	}
 	// A replica that already ran to its end must not start again.
 	var st store.ReplicaState
-	if _, err := store.Get(ctx, a.kv.Replicas, asg.Replica, &st); err == nil && (st.State == client.ReplicaStopped || st.State == client.ReplicaFailed) {
+	if _, err := store.Get(ctx, a.kv.Replicas, wire.ReplicaKey(a.cfg.Name, asg.Replica), &st); err == nil && (st.State == client.ReplicaStopped || st.State == client.ReplicaFailed) {
 		return
 	}
 	if len(a.running) >= a.cfg.MaxReplicas {
@@ -418,7 +424,7 @@ func (a *Agent) spawner(ctx context.Context) {
 // adopt takes over replicas a previous agent of this node started and that
 // still answer: their processes keep running, unchanged.
 func (a *Agent) adopt(ctx context.Context) {
-	keys, err := a.kv.Replicas.ListKeys(ctx)
+	keys, err := a.kv.Replicas.ListKeysFiltered(ctx, wire.ReplicaKey(a.cfg.Name, "*"))
 	if err != nil {
 		return
 	}
@@ -432,8 +438,8 @@ func (a *Agent) adopt(ctx context.Context) {
 		if _, err := store.Get(ctx, a.kv.Assignments, wire.AssignmentKey(a.cfg.Name, st.Replica), &asg); err != nil {
 			continue
 		}
-		if st.PID > 0 && syscall.Kill(st.PID, 0) == nil && a.ping(st.Replica, time.Second) == nil {
-			if err := a.tellAdopted(st.Replica); err != nil { // it exits after its orphan timeout; we watch that
+		if st.PID > 0 && syscall.Kill(st.PID, 0) == nil && a.ping(st.Deployment, st.Replica, time.Second) == nil {
+			if err := a.tellAdopted(st.Deployment, st.Replica); err != nil { // it exits after its orphan timeout; we watch that
 				a.log.Warn("replica did not take the adoption", "replica", st.Replica, "err", err)
 			}
 			p := &proc{a: a, asg: asg, pid: st.PID, adopted: true, done: make(chan struct{})}
@@ -457,9 +463,9 @@ func (a *Agent) adopt(ctx context.Context) {
 }
 
 // tellAdopted tells a replica that this agent now answers for it.
-func (a *Agent) tellAdopted(replica string) error {
+func (a *Agent) tellAdopted(deployment, replica string) error {
 	b, _ := json.Marshal(adoption{Node: a.cfg.Name, PID: os.Getpid()})
-	m, err := a.nc.Request(wire.ReplicaSubject(replica, wire.VerbAdopt), b, time.Second)
+	m, err := a.nc.Request(wire.ReplicaSubject(deployment, replica, wire.VerbAdopt), b, time.Second)
 	if err != nil {
 		return err
 	}
@@ -469,8 +475,8 @@ func (a *Agent) tellAdopted(replica string) error {
 	return nil
 }
 
-func (a *Agent) ping(replica string, timeout time.Duration) error {
-	_, err := a.nc.Request(wire.ReplicaSubject(replica, wire.VerbPing), nil, timeout)
+func (a *Agent) ping(deployment, replica string, timeout time.Duration) error {
+	_, err := a.nc.Request(wire.ReplicaSubject(deployment, replica, wire.VerbPing), nil, timeout)
 	return err
 }
 
@@ -501,7 +507,7 @@ func (p *proc) state(s string, pid, exit int, msg string, started time.Time) {
 	}
 	for i := 0; i < 3; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := store.Put(ctx, p.a.kv.Replicas, p.asg.Replica, st)
+		_, err := store.Put(ctx, p.a.kv.Replicas, wire.ReplicaKey(p.asg.Node, p.asg.Replica), st)
 		cancel()
 		if err == nil {
 			return
@@ -519,18 +525,25 @@ func (p *proc) run(ctx context.Context) {
 	spec := ReplicaSpec{
 		Deployment: p.asg.Deployment, Class: p.asg.Class, Replica: p.asg.Replica, Version: p.asg.Version, Node: p.asg.Node,
 		InitArgs: p.asg.InitArgs, UserConfig: p.asg.UserConfig, Batching: p.asg.Batching, MaxOngoingRequests: p.asg.MaxOngoingRequests,
-		GracefulShutdownTimeoutS: p.asg.GracefulShutdownTimeoutS, NATSURL: p.a.cfg.NATSURL, Metrics: p.a.cfg.Metrics != nil, OTLPEndpoint: p.a.cfg.OTLPEndpoint,
+		GracefulShutdownTimeoutS: p.asg.GracefulShutdownTimeoutS, NATSURL: p.a.cfg.NATSURL, Metrics: p.a.cfg.Metrics != nil, OTLPEndpoint: p.a.cfg.OTLPEndpoint, Creds: p.asg.Creds,
 		NATSCAFile: p.a.cfg.TLSCAFile, NATSCertFile: p.a.cfg.TLSCertFile, NATSKeyFile: p.a.cfg.TLSKeyFile,
 		AgentPID: os.Getpid(), OrphanTimeoutS: p.a.cfg.OrphanTimeout.Seconds(),
 	}
 	specJSON, _ := json.Marshal(spec)
 	tail := &tailWriter{max: 8 << 10}
 	out := io.MultiWriter(tail, &prefixWriter{w: p.a.cfg.ReplicaOutput, prefix: "[" + p.asg.Deployment + " " + p.asg.Replica + "] "})
-	cmd := exec.Command(p.a.cfg.Program, "replica")
-	cmd.Env = append(os.Environ(), SpecEnv+"="+string(specJSON))
-	if p.a.cfg.ReplicaLogLevel != "" {
-		cmd.Env = append(cmd.Env, LogLevelEnv+"="+p.a.cfg.ReplicaLogLevel)
+	// A private working directory (0700), also its TMPDIR.
+	dir, err := os.MkdirTemp("", "natserve-replica-"+p.asg.Replica+"-")
+	if err != nil {
+		p.state(client.ReplicaFailed, 0, -1, "creating its working directory: "+err.Error(), time.Now())
+		return
 	}
+	defer os.RemoveAll(dir)
+	cmd := exec.Command(p.a.cfg.Program, "replica")
+	cmd.Dir = dir
+	cmd.Env = replicaEnv(dir, p.a.cfg.ReplicaLogLevel)
+	// The spec (with the credentials) travels on an inherited pipe.
+	cmd.Stdin = bytes.NewReader(specJSON)
 	cmd.Stdout, cmd.Stderr = out, out
 	if p.a.cfg.KillReplicasWithAgent {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -577,7 +590,7 @@ wait:
 			p.exit(waitErr, tail, started)
 			return
 		case <-ready.C:
-			if p.a.ping(p.asg.Replica, 250*time.Millisecond) == nil {
+			if p.a.ping(p.asg.Deployment, p.asg.Replica, 250*time.Millisecond) == nil {
 				break wait
 			}
 		case <-readyBy:
@@ -733,4 +746,22 @@ func (pw *prefixWriter) Write(p []byte) (int, error) {
 	}
 	_, err := pw.w.Write(out)
 	return len(p), err
+}
+
+// replicaEnvKeep are the variables a replica inherits from its agent:
+// nothing else (no credentials, no tokens of the agent's environment).
+var replicaEnvKeep = []string{"PATH", "HOME", "LANG", "TZ", "GORACE", "GOCOVERDIR", "NATSERVE_REPLICA_PPROF"}
+
+// replicaEnv is the minimal, explicit environment of a replica process.
+func replicaEnv(dir, level string) []string {
+	env := []string{"TMPDIR=" + dir}
+	for _, k := range replicaEnvKeep {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	if level != "" {
+		env = append(env, LogLevelEnv+"="+level)
+	}
+	return env
 }

@@ -25,7 +25,7 @@ func TestAgentStopsItsGoroutines(t *testing.T) {
 	var reg worker.Registry
 	reg.Class("Probe", func(tag string) *healthy { return &healthy{} })
 	a, err := worker.NewAgent(worker.AgentConfig{
-		Name: "leak", NATSURL: b.ClientURL(), Registry: &reg, Program: bin, StopReplicasOnExit: true,
+		Name: "leak", NATSURL: b.ClientURL(), NATSOptions: testutil.CredsOptions(t, b.ClientURL(), "node-leak"), Registry: &reg, Program: bin, StopReplicasOnExit: true,
 		HeartbeatInterval: 100 * time.Millisecond, Logger: quiet, ReplicaOutput: testWriter{t},
 	})
 	if err != nil {
@@ -41,18 +41,20 @@ func TestAgentStopsItsGoroutines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var kv jetstream.KeyValue
-	testutil.Eventually(t, 20*time.Second, func() error {
-		kv, err = js.KeyValue(context.Background(), wire.BucketAssignments)
-		return err
-	})
+	// The controller creates the buckets; here the test does.
+	bk, err := store.Open(context.Background(), js, store.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := bk.Assignments
 	asg := store.Assignment{Replica: "rleak", Node: "leak", Deployment: "leaky", Class: "Probe", InitArgs: []byte(`["l"]`),
-		MaxOngoingRequests: 5, GracefulShutdownTimeoutS: 5, Desired: store.DesiredRun, Created: time.Now()}
+		MaxOngoingRequests: 5, GracefulShutdownTimeoutS: 5, Desired: store.DesiredRun, Created: time.Now(),
+		Creds: testutil.ReplicaCreds(t, b.ClientURL(), "leaky")}
 	if _, err := store.Update(context.Background(), kv, asg.Key(), asg, 0); err != nil {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 30*time.Second, func() error {
-		_, err := nc.Request(wire.ReplicaSubject("rleak", wire.VerbPing), nil, 200*time.Millisecond)
+		_, err := nc.Request(wire.ReplicaSubject("leaky", "rleak", wire.VerbPing), nil, 200*time.Millisecond)
 		return err
 	})
 	if _, err := client.Call[int](context.Background(), cl.Handle("leaky").Method("PID")); err != nil {
@@ -67,7 +69,7 @@ func TestAgentStopsItsGoroutines(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("agent did not stop")
 	}
-	if _, err := nc.Request(wire.ReplicaSubject("rleak", wire.VerbPing), nil, 200*time.Millisecond); err == nil {
+	if _, err := nc.Request(wire.ReplicaSubject("leaky", "rleak", wire.VerbPing), nil, 200*time.Millisecond); err == nil {
 		t.Error("the replica still answers after its agent stopped with StopReplicasOnExit")
 	} else if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrTimeout) {
 		t.Error(err)

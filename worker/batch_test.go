@@ -106,7 +106,8 @@ func (c *muxClass) Which(ctx context.Context) string {
 func inproc(t *testing.T, reg *worker.Registry, url, dep, class string, maxOngoing int, batching map[string]client.BatchConfig) string {
 	t.Helper()
 	id := fmt.Sprintf("r%s%d", dep, time.Now().UnixNano()%1e9)
-	r, err := worker.NewReplica(reg, worker.ReplicaSpec{Deployment: dep, Class: class, Replica: id, NATSURL: url, MaxOngoingRequests: maxOngoing, Batching: batching, Metrics: true}, quiet)
+	r, err := worker.NewReplica(reg, worker.ReplicaSpec{Deployment: dep, Class: class, Replica: id, NATSURL: url, MaxOngoingRequests: maxOngoing, Batching: batching, Metrics: true,
+		Creds: testutil.ReplicaCreds(t, url, dep)}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +131,7 @@ func inproc(t *testing.T, reg *worker.Registry, url, dep, class string, maxOngoi
 			t.Fatalf("replica exited: %v", err)
 		default:
 		}
-		_, err := nc.Request(wire.ReplicaSubject(id, wire.VerbPing), nil, 200*time.Millisecond)
+		_, err := nc.Request(wire.ReplicaSubject(dep, id, wire.VerbPing), nil, 200*time.Millisecond)
 		return err
 	})
 	return id
@@ -223,7 +224,7 @@ func TestBatchParametersChangeInPlace(t *testing.T) {
 		t.Errorf("with max_batch_size 4 from the spec: batch sizes %v, want two batches of 4", got)
 	}
 	status := func() worker.ReplicaStatus {
-		m, err := nc.Request(wire.ReplicaSubject(id, wire.VerbPing), nil, 2*time.Second)
+		m, err := nc.Request(wire.ReplicaSubject("batch", id, wire.VerbPing), nil, 2*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -233,7 +234,7 @@ func TestBatchParametersChangeInPlace(t *testing.T) {
 	}
 	reconfigure := func(batching, userConfig string) {
 		t.Helper()
-		msg := nats.NewMsg(wire.ReplicaSubject(id, wire.VerbReconfigure))
+		msg := nats.NewMsg(wire.ReplicaSubject("batch", id, wire.VerbReconfigure))
 		msg.Header.Set(wire.HeaderBatching, batching)
 		msg.Data = []byte(userConfig)
 		m, err := nc.RequestMsg(msg, 5*time.Second)
@@ -260,7 +261,7 @@ func TestBatchParametersChangeInPlace(t *testing.T) {
 		t.Errorf("batch size histogram %+v: want the batches above", h)
 	}
 	// The Prometheus metrics say the same.
-	f := scrapeReplica(t, nc, id)
+	f := scrapeReplica(t, nc, "batch", id)
 	if n, ok := f.Value("natserve_replica_batch_size", map[string]string{"method": "Echo", "deployment": "batch"}); !ok || n != float64(st.Batching["Echo"].Size.Count) {
 		t.Errorf("natserve_replica_batch_size count %v (found %v), want %d", n, ok, st.Batching["Echo"].Size.Count)
 	}
@@ -268,7 +269,7 @@ func TestBatchParametersChangeInPlace(t *testing.T) {
 		t.Errorf("natserve_replica_batch_wait_seconds count %v (found %v), want the 24 calls", n, ok)
 	}
 	// A bad block is refused with a one-line error, and nothing changes.
-	msg := nats.NewMsg(wire.ReplicaSubject(id, wire.VerbReconfigure))
+	msg := nats.NewMsg(wire.ReplicaSubject("batch", id, wire.VerbReconfigure))
 	msg.Header.Set(wire.HeaderBatching, `{"Nope":{"max_batch_size":2}}`)
 	m, err := nc.RequestMsg(msg, 5*time.Second)
 	if err != nil || m.Header.Get(wire.HeaderCode) == "" {
@@ -416,14 +417,14 @@ func TestMultiplexRouting(t *testing.T) {
 	}
 	loadsMetric := 0.0
 	for _, id := range []string{r1, r2} {
-		n, _ := scrapeReplica(t, nc, id).Value("natserve_replica_multiplexed_model_loads_total", nil)
+		n, _ := scrapeReplica(t, nc, "mux", id).Value("natserve_replica_multiplexed_model_loads_total", nil)
 		loadsMetric += n
 	}
 	if loadsMetric != 5 {
 		t.Errorf("natserve_replica_multiplexed_model_loads_total sums to %v over the replicas, want 5", loadsMetric)
 	}
 	for _, id := range []string{r1, r2} {
-		m, err := nc.Request(wire.ReplicaSubject(id, wire.VerbPing), nil, 2*time.Second)
+		m, err := nc.Request(wire.ReplicaSubject("mux", id, wire.VerbPing), nil, 2*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -438,9 +439,9 @@ func TestMultiplexRouting(t *testing.T) {
 }
 
 // scrapeReplica asks a replica for its metrics as its node agent does.
-func scrapeReplica(t *testing.T, nc *nats.Conn, id string) metrics.Families {
+func scrapeReplica(t *testing.T, nc *nats.Conn, deployment, id string) metrics.Families {
 	t.Helper()
-	m, err := nc.Request(wire.ReplicaSubject(id, wire.VerbMetrics), nil, 2*time.Second)
+	m, err := nc.Request(wire.ReplicaSubject(deployment, id, wire.VerbMetrics), nil, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +492,7 @@ func TestMultiplexChurn(t *testing.T) {
 	}
 	wg.Wait()
 	for _, id := range []string{r1, r2} {
-		m, err := nc.Request(wire.ReplicaSubject(id, wire.VerbPing), nil, 2*time.Second)
+		m, err := nc.Request(wire.ReplicaSubject("churn", id, wire.VerbPing), nil, 2*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

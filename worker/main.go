@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/natsconn"
@@ -35,7 +36,7 @@ const (
 // Main runs the program as natserve's worker side and exits. With no
 // argument or "agent [-nats URL] [-name NODE]" it is a node agent; with
 // "replica" (how the agent re-executes it) it serves one replica described
-// by $NATSERVE_REPLICA_SPEC; with "classes" it lists the registered classes.
+// by the ReplicaSpec on its standard input; with "classes" it lists the registered classes.
 // SIGINT and SIGTERM stop it gracefully.
 func Main(reg *Registry) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -63,7 +64,7 @@ func Run(ctx context.Context, reg *Registry, args []string, stdout, stderr io.Wr
 	case "agent":
 		return runAgent(ctx, reg, args, stderr)
 	case "replica":
-		return RunReplicaFromEnv(ctx, reg, stderr)
+		return RunReplicaProcess(ctx, reg, os.Stdin, stderr)
 	case "classes":
 		for _, c := range reg.Classes() {
 			fmt.Fprintln(stdout, c)
@@ -79,7 +80,8 @@ func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Write
 	fs.SetOutput(stderr)
 	url := fs.String("nats", envOr("NATSERVE_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated ($NATSERVE_URL)")
 	name := fs.String("name", os.Getenv("NATSERVE_NODE"), "node name ($NATSERVE_NODE; default: the host name)")
-	kvReplicas := fs.Int("kv-replicas", 1, "replication of the control-plane buckets if the agent creates them")
+	kvReplicas := fs.Int("kv-replicas", 1, "unused: the controller creates the buckets")
+	creds := fs.String("creds", "", "this node's NATS credentials file (default: $NATSERVE_CREDS, then the admin credentials of natserve up in ./"+client.DefaultCredsPath+")")
 	drain := fs.Bool("stop-replicas-on-exit", false, "on SIGTERM, drain and stop the replicas (in a container); otherwise they keep serving and a restarted agent adopts them")
 	maxReplicas := fs.Int("max-replicas-per-node", 0, "cap on this node's replica processes (0: what its memory holds, memory / 20 MB)")
 	spawnRate := fs.Float64("spawn-rate", DefaultSpawnRate, "replica starts per second on this node")
@@ -102,8 +104,15 @@ func runAgent(ctx context.Context, reg *Registry, args []string, stderr io.Write
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var nopts []nats.Option
+	if p := client.FindCreds(*creds); p != "" {
+		var err error
+		if nopts, err = client.CredsOptions(p); err != nil {
+			return err
+		}
+	}
 	cfg := AgentConfig{
-		Name: *name, NATSURL: *url, NATSOptions: files.Options(), Registry: reg, KVReplicas: *kvReplicas, StopReplicasOnExit: *drain, Logger: log, ReplicaOutput: stderr,
+		Name: *name, NATSURL: *url, NATSOptions: append(files.Options(), nopts...), Registry: reg, KVReplicas: *kvReplicas, StopReplicasOnExit: *drain, Logger: log, ReplicaOutput: stderr,
 		MaxReplicas: *maxReplicas, SpawnRate: *spawnRate, OrphanTimeout: *orphan, OTLPEndpoint: *otlp,
 		TLSCAFile: files.CAFile, TLSCertFile: files.CertFile, TLSKeyFile: files.KeyFile,
 	}
@@ -150,16 +159,24 @@ func envOr(key, def string) string {
 // LogLevelEnv sets a replica's log level (debug, info, warn, error).
 const LogLevelEnv = "NATSERVE_LOG_LEVEL"
 
-// RunReplicaFromEnv serves the replica described by $NATSERVE_REPLICA_SPEC
-// until ctx ends, logging to logw.
-func RunReplicaFromEnv(ctx context.Context, reg *Registry, logw io.Writer) error {
-	raw := os.Getenv(SpecEnv)
-	if raw == "" {
-		return fmt.Errorf("%w: $%s is not set (replicas are started by the node agent)", ErrSpec, SpecEnv)
+// RunReplicaProcess serves the replica described by the ReplicaSpec (JSON)
+// read from spec until ctx ends, logging to logw. In this process, the
+// client finds no default credentials: a replica has its own identity.
+func RunReplicaProcess(ctx context.Context, reg *Registry, in io.Reader, logw io.Writer) error {
+	client.DisableDefaultCreds()
+	raw, err := io.ReadAll(io.LimitReader(in, MaxSpecBytes+1))
+	if err != nil {
+		return fmt.Errorf("%w: reading the spec from standard input: %v", ErrSpec, err)
+	}
+	if len(raw) == 0 {
+		return fmt.Errorf("%w: no spec on standard input (replicas are started by the node agent)", ErrSpec)
+	}
+	if len(raw) > MaxSpecBytes {
+		return fmt.Errorf("%w: spec on standard input is over %d bytes", ErrSpec, MaxSpecBytes)
 	}
 	var spec ReplicaSpec
-	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
-		return fmt.Errorf("%w: $%s: %v", ErrSpec, SpecEnv, err)
+	if err := json.Unmarshal(raw, &spec); err != nil {
+		return fmt.Errorf("%w: spec on standard input: %v", ErrSpec, err)
 	}
 	level := slog.LevelInfo
 	if v := os.Getenv(LogLevelEnv); v != "" {

@@ -95,14 +95,15 @@ func TestReplicaCutOffFromNATSExits(t *testing.T) {
 	b := testutil.Broker(t)
 	bin := testutil.Build(t, "./internal/testprog")
 	nc := testutil.Conn(t, b.ClientURL())
-	spec := worker.ReplicaSpec{Deployment: "cut", Class: "Probe", Replica: "rcut1", NATSURL: b.ClientURL(), InitArgs: []byte(`["c"]`), OrphanTimeoutS: orphanTimeout.Seconds()}
+	spec := worker.ReplicaSpec{Deployment: "cut", Class: "Probe", Replica: "rcut1", NATSURL: b.ClientURL(), InitArgs: []byte(`["c"]`), OrphanTimeoutS: orphanTimeout.Seconds(),
+		Creds: testutil.ReplicaCreds(t, b.ClientURL(), "cut")}
 	raw, _ := json.Marshal(spec)
-	p := testutil.Start(t, []string{worker.SpecEnv + "=" + string(raw)}, bin, "replica")
+	p := testutil.StartWith(t, "", raw, nil, bin, "replica")
 	testutil.Eventually(t, 20*time.Second, func() error {
 		if p.Exited() {
 			t.Fatalf("replica exited early:\n%s", p.Output())
 		}
-		_, err := nc.Request(wire.ReplicaSubject(spec.Replica, wire.VerbPing), nil, 200*time.Millisecond)
+		_, err := nc.Request(wire.ReplicaSubject("cut", spec.Replica, wire.VerbPing), nil, 200*time.Millisecond)
 		return err
 	})
 	cut := time.Now()

@@ -329,11 +329,11 @@ func (a *Agent) ReplicaGatherer() prometheus.Gatherer {
 func (a *Agent) gatherReplicas() ([]*dto.MetricFamily, error) {
 	a.mu.Lock()
 	nc := a.nc
-	var ids []string
+	var ids [][2]string // deployment, replica
 	for id, p := range a.running {
 		p.mu.Lock()
 		if p.ready || p.adopted {
-			ids = append(ids, id)
+			ids = append(ids, [2]string{p.asg.Deployment, id})
 		}
 		p.mu.Unlock()
 	}
@@ -353,7 +353,7 @@ func (a *Agent) gatherReplicas() ([]*dto.MetricFamily, error) {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			got, err := fetchReplicaMetrics(nc, id)
+			got, err := fetchReplicaMetrics(nc, id[0], id[1])
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -370,8 +370,8 @@ func (a *Agent) gatherReplicas() ([]*dto.MetricFamily, error) {
 	return fams, errors.Join(errs...)
 }
 
-func fetchReplicaMetrics(nc *nats.Conn, replica string) ([]*dto.MetricFamily, error) {
-	m, err := nc.Request(wire.ReplicaSubject(replica, wire.VerbMetrics), nil, 2*time.Second)
+func fetchReplicaMetrics(nc *nats.Conn, deployment, replica string) ([]*dto.MetricFamily, error) {
+	m, err := nc.Request(wire.ReplicaSubject(deployment, replica, wire.VerbMetrics), nil, 2*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("replica %s: metrics: %w", replica, err)
 	}

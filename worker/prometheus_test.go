@@ -28,9 +28,9 @@ import (
 )
 
 // replicaMetrics asks a replica for its metrics as its node agent does.
-func replicaMetrics(t *testing.T, s *stack, id string) map[string]*dto.MetricFamily {
+func replicaMetrics(t *testing.T, s *stack, deployment, id string) map[string]*dto.MetricFamily {
 	t.Helper()
-	m, err := s.cl.Conn().Request(wire.ReplicaSubject(id, wire.VerbMetrics), nil, 2*time.Second)
+	m, err := s.cl.Conn().Request(wire.ReplicaSubject(deployment, id, wire.VerbMetrics), nil, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func TestReplicaMetricsAndServiceStats(t *testing.T) {
 	if _, err := client.Call[string](ctx, h.Method("Relay"), "metered", 1, 1); err != nil {
 		t.Fatal(err)
 	}
-	f := metrics.Families(replicaMetrics(t, s, r.id))
+	f := metrics.Families(replicaMetrics(t, s, "metered", r.id))
 	lbl := map[string]string{"deployment": "metered", "replica": r.id}
 	with := func(kv ...string) map[string]string {
 		m := map[string]string{}
@@ -159,7 +159,7 @@ func TestAgentExportsItsReplicas(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var wreg worker.Registry
-	a, err := worker.NewAgent(worker.AgentConfig{Name: "n1", NATSURL: s.url, Registry: &wreg, Program: s.bin, Metrics: reg, Logger: quiet, ReplicaOutput: io.Discard, StopReplicasOnExit: true})
+	a, err := worker.NewAgent(worker.AgentConfig{Name: "n1", NATSURL: s.url, NATSOptions: testutil.CredsOptions(t, s.url, "node-n1"), Registry: &wreg, Program: s.bin, Metrics: reg, Logger: quiet, ReplicaOutput: io.Discard, StopReplicasOnExit: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,8 @@ func TestAgentExportsItsReplicas(t *testing.T) {
 
 	kv := s.buckets(t)
 	assign := func(id, class string, desired string) {
-		a := store.Assignment{Replica: id, Node: "n1", Deployment: "dep-" + class, Class: class, InitArgs: json.RawMessage(`[]`), Desired: desired, MaxOngoingRequests: 2, GracefulShutdownTimeoutS: 5}
+		a := store.Assignment{Replica: id, Node: "n1", Deployment: "dep-" + class, Class: class, InitArgs: json.RawMessage(`[]`), Desired: desired, MaxOngoingRequests: 2, GracefulShutdownTimeoutS: 5,
+			Creds: testutil.ReplicaCreds(t, s.url, "dep-"+class)}
 		if _, err := store.Put(context.Background(), kv.Assignments, a.Key(), a); err != nil {
 			t.Fatal(err)
 		}
@@ -239,13 +240,14 @@ func (s *stack) replicaWith(t *testing.T, spec worker.ReplicaSpec) *replicaProc 
 	t.Helper()
 	spec.Replica = "r" + strings.ToLower(nuid.Next()[:12])
 	spec.NATSURL, spec.GracefulShutdownTimeoutS = s.url, 10
+	spec.Creds = testutil.ReplicaCreds(t, s.url, spec.Deployment)
 	b, _ := json.Marshal(spec)
-	p := testutil.Start(t, []string{worker.SpecEnv + "=" + string(b)}, s.bin, "replica")
+	p := testutil.StartWith(t, "", b, nil, s.bin, "replica")
 	testutil.Eventually(t, 20*time.Second, func() error {
 		if p.Exited() {
 			t.Fatalf("replica exited early:\n%s", p.Output())
 		}
-		_, err := s.cl.Conn().Request(wire.ReplicaSubject(spec.Replica, wire.VerbPing), nil, 200*time.Millisecond)
+		_, err := s.cl.Conn().Request(wire.ReplicaSubject(spec.Deployment, spec.Replica, wire.VerbPing), nil, 200*time.Millisecond)
 		return err
 	})
 	return &replicaProc{Proc: p, id: spec.Replica}

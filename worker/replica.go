@@ -108,14 +108,25 @@ func (r *Replica) Stop() {
 // called, then drains: it leaves the queue group, lets in-flight calls
 // finish for up to graceful_shutdown_timeout_s, and returns.
 func (r *Replica) Run(ctx context.Context) error {
-	nc, err := nats.Connect(r.spec.NATSURL, append([]nats.Option{
+	opts := append([]nats.Option{
 		nats.Name("replica " + r.spec.Replica + " of " + r.spec.Deployment),
 		// Reconnect for ever: the orphan timeout bounds a replica cut off from NATS.
 		nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
 		nats.DisconnectErrHandler(func(*nats.Conn, error) { r.disconnected.CompareAndSwap(0, time.Now().UnixNano()) }),
 		nats.ReconnectHandler(func(*nats.Conn) { r.disconnected.Store(0) }),
 		nats.ClosedHandler(func(*nats.Conn) { r.Stop() }),
-	}, r.spec.tls().Options()...)...)
+	}, r.spec.tls().Options()...)
+	if r.spec.Creds != "" {
+		jwt, seed, err := parseCreds(r.spec.Creds)
+		if err != nil {
+			return fmt.Errorf("%w: creds: %v", ErrSpec, err)
+		}
+		opts = append(opts, nats.UserJWTAndSeed(jwt, seed))
+		if p := wire.CredsInboxPrefix([]byte(r.spec.Creds)); p != "" {
+			opts = append(opts, nats.CustomInboxPrefix(p))
+		}
+	}
+	nc, err := nats.Connect(r.spec.NATSURL, opts...)
 	if err != nil {
 		return fmt.Errorf("replica %s: connecting to %s: %w", r.spec.Replica, r.spec.NATSURL, err)
 	}
@@ -125,7 +136,7 @@ func (r *Replica) Run(ctx context.Context) error {
 		return fmt.Errorf("replica %s: %w", r.spec.Replica, err)
 	}
 	defer r.stopTracing()
-	var copts []client.Option
+	copts := []client.Option{client.WithSender(wire.QueueSender(r.spec.Deployment))}
 	if r.tracer != nil {
 		copts = append(copts, client.WithTracerProvider(r.traces.TracerProvider()))
 	}
@@ -180,7 +191,7 @@ func (r *Replica) Run(ctx context.Context) error {
 	}
 
 	r.mu.Lock()
-	r.ctlSub, err = nc.Subscribe(wire.ReplicaSubject(r.spec.Replica, "*"), r.onControl)
+	r.ctlSub, err = nc.Subscribe(wire.ReplicaSubject(r.spec.Deployment, r.spec.Replica, "*"), r.onControl)
 	if err == nil {
 		r.sub, err = nc.ChanQueueSubscribe(wire.DeploymentSubject(r.spec.Deployment), wire.QueueGroup(r.spec.Deployment), r.inbox)
 	}
@@ -277,7 +288,7 @@ func (r *Replica) reportLoad(done <-chan struct{}) {
 
 func (r *Replica) publishLoad(ongoing float64, window time.Duration) {
 	b, _ := json.Marshal(wire.LoadReport{Replica: r.spec.Replica, Deployment: r.spec.Deployment, Ongoing: ongoing, WindowMS: window.Milliseconds()})
-	_ = r.nc.Publish(wire.EventSubject(wire.EventLoad), b)
+	_ = r.nc.Publish(wire.EventSubject(wire.EventLoad, r.spec.Deployment), b)
 }
 
 func (r *Replica) drain() error {
@@ -687,7 +698,7 @@ func httpReply(v any) *wire.HTTPReply {
 // onControl answers ping (status and the class's CheckHealth), reconfigure
 // (user_config, in place) and stop.
 func (r *Replica) onControl(m *nats.Msg) {
-	verb := m.Subject[len(wire.ReplicaSubject(r.spec.Replica, "")):]
+	verb := m.Subject[len(wire.ReplicaSubject(r.spec.Deployment, r.spec.Replica, "")):]
 	switch verb {
 	case wire.VerbPing:
 		r.ping(m)

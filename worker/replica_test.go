@@ -50,14 +50,15 @@ func (s *stack) replica(t *testing.T, deployment, class, initArgs string, maxOng
 	spec := worker.ReplicaSpec{
 		Deployment: deployment, Class: class, Replica: id, NATSURL: s.url,
 		InitArgs: json.RawMessage(initArgs), MaxOngoingRequests: maxOngoing, GracefulShutdownTimeoutS: 10,
+		Creds: testutil.ReplicaCreds(t, s.url, deployment),
 	}
 	b, _ := json.Marshal(spec)
-	p := testutil.Start(t, []string{worker.SpecEnv + "=" + string(b)}, s.bin, "replica")
+	p := testutil.StartWith(t, "", b, nil, s.bin, "replica")
 	testutil.Eventually(t, 20*time.Second, func() error {
 		if p.Exited() {
 			t.Fatalf("replica exited early:\n%s", p.Output())
 		}
-		m, err := s.cl.Conn().Request(wire.ReplicaSubject(id, wire.VerbPing), nil, 200*time.Millisecond)
+		m, err := s.cl.Conn().Request(wire.ReplicaSubject(deployment, id, wire.VerbPing), nil, 200*time.Millisecond)
 		if err != nil {
 			return err
 		}
@@ -359,9 +360,10 @@ func TestHTTPEnvelope(t *testing.T) {
 
 func TestConstructorFailureExits(t *testing.T) {
 	s := newStack(t)
-	spec := worker.ReplicaSpec{Deployment: "broken", Class: "Probe", Replica: "rbroken", NATSURL: s.url, InitArgs: json.RawMessage(`["fail:model file /m.pkl missing"]`)}
+	spec := worker.ReplicaSpec{Deployment: "broken", Class: "Probe", Replica: "rbroken", NATSURL: s.url, InitArgs: json.RawMessage(`["fail:model file /m.pkl missing"]`),
+		Creds: testutil.ReplicaCreds(t, s.url, "broken")}
 	b, _ := json.Marshal(spec)
-	p := testutil.Start(t, []string{worker.SpecEnv + "=" + string(b)}, s.bin, "replica")
+	p := testutil.StartWith(t, "", b, nil, s.bin, "replica")
 	exited, err := p.Wait(20 * time.Second)
 	var ee interface{ ExitCode() int }
 	if !exited || !errors.As(err, &ee) || ee.ExitCode() != worker.ExitConstructor {
@@ -414,7 +416,7 @@ func TestHungHealthCheckDoesNotBlockReconfigure(t *testing.T) {
 	}
 	pings := make(chan result, 2)
 	ping := func() {
-		m, err := nc.RequestMsg(&nats.Msg{Subject: wire.ReplicaSubject(r.id, wire.VerbPing), Header: nats.Header{wire.HeaderTimeout: {wire.FormatTimeout(budget)}}}, 4*budget)
+		m, err := nc.RequestMsg(&nats.Msg{Subject: wire.ReplicaSubject("hung", r.id, wire.VerbPing), Header: nats.Header{wire.HeaderTimeout: {wire.FormatTimeout(budget)}}}, 4*budget)
 		var res result
 		if res.err = err; err == nil {
 			res.err = json.Unmarshal(m.Data, &res.st)
@@ -425,7 +427,7 @@ func TestHungHealthCheckDoesNotBlockReconfigure(t *testing.T) {
 	go ping()
 	start := time.Now()
 	// With the check run inline, this would wait for the whole budget.
-	m, err := nc.Request(wire.ReplicaSubject(r.id, wire.VerbReconfigure), []byte(`{"k":1}`), budget/2)
+	m, err := nc.Request(wire.ReplicaSubject("hung", r.id, wire.VerbReconfigure), []byte(`{"k":1}`), budget/2)
 	if err != nil {
 		t.Fatalf("reconfigure while CheckHealth hangs: %v", err)
 	}
@@ -450,7 +452,7 @@ func TestReplicaStopsItsGoroutines(t *testing.T) {
 	b := testutil.Broker(t)
 	var reg worker.Registry
 	reg.Class("Healthy", func() *healthy { return &healthy{} })
-	r, err := worker.NewReplica(&reg, worker.ReplicaSpec{Deployment: "inproc", Class: "Healthy", Replica: "rinproc", NATSURL: b.ClientURL()}, quiet)
+	r, err := worker.NewReplica(&reg, worker.ReplicaSpec{Deployment: "inproc", Class: "Healthy", Replica: "rinproc", NATSURL: b.ClientURL(), Creds: testutil.ReplicaCreds(t, b.ClientURL(), "inproc")}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -459,7 +461,7 @@ func TestReplicaStopsItsGoroutines(t *testing.T) {
 	nc := testutil.Conn(t, b.ClientURL())
 	cl := client.New(nc)
 	testutil.Eventually(t, 20*time.Second, func() error {
-		_, err := nc.Request(wire.ReplicaSubject("rinproc", wire.VerbPing), nil, 200*time.Millisecond)
+		_, err := nc.Request(wire.ReplicaSubject("inproc", "rinproc", wire.VerbPing), nil, 200*time.Millisecond)
 		return err
 	})
 	if got, err := client.Call[int](context.Background(), cl.Handle("inproc").Method("Twice"), 21); err != nil || got != 42 {

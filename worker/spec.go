@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	natsjwt "github.com/nats-io/jwt/v2"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/tracing"
@@ -12,8 +13,10 @@ import (
 )
 
 // ReplicaSpec is everything one replica process needs to know. The node
-// agent passes it to the re-executed program in the environment variable
-// SpecEnv as JSON.
+// agent passes it to the re-executed program as JSON on its standard input
+// (an inherited pipe): never in argv or the environment, where other
+// processes of the user could read the credentials, and where a large spec
+// would overflow the size limit.
 type ReplicaSpec struct {
 	Deployment string `json:"deployment"`
 	Class      string `json:"class"`
@@ -52,14 +55,17 @@ type ReplicaSpec struct {
 	// OTLPEndpoint is the OTLP/HTTP traces URL the replica exports spans
 	// to; "" turns tracing off. Default: "".
 	OTLPEndpoint string `json:"otlp_endpoint,omitempty"`
+	// Creds are the NATS credentials (the text of a .creds file) of the
+	// deployment's replica identity; empty on a broker without auth.
+	Creds string `json:"creds,omitempty"`
 }
 
 func (s *ReplicaSpec) tls() natsconn.TLS {
 	return natsconn.TLS{CAFile: s.NATSCAFile, CertFile: s.NATSCertFile, KeyFile: s.NATSKeyFile}
 }
 
-// SpecEnv is the environment variable that carries a ReplicaSpec.
-const SpecEnv = "NATSERVE_REPLICA_SPEC"
+// MaxSpecBytes bounds the spec a replica reads from its standard input.
+const MaxSpecBytes = 64 << 20
 
 // Normalize fills defaults (client's, the one place they are defined) and
 // validates s.
@@ -111,3 +117,20 @@ func (s *ReplicaSpec) gracefulTimeout() time.Duration {
 
 // ReplicaStatus is a replica's answer to a ping.
 type ReplicaStatus = wire.ReplicaStatus
+
+// parseCreds returns the user JWT and seed of a creds file's text.
+func parseCreds(creds string) (jwt, seed string, err error) {
+	tok, err := natsjwt.ParseDecoratedJWT([]byte(creds))
+	if err != nil {
+		return "", "", err
+	}
+	kp, err := natsjwt.ParseDecoratedNKey([]byte(creds))
+	if err != nil {
+		return "", "", err
+	}
+	s, err := kp.Seed()
+	if err != nil {
+		return "", "", err
+	}
+	return tok, string(s), nil
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -15,7 +16,9 @@ import (
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/controlplane"
 	"github.com/natserve/natserve/ingress"
+	"github.com/natserve/natserve/internal/auth"
 	"github.com/natserve/natserve/internal/natsconn"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 func envOr(key, def string) string {
@@ -83,6 +86,10 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.BoolVar(&ctls.Verify, "tls-verify", false, "require every client to present a certificate signed by -tls-ca (mutual TLS)")
 	rtls := tlsServerFlags(fs, "cluster-tls-", "the route port's", "CA file (PEM) that signed every member's route certificate (required with route TLS)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	authDir := fs.String("auth", "natserve-data/auth", "directory of the operator, accounts and role credentials (created on first start; every cluster member needs the same)")
+	var nodes listFlag
+	fs.Var(&nodes, "nodes", "node agents to write credentials for, comma-separated")
+	noAuth := fs.Bool("no-auth", false, "INSECURE: accept anonymous clients (for deployments not yet given credentials)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -93,8 +100,14 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	var set *auth.Set
+	if *noAuth {
+		fmt.Fprintf(stderr, "natserve broker: WARNING: -no-auth: anyone who reaches %s:%d may do anything\n", *host, *port)
+	} else if set, err = auth.Open(*authDir, nodes...); err != nil {
+		return err
+	}
 	b, err := broker.New(broker.Config{
-		Name: *name, Host: *host, Port: *port, DataDir: *data, SyncAlways: *sync, Logger: log, Debug: *level == "debug", TLS: *ctls,
+		Name: *name, Host: *host, Port: *port, DataDir: *data, SyncAlways: *sync, Logger: log, Debug: *level == "debug", TLS: *ctls, Auth: set,
 		Cluster: broker.ClusterConfig{Name: *cluster, Host: *clusterHost, Port: *clusterPort, Routes: routes, TLS: *rtls},
 	})
 	if err != nil {
@@ -104,6 +117,9 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintf(stdout, "natserve broker %s listening on %s (data in %s)\n", *name, b.ClientURL(), *data)
+	if set != nil {
+		fmt.Fprintf(stdout, "  creds       %s\n", set.CredsPath(wire.RoleAdmin))
+	}
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -123,6 +139,8 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	mf := addMetricsFlags(fs, defaultControllerMetricsAddr)
 	df := addDashboardFlags(fs)
+	creds := fs.String("creds", os.Getenv(client.CredsEnv), "the controller's NATS credentials file ($NATSERVE_CREDS)")
+	signer := fs.String("signer", "", "the account signing key that mints replica identities (default: "+auth.SignerFile+" beside -creds)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -138,7 +156,21 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	reg := mf.registry()
-	c, err := controlplane.New(controlplane.Config{NATSURL: *url, NATSOptions: tlsFiles.Options(), ID: *id, KVReplicas: *kvReplicas, NodeTimeout: *nodeTimeout, LeaseTTL: *leaseTTL, AsyncRetention: *retention, Logger: log, Metrics: registerer(reg)})
+	cfg := controlplane.Config{NATSURL: *url, NATSOptions: tlsFiles.Options(), ID: *id, KVReplicas: *kvReplicas, NodeTimeout: *nodeTimeout, LeaseTTL: *leaseTTL, AsyncRetention: *retention, Logger: log, Metrics: registerer(reg)}
+	if *creds != "" {
+		copts, err := client.CredsOptions(*creds)
+		if err != nil {
+			return err
+		}
+		cfg.NATSOptions = append(cfg.NATSOptions, copts...)
+		if *signer == "" {
+			*signer = filepath.Join(filepath.Dir(*creds), auth.SignerFile)
+		}
+		if cfg.Signer, err = auth.LoadSigner(*signer, *creds); err != nil {
+			return err
+		}
+	}
+	c, err := controlplane.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -149,7 +181,7 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 	defer msrv.Shutdown(context.Background())
 	log.Info("controller metrics", "url", metricsURL(msrv))
 	if *df.addr != "" {
-		dnc, err := nats.Connect(*url, append(tlsFiles.Options(), nats.Name("natserve dashboard"), nats.MaxReconnects(-1))...)
+		dnc, err := nats.Connect(*url, append(cfg.NATSOptions, nats.Name("natserve dashboard"), nats.MaxReconnects(-1))...)
 		if err != nil {
 			return fmt.Errorf("dashboard: connecting to %s: %w", *url, err)
 		}
@@ -190,6 +222,7 @@ func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	url := fs.String("nats", envOr("NATSERVE_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated ($NATSERVE_URL)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	tlsFiles := tlsClientFlags(fs)
+	creds := fs.String("creds", os.Getenv(client.CredsEnv), "the ingress's NATS credentials file ($NATSERVE_CREDS)")
 	cfg := ingressFlags(fs)
 	mf := addMetricsFlags(fs, defaultIngressMetricsAddr)
 	obs := addObserveFlags(fs)
@@ -209,6 +242,13 @@ func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	reg := mf.registry()
 	cfg.NATSURL, cfg.NATSOptions, cfg.Logger, cfg.Metrics = *url, tlsFiles.Options(), log, registerer(reg)
+	if *creds != "" {
+		copts, err := client.CredsOptions(*creds)
+		if err != nil {
+			return err
+		}
+		cfg.NATSOptions = append(cfg.NATSOptions, copts...)
+	}
 	closeObs, err := obs.apply(cfg, stdout)
 	if err != nil {
 		return err

@@ -88,14 +88,14 @@ func TestSlowExample(t *testing.T) {
 		t.Errorf("slow(60000) with a 300 ms deadline took %v", took)
 	}
 	// Its replica is free again long before the 60 s (the ping reports ongoing calls).
-	nc := testutil.Conn(t, u.natsURL)
+	nc := testutil.Conn(t, u.natsURL, testutil.CredsFileOptions(t, u.creds())...)
 	dep, err := cl.Get(e2e.Ctx(5*time.Second), "slow")
 	if err != nil {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 10*time.Second, func() error {
 		for _, r := range dep.Replicas {
-			m, err := nc.Request(wire.ReplicaSubject(r.ID, wire.VerbPing), nil, 2*time.Second)
+			m, err := nc.Request(wire.ReplicaSubject("slow", r.ID, wire.VerbPing), nil, 2*time.Second)
 			if err != nil {
 				return err
 			}

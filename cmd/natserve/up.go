@@ -20,8 +20,10 @@ import (
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/controlplane"
 	"github.com/natserve/natserve/ingress"
+	"github.com/natserve/natserve/internal/auth"
 	"github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/natsconn"
+	"github.com/natserve/natserve/internal/wire"
 	"github.com/natserve/natserve/worker"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -58,6 +60,10 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer unlock()
 
+	// Credentials: created on first start, reused after.
+	if f.auth, err = auth.Open(filepath.Join(f.data, "auth"), f.node); err != nil {
+		return err
+	}
 	b, err := startUpBroker(ctx, f, log)
 	if err != nil {
 		return err
@@ -77,7 +83,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	printUp(stdout, b, f, u)
 	if cfg != nil {
-		if err := applyAtStart(runCtx, b, u.ing, cfg, stdout); err != nil {
+		if err := applyAtStart(runCtx, b, f.auth.CredsPath(wire.RoleAdmin), u.ing, cfg, stdout); err != nil {
 			fmt.Fprintf(stderr, "natserve: %v\n", err)
 		}
 	}
@@ -101,6 +107,7 @@ type upFlags struct {
 	retention                         time.Duration
 	tls                               *broker.TLSConfig
 	replicaTLS                        natsconn.TLS // what replicas trust: -tls-ca
+	auth                              *auth.Set    // the credentials in <data>/auth
 	ingress                           *ingress.Config
 	metrics                           *metricsFlags
 	metricsToken                      string
@@ -152,7 +159,7 @@ func parseUpFlags(args []string, stderr io.Writer) (*upFlags, error) {
 // startUpBroker starts the broker and, with TLS, checks that replicas
 // will be able to connect to it.
 func startUpBroker(ctx context.Context, f *upFlags, log *slog.Logger) (*broker.Broker, error) {
-	b, err := broker.New(broker.Config{Host: f.natsHost, Port: f.natsPort, DataDir: filepath.Join(f.data, "broker"), Logger: log, TLS: *f.tls})
+	b, err := broker.New(broker.Config{Host: f.natsHost, Port: f.natsPort, DataDir: filepath.Join(f.data, "broker"), Logger: log, TLS: *f.tls, Auth: f.auth})
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +167,11 @@ func startUpBroker(ctx context.Context, f *upFlags, log *slog.Logger) (*broker.B
 		return nil, err
 	}
 	if f.replicaTLS.Enabled() { // fail now, not in every replica
-		nc, err := nats.Connect(b.ClientURL(), append(f.replicaTLS.Options(), nats.Timeout(5*time.Second), nats.NoReconnect())...)
+		probe, err := client.CredsOptions(f.auth.CredsPath(wire.RoleClient))
+		if err != nil {
+			return nil, err
+		}
+		nc, err := nats.Connect(b.ClientURL(), append(append(f.replicaTLS.Options(), probe...), nats.Timeout(5*time.Second), nats.NoReconnect())...)
 		if err != nil {
 			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -190,13 +201,23 @@ type upParts struct {
 
 // start starts the controller, the node agent and the ingress.
 func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, log *slog.Logger, stderr io.Writer) error {
-	inproc := b.InProcessOption()
+	ctlOpts, err := inprocAs(b, f.auth.CredsPath(wire.RoleController))
+	if err != nil {
+		return err
+	}
+	agentOpts, err := inprocAs(b, f.auth.NodeCredsPath(f.node))
+	if err != nil {
+		return err
+	}
+	ingOpts, err := inprocAs(b, f.auth.CredsPath(wire.RoleIngress))
+	if err != nil {
+		return err
+	}
 	// In-process connections skip TLS: a tls:// URL would make nats.go ask
 	// for it. Replicas (TCP) still get TLS, from the agent's TLS files.
 	url := strings.Replace(b.ClientURL(), "tls://", "nats://", 1)
 	reg := f.metrics.registry()
-	var err error
-	u.ctl, err = controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: []nats.Option{inproc}, ID: f.node + "-controller", AsyncRetention: f.retention, Logger: log, Metrics: registerer(reg)})
+	u.ctl, err = controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: ctlOpts, ID: f.node + "-controller", Signer: f.auth.Signer(), AsyncRetention: f.retention, Logger: log, Metrics: registerer(reg)})
 	if err != nil {
 		return err
 	}
@@ -204,7 +225,7 @@ func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, lo
 
 	// Node agent: replicas are this binary, re-executed.
 	u.agent, err = worker.NewAgent(worker.AgentConfig{
-		Name: f.node, NATSURL: url, NATSOptions: []nats.Option{inproc}, Registry: registry(),
+		Name: f.node, NATSURL: url, NATSOptions: agentOpts, Registry: registry(),
 		StopReplicasOnExit: true, KillReplicasWithAgent: true, Logger: log, ReplicaOutput: stderr, ReplicaLogLevel: f.level,
 		MaxReplicas: f.maxReplicas, SpawnRate: f.spawnRate, Metrics: registerer(reg), OTLPEndpoint: f.observe.otlp,
 		TLSCAFile: f.replicaTLS.CAFile,
@@ -214,7 +235,7 @@ func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, lo
 	}
 	u.stopAgent, u.agentDone = u.run("node agent", u.agent.Run)
 
-	f.ingress.NATSURL, f.ingress.NATSOptions, f.ingress.Logger, f.ingress.Metrics = url, []nats.Option{inproc}, log, registerer(reg)
+	f.ingress.NATSURL, f.ingress.NATSOptions, f.ingress.Logger, f.ingress.Metrics = url, ingOpts, log, registerer(reg)
 	ing, err := ingress.New(*f.ingress)
 	if err != nil {
 		return err
@@ -240,7 +261,7 @@ func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, lo
 		}
 	}
 	if *f.dashboard.addr != "" {
-		if u.dnc, err = nats.Connect(url, inproc, nats.Name("natserve dashboard")); err != nil {
+		if u.dnc, err = nats.Connect(url, append(ctlOpts, nats.Name("natserve dashboard"))...); err != nil {
 			return fmt.Errorf("dashboard: %w", err)
 		}
 		if u.dash, err = f.dashboard.start(u.dnc, log); err != nil {
@@ -294,6 +315,7 @@ func (u *upParts) stop() {
 func printUp(stdout io.Writer, b *broker.Broker, f *upFlags, u *upParts) {
 	fmt.Fprintf(stdout, "natserve is up\n")
 	fmt.Fprintf(stdout, "  broker      %s (data in %s)\n", b.ClientURL(), f.data)
+	fmt.Fprintf(stdout, "  creds       %s\n", f.auth.CredsPath(wire.RoleAdmin))
 	if f.tls.CAFile != "" {
 		fmt.Fprintf(stdout, "  tls         clients trust %s (-tls-ca or $%s)\n", f.tls.CAFile, client.EnvTLSCA)
 	}
@@ -304,10 +326,21 @@ func printUp(stdout io.Writer, b *broker.Broker, f *upFlags, u *upParts) {
 	fmt.Fprintf(stdout, "  node        %s (classes: %s)\n", u.agent.Name(), strings.Join(registry().Classes(), ", "))
 }
 
+// inprocAs returns the options of a part that connects in-process with
+// the credentials in credsPath.
+func inprocAs(b *broker.Broker, credsPath string) ([]nats.Option, error) {
+	opts, err := client.CredsOptions(credsPath)
+	return append([]nats.Option{b.InProcessOption()}, opts...), err
+}
+
 // applyAtStart applies the config file once a controller leads and the
 // local node is registered, and waits for the deployments.
-func applyAtStart(ctx context.Context, b *broker.Broker, ing *ingress.Ingress, cfg *client.Config, stdout io.Writer) error {
-	nc, err := nats.Connect("", b.InProcessOption())
+func applyAtStart(ctx context.Context, b *broker.Broker, adminCreds string, ing *ingress.Ingress, cfg *client.Config, stdout io.Writer) error {
+	opts, err := inprocAs(b, adminCreds)
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect("", opts...)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -45,10 +46,14 @@ func up(t *testing.T, extra ...string) *upStack {
 	return &upStack{proc: p, natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), httpBase: fmt.Sprintf("http://127.0.0.1:%d", httpPort), data: data}
 }
 
+// creds is the admin creds file natserve up wrote.
+func (u *upStack) creds() string { return filepath.Join(u.data, "auth", "admin.creds") }
+
 func TestSeedExampleThroughTheBinaries(t *testing.T) {
 	u := up(t)
 	example := testutil.Build(t, "./examples/two-deployments")
 	cmd := exec.Command(example, "-server", u.natsURL, "-http", u.httpBase)
+	cmd.Env = append(os.Environ(), client.CredsEnv+"="+u.creds())
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("two-deployments: %v\n%s", err, out)
@@ -75,7 +80,7 @@ func TestSeedExampleThroughTheBinaries(t *testing.T) {
 	}
 
 	// Each deployment answers from 2 distinct replica pids, by handle and over HTTP.
-	cl, err := client.Connect(e2e.Ctx(5*time.Second), u.natsURL)
+	cl, err := client.Connect(e2e.Ctx(5*time.Second), u.natsURL, client.WithCreds(u.creds()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +108,7 @@ func TestSeedExampleThroughTheBinaries(t *testing.T) {
 	}
 
 	servectl := testutil.Build(t, "./cmd/servectl")
-	lst, err := exec.Command(servectl, "list-deployments", "--server", u.natsURL).CombinedOutput()
+	lst, err := exec.Command(servectl, "list-deployments", "--server", u.natsURL, "--creds", u.creds()).CombinedOutput()
 	if err != nil {
 		t.Fatalf("servectl: %v %s", err, lst)
 	}

@@ -22,6 +22,7 @@ type env struct {
 	tlsCA   string
 	tlsCert string
 	tlsKey  string
+	creds   string
 	output  string
 	timeout time.Duration
 	stdout  io.Writer
@@ -53,6 +54,7 @@ func newEnv(fs *flag.FlagSet, stdout, stderr io.Writer) *env {
 	fs.StringVar(&e.tlsCA, "tls-ca", os.Getenv(client.EnvTLSCA), "CA file that signed the broker's TLS certificate ($"+client.EnvTLSCA+")")
 	fs.StringVar(&e.tlsCert, "tls-cert", os.Getenv(client.EnvTLSCert), "client certificate, for a broker that verifies clients ($"+client.EnvTLSCert+")")
 	fs.StringVar(&e.tlsKey, "tls-key", os.Getenv(client.EnvTLSKey), "key of -tls-cert ($"+client.EnvTLSKey+")")
+	fs.StringVar(&e.creds, "creds", "", "NATS credentials file (default: $NATSERVE_CREDS, then ./"+client.DefaultCredsPath+")")
 	fs.StringVar(&e.output, "o", "table", "output: table or json")
 	fs.DurationVar(&e.timeout, "timeout", 10*time.Second, "how long to wait for the server")
 	return e
@@ -65,8 +67,10 @@ func (e *env) client(ctx context.Context) (*client.Client, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	cl, err := client.Connect(cctx, e.server, client.WithName("servectl"), client.WithTLS(e.tlsCA, e.tlsCert, e.tlsKey))
+	cl, err := client.Connect(cctx, e.server, client.WithName("servectl"), client.WithTLS(e.tlsCA, e.tlsCert, e.tlsKey), client.WithCreds(e.creds))
 	switch {
+	case errors.Is(err, client.ErrNoCreds): // one line naming what to pass
+		return nil, err
 	case errors.Is(err, natsconn.ErrTLS): // a TLS file is missing or bad
 		return nil, err
 	case errors.Is(err, nats.ErrTLS):

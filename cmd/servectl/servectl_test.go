@@ -27,7 +27,7 @@ type cli struct {
 func (c cli) run(args ...string) (string, string, int) {
 	c.t.Helper()
 	cmd := exec.Command(c.bin, args...)
-	cmd.Env = append(os.Environ(), "NATSERVE_URL="+c.url)
+	cmd.Env = append(os.Environ(), "NATSERVE_URL="+c.url, "NATSERVE_CREDS="+testutil.Creds(c.t, c.url, "admin"))
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -62,7 +62,7 @@ func NewOn(t *testing.T, url string, natsFlags []string, opts ...nats.Option) *S
 // Controller starts a controller process with id and extra flags.
 func (s *Stack) Controller(id string, flags ...string) *testutil.Proc {
 	s.T.Helper()
-	args := append(append([]string{"controller", "-nats", s.URL, "-id", id, "-node-timeout", "2s", "-lease-ttl", "3s"}, s.NATSFlags...), flags...)
+	args := append(append([]string{"controller", "-nats", s.URL, "-creds", testutil.Creds(s.T, s.URL, "controller"), "-id", id, "-node-timeout", "2s", "-lease-ttl", "3s"}, s.NATSFlags...), flags...)
 	p := testutil.Start(s.T, nil, s.Natserve, args...)
 	s.mu.Lock()
 	s.controllers[id] = p
@@ -74,7 +74,7 @@ func (s *Stack) Controller(id string, flags ...string) *testutil.Proc {
 // agent flags.
 func (s *Stack) Agent(name string, flags ...string) *testutil.Proc {
 	s.T.Helper()
-	args := append([]string{"agent", "-nats", s.URL, "-name", name}, s.NATSFlags...)
+	args := append([]string{"agent", "-nats", s.URL, "-creds", testutil.Creds(s.T, s.URL, "node-"+name), "-name", name}, s.NATSFlags...)
 	p := testutil.Start(s.T, nil, s.Program, append(args, flags...)...)
 	s.mu.Lock()
 	s.agents[name] = p
@@ -261,7 +261,7 @@ func FreePort(t testing.TB) int {
 func (s *Stack) Ingress(flags ...string) (string, *testutil.Proc) {
 	s.T.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(s.T))
-	args := append(append([]string{"ingress", "-nats", s.URL, "-addr", addr}, s.NATSFlags...), flags...)
+	args := append(append([]string{"ingress", "-nats", s.URL, "-creds", testutil.Creds(s.T, s.URL, "ingress"), "-addr", addr}, s.NATSFlags...), flags...)
 	p := testutil.Start(s.T, nil, s.Natserve, args...)
 	base := "http://" + addr
 	testutil.Eventually(s.T, 20*time.Second, func() error {

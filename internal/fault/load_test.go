@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // result is one request of the open-loop load.
@@ -150,7 +151,7 @@ type executions struct {
 
 func countExecutions(nc *nats.Conn) (*executions, error) {
 	e := &executions{ids: map[string]int{}, nc: nc}
-	_, err := nc.Subscribe("fault.exec", func(m *nats.Msg) {
+	_, err := nc.Subscribe(wire.DeploymentSubject("fault-exec"), func(m *nats.Msg) {
 		e.mu.Lock()
 		e.ids[string(m.Data)]++
 		e.mu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,6 +29,11 @@ type Config struct {
 	Replicas int
 	// LeaseTTL is how long a controller lease lives without renewal. Default: 6s.
 	LeaseTTL time.Duration
+	// OpenOnly opens buckets and never creates them (roles other than the
+	// controller may not): Open retries until they exist. Default: false.
+	OpenOnly bool
+	// Only lists the buckets to open; the others stay nil. Default: all.
+	Only []string
 }
 
 // Buckets are the opened buckets.
@@ -38,6 +44,7 @@ type Buckets struct {
 	Nodes       jetstream.KeyValue
 	Leader      jetstream.KeyValue
 	Graphs      jetstream.KeyValue
+	Routes      jetstream.KeyValue
 }
 
 // Open creates the buckets that do not exist yet (with cfg) and opens them.
@@ -49,11 +56,14 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Buckets, er
 		cfg.LeaseTTL = 6 * time.Second
 	}
 	open := func(name string, history uint8, ttl time.Duration) (jetstream.KeyValue, error) {
+		if cfg.Only != nil && !slices.Contains(cfg.Only, name) {
+			return nil, nil
+		}
 		kv, err := js.KeyValue(ctx, name)
 		if err == nil {
 			return kv, nil
 		}
-		if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		if !errors.Is(err, jetstream.ErrBucketNotFound) || cfg.OpenOnly {
 			return nil, fmt.Errorf("store: opening bucket %s: %w", name, err)
 		}
 		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -85,6 +95,9 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Buckets, er
 		return nil, err
 	}
 	if b.Graphs, err = open(wire.BucketGraphs, 5, 0); err != nil {
+		return nil, err
+	}
+	if b.Routes, err = open(wire.BucketRoutes, 1, 0); err != nil {
 		return nil, err
 	}
 	return &b, nil
@@ -137,6 +150,10 @@ type Assignment struct {
 	GracefulShutdownTimeoutS float64   `json:"graceful_shutdown_timeout_s"`
 	Desired                  string    `json:"desired"`
 	Created                  time.Time `json:"created"`
+	// Creds are the NATS credentials of the deployment's replica identity,
+	// minted by the controller; only it and this node's agent may read
+	// the record.
+	Creds string `json:"creds,omitempty"`
 }
 
 // Key is the assignment's key.

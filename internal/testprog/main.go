@@ -17,6 +17,7 @@ import (
 
 	"github.com/natserve/natserve/examples/seed"
 	"github.com/natserve/natserve/examples/stream"
+	"github.com/natserve/natserve/internal/wire"
 	"github.com/natserve/natserve/worker"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -197,7 +198,8 @@ func NewRouter(greeting string) http.Handler {
 	return mux
 }
 
-// Counter publishes the id of every request it runs on fault.exec, so that
+// Counter publishes the id of every request it runs on the subject of a
+// deployment called fault-exec (a replica may send to any deployment), so that
 // a test counts executions (and duplicates) from outside, even across
 // replica crashes. ?ms=N (or the second argument) sleeps N ms.
 type Counter struct{}
@@ -211,7 +213,7 @@ func (Counter) Call(ctx context.Context, req *worker.Request) (int, error) {
 		_ = req.Arg(0, &ms)
 	}
 	if c := worker.Client(ctx); c != nil {
-		_ = c.Conn().Publish("fault.exec", []byte(req.ID))
+		_ = c.Conn().Publish(wire.DeploymentSubject("fault-exec"), []byte(req.ID))
 	}
 	if ms > 0 {
 		select {

@@ -111,8 +111,17 @@ func Start(t testing.TB, env []string, bin string, args ...string) *Proc {
 // StartIn is Start with the working directory dir.
 func StartIn(t testing.TB, dir string, env []string, bin string, args ...string) *Proc {
 	t.Helper()
+	return StartWith(t, dir, nil, env, bin, args...)
+}
+
+// StartWith is StartIn with stdin as the process's standard input.
+func StartWith(t testing.TB, dir string, stdin []byte, env []string, bin string, args ...string) *Proc {
+	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
 	cmd.Env = append(os.Environ(), env...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out

@@ -278,3 +278,14 @@ var (
 // JetStream API error code of a publish refused by a full stream
 // (DiscardNew with MaxMsgs): the backlog cap.
 const JSStreamStoreFailed = 10077
+
+// CallbackAllowed reports whether the controller may publish a stored
+// request's final status to subject: only an inbox or a subject under
+// natserve.cb., so that a submitter cannot make the controller publish on
+// a subject only the controller may use (its API, KV, replica control).
+func CallbackAllowed(subject string) bool {
+	return strings.HasPrefix(subject, inboxRoot) || strings.HasPrefix(subject, callbackRoot)
+}
+
+// callbackRoot is the prefix of callback subjects outside inboxes.
+const callbackRoot = subjectRoot + "cb."

@@ -65,3 +65,7 @@ func FreeSlotSubject(deployment string) string { return subjectRoot + "mux." + d
 // HeaderBatching carries, on a reconfigure request, the deployment's
 // batching block as JSON (absent: unchanged).
 const HeaderBatching = "Natserve-Batching"
+
+// muxSubjects is the filter of every multiplexed subject of deployment
+// ("*" for every deployment).
+func muxSubjects(deployment string) string { return subjectRoot + "mux." + deployment + ".*" }

@@ -6,10 +6,11 @@ import "strings"
 //
 //	natserve.dep.<deployment>          requests to a deployment; queue group <deployment>
 //	natserve.mux.<deployment>.<token>  multiplexed requests (multiplex.go); same queue group
-//	natserve.rep.<replica>.<verb>      control of one replica (ping, reconfigure, stop)
+//	natserve.rep.<dep>.<replica>.<verb> control of one replica (ping, reconfigure, stop)
 //	natserve.api.<verb>                the controller's control API
 //	natserve.agent.<node>.<verb>       commands to one node agent
-//	natserve.evt.<kind>                events (replica state, load reports)
+//	natserve.evt.<kind>.<sender>       events, with their sender in the subject:
+//	                                   load.<deployment>, queue.<ingress|client|dep.<deployment>>
 const (
 	subjectRoot = "natserve."
 )
@@ -21,8 +22,12 @@ func DeploymentSubject(deployment string) string { return subjectRoot + "dep." +
 // each request reaches exactly one of them.
 func QueueGroup(deployment string) string { return deployment }
 
-// ReplicaSubject is the control subject of one replica for verb.
-func ReplicaSubject(replica, verb string) string { return subjectRoot + "rep." + replica + "." + verb }
+// ReplicaSubject is the control subject of one replica of deployment for
+// verb. The deployment is in the subject so that a replica's identity may
+// subscribe to its own deployment's control subjects only.
+func ReplicaSubject(deployment, replica, verb string) string {
+	return subjectRoot + "rep." + deployment + "." + replica + "." + verb
+}
 
 // Replica control verbs.
 const (
@@ -54,5 +59,10 @@ func APIVerb(subject string) string {
 // AgentSubject is the subject of a node agent's command verb.
 func AgentSubject(node, verb string) string { return subjectRoot + "agent." + node + "." + verb }
 
-// EventSubject is the subject events of kind are published on.
-func EventSubject(kind string) string { return subjectRoot + "evt." + kind }
+// EventSubject is the subject events of kind are published on by sender
+// (a deployment for load reports; a role or "dep.<deployment>" for queue
+// reports). The broker lets each identity publish under its own sender only.
+func EventSubject(kind, sender string) string { return subjectRoot + "evt." + kind + "." + sender }
+
+// EventSubjects is the subject filter of every event of kind.
+func EventSubjects(kind string) string { return subjectRoot + "evt." + kind + ".>" }
