@@ -44,7 +44,7 @@ func TestClientCloseStopsItsGoroutines(t *testing.T) {
 func TestConnectedClientClose(t *testing.T) {
 	verify := testutil.LeakCheck(t)
 	b := testutil.Broker(t)
-	c, err := client.Connect(context.Background(), b.ClientURL())
+	c, err := client.Connect(context.Background(), b.ClientURL(), client.WithCreds(testutil.Creds(t, b.ClientURL(), "admin")))
 	if err != nil {
 		t.Fatal(err)
 	}

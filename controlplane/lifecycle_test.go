@@ -23,6 +23,9 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // called; stop waits for Run to return and fails the test on its error.
 func runController(t *testing.T, cfg controlplane.Config) (*controlplane.Controller, func()) {
 	t.Helper()
+	if cfg.NATSOptions == nil {
+		cfg.NATSOptions = testutil.CredsOptions(t, cfg.NATSURL, "controller")
+	}
 	c, err := controlplane.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/natserve/natserve/ingress"
 	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/testutil"
+	"github.com/natserve/natserve/internal/wire"
 	"go.uber.org/goleak"
 )
 
@@ -35,11 +36,12 @@ func TestIngressStopsItsGoroutines(t *testing.T) {
 		t.Fatal(err)
 	}
 	spec := client.DeploymentSpec{Name: "nowhere", Class: "Probe", NumReplicas: 1}
-	if _, err := store.Put(context.Background(), kv.Deployments, spec.Name, spec); err != nil {
+	// The controller publishes what callers may read in the routes bucket.
+	if _, err := store.Put(context.Background(), kv.Routes, wire.RouteDeploymentPrefix+spec.Name, wire.RouteRecord{Deployment: spec.Name, Route: "/nowhere"}); err != nil {
 		t.Fatal(err)
 	}
 
-	g, err := ingress.New(ingress.Config{NATSURL: b.ClientURL(), Addr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	g, err := ingress.New(ingress.Config{NATSURL: b.ClientURL(), NATSOptions: testutil.CredsOptions(t, b.ClientURL(), "ingress"), Addr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

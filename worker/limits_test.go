@@ -16,6 +16,7 @@ import (
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/testutil"
+	"github.com/natserve/natserve/internal/wire"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -87,7 +88,7 @@ func TestAgentHoldsItsCap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent := testutil.Start(t, nil, testutil.Build(t, "./internal/testprog"), "agent", "-nats", b.ClientURL(), "-name", "n1", "-max-replicas-per-node", "2")
+	agent := testutil.Start(t, nil, testutil.Build(t, "./internal/testprog"), "agent", "-nats", b.ClientURL(), "-creds", testutil.Creds(t, b.ClientURL(), "node-n1"), "-name", "n1", "-max-replicas-per-node", "2")
 	testutil.Eventually(t, 20*time.Second, func() error {
 		var n store.Node
 		if _, err := store.Get(testCtx(t, 2*time.Second), kv.Nodes, "n1", &n); err != nil {
@@ -103,6 +104,7 @@ func TestAgentHoldsItsCap(t *testing.T) {
 		a := store.Assignment{
 			Replica: fmt.Sprintf("r%d", i), Node: "n1", Deployment: "capped", Class: "Probe", InitArgs: []byte(`["c"]`),
 			MaxOngoingRequests: 1, GracefulShutdownTimeoutS: 1, Desired: store.DesiredRun, Created: time.Now(),
+			Creds: testutil.ReplicaCreds(t, b.ClientURL(), "capped"),
 		}
 		if _, err := store.Put(testCtx(t, 5*time.Second), kv.Assignments, a.Key(), a); err != nil {
 			t.Fatal(err)
@@ -130,7 +132,7 @@ func TestAgentHoldsItsCap(t *testing.T) {
 		out := map[string]bool{}
 		for _, a := range asgs {
 			var st store.ReplicaState
-			if _, err := store.Get(testCtx(t, 2*time.Second), kv.Replicas, a.Replica, &st); err == nil && st.State == client.ReplicaRunning {
+			if _, err := store.Get(testCtx(t, 2*time.Second), kv.Replicas, wire.ReplicaKey("n1", a.Replica), &st); err == nil && st.State == client.ReplicaRunning {
 				out[a.Replica] = true
 			}
 		}
