@@ -23,7 +23,7 @@ import (
 func TestNoProcessStorm(t *testing.T) {
 	s := e2e.New(t)
 	s.Controller("c1")
-	agent := testutil.Start(t, nil, s.Program, "agent", "-nats", s.URL, "-name", "n1", "-max-replicas-per-node", "32")
+	agent := testutil.Start(t, nil, s.Program, "agent", "-nats", s.URL, "-creds", testutil.Creds(t, s.URL, "node-n1"), "-name", "n1", "-max-replicas-per-node", "32")
 	s.WaitNodes(1)
 
 	for _, spec := range []client.DeploymentSpec{

@@ -41,7 +41,9 @@ const usage = `usage: natserve <command> [flags]
 
 commands:
   up          run broker, controller, ingress and a node agent in one process tree
-  broker      run the embedded NATS broker (JetStream)
+  broker      run the embedded NATS broker (JetStream, operator mode)
+  auth init   write the credentials and nats-server config to run natserve
+              on your own NATS
   controller  run a controller (one leads, others stand by)
   ingress     run an HTTP ingress
   agent       run a node agent providing the built-in example classes
@@ -68,6 +70,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runUp(ctx, rest, stdout, stderr)
 	case "broker":
 		return runBroker(ctx, rest, stdout, stderr)
+	case "auth":
+		return runAuth(rest, stdout, stderr)
 	case "controller":
 		return runController(ctx, rest, stderr)
 	case "ingress":
