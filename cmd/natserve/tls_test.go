@@ -105,7 +105,7 @@ func TestUpOverTLS(t *testing.T) {
 	}
 
 	// NATS: the Go client with the CA works; without it, refused.
-	cl, err := client.Connect(e2e.Ctx(5*time.Second), natsURL, client.WithTLS(ca.CertFile, "", ""))
+	cl, err := client.Connect(e2e.Ctx(5*time.Second), natsURL, client.WithTLS(ca.CertFile, "", ""), client.WithCreds(u.creds()))
 	if err != nil {
 		t.Fatalf("Go client with the CA: %v", err)
 	}
@@ -115,7 +115,7 @@ func TestUpOverTLS(t *testing.T) {
 		t.Fatalf("handle over TLS: %q %v", s, err)
 	}
 	t.Setenv(client.EnvTLSCA, ca.CertFile) // what Connect reads without WithTLS
-	cl2, err := client.Connect(e2e.Ctx(5*time.Second), natsURL)
+	cl2, err := client.Connect(e2e.Ctx(5*time.Second), natsURL, client.WithCreds(u.creds()))
 	if err != nil {
 		t.Fatalf("Go client with $%s: %v", client.EnvTLSCA, err)
 	}
@@ -128,11 +128,11 @@ func TestUpOverTLS(t *testing.T) {
 	}
 
 	servectl := testutil.Build(t, "./cmd/servectl")
-	lst, err := exec.Command(servectl, "list-deployments", "--server", natsURL, "-tls-ca", ca.CertFile).CombinedOutput()
+	lst, err := exec.Command(servectl, "list-deployments", "--server", natsURL, "--creds", u.creds(), "-tls-ca", ca.CertFile).CombinedOutput()
 	if err != nil || !regexp.MustCompile(`(?m)^rep-1\s+Model\s+-\s+2/2\s+/rep-1\s+HEALTHY$`).Match(lst) {
 		t.Fatalf("servectl -tls-ca: %v\n%s", err, lst)
 	}
-	cmd := exec.Command(servectl, "list-deployments", "--server", natsURL)
+	cmd := exec.Command(servectl, "list-deployments", "--server", natsURL, "--creds", u.creds())
 	cmd.Env = append(os.Environ(), client.EnvTLSCA+"=")
 	bad, err := cmd.CombinedOutput()
 	if err == nil || strings.Count(string(bad), "\n") != 1 || !strings.Contains(string(bad), "pass -tls-ca FILE") {
