@@ -83,7 +83,7 @@ func startLimited(t *testing.T, nofile int, flags ...string) (string, *testutil.
 	t.Helper()
 	b := testutil.Broker(t)
 	bin := testutil.Build(t, "./cmd/natserve")
-	args := append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile), bin, "ingress", "-nats", b.ClientURL(), "-addr", "127.0.0.1:0"}, flags...)
+	args := append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile), bin, "ingress", "-nats", b.ClientURL(), "-creds", testutil.Creds(t, b.ClientURL(), "ingress"), "-addr", "127.0.0.1:0"}, flags...)
 	p := testutil.Start(t, nil, "sh", args...)
 	re := regexp.MustCompile(`listening on http://(\S+)`)
 	var addr string
@@ -165,7 +165,7 @@ func TestServerStopIsReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := ingress.New(ingress.Config{NATSURL: b.ClientURL(), Listener: ln})
+	g, err := ingress.New(ingress.Config{NATSURL: b.ClientURL(), NATSOptions: testutil.CredsOptions(t, b.ClientURL(), "ingress"), Listener: ln})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestServerStopIsReported(t *testing.T) {
 	t.Logf("reported: %v", g.Err())
 
 	// A Shutdown is not a failure.
-	h, err := ingress.New(ingress.Config{NATSURL: b.ClientURL(), Addr: "127.0.0.1:0"})
+	h, err := ingress.New(ingress.Config{NATSURL: b.ClientURL(), NATSOptions: testutil.CredsOptions(t, b.ClientURL(), "ingress"), Addr: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,7 +61,7 @@ func TestSlowExample(t *testing.T) {
 	}
 
 	// Handle: the number of milliseconds as the argument.
-	cl, err := client.Connect(e2e.Ctx(5*time.Second), u.natsURL)
+	cl, err := client.Connect(e2e.Ctx(5*time.Second), u.natsURL, client.WithCreds(u.creds()))
 	if err != nil {
 		t.Fatal(err)
 	}

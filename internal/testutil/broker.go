@@ -5,6 +5,7 @@ package testutil
 
 import (
 	"context"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,10 @@ import (
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/auth"
 )
+
+// NoAuthEnv, when set, makes Broker run without authentication (for
+// benchmarks comparing auth on and off); tests then connect anonymously.
+const NoAuthEnv = "NATSERVE_TEST_NO_AUTH"
 
 var (
 	authMu sync.Mutex
@@ -34,6 +39,9 @@ func Broker(t testing.TB) *broker.Broker {
 	cfg.Port = -1
 	cfg.DataDir = t.TempDir()
 	cfg.Auth = set
+	if os.Getenv(NoAuthEnv) != "" { // to measure what auth costs
+		cfg.Auth = nil
+	}
 	b, err := broker.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +51,9 @@ func Broker(t testing.TB) *broker.Broker {
 	}
 	url := b.ClientURL()
 	authMu.Lock()
-	auths[url] = set
+	if cfg.Auth != nil {
+		auths[url] = set
+	}
 	authMu.Unlock()
 	t.Cleanup(func() {
 		_ = b.Shutdown(context.Background())
