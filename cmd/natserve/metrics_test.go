@@ -37,7 +37,7 @@ func bannerURL(t *testing.T, out, name string) string {
 // deployHello deploys the Hello class as name (route /name) and waits for it.
 func deployHello(t *testing.T, u *upStack, name string, replicas int) *client.Client {
 	t.Helper()
-	cl := client.New(testutil.Conn(t, u.natsURL), client.WithTimeout(30*time.Second))
+	cl := client.New(testutil.Conn(t, u.natsURL, testutil.CredsFileOptions(t, u.creds())...), client.WithTimeout(30*time.Second))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// The node agent may still be registering its classes.
@@ -153,7 +153,7 @@ func TestUpServesMetricsForEverything(t *testing.T) {
 
 	// The stock nats CLI, when installed, lists them.
 	if natsCLI, err := exec.LookPath("nats"); err == nil {
-		out, err := exec.Command(natsCLI, "--server", u.natsURL, "micro", "ls").CombinedOutput()
+		out, err := exec.Command(natsCLI, "--server", u.natsURL, "--creds", u.creds(), "micro", "ls").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "hi") || !strings.Contains(string(out), wire.ControllerService) {
 			t.Errorf("nats micro ls: %v\n%s", err, out)
 		}
@@ -208,7 +208,7 @@ func TestMetricsOffLoopbackNeedToken(t *testing.T) {
 	}
 	b := testutil.Broker(t)
 	port := e2e.FreePort(t)
-	testutil.Start(t, nil, bin, "controller", "-nats", b.ClientURL(), "-metrics-addr", fmt.Sprintf("0.0.0.0:%d", port), "-metrics-token-file", tok)
+	testutil.Start(t, nil, bin, "controller", "-nats", b.ClientURL(), "-creds", testutil.Creds(t, b.ClientURL(), "controller"), "-metrics-addr", fmt.Sprintf("0.0.0.0:%d", port), "-metrics-token-file", tok)
 	u := fmt.Sprintf("http://127.0.0.1:%d/metrics", port)
 	testutil.Eventually(t, 20*time.Second, func() error {
 		f, err := metrics.Scrape(u, "s3cret")
