@@ -87,7 +87,7 @@ func meanBatch(sizes []int) float64 {
 func TestQuickstartBatchingAndMultiplexing(t *testing.T) {
 	u := up(t, "-f", filepath.Join(testutil.ModuleRoot(t), "examples/quickstart/serve.yaml"))
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}, Timeout: 30 * time.Second}
-	cl, err := client.Connect(e2e.Ctx(5*time.Second), u.natsURL)
+	cl, err := client.Connect(e2e.Ctx(5*time.Second), u.natsURL, client.WithCreds(u.creds()))
 	if err != nil {
 		t.Fatal(err)
 	}
