@@ -26,6 +26,9 @@ func runController(t *testing.T, cfg controlplane.Config) (*controlplane.Control
 	if cfg.NATSOptions == nil {
 		cfg.NATSOptions = testutil.CredsOptions(t, cfg.NATSURL, "controller")
 	}
+	if set := testutil.Auth(cfg.NATSURL); set != nil && cfg.Signer == nil {
+		cfg.Signer = set.Signer() // replicas get their deployment's identity
+	}
 	c, err := controlplane.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -37,7 +37,7 @@ func TestRatesMergeTwoIngresses(t *testing.T) {
 	var reg worker.Registry
 	hello.Register(&reg)
 	for _, id := range []string{"r1", "r2"} {
-		r, err := worker.NewReplica(&reg, worker.ReplicaSpec{Deployment: "hello", Class: "Hello", Replica: id, NATSURL: br.ClientURL(), InitArgs: json.RawMessage(`[]`), Metrics: true}, quiet)
+		r, err := worker.NewReplica(&reg, worker.ReplicaSpec{Deployment: "hello", Class: "Hello", Replica: id, NATSURL: br.ClientURL(), InitArgs: json.RawMessage(`[]`), Metrics: true, Creds: testutil.ReplicaCreds(t, br.ClientURL(), "hello")}, quiet)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,7 +48,7 @@ func TestRatesMergeTwoIngresses(t *testing.T) {
 	}
 	var bases []string
 	for i := 0; i < 2; i++ {
-		g, err := ingress.New(ingress.Config{Addr: "127.0.0.1:0", NATSURL: br.ClientURL(), Logger: quiet, Metrics: prometheus.NewRegistry()})
+		g, err := ingress.New(ingress.Config{Addr: "127.0.0.1:0", NATSURL: br.ClientURL(), NATSOptions: testutil.CredsOptions(t, br.ClientURL(), "ingress"), Logger: quiet, Metrics: prometheus.NewRegistry()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -191,6 +191,11 @@ func putDeployment(t *testing.T, nc *nats.Conn, spec client.DeploymentSpec) {
 		t.Fatal(err)
 	}
 	if _, err := store.Put(ctx, b.Deployments, spec.Name, spec); err != nil {
+		t.Fatal(err)
+	}
+	// What the controller publishes for callers (the ingress reads it).
+	route, _ := spec.Route()
+	if _, err := store.Put(ctx, b.Routes, wire.RouteDeploymentPrefix+spec.Name, wire.RouteRecord{Deployment: spec.Name, Route: route}); err != nil {
 		t.Fatal(err)
 	}
 }
