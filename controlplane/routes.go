@@ -32,7 +32,8 @@ func (c *Controller) syncRoutes(ctx context.Context, st *state) {
 		}
 		rev, err := c.kv.Routes.Put(ctx, key, b)
 		if err != nil {
-			c.log.Warn("writing a route failed", "key", key, "err", err)
+			c.log.Warn("writing a route failed; retrying at the next pass", "key", key, "err", err)
+			st.ch.markAll()
 			continue
 		}
 		st.routes.put(key, rev, b)
