@@ -93,7 +93,9 @@ func WithIdempotencyKey(ctx context.Context, key string) context.Context {
 }
 
 // WithCallback returns a context whose Submit asks for the request's final
-// status (JSON) to be published on the NATS subject when it ends.
+// status (JSON) to be published on the NATS subject when it ends. The
+// controller publishes only to an inbox (_INBOX.…) or a subject under
+// natserve.cb. (wire.CallbackAllowed).
 func WithCallback(ctx context.Context, subject string) context.Context {
 	return context.WithValue(ctx, callbackKey, subject)
 }

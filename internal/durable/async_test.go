@@ -108,7 +108,7 @@ func TestStoredRequests(t *testing.T) {
 	nc := s.Client.Conn()
 	execs := map[string]int{}
 	var mu sync.Mutex
-	if _, err := nc.Subscribe("fault.exec", func(m *nats.Msg) { mu.Lock(); execs[string(m.Data)]++; mu.Unlock() }); err != nil {
+	if _, err := nc.Subscribe(wire.DeploymentSubject("fault-exec"), func(m *nats.Msg) { mu.Lock(); execs[string(m.Data)]++; mu.Unlock() }); err != nil {
 		t.Fatal(err)
 	}
 	waitStream := func(dep string) {
@@ -204,12 +204,12 @@ func TestStoredRequests(t *testing.T) {
 	})
 
 	t.Run("callback", func(t *testing.T) {
-		sub, err := nc.SubscribeSync("cb.test")
+		sub, err := nc.SubscribeSync("natserve.cb.test")
 		if err != nil {
 			t.Fatal(err)
 		}
 		_ = nc.Flush()
-		id, code, _, body := submitHTTP(t, "GET", base+"/cnt?ms=1", "", "Natserve-Callback", "cb.test")
+		id, code, _, body := submitHTTP(t, "GET", base+"/cnt?ms=1", "", "Natserve-Callback", "natserve.cb.test")
 		if code != 202 {
 			t.Fatalf("%d %s", code, body)
 		}
@@ -354,7 +354,7 @@ func TestStoredRequests(t *testing.T) {
 	t.Run("servectl", func(t *testing.T) {
 		bin := testutil.Build(t, "./cmd/servectl")
 		ctl := func(args ...string) (string, error) {
-			out, err := exec.Command(bin, append(args, "--server", s.URL)...).CombinedOutput()
+			out, err := exec.Command(bin, append(args, "--server", s.URL, "--creds", testutil.Creds(t, s.URL, "admin"))...).CombinedOutput()
 			return string(out), err
 		}
 		id, err := s.Client.Handle("p").Method("Add").Submit(e2e.Ctx(10*time.Second), 40, 2)

@@ -57,6 +57,7 @@ func TestNothingLost(t *testing.T) {
 	port := e2e.FreePort(t)
 	up := upProc(t, natserve, data, port)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	testutil.UseAuth(t, url, filepath.Join(data, "auth")) // natserve up's credentials
 	s := e2e.NewOn(t, url, nil, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	ctl := s.Controller("c2")
 	s.Agent("n1")

@@ -64,6 +64,24 @@ func Broker(t testing.TB) *broker.Broker {
 	return b
 }
 
+// UseAuth makes Conn, Creds and ReplicaCreds use the credentials in dir
+// (natserve up's <data>/auth) for the broker at url, until the test ends.
+func UseAuth(t testing.TB, url, dir string) {
+	t.Helper()
+	set, err := auth.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authMu.Lock()
+	auths[url] = set
+	authMu.Unlock()
+	t.Cleanup(func() {
+		authMu.Lock()
+		delete(auths, url)
+		authMu.Unlock()
+	})
+}
+
 // Auth returns the credentials of the broker at url (nil: none).
 func Auth(url string) *auth.Set {
 	authMu.Lock()
