@@ -93,9 +93,7 @@ func WithIdempotencyKey(ctx context.Context, key string) context.Context {
 }
 
 // WithCallback returns a context whose Submit asks for the request's final
-// status (JSON) to be published on the NATS subject when it ends. The
-// controller publishes only to an inbox (_INBOX.…) or a subject under
-// natserve.cb. (wire.CallbackAllowed).
+// status (JSON) to be published on the NATS subject when it ends.
 func WithCallback(ctx context.Context, subject string) context.Context {
 	return context.WithValue(ctx, callbackKey, subject)
 }
@@ -455,18 +453,20 @@ var ErrCallbackNotAllowed = errors.New("callback URL not allowed")
 // callbackAllowed checks a callback URL against the deployment's
 // callback_urls (read from the control plane's KV).
 func (c *Client) callbackAllowed(ctx context.Context, js jetstream.JetStream, deployment, url string) error {
-	kv, err := js.KeyValue(ctx, wire.BucketDeployments)
+	// The routes bucket (what callers may read) carries callback_urls.
+	kv, err := js.KeyValue(ctx, wire.BucketRoutes)
 	if err != nil {
 		return fmt.Errorf("%s: reading its callback_urls: %w", deployment, err)
 	}
-	e, err := kv.Get(ctx, deployment)
+	e, err := kv.Get(ctx, wire.RouteDeploymentPrefix+deployment)
 	if err != nil {
 		return fmt.Errorf("%s: reading its callback_urls: %w", deployment, err)
 	}
-	var spec DeploymentSpec
-	if err := json.Unmarshal(e.Value(), &spec); err != nil {
+	var r wire.RouteRecord
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
 		return fmt.Errorf("%s: reading its callback_urls: %w", deployment, err)
 	}
+	spec := DeploymentSpec{CallbackURLs: r.CallbackURLs}
 	if !spec.CallbackAllowed(url) {
 		return fmt.Errorf("%s: %w: %.80s is not under the deployment's callback_urls", deployment, ErrCallbackNotAllowed, url)
 	}

@@ -315,6 +315,10 @@ func (c *Controller) notify(ctx context.Context, st *state, obj jetstream.Object
 			rec.Result = nil
 			b, _ = json.Marshal(client.StatusOf(&rec))
 		}
+		if !wire.NATSCallbackAllowed(rec.Callback) {
+			c.log.Warn("callback subject refused (want _INBOX.… or natserve.cb.…)", "request", rec.ID, "subject", rec.Callback)
+			return
+		}
 		if err := c.nc.Publish(rec.Callback, b); err != nil {
 			c.log.Warn("callback failed", "request", rec.ID, "subject", rec.Callback, "err", err)
 		}

@@ -16,7 +16,7 @@ import (
 func (c *Controller) syncRoutes(ctx context.Context, st *state) {
 	want := map[string][]byte{}
 	for _, d := range st.deps.all() {
-		r := wire.RouteRecord{Deployment: d.key, MaxQueuedRequests: d.val.MaxQueuedRequests}
+		r := wire.RouteRecord{Deployment: d.key, MaxQueuedRequests: d.val.MaxQueuedRequests, CallbackURLs: d.val.CallbackURLs}
 		if p, on := d.val.Route(); on {
 			r.Route = p
 		}

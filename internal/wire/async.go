@@ -279,13 +279,13 @@ var (
 // (DiscardNew with MaxMsgs): the backlog cap.
 const JSStreamStoreFailed = 10077
 
-// CallbackAllowed reports whether the controller may publish a stored
-// request's final status to subject: only an inbox or a subject under
-// natserve.cb., so that a submitter cannot make the controller publish on
-// a subject only the controller may use (its API, KV, replica control).
-func CallbackAllowed(subject string) bool {
+// NATSCallbackAllowed reports whether the controller may publish a stored
+// request's final status on the NATS subject: only an inbox or a subject
+// under natserve.cb., so that a submitter cannot make the controller
+// publish where only the controller may (its API, KV, replica control).
+func NATSCallbackAllowed(subject string) bool {
 	return strings.HasPrefix(subject, inboxRoot) || strings.HasPrefix(subject, callbackRoot)
 }
 
-// callbackRoot is the prefix of callback subjects outside inboxes.
+// callbackRoot is the prefix of NATS callback subjects outside inboxes.
 const callbackRoot = subjectRoot + "cb."

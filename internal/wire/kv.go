@@ -52,6 +52,9 @@ type RouteRecord struct {
 	// Route is the route prefix; empty when the deployment has none.
 	Route             string `json:"route,omitempty"`
 	MaxQueuedRequests int    `json:"max_queued_requests,omitempty"`
+	// CallbackURLs are the URL prefixes a stored request may name as its
+	// callback.
+	CallbackURLs []string `json:"callback_urls,omitempty"`
 }
 
 // Key prefixes in BucketRoutes.

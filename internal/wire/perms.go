@@ -93,7 +93,7 @@ func ControllerPerms() Perms {
 			ServiceSubject("*", "", ""),
 			"$O.>",                              // the stored requests' large results (object store)
 			"$JS.ACK.>",                         // the results stream's folder consumer
-			inboxRoot + ">", callbackRoot + ">", // stored requests' callbacks (CallbackAllowed)
+			inboxRoot + ">", callbackRoot + ">", // stored requests' NATS callbacks (NATSCallbackAllowed)
 		},
 		Sub: append([]string{
 			APISubject("*") + " natserve-controller",
