@@ -24,7 +24,7 @@ import (
 // goes away cancels the replica's stream (its slot frees).
 func TestQuickstartStream(t *testing.T) {
 	u := up(t, "-f", filepath.Join(testutil.ModuleRoot(t), "examples/quickstart/serve.yaml"))
-	cl, err := client.Connect(e2e.Ctx(5*time.Second), u.natsURL)
+	cl, err := client.Connect(e2e.Ctx(5*time.Second), u.natsURL, client.WithCreds(u.creds()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,11 +77,11 @@ func TestQuickstartStream(t *testing.T) {
 
 	// servectl call --stream prints each item on its line.
 	servectl := testutil.Build(t, "./cmd/servectl")
-	out, err := exec.Command(servectl, "call", "--server", u.natsURL, "--stream", "stream", "4", "0").CombinedOutput()
+	out, err := exec.Command(servectl, "call", "--server", u.natsURL, "--creds", u.creds(), "--stream", "stream", "4", "0").CombinedOutput()
 	if err != nil || string(out) != "0\n1\n2\n3\n" {
 		t.Fatalf("servectl call --stream: %v %q", err, out)
 	}
-	out, err = exec.Command(servectl, "call", "--server", u.natsURL, "--stream", "stream", "4", "0", "2").CombinedOutput()
+	out, err = exec.Command(servectl, "call", "--server", u.natsURL, "--creds", u.creds(), "--stream", "stream", "4", "0", "2").CombinedOutput()
 	if err == nil || !strings.HasPrefix(string(out), "0\n1\n") || !strings.Contains(string(out), "failed at item 2") {
 		t.Fatalf("servectl call --stream failing mid-way: %v %q", err, out)
 	}
@@ -136,7 +136,7 @@ func TestQuickstartStream(t *testing.T) {
 
 // replicaOngoing asks a replica how many calls it holds.
 func replicaOngoing(cl *client.Client, id string) (int, error) {
-	m, err := cl.Conn().Request(wire.ReplicaSubject(id, wire.VerbPing), nil, time.Second)
+	m, err := cl.Conn().Request(wire.ReplicaSubject("stream", id, wire.VerbPing), nil, time.Second)
 	if err != nil {
 		return 0, err
 	}

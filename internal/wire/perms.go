@@ -122,7 +122,8 @@ func NodePerms(node string) Perms {
 // caller's queue under sender, and reading the routes bucket (routes,
 // max_queued_requests, graphs without their arguments).
 func callerPerms(sender, inbox string) Perms {
-	pub := []string{DeploymentSubject("*"), muxSubjects("*"), APISubject(APIWake), EventSubject(EventQueue, sender)}
+	pub := []string{DeploymentSubject("*"), muxSubjects("*"), APISubject(APIWake), EventSubject(EventQueue, sender),
+		InboxPrefix(RoleReplica) + ".>"} // stream credit and cancel, on the replica's inbox (stream.go)
 	pub = append(pub, kvRead(BucketRoutes, ">")...)
 	pub = append(pub, consumerDelete)
 	pub = append(pub, asyncCallerPerms()...)
