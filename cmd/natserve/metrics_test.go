@@ -159,7 +159,7 @@ func TestUpServesMetricsForEverything(t *testing.T) {
 		}
 		t.Logf("nats micro ls:\n%s", out)
 		for _, args := range [][]string{{"micro", "info", "hi"}, {"micro", "stats", "hi"}} {
-			out, err := exec.Command(natsCLI, append([]string{"--server", u.natsURL}, args...)...).CombinedOutput()
+			out, err := exec.Command(natsCLI, append([]string{"--server", u.natsURL, "--creds", u.creds()}, args...)...).CombinedOutput()
 			if err != nil || !strings.Contains(string(out), "Call") {
 				t.Errorf("nats %s: %v\n%s", strings.Join(args, " "), err, out)
 			}
