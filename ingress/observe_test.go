@@ -108,11 +108,11 @@ func TestTraceAndAccessLog(t *testing.T) {
 	env := []string{"OTEL_BSP_SCHEDULE_DELAY=100"} // export every 100 ms, not 5 s
 	s := e2e.New(t)
 	s.Controller("c1")
-	testutil.Start(t, env, s.Program, "agent", "-nats", s.URL, "-name", "n1", "-otlp-endpoint", otlp.srv.URL)
+	testutil.Start(t, env, s.Program, "agent", "-nats", s.URL, "-creds", testutil.Creds(t, s.URL, "node-n1"), "-name", "n1", "-otlp-endpoint", otlp.srv.URL)
 	s.WaitNodes(1)
 	startIngress := func(flags ...string) (string, *testutil.Proc) {
 		addr := fmt.Sprintf("127.0.0.1:%d", e2e.FreePort(t))
-		p := testutil.Start(t, env, s.Natserve, append([]string{"ingress", "-nats", s.URL, "-addr", addr}, flags...)...)
+		p := testutil.Start(t, env, s.Natserve, append([]string{"ingress", "-nats", s.URL, "-creds", testutil.Creds(t, s.URL, "ingress"), "-addr", addr}, flags...)...)
 		base := "http://" + addr
 		testutil.Eventually(t, 20*time.Second, func() error {
 			if p.Exited() {

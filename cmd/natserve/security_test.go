@@ -238,3 +238,48 @@ func TestSecurityProbes(t *testing.T) {
 		}
 	}
 }
+
+// TestSecurityStockCLI plays the attacker with the stock nats CLI (natscli)
+// when it is installed: anonymous and client-role probes are refused, the
+// admin credentials natserve up printed work.
+func TestSecurityStockCLI(t *testing.T) {
+	natsCLI, err := exec.LookPath("nats")
+	if err != nil {
+		t.Skip("the nats CLI is not installed (go install github.com/nats-io/natscli/nats@v0.5.0)")
+	}
+	u := up(t)
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(natsCLI, append([]string{"--server", u.natsURL, "--timeout", "2s"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	clientCreds := filepath.Join(filepath.Dir(u.creds()), "client.creds")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"anonymous/req-api-list", []string{"req", wire.APISubject(wire.APIList), ""}, "uthorization"},
+		{"anonymous/sub-dep", []string{"sub", "natserve.dep.>", "--count", "1"}, "uthorization"},
+		{"anonymous/kv-put-leader", []string{"kv", "put", wire.BucketLeader, wire.LeaderKey, "x"}, "uthorization"},
+		{"client/req-api-delete", []string{"--creds", clientCreds, "--inbox-prefix", wire.InboxPrefix(wire.RoleClient), "req", wire.APISubject(wire.APIDelete), `{"name":"x"}`}, "ermissions"},
+		{"client/kv-put-deployments", []string{"--creds", clientCreds, "--inbox-prefix", wire.InboxPrefix(wire.RoleClient), "kv", "put", wire.BucketDeployments, "x", "{}"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := run(tc.args...)
+			// natscli reports a denied request's permissions violation
+			// but may exit 0: the output must name the refusal.
+			if err == nil && tc.want == "" {
+				t.Fatalf("nats %s succeeded:\n%s", strings.Join(tc.args, " "), out)
+			}
+			if !strings.Contains(out, tc.want) {
+				t.Errorf("nats %s: %v, output lacks %q:\n%s", strings.Join(tc.args, " "), err, tc.want, out)
+			}
+		})
+	}
+	t.Run("admin/req-api-list", func(t *testing.T) {
+		out, err := run("--creds", u.creds(), "req", wire.APISubject(wire.APIList), "")
+		if err != nil || !strings.Contains(out, `"data"`) {
+			t.Fatalf("admin creds: %v\n%s", err, out)
+		}
+	})
+}
