@@ -133,6 +133,12 @@ func TestEarlyExitsCountTowardRetries(t *testing.T) {
 
 	for name, want := range map[string]string{"crash": "exiting with code 1 before serving", "refused": "max_ongoing_requests 2097152 is out of range"} {
 		start := time.Now()
+		// The raw KV write reaches the controller through its watch: wait
+		// until it knows the deployment before waiting on its status.
+		testutil.Eventually(t, 30*time.Second, func() error {
+			_, err := s.Client.Get(e2e.Ctx(5*time.Second), name)
+			return err
+		})
 		d, err := s.Client.WaitHealthy(e2e.Ctx(60*time.Second), name, nil)
 		if !errors.Is(err, client.ErrDeployFailed) || d.Status != client.StatusDeployFailed {
 			t.Fatalf("%s: got %v (%+v), want DEPLOY_FAILED", name, err, d)
