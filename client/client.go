@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"sync"
 	"time"
@@ -48,6 +47,15 @@ type Options struct {
 	// on success) and how long it took. Replicas use it for their handle
 	// call metrics. Default: nil.
 	CallObserver func(deployment, method, code string, elapsed time.Duration)
+	// AckTimeout is how long a replica has to acknowledge a request before
+	// it is sent to another replica (the replica drops it unrun after
+	// that). Default: 250ms (wire.DefaultAckTimeout).
+	AckTimeout time.Duration
+	// HeartbeatTimeout is how long a replica holding a request may stay
+	// silent (replicas repeat the acknowledgment every 250 ms while a call
+	// runs) before the request fails with ErrReplicaDied. Default: 1s
+	// (wire.DefaultHeartbeatTimeout).
+	HeartbeatTimeout time.Duration
 	// TracerProvider traces calls (see WithTracerProvider). Default: nil, off.
 	TracerProvider trace.TracerProvider
 	// Sender names this caller in the subject of its queue reports: its
@@ -84,6 +92,14 @@ func WithCallObserver(f func(deployment, method, code string, elapsed time.Durat
 	return func(o *Options) { o.CallObserver = f }
 }
 
+// WithAckTimeout sets Options.AckTimeout.
+func WithAckTimeout(d time.Duration) Option { return func(o *Options) { o.AckTimeout = d } }
+
+// WithHeartbeatTimeout sets Options.HeartbeatTimeout.
+func WithHeartbeatTimeout(d time.Duration) Option {
+	return func(o *Options) { o.HeartbeatTimeout = d }
+}
+
 // WithName sets Options.Name.
 func WithName(name string) Option { return func(o *Options) { o.Name = name } }
 
@@ -106,7 +122,8 @@ func WithTLS(caFile, certFile, keyFile string) Option {
 }
 
 func buildOptions(opts []Option) Options {
-	o := Options{Name: "natserve-client", Sender: wire.RoleClient, Timeout: 60 * time.Second, ConnectTimeout: 5 * time.Second}
+	o := Options{Name: "natserve-client", Sender: wire.RoleClient, Timeout: 60 * time.Second, ConnectTimeout: 5 * time.Second,
+		AckTimeout: wire.DefaultAckTimeout, HeartbeatTimeout: wire.DefaultHeartbeatTimeout}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -124,6 +141,7 @@ type Client struct {
 	mux    sync.Map     // deployment → *MultiplexStats
 	tracer trace.Tracer // nil: tracing off
 	async  async        // stored requests (async.go)
+	inbox  inbox        // acknowledgments, heartbeats and replies (inbox.go)
 
 	// ctx ends when Close is called; the client's goroutines (the queue
 	// reports) stop on it, and wg counts them so that Close waits for
@@ -222,6 +240,8 @@ func (c *Client) Close() {
 		c.mu.Unlock()
 		c.cancel()
 		c.graphs.stop()
+		c.inbox.once.Do(func() {}) // no inbox starts after this
+		c.inbox.stop()
 		if c.own {
 			c.nc.Close()
 		}
@@ -256,9 +276,17 @@ func NewRequestID() string { return nuid.Next() }
 // RequestMsg sends msg (subject, headers and payload already set) to the
 // deployment and returns the successful reply, by the earlier of deadline
 // (zero: none) and ctx's deadline, or Options.Timeout without either. It sets the timeout and
-// protocol headers, retries while replicas answer busy (they did not accept
-// the request, so no call runs twice), and turns failures into *Error. The
-// ingress and handles share it.
+// protocol headers and turns failures into *Error. The ingress and handles
+// share it.
+//
+// Admission: the replica that takes the request acknowledges it before the
+// call runs. A request not acknowledged within Options.AckTimeout never
+// ran (the replica drops it past its ack-by time) and is sent again; so is
+// one a replica refused as busy, after waiting its turn in this caller's
+// first-in first-out queue. A request acknowledged by a replica that then
+// dies (an exit event, or no heartbeat for Options.HeartbeatTimeout) fails
+// at once with ErrReplicaDied, or is sent again when the replica said the
+// method is idempotent.
 func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment, method string, msg *nats.Msg) (*nats.Msg, error) {
 	if dl, ok := ctx.Deadline(); ok && (deadline.IsZero() || dl.Before(deadline)) {
 		deadline = dl
@@ -273,26 +301,38 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 	if c.tracer != nil {
 		tracectx.Inject(ctx, msg.Header)
 	}
-	k := call{c: c, ctx: ctx, deployment: deployment, method: method, deadline: deadline, backoff: time.Millisecond}
+	k := call{c: c, ctx: ctx, deployment: deployment, method: method, deadline: deadline, backoff: time.Millisecond, wq: c.queue.get(deployment)}
 	defer k.leave()
+	if err := c.startInbox(); err != nil {
+		if errors.Is(err, nats.ErrConnectionClosed) {
+			return nil, fmt.Errorf("%s: %w", deployment, ErrClosed)
+		}
+		return nil, k.fail(wire.CodeInternal, err.Error(), "")
+	}
 	// While this caller already holds requests waiting for a replica of
 	// the deployment, a new one queues behind them instead of racing them
 	// for the next free slot.
-	if c.Queued(deployment) > 0 {
+	if k.wq.n.Load() > 0 {
 		if err := k.admit(); err != nil {
 			return nil, err
 		}
-		time.Sleep(time.Millisecond)
 	}
-	for attempt := 0; ; attempt++ {
-		left := time.Until(deadline)
-		if left <= 0 {
+	k.timer = time.NewTimer(time.Hour)
+	defer k.timer.Stop()
+	for {
+		if err := k.waitTurn(ctx); err != nil {
+			return nil, err
+		}
+		if time.Until(deadline) <= 0 {
 			return nil, k.fail(wire.CodeDeadline, "deadline passed before a replica accepted the request", "")
 		}
-		reply, err := k.send(ctx, msg, left)
-		switch {
-		case err == nil:
-		case errors.Is(err, nats.ErrNoResponders):
+		out := k.attempt(ctx, msg)
+		switch out.kind {
+		case outReply:
+		case outNotAcked:
+			k.notAcknowledged()
+			continue // it never ran: send it again
+		case outNoResponders:
 			if probeOf(ctx) != nil { // a multiplexing probe falls back to the next subject
 				return nil, k.fail(wire.CodeNoReplicas, "no replica serves "+msg.Subject, "")
 			}
@@ -300,46 +340,72 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 				return nil, err
 			}
 			continue
-		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-			return nil, k.fail(wire.CodeDeadline, fmt.Sprintf("no reply within %v", left.Round(time.Millisecond)), "")
-		case errors.Is(err, context.Canceled):
-			return nil, err
-		case errors.Is(err, nats.ErrConnectionClosed):
+		case outDied:
+			if out.flags&wire.AckIdempotent != 0 {
+				continue // declared idempotent: running it again is allowed
+			}
+			k.wq.releaseHead(nil)
+			return nil, k.fail(wire.CodeReplicaDied, fmt.Sprintf("replica %s died holding the request (%s)", out.replicaID(), out.reason), out.replicaID())
+		case outDeadline:
+			if out.replica != nil {
+				return nil, k.fail(wire.CodeDeadline, fmt.Sprintf("no reply within %v", out.waited.Round(time.Millisecond)), out.replicaID())
+			}
+			return nil, k.fail(wire.CodeDeadline, "deadline passed before a replica accepted the request", "")
+		case outCanceled:
+			return nil, out.err
+		case outClosed:
 			return nil, fmt.Errorf("%s: %w", deployment, ErrClosed)
 		default:
-			return nil, k.fail(wire.CodeInternal, err.Error(), "")
+			return nil, k.fail(wire.CodeInternal, out.err.Error(), "")
 		}
-		if final, err := k.outcome(reply); final {
+		if final, err := k.outcome(out.reply); final {
+			k.wq.releaseHead(out.replica) // a slot of the deployment is free, there
 			if err != nil {
 				return nil, err
 			}
-			return reply, nil
+			return out.reply, nil
 		}
 		// Busy: wait in the caller-side queue and try again.
+		k.busy++
+		if c.opts.MaxBusyRetries > 0 && k.busy > c.opts.MaxBusyRetries {
+			return nil, k.fail(wire.CodeBusy, fmt.Sprintf("every replica was busy after %d attempts", k.busy), "")
+		}
+		if p := probeOf(ctx); p != nil {
+			// A multiplexing probe targets the replicas holding a model:
+			// it gives up at its own bound rather than queue behind calls
+			// to the whole deployment, and backs off on its own.
+			if time.Now().After(p.until) {
+				return nil, k.fail(wire.CodeBusy, "the replicas holding the model stayed busy", probeGaveUp)
+			}
+			if err := k.sleep(ctx, k.backoff); err != nil {
+				return nil, err
+			}
+			k.backoff = min(2*k.backoff, 16*time.Millisecond)
+			continue
+		}
 		if err := k.admit(); err != nil {
-			return nil, err
-		}
-		if p := probeOf(ctx); p != nil && time.Now().After(p.until) {
-			return nil, k.fail(wire.CodeBusy, "the replicas holding the model stayed busy", probeGaveUp)
-		}
-		if err := k.backoffBusy(ctx, attempt); err != nil {
 			return nil, err
 		}
 	}
 }
 
-// call is one RequestMsg in progress: its queue admission, whether it woke
-// the deployment, and its busy backoff.
+// call is one RequestMsg in progress: its place in the caller-side queue,
+// whether it woke the deployment, where its next try goes.
 type call struct {
 	c          *Client
 	ctx        context.Context // the caller's, for the queue span
 	deployment string
 	method     string
 	deadline   time.Time
-	dequeue    func() // takes the call out of the caller-side queue; nil until admitted
+	timer      *time.Timer // reused by every wait of the call
+	wq         *waitQueue  // the deployment's queue at this caller
+	w          *waiter     // the call's place in wq; nil when not queued
 	backoff    time.Duration
+	busy       int        // busy replies so far
 	woke       bool       // the controller was asked to wake the deployment
 	waking     bool       // … and a replica is coming
+	direct     *string    // send the next try to this replica alone
+	tried      *string    // the replica the last try went to alone
 	queued     trace.Span // the wait for a free replica, when traced
 }
 
@@ -347,15 +413,15 @@ func (k *call) fail(code wire.Code, text, replica string) error {
 	return &Error{Deployment: k.deployment, Method: k.method, Code: string(code), Message: text, Replica: replica}
 }
 
-// admit puts the call in the caller-side queue (once), unless
+// admit puts the call at the tail of the caller-side queue (once), unless
 // max_queued_requests calls already wait.
 func (k *call) admit() error {
-	if k.dequeue != nil {
+	if k.w != nil {
 		return nil
 	}
 	var ok bool
-	if k.dequeue, ok = k.c.enqueue(k.deployment, k.c.queueLimit(k.deployment)); !ok {
-		return k.fail(wire.CodeBackpressure, fmt.Sprintf("max_queued_requests reached: %d requests already wait for a replica", k.c.Queued(k.deployment)), "")
+	if k.w, ok = k.c.enqueue(k.wq, k.c.queueLimit(k.deployment)); !ok {
+		return k.fail(wire.CodeBackpressure, fmt.Sprintf("max_queued_requests reached: %d requests already wait for a replica", k.wq.n.Load()), "")
 	}
 	k.startWait()
 	return nil
@@ -368,27 +434,92 @@ func (k *call) startWait() {
 	}
 }
 
-// leave takes the call out of the queue if it was in it.
+// leave takes the call out of the queue if it is in it; the next one may go.
 func (k *call) leave() {
-	if k.dequeue != nil {
-		k.dequeue()
+	if k.w != nil {
+		k.wq.dequeue(k.w)
+		k.w = nil
 	}
 	if k.queued != nil {
 		k.queued.End()
+		k.queued = nil
 	}
 }
 
-// send sends msg once, with left as its budget.
-func (k *call) send(ctx context.Context, msg *nats.Msg, left time.Duration) (*nats.Msg, error) {
-	msg.Header[wire.HeaderTimeout] = []string{wire.FormatTimeout(left)}
-	if ctx.Done() == nil {
-		// No cancellation to watch: nats.go's pooled timer is cheaper
-		// than a context per request (the ingress's hot path).
-		return k.c.nc.RequestMsg(msg, left)
+// waitTurn waits, while the call is queued, for its turn: it is released
+// when it reaches the head, and then by each reply from the deployment (a
+// slot freed); the head also tries again after a backoff (1 ms doubling to
+// 16 ms), for slots that other callers free.
+func (k *call) waitTurn(ctx context.Context) error {
+	if k.w == nil {
+		return nil
 	}
-	rctx, cancel := context.WithDeadline(ctx, k.deadline)
-	defer cancel()
-	return k.c.nc.RequestMsgWithContext(rctx, msg)
+	for {
+		left := time.Until(k.deadline)
+		if left <= 0 {
+			return k.fail(wire.CodeDeadline, fmt.Sprintf("deadline passed while waiting for a free replica (%d busy replies)", k.busy), "")
+		}
+		if k.wq.head() == k.w {
+			left = min(k.backoff, left)
+		}
+		k.timer.Reset(left)
+		released := false
+		select {
+		case <-k.w.ch:
+			released = true
+		case <-k.timer.C:
+		case <-ctx.Done():
+			if time.Now().After(k.deadline) {
+				return k.fail(wire.CodeDeadline, "deadline passed while every replica was busy", "")
+			}
+			return ctx.Err()
+		}
+		if released || k.wq.head() == k.w {
+			k.backoff = min(2*k.backoff, 16*time.Millisecond)
+			if r := k.w.hint.Swap(nil); r != nil && k.direct == nil {
+				k.direct = r // the replica whose slot was freed
+			}
+			return nil
+		}
+	}
+}
+
+// sleep waits d, bounded by the deadline and ctx.
+func (k *call) sleep(ctx context.Context, d time.Duration) error {
+	if time.Until(k.deadline) < d {
+		return k.fail(wire.CodeDeadline, fmt.Sprintf("every replica stayed busy until the deadline (%d busy replies)", k.busy), "")
+	}
+	k.timer.Reset(d)
+	select {
+	case <-k.timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// admitted runs when a replica acknowledges the call: it leaves the queue
+// (the next one may try: the replica may have more free slots), and the
+// replica becomes where unacknowledged calls of the deployment go next.
+func (k *call) admitted(replica *string) {
+	k.leave()
+	if k.wq.recent.Load() != replica {
+		k.wq.recent.Store(replica)
+	}
+}
+
+// notAcknowledged picks where the next try goes. The queue group may pick
+// the same silent replica (a stopped process) again, so it goes straight to
+// the replica that last acknowledged a call of the deployment here, unless
+// that was the one just tried.
+func (k *call) notAcknowledged() {
+	r := k.wq.recent.Load()
+	switch {
+	case r != nil && r != k.tried:
+		k.direct = r
+	case r != nil:
+		k.wq.recent.CompareAndSwap(r, nil)
+	}
 }
 
 // wakeFromZero handles "no replica": a deployment scaled to zero is woken
@@ -431,35 +562,121 @@ func (k *call) outcome(reply *nats.Msg) (final bool, err error) {
 	return false, nil
 }
 
-// backoffBusy waits before the next attempt after every replica answered
-// busy, or says why there is none.
-func (k *call) backoffBusy(ctx context.Context, attempt int) error {
-	if k.c.opts.MaxBusyRetries > 0 && attempt >= k.c.opts.MaxBusyRetries {
-		return k.fail(wire.CodeBusy, fmt.Sprintf("every replica was busy after %d attempts", attempt+1), "")
+// holdLine is how long a queued call's attempt holds the queue waiting for
+// the replica's answer (a busy reply or an acknowledgment comes back in well
+// under a millisecond on a healthy replica).
+const holdLine = 10 * time.Millisecond
+
+// What one attempt of a call came to.
+type outcome struct {
+	kind    int
+	reply   *nats.Msg
+	replica *string // the replica that acknowledged it (interned), or nil
+	flags   byte    // its acknowledgment's flags
+	reason  string  // why the replica is taken for dead
+	waited  time.Duration
+	err     error
+}
+
+func (o *outcome) replicaID() string {
+	if o.replica == nil {
+		return ""
 	}
-	// Full jitter between backoff/2 and backoff, 1 ms doubling up to a
-	// cap that grows with the queue (1 ms per waiting request, 2 to
-	// 32 ms): a short queue retries often, so that the requests it
-	// holds win the next free slot over newcomers and wait about in
-	// order; a long one does not flood the replicas with retries.
-	sleep := k.backoff/2 + rand.N(k.backoff/2+1)
-	limit := min(max(time.Duration(k.c.Queued(k.deployment))*time.Millisecond, 2*time.Millisecond), 32*time.Millisecond)
-	if k.backoff < limit {
-		k.backoff *= 2
+	return *o.replica
+}
+
+const (
+	outReply        = iota // reply holds the replica's answer (maybe an error reply)
+	outNotAcked            // no acknowledgment in time: the request never ran
+	outNoResponders        // nobody subscribed
+	outDied                // acknowledged, then the replica died
+	outDeadline            // the deadline passed
+	outCanceled            // ctx ended
+	outClosed              // the connection is closed
+	outError               // anything else (err)
+)
+
+// attempt sends msg once, on a fresh inbox token, to the deployment's
+// queue group (or to k.direct alone) and waits for its acknowledgment and
+// its reply.
+func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
+	c := k.c
+	x := &c.inbox
+	p := x.open(k.w != nil)
+	defer x.close(p)
+	m := *msg // the caller's subject and reply stay as they were
+	m.Reply = p.subject
+	k.tried, k.direct = k.direct, nil
+	if k.tried != nil {
+		m.Subject = wire.ReplicaSubject(k.deployment, *k.tried, wire.VerbRequest)
 	}
-	k.backoff = min(k.backoff, limit)
-	if time.Until(k.deadline) < sleep {
-		return k.fail(wire.CodeDeadline, fmt.Sprintf("every replica stayed busy until the deadline (%d attempts)", attempt+1), "")
-	}
-	t := time.NewTimer(sleep)
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		t.Stop()
-		if time.Now().After(k.deadline) {
-			return k.fail(wire.CodeDeadline, "deadline passed while every replica was busy", "")
+	now := time.Now()
+	ackBy := now.Add(min(c.opts.AckTimeout, k.deadline.Sub(now)))
+	msg.Header[wire.HeaderTimeout] = []string{wire.FormatTimeout(k.deadline.Sub(now))}
+	msg.Header[wire.HeaderAckBy] = []string{wire.FormatAckBy(ackBy)}
+	if err := c.nc.PublishMsg(&m); err != nil {
+		if errors.Is(err, nats.ErrConnectionClosed) {
+			return outcome{kind: outClosed}
 		}
-		return ctx.Err()
+		return outcome{kind: outError, err: err}
+	}
+	acked := false
+	// A queued call holds the line while its attempt is out, so that calls
+	// are admitted in order; one neither refused nor acknowledged within
+	// holdLine went to a replica that does not answer (a stopped process):
+	// it lets the next call go rather than hold the line for the ack
+	// timeout.
+	holdUntil := now.Add(holdLine)
+	for {
+		replica, flags, seen, reply, died := x.state(p)
+		if reply != nil {
+			if !acked && replica != nil {
+				k.admitted(replica)
+			}
+			if reply.Header != nil && len(reply.Data) == 0 && reply.Header.Get("Status") == "503" {
+				return outcome{kind: outNoResponders}
+			}
+			return outcome{kind: outReply, reply: reply, replica: replica}
+		}
+		if replica != nil && !acked {
+			acked = true
+			k.admitted(replica)
+		}
+		if died != "" {
+			return outcome{kind: outDied, replica: replica, flags: flags, reason: died}
+		}
+		t := time.Now()
+		if k.w != nil && !acked && !t.Before(holdUntil) {
+			k.leave()
+		}
+		var until time.Time
+		switch {
+		case !t.Before(k.deadline):
+			return outcome{kind: outDeadline, replica: replica, waited: t.Sub(now)}
+		case !acked && !t.Before(ackBy.Add(wire.AckGrace)):
+			return outcome{kind: outNotAcked}
+		case acked && t.Sub(seen) >= c.opts.HeartbeatTimeout:
+			return outcome{kind: outDied, replica: replica, flags: flags, reason: fmt.Sprintf("no heartbeat for %v", t.Sub(seen).Round(time.Millisecond))}
+		case acked:
+			until = seen.Add(c.opts.HeartbeatTimeout)
+		default:
+			until = ackBy.Add(wire.AckGrace)
+		}
+		if k.deadline.Before(until) {
+			until = k.deadline
+		}
+		if k.w != nil && holdUntil.Before(until) {
+			until = holdUntil
+		}
+		k.timer.Reset(until.Sub(t))
+		select {
+		case <-p.sig:
+		case <-k.timer.C:
+		case <-ctx.Done():
+			if time.Now().After(k.deadline) {
+				return outcome{kind: outDeadline, replica: replica, waited: time.Since(now)}
+			}
+			return outcome{kind: outCanceled, err: ctx.Err()}
+		}
 	}
 }

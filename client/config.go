@@ -291,6 +291,10 @@ func (p *parser) deployment(n *yaml.Node, path string) (DeploymentSpec, error) {
 			if v.Kind != yaml.SequenceNode || v.Decode(&s.CallbackURLs) != nil {
 				return s, p.errf(v, field, "want a list of URL prefixes")
 			}
+		case "idempotent_methods":
+			if v.Kind != yaml.SequenceNode || v.Decode(&s.IdempotentMethods) != nil {
+				return s, p.errf(v, field, "want a list of method names, got %s", kindName(v))
+			}
 		default:
 			return s, p.errf(k, field, "unknown field")
 		}

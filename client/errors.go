@@ -31,6 +31,11 @@ var (
 	// ErrProtocol: the replica speaks another protocol version, or replied
 	// with something that is not a reply.
 	ErrProtocol = errors.New("protocol error")
+	// ErrReplicaDied: the replica that acknowledged the request died before
+	// replying; the call may or may not have run. Returned at once (from the
+	// replica exit event or missing heartbeats), never after the deadline.
+	// Methods declared idempotent are sent again instead.
+	ErrReplicaDied = errors.New("replica died")
 	// ErrClosed: the client was closed.
 	ErrClosed = errors.New("client closed")
 )
@@ -73,6 +78,8 @@ func (e *Error) sentinel() error {
 		return ErrBadRequest
 	case wire.CodeProto:
 		return ErrProtocol
+	case wire.CodeReplicaDied:
+		return ErrReplicaDied
 	}
 	return errors.New(e.Code)
 }

@@ -10,45 +10,116 @@ import (
 	"github.com/natserve/natserve/internal/wire"
 )
 
-// queueStats counts, per deployment, the requests this caller holds waiting
-// for a free replica (they got a busy reply and wait to try again). The
-// counts bound max_queued_requests and feed the autoscaler.
+// queueStats holds, per deployment, the requests this caller holds waiting
+// for a free replica (they found every replica busy, or others already
+// wait), first in first out. Only the request at the head sends; it is
+// released to try again by what frees a slot: a reply from the
+// deployment, or the acknowledgment that admitted the request before it.
+// The counts bound max_queued_requests and feed the autoscaler.
 type queueStats struct {
-	counts sync.Map // deployment → *atomic.Int64
+	queues sync.Map // deployment → *waitQueue
 	once   sync.Once
 	caller string
 }
 
-func (q *queueStats) counter(deployment string) *atomic.Int64 {
-	if v, ok := q.counts.Load(deployment); ok {
-		return v.(*atomic.Int64)
+type waitQueue struct {
+	// recent is the replica that last acknowledged a request of the
+	// deployment at this caller (interned by the inbox): where a request
+	// another replica did not acknowledge goes next.
+	recent atomic.Pointer[string]
+
+	n  atomic.Int64 // len(q), read without the lock
+	mu sync.Mutex   // guards q
+	q  []*waiter
+}
+
+// waiter is one queued request.
+type waiter struct {
+	ch   chan struct{}          // a pending release
+	hint atomic.Pointer[string] // the replica whose slot the release freed, if known
+}
+
+func (q *queueStats) get(deployment string) *waitQueue {
+	if v, ok := q.queues.Load(deployment); ok {
+		return v.(*waitQueue)
 	}
-	v, _ := q.counts.LoadOrStore(deployment, new(atomic.Int64))
-	return v.(*atomic.Int64)
+	v, _ := q.queues.LoadOrStore(deployment, new(waitQueue))
+	return v.(*waitQueue)
 }
 
 // Queued returns how many requests to deployment this client holds waiting
 // for a free replica.
-func (c *Client) Queued(deployment string) int64 { return c.queue.counter(deployment).Load() }
+func (c *Client) Queued(deployment string) int64 { return c.queue.get(deployment).n.Load() }
 
-// enqueue admits a request into the caller-side queue unless limit (≥ 0)
-// requests already wait; it returns the function that takes it out.
-func (c *Client) enqueue(deployment string, limit int) (func(), bool) {
-	ctr := c.queue.counter(deployment)
-	for {
-		n := ctr.Load()
-		if limit >= 0 && n >= int64(limit) {
-			return nil, false
-		}
-		if ctr.CompareAndSwap(n, n+1) {
-			break
-		}
+// enqueue puts a request at the tail of the deployment's queue unless limit
+// (≥ 0) requests already wait.
+func (c *Client) enqueue(wq *waitQueue, limit int) (*waiter, bool) {
+	wq.mu.Lock()
+	if limit >= 0 && len(wq.q) >= limit {
+		wq.mu.Unlock()
+		return nil, false
 	}
+	w := &waiter{ch: make(chan struct{}, 1)}
+	wq.q = append(wq.q, w)
+	wq.n.Store(int64(len(wq.q)))
+	if len(wq.q) == 1 {
+		w.ch <- struct{}{} // the head may go
+	}
+	wq.mu.Unlock()
 	c.queue.once.Do(func() {
 		c.queue.caller = nuid.Next()
 		c.goBackground(c.reportQueue)
 	})
-	return func() { ctr.Add(-1) }, true
+	return w, true
+}
+
+// dequeue takes w out of the queue; if it was the head, the next one may go.
+func (wq *waitQueue) dequeue(w *waiter) {
+	wq.mu.Lock()
+	defer wq.mu.Unlock()
+	for i, x := range wq.q {
+		if x == w {
+			copy(wq.q[i:], wq.q[i+1:])
+			wq.q[len(wq.q)-1] = nil
+			wq.q = wq.q[:len(wq.q)-1]
+			wq.n.Store(int64(len(wq.q)))
+			if i == 0 && len(wq.q) > 0 {
+				wq.q[0].release()
+			}
+			return
+		}
+	}
+}
+
+// head returns the request at the head of the queue, or nil.
+func (wq *waitQueue) head() *waiter {
+	wq.mu.Lock()
+	defer wq.mu.Unlock()
+	if len(wq.q) == 0 {
+		return nil
+	}
+	return wq.q[0]
+}
+
+// releaseHead lets the head of the queue try again: a slot is free, on
+// replica when it is known (the head then sends to that replica alone).
+func (wq *waitQueue) releaseHead(replica *string) {
+	if wq.n.Load() == 0 {
+		return
+	}
+	wq.mu.Lock()
+	if len(wq.q) > 0 {
+		wq.q[0].hint.Store(replica)
+		wq.q[0].release()
+	}
+	wq.mu.Unlock()
+}
+
+func (w *waiter) release() {
+	select {
+	case w.ch <- struct{}{}:
+	default:
+	}
 }
 
 // reportQueue publishes the mean queue lengths every second while any is
@@ -67,8 +138,8 @@ func (c *Client) reportQueue() {
 			return
 		case <-t.C:
 		}
-		c.queue.counts.Range(func(k, v any) bool {
-			sums[k.(string)] += float64(v.(*atomic.Int64).Load())
+		c.queue.queues.Range(func(k, v any) bool {
+			sums[k.(string)] += float64(v.(*waitQueue).n.Load())
 			return true
 		})
 		n++

@@ -73,6 +73,12 @@ type DeploymentSpec struct {
 	// MaxConstructorRetryCount bounds constructor retries before
 	// DEPLOY_FAILED; the limit is min(num_replicas*3, this). Default: 20.
 	MaxConstructorRetryCount int `json:"max_constructor_retry_count"`
+	// IdempotentMethods lists the methods that may run twice: a request one
+	// of them that a replica acknowledged and then died holding is sent
+	// again instead of failing with replica_died. "Call" names the default
+	// method (HTTP requests), "*" all methods. Changing it restarts the
+	// replicas. Default: none.
+	IdempotentMethods []string `json:"idempotent_methods,omitempty"`
 	// Version labels the code; changing it rolls the replicas. Default: "".
 	Version string `json:"version,omitempty"`
 	// AutoscalingConfig turns on autoscaling; NumReplicas is then ignored.
@@ -135,6 +141,14 @@ func (s *DeploymentSpec) Normalize() error {
 	}
 	if err := wire.ValidateName("class name", s.Class); err != nil {
 		return bad("class", "%v", err)
+	}
+	for _, m := range s.IdempotentMethods {
+		if m == "*" {
+			continue
+		}
+		if err := wire.ValidateMethod(m); err != nil || m == "" {
+			return bad("idempotent_methods", "%q is not a method name", m)
+		}
 	}
 	if len(s.InitArgs) > 0 {
 		if t := bytes.TrimSpace(s.InitArgs); len(t) == 0 || (t[0] != '[' && string(t) != "null") || !json.Valid(t) {

@@ -220,6 +220,7 @@ func (c *Controller) check(ctx context.Context, st *state, key, deployment, repl
 	}
 	c.m.restarted(a.Deployment, "unhealthy")
 	c.log.Warn("replica unhealthy; killing it", "deployment", a.Deployment, "replica", replica)
+	c.publishExit(a.Replica, a.Deployment, a.Node, "failed health checks")
 	c.setDesired(ctx, st, view{a: a, rev: rev}, store.DesiredKill)
 }
 
@@ -276,5 +277,15 @@ func (s *state) clearOrphan(replica string) {
 	defer s.mu.Unlock()
 	if h, ok := s.health[replica]; ok {
 		h.orphan = time.Time{}
+	}
+}
+
+// publishExit tells callers that the controller gave replica up, so that
+// those holding a request it acknowledged fail it (or resend an idempotent
+// one) at once instead of waiting for their deadline.
+func (c *Controller) publishExit(replica, deployment, node, reason string) {
+	b, _ := json.Marshal(wire.ReplicaExit{Replica: replica, Deployment: deployment, Node: node, Reason: reason})
+	if err := c.nc.Publish(wire.ReplicaExitSubject(wire.ReplicaExitSenderController), b); err != nil {
+		c.log.Warn("publishing a replica exit failed", "replica", replica, "err", err)
 	}
 }

@@ -35,7 +35,11 @@ func hashes(spec *client.DeploymentSpec) (code, cfg string) {
 		}
 		return buf.String()
 	}
-	h := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%g", spec.Class, compact(spec.InitArgs), spec.Version, spec.MaxOngoingRequests, spec.GracefulShutdownTimeoutS)))
+	key := fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%g", spec.Class, compact(spec.InitArgs), spec.Version, spec.MaxOngoingRequests, spec.GracefulShutdownTimeoutS)
+	if len(spec.IdempotentMethods) > 0 { // replicas learn it at start; absent, the hash stays as it was
+		key += "\x00" + strings.Join(spec.IdempotentMethods, ",")
+	}
+	h := sha256.Sum256([]byte(key))
 	var batching []byte
 	if len(spec.Batching) > 0 {
 		batching, _ = json.Marshal(spec.Batching) // map keys sorted: stable
@@ -210,6 +214,7 @@ func (p *depPass) sortReplicas(vs []view) (cur, old []view) {
 		case !nodeUp:
 			c.m.restarted(spec.Name, "node_lost")
 			c.log.Warn("node lost; replacing its replica", "deployment", spec.Name, "replica", v.a.Replica, "node", v.a.Node)
+			c.publishExit(v.a.Replica, spec.Name, v.a.Node, "node lost")
 			c.dropAssignment(p.ctx, p.st, v)
 			if v.a.Desired == store.DesiredRun {
 				p.load[v.a.Node]--
@@ -433,7 +438,8 @@ func (c *Controller) createAssignment(ctx context.Context, st *state, spec *clie
 		Replica: strings.ToLower(nuid.Next()), Node: node, Deployment: spec.Name, Class: spec.Class,
 		InitArgs: spec.InitArgs, UserConfig: spec.UserConfig, Batching: spec.Batching, Version: spec.Version, CodeHash: code, ConfigHash: cfg,
 		MaxOngoingRequests: spec.MaxOngoingRequests, GracefulShutdownTimeoutS: spec.GracefulShutdownTimeoutS,
-		Desired: store.DesiredRun, Created: time.Now(),
+		IdempotentMethods: spec.IdempotentMethods,
+		Desired:           store.DesiredRun, Created: time.Now(),
 	}
 	if c.cfg.Signer != nil {
 		var err error

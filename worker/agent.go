@@ -527,7 +527,7 @@ func (p *proc) run(ctx context.Context) {
 		InitArgs: p.asg.InitArgs, UserConfig: p.asg.UserConfig, Batching: p.asg.Batching, MaxOngoingRequests: p.asg.MaxOngoingRequests,
 		GracefulShutdownTimeoutS: p.asg.GracefulShutdownTimeoutS, NATSURL: p.a.cfg.NATSURL, Metrics: p.a.cfg.Metrics != nil, OTLPEndpoint: p.a.cfg.OTLPEndpoint, Creds: p.asg.Creds,
 		NATSCAFile: p.a.cfg.TLSCAFile, NATSCertFile: p.a.cfg.TLSCertFile, NATSKeyFile: p.a.cfg.TLSKeyFile,
-		AgentPID: os.Getpid(), OrphanTimeoutS: p.a.cfg.OrphanTimeout.Seconds(),
+		AgentPID: os.Getpid(), OrphanTimeoutS: p.a.cfg.OrphanTimeout.Seconds(), IdempotentMethods: p.asg.IdempotentMethods,
 	}
 	specJSON, _ := json.Marshal(spec)
 	tail := &tailWriter{max: 8 << 10}
@@ -632,7 +632,19 @@ func (p *proc) exit(err error, tail *tailWriter, started time.Time) {
 		p.a.metrics.exits.WithLabelValues(p.asg.Deployment, state).Inc()
 	}
 	p.a.log.Info("replica exited", "deployment", p.asg.Deployment, "replica", p.asg.Replica, "code", code, "state", state)
+	p.publishExit(fmt.Sprintf("exited with code %d", code))
 	p.state(state, p.pid, code, msg, started)
+}
+
+// publishExit tells callers at once that the replica is gone, so that
+// those holding a request it acknowledged fail it (or resend an idempotent
+// one) without waiting for their deadline. Published before the KV write,
+// which may take longer.
+func (p *proc) publishExit(reason string) {
+	b, _ := json.Marshal(wire.ReplicaExit{Replica: p.asg.Replica, Deployment: p.asg.Deployment, Node: p.asg.Node, Reason: reason})
+	if err := p.a.nc.Publish(wire.ReplicaExitSubject(p.a.cfg.Name), b); err != nil {
+		p.a.log.Warn("publishing a replica exit failed", "replica", p.asg.Replica, "err", err)
+	}
 }
 
 // waitTurn waits for the spawn rate limit; it reports false if the
@@ -691,6 +703,7 @@ func (p *proc) watchAdopted(ctx context.Context) {
 				if stopped {
 					state = client.ReplicaStopped
 				}
+				p.publishExit("adopted replica exited")
 				p.state(state, p.pid, 0, "adopted replica exited", time.Time{})
 				return
 			}

@@ -274,11 +274,11 @@ func (r *Replica) runStoredMsg(ctx context.Context, js jetstream.JetStream, msg 
 	}
 
 	if r.metrics == nil {
-		r.serve(cctx, m, nil)
+		r.serve(cctx, m, nil, nil)
 	} else {
 		var oc outcome
 		start := time.Now()
-		r.serve(cctx, m, &oc)
+		r.serve(cctx, m, &oc, nil)
 		r.metrics.observe(&oc, time.Since(start))
 	}
 

@@ -47,8 +47,20 @@ type Replica struct {
 	receivers sync.WaitGroup // the goroutines taking from inbox
 	draining  atomic.Bool
 
-	mu         sync.Mutex // guards sub, ctlSub, life, cancelLife
+	// Admission acknowledgments (wire.AppendAck): the payloads for a
+	// method declared idempotent and for the others, built once.
+	ackPlain, ackIdem []byte
+	idempotent        map[string]bool // method names; "*" for all
+	// calls holds the reply subject of each running call, one slot per
+	// receiver (more calls run on goroutines of their own and are kept in
+	// extra), so that heartbeats reach the callers of long calls.
+	calls   []callSlot
+	extraMu sync.Mutex             // guards extra
+	extra   map[*callSlot]struct{} // calls above maxReceivers
+
+	mu         sync.Mutex // guards sub, direct, ctlSub, life, cancelLife
 	sub        *nats.Subscription
+	direct     *nats.Subscription // requests for this replica alone (wire.VerbRequest)
 	ctlSub     *nats.Subscription
 	life       context.Context // Run's: ends on its ctx or Stop
 	cancelLife context.CancelFunc
@@ -85,9 +97,15 @@ func NewReplica(reg *Registry, spec ReplicaSpec, log *slog.Logger) (*Replica, er
 		log = slog.Default()
 	}
 	log = log.With("deployment", spec.Deployment, "replica", spec.Replica)
+	idem := map[string]bool{}
+	for _, m := range spec.IdempotentMethods {
+		idem[m] = true
+	}
 	return &Replica{
 		spec: spec, reg: reg, log: log, pid: os.Getpid(), id: []byte(spec.Replica), cls: cls,
 		sem: make(chan struct{}, spec.MaxOngoingRequests), inbox: make(chan *nats.Msg, inboxSize), stop: make(chan struct{}),
+		ackPlain: wire.AppendAck(nil, spec.Replica, 0), ackIdem: wire.AppendAck(nil, spec.Replica, wire.AckIdempotent),
+		idempotent: idem, calls: make([]callSlot, min(spec.MaxOngoingRequests, maxReceivers)+1), extra: map[*callSlot]struct{}{},
 	}, nil
 }
 
@@ -195,6 +213,9 @@ func (r *Replica) Run(ctx context.Context) error {
 	if err == nil {
 		r.sub, err = nc.ChanQueueSubscribe(wire.DeploymentSubject(r.spec.Deployment), wire.QueueGroup(r.spec.Deployment), r.inbox)
 	}
+	if err == nil {
+		r.direct, err = nc.ChanSubscribe(wire.ReplicaSubject(r.spec.Deployment, r.spec.Replica, wire.VerbRequest), r.inbox)
+	}
 	r.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("replica %s: subscribing: %w", r.spec.Replica, err)
@@ -202,12 +223,11 @@ func (r *Replica) Run(ctx context.Context) error {
 	if r.models != nil {
 		r.models.resubscribe() // the free-slot subject: no model yet
 	}
-	receivers := min(r.spec.MaxOngoingRequests, maxReceivers) + 1
-	for i := 0; i < receivers; i++ {
+	for i := range r.calls {
 		r.receivers.Add(1)
 		go func() {
 			defer r.receivers.Done()
-			r.receive()
+			r.receive(&r.calls[i])
 		}()
 	}
 	r.svc = r.service()
@@ -222,18 +242,22 @@ func (r *Replica) Run(ctx context.Context) error {
 	storedDone := make(chan struct{})
 	go func() { defer close(storedDone); r.runStored(life) }()
 	reportDone := make(chan struct{})
-	go r.reportLoad(reportDone)
+	var bg sync.WaitGroup
+	bg.Add(2)
+	go func() { defer bg.Done(); r.reportLoad(reportDone) }()
+	go func() { defer bg.Done(); r.heartbeats(reportDone) }()
 	r.startWatchdog(reportDone)
 	select {
 	case <-ctx.Done():
 	case <-r.stop:
 	}
-	close(reportDone)
 	err = r.drain()
+	close(reportDone)
 	select { // the results of the stored requests that ran are stored
 	case <-storedDone:
 	case <-time.After(r.spec.gracefulTimeout() + storedPublishFor):
 	}
+	bg.Wait()
 	return err
 }
 
@@ -300,17 +324,18 @@ func (r *Replica) drain() error {
 	deadline := time.Now().Add(timeout)
 	r.log.Info("replica draining", "graceful_shutdown_timeout", timeout)
 	r.mu.Lock()
-	sub := r.sub
+	subs := []*nats.Subscription{r.sub, r.direct}
 	r.mu.Unlock()
 	// Drain sends UNSUB, then delivers what the server had already routed
 	// here; those calls run normally. Cut off from NATS, nothing more
-	// arrives: the subscription just ends.
-	if !r.nc.IsConnected() {
-		_ = sub.Unsubscribe()
-	} else if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		r.log.Warn("drain subscription", "err", err)
+	// arrives: the subscriptions just end.
+	for _, sub := range subs {
+		if !r.nc.IsConnected() {
+			_ = sub.Unsubscribe()
+		} else if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			r.log.Warn("drain subscription", "err", err)
+		}
 	}
-	subs := []*nats.Subscription{sub}
 	if r.models != nil {
 		subs = append(subs, r.models.drain()...)
 	}
@@ -364,7 +389,7 @@ const (
 	maxReceivers = 1024
 )
 
-func (r *Replica) receive() {
+func (r *Replica) receive(slot *callSlot) {
 	for m := range r.inbox {
 		select {
 		case r.sem <- struct{}{}:
@@ -377,26 +402,36 @@ func (r *Replica) receive() {
 		}
 		r.inflight.Add(1)
 		if r.spec.MaxOngoingRequests > maxReceivers {
-			go r.serveAndRelease(m)
+			go func() {
+				s := new(callSlot)
+				r.extraMu.Lock()
+				r.extra[s] = struct{}{}
+				r.extraMu.Unlock()
+				r.serveAndRelease(m, s)
+				r.extraMu.Lock()
+				delete(r.extra, s)
+				r.extraMu.Unlock()
+			}()
 			continue
 		}
-		r.serveAndRelease(m)
+		r.serveAndRelease(m, slot)
 	}
 }
 
-func (r *Replica) serveAndRelease(m *nats.Msg) {
+func (r *Replica) serveAndRelease(m *nats.Msg, slot *callSlot) {
 	if r.metrics == nil && r.tracer == nil {
-		r.serve(context.Background(), m, nil)
+		r.serve(context.Background(), m, nil, slot)
 	} else {
-		r.serveObserved(m)
+		r.serveObserved(m, slot)
 	}
-	<-r.sem
+	r.free(slot)
+	slot.freed = false
 	r.inflight.Done()
 }
 
 // serveObserved serves m with metrics, tracing or both: the outcome
 // feeds the metrics and ends the server span.
-func (r *Replica) serveObserved(m *nats.Msg) {
+func (r *Replica) serveObserved(m *nats.Msg, slot *callSlot) {
 	var oc outcome
 	start := time.Now()
 	ctx := context.Background()
@@ -404,7 +439,7 @@ func (r *Replica) serveObserved(m *nats.Msg) {
 	if r.tracer != nil {
 		ctx, span = r.startServe(m)
 	}
-	r.serve(ctx, m, &oc)
+	r.serve(ctx, m, &oc, slot)
 	if span != nil {
 		endServe(span, &oc)
 	}
@@ -413,9 +448,103 @@ func (r *Replica) serveObserved(m *nats.Msg) {
 	}
 }
 
+// free gives the call's max_ongoing_requests slot back, once. A
+// successful call frees it just before its reply goes out, so that a
+// caller the reply releases from its queue finds the slot free.
+func (r *Replica) free(slot *callSlot) {
+	if slot == nil || slot.freed {
+		return
+	}
+	slot.freed = true
+	slot.reply.Store(nil)
+	<-r.sem
+}
+
+// callSlot is the running call of one receiver: its reply subject and
+// acknowledgment (nil when idle) and when it started (Unix nanoseconds).
+type callSlot struct {
+	reply atomic.Pointer[ackTarget]
+	freed bool // the slot was given back (owned by the goroutine serving the call)
+}
+
+type ackTarget struct {
+	subject string
+	ack     []byte
+	since   time.Time
+}
+
+// acknowledge tells m's caller that this replica holds the request, unless
+// the caller's ack-by time has passed: then the caller has (or will have)
+// sent it elsewhere, and the request is dropped without running. It
+// reports whether to run the request. Callers that set no ack-by (they do
+// not speak acknowledgments) get none.
+func (r *Replica) acknowledge(m *nats.Msg, oc *outcome, method string, slot *callSlot) bool {
+	v := m.Header.Get(wire.HeaderAckBy)
+	if v == "" || m.Reply == "" {
+		return true
+	}
+	by, err := wire.ParseAckBy(v)
+	if err != nil {
+		r.fail(oc, m, wire.CodeBadRequest, err.Error())
+		return false
+	}
+	now := time.Now()
+	if now.After(by) {
+		if oc != nil { // counted as a deadline; nobody waits for a reply
+			oc.code, oc.text = wire.CodeDeadline, "ack-by time passed"
+		}
+		r.log.Debug("request dropped: its ack-by time passed", "late", now.Sub(by), "request_id", m.Header.Get(wire.HeaderRequestID))
+		return false
+	}
+	ack := r.ackPlain
+	if r.idempotent[method] || r.idempotent["*"] {
+		ack = r.ackIdem
+	}
+	if err := r.nc.Publish(m.Reply, ack); err != nil {
+		r.log.Warn("acknowledgment failed", "err", err)
+		return false
+	}
+	if slot != nil {
+		slot.reply.Store(&ackTarget{subject: m.Reply, ack: ack, since: now})
+	}
+	return true
+}
+
+// heartbeats repeats the acknowledgment of every call running longer than
+// wire.HeartbeatInterval, every interval, until done. An idle replica sends
+// nothing.
+func (r *Replica) heartbeats(done <-chan struct{}) {
+	t := time.NewTicker(wire.HeartbeatInterval)
+	defer t.Stop()
+	beat := func(s *callSlot, now time.Time) {
+		if a := s.reply.Load(); a != nil && now.Sub(a.since) >= wire.HeartbeatInterval {
+			_ = r.nc.Publish(a.subject, a.ack)
+		}
+	}
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		if len(r.sem) == 0 {
+			continue
+		}
+		now := time.Now()
+		for i := range r.calls {
+			beat(&r.calls[i], now)
+		}
+		r.extraMu.Lock()
+		for s := range r.extra {
+			beat(s, now)
+		}
+		r.extraMu.Unlock()
+	}
+}
+
 // serve runs the call m carries under base (Background, or the replica's
 // span when traced) and replies; oc, when not nil, records the outcome.
-func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome) {
+func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome, slot *callSlot) {
 	if v := m.Header.Get(wire.HeaderProto); v != wire.ProtoVersion {
 		r.fail(oc, m, wire.CodeProto, fmt.Sprintf("protocol version %q not spoken; this replica speaks %q", v, wire.ProtoVersion))
 		return
@@ -466,6 +595,10 @@ func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome) {
 	}
 	if err != nil {
 		r.fail(oc, m, wire.CodeBadRequest, fmt.Sprintf("%s.%s: %v", r.cls.name, name, err))
+		return
+	}
+
+	if !r.acknowledge(m, oc, name, slot) {
 		return
 	}
 
@@ -535,11 +668,12 @@ func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome) {
 	} else {
 		result, err = r.inst.invoke(ctx, meth, args)
 	}
-	r.replyResult(m, oc, meth, ctx, result, err, isHTTP, id)
+	r.replyResult(m, oc, meth, ctx, result, err, isHTTP, id, slot)
 }
 
-// replyResult answers m with a method's result or error.
-func (r *Replica) replyResult(m *nats.Msg, oc *outcome, meth *method, ctx context.Context, result any, err error, isHTTP bool, id string) {
+// replyResult answers m with a method's result or error; a successful call
+// gives its slot back first (nil: none to give back here).
+func (r *Replica) replyResult(m *nats.Msg, oc *outcome, meth *method, ctx context.Context, result any, err error, isHTTP bool, id string, slot *callSlot) {
 	name := meth.name
 	if err != nil {
 		var pe *PanicError
@@ -563,6 +697,7 @@ func (r *Replica) replyResult(m *nats.Msg, oc *outcome, meth *method, ctx contex
 		r.fail(oc, m, wire.CodeInternal, fmt.Sprintf("encoding the result of %s.%s: %v", r.cls.name, name, err))
 		return
 	}
+	r.free(slot)
 	r.reply(m, nil, data)
 }
 

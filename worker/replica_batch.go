@@ -62,7 +62,7 @@ func (r *Replica) serveBatched(m *nats.Msg, oc *outcome, meth *method, model *mo
 		it.deadline, _ = ctx.Deadline()
 	}
 	res, err := r.batchers[meth].submit(it)
-	r.replyResult(m, oc, meth, ctx, res, err, isHTTP, m.Header.Get(wire.HeaderRequestID))
+	r.replyResult(m, oc, meth, ctx, res, err, isHTTP, m.Header.Get(wire.HeaderRequestID), nil)
 }
 
 // startBatchers starts one batcher per batched method, with the registered

@@ -46,7 +46,8 @@ type replicaProc struct {
 // replica starts a replica process and waits until it answers pings.
 func (s *stack) replica(t *testing.T, deployment, class, initArgs string, maxOngoing int) *replicaProc {
 	t.Helper()
-	id := "r" + strings.ToLower(nuid.Next()[:12])
+	n := nuid.Next()
+	id := "r" + strings.ToLower(n[len(n)-12:]) // the sequence part: the first 12 characters are the same in one process
 	spec := worker.ReplicaSpec{
 		Deployment: deployment, Class: class, Replica: id, NATSURL: s.url,
 		InitArgs: json.RawMessage(initArgs), MaxOngoingRequests: maxOngoing, GracefulShutdownTimeoutS: 10,

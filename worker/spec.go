@@ -34,6 +34,10 @@ type ReplicaSpec struct {
 	MaxOngoingRequests int `json:"max_ongoing_requests,omitempty"`
 	// GracefulShutdownTimeoutS bounds the drain on stop. Default: 20.
 	GracefulShutdownTimeoutS float64 `json:"graceful_shutdown_timeout_s,omitempty"`
+	// IdempotentMethods lists the methods a caller may send again when this
+	// replica dies holding the request ("Call" for the default method,
+	// "*" for all). Default: none.
+	IdempotentMethods []string `json:"idempotent_methods,omitempty"`
 	// NATSURL is the broker (comma-separated for a cluster).
 	NATSURL string `json:"nats_url"`
 	// Metrics turns on the replica's Prometheus metrics (and the stats it

@@ -20,6 +20,7 @@ type result struct {
 	at      time.Time
 	latency time.Duration
 	code    string // "200", "503", … or a client error code
+	id      string // the request id
 }
 
 // openLoop sends requests at a constant rate, whether or not earlier ones
@@ -37,22 +38,23 @@ type openLoop struct {
 func startHTTP(url string, rate int, timeout time.Duration) *openLoop {
 	tr := &http.Transport{MaxIdleConnsPerHost: 512}
 	hc := &http.Client{Timeout: timeout + 5*time.Second, Transport: tr}
-	l := start(rate, func() string {
+	l := start(rate, func() (string, string) {
+		id := nuid.Next()
 		req, _ := http.NewRequest("GET", url, nil)
-		req.Header.Set("X-Request-Id", nuid.Next())
+		req.Header.Set("X-Request-Id", id)
 		resp, err := hc.Do(req)
 		if err != nil {
-			return "conn"
+			return "conn", id
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		return fmt.Sprint(resp.StatusCode)
+		return fmt.Sprint(resp.StatusCode), id
 	})
 	l.closeIdle = tr.CloseIdleConnections
 	return l
 }
 
-func start(rate int, do func() string) *openLoop {
+func start(rate int, do func() (code, id string)) *openLoop {
 	l := &openLoop{stop: make(chan struct{}), closeIdle: func() {}}
 	interval := time.Second / time.Duration(rate)
 	l.wg.Add(1)
@@ -71,9 +73,9 @@ func start(rate int, do func() string) *openLoop {
 			go func() {
 				defer l.wg.Done()
 				at := time.Now()
-				code := do()
+				code, id := do()
 				l.mu.Lock()
-				l.results = append(l.results, result{at: at, latency: time.Since(at), code: code})
+				l.results = append(l.results, result{at: at, latency: time.Since(at), code: code, id: id})
 				l.mu.Unlock()
 			}()
 		}
@@ -142,11 +144,13 @@ func (s stats) codeString() string {
 	return strings.Join(parts, " ")
 }
 
-// executions counts the request ids the Counter class published.
+// executions counts the request ids the Counter class published, at method
+// entry, and keeps their order.
 type executions struct {
-	mu  sync.Mutex
-	ids map[string]int
-	nc  *nats.Conn
+	mu    sync.Mutex
+	ids   map[string]int
+	order []string
+	nc    *nats.Conn
 }
 
 func countExecutions(nc *nats.Conn) (*executions, error) {
@@ -154,6 +158,7 @@ func countExecutions(nc *nats.Conn) (*executions, error) {
 	_, err := nc.Subscribe(wire.DeploymentSubject("fault-exec"), func(m *nats.Msg) {
 		e.mu.Lock()
 		e.ids[string(m.Data)]++
+		e.order = append(e.order, string(m.Data))
 		e.mu.Unlock()
 	})
 	return e, err
@@ -171,5 +176,32 @@ func (e *executions) duplicates() int {
 		}
 	}
 	clear(e.ids)
+	e.order = e.order[:0]
 	return d
+}
+
+// inversions counts the pairs of admitted requests (rs with code 200, in
+// sending order) that ran in the other order, comparing each with the
+// next one sent.
+func (e *executions) inversions(rs []result) (inv, n int) {
+	_ = e.nc.Flush()
+	e.mu.Lock()
+	pos := make(map[string]int, len(e.order))
+	for i, id := range e.order {
+		pos[id] = i
+	}
+	e.mu.Unlock()
+	prev := -1
+	for _, r := range rs {
+		p, ok := pos[r.id]
+		if r.code != "200" || !ok {
+			continue
+		}
+		if prev >= 0 && p < prev {
+			inv++
+		}
+		prev = p
+		n++
+	}
+	return inv, n
 }

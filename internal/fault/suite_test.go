@@ -77,6 +77,9 @@ func TestFaultSuite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The client's inbox (two subscriptions for its lifetime) starts with
+	// its first call: start it before counting goroutines.
+	_ = s.Client.Handle("none").Call(e2e.Ctx(5*time.Second), nil)
 	goroutines0, fds0, ingFDs0 := runtime.NumGoroutine(), fds(), procFDs(ing.PID())
 	var rows []row
 	defer func() {
@@ -125,11 +128,22 @@ func TestFaultSuite(t *testing.T) {
 		})
 		replaced := time.Since(killed)
 		time.Sleep(time.Second)
-		st := summarize(l.Stop())
+		rs := l.Stop()
+		st := summarize(rs)
 		failed := st.n - st.ok
-		add(row{id: "R1", scenario: "kill -9 one of 4 replicas", st: st, recovery: replaced, dups: execs.duplicates(),
-			pass: failed <= 30 && st.maxFailLatency <= requestTimeout+slack && replaced <= 15*time.Second,
-			note: fmt.Sprintf("%d failed (in flight on it), slowest failure %v; replacement in %v", failed, st.maxFailLatency.Round(time.Millisecond), replaced.Round(10*time.Millisecond))})
+		// Only requests the victim had acknowledged fail, with 502
+		// replica_died, each answered soon after the kill (target 1 s;
+		// asserted: 1 s plus twice the slack).
+		var afterKill time.Duration
+		for _, r := range rs {
+			if r.code != "200" {
+				afterKill = max(afterKill, r.at.Add(r.latency).Sub(killed))
+			}
+		}
+		dups := execs.duplicates()
+		add(row{id: "R1", scenario: "kill -9 one of 4 replicas", st: st, recovery: replaced, dups: dups,
+			pass: failed == st.codes["502"] && failed <= 30 && afterKill <= time.Second+2*slack && replaced <= 15*time.Second && dups == 0,
+			note: fmt.Sprintf("%d failed, all 502 replica_died: %v (acknowledged, in flight on it); last failure answered %v after the kill (target 1 s); replacement in %v", failed, failed == st.codes["502"], afterKill.Round(time.Millisecond), replaced.Round(10*time.Millisecond))})
 	}
 
 	// R2: kill -9 all replicas.
@@ -269,22 +283,39 @@ func TestFaultSuite(t *testing.T) {
 		})
 		replaced := time.Since(stopped)
 		time.Sleep(time.Second)
-		st := summarize(l.Stop())
-		add(row{id: "R11", scenario: "SIGSTOPped replica (health 0.5 s / 0.5 s)", st: st, recovery: replaced, dups: execs.duplicates(),
-			pass: st.maxFailLatency <= requestTimeout+slack && st.codes["504"] == st.n-st.ok,
-			note: fmt.Sprintf("%d×504, slowest %v (deadline %v); replaced in %v", st.codes["504"], st.maxFailLatency.Round(time.Millisecond), requestTimeout, replaced.Round(10*time.Millisecond))})
+		rs := l.Stop()
+		st := summarize(rs)
+		// No request waits for its deadline: the ones the stopped replica
+		// had acknowledged fail with 502 replica_died when its heartbeats
+		// stop; the ones routed to it after the stop are not acknowledged
+		// and go to the other replica.
+		lateFailed := 0
+		for _, r := range rs {
+			if r.code != "200" && r.at.After(stopped.Add(10*time.Millisecond)) {
+				lateFailed++
+			}
+		}
+		dups := execs.duplicates()
+		add(row{id: "R11", scenario: "SIGSTOPped replica (health 0.5 s / 0.5 s)", st: st, recovery: replaced, dups: dups,
+			pass: st.maxL < requestTimeout && st.codes["502"] == st.n-st.ok && lateFailed == 0 && dups == 0,
+			note: fmt.Sprintf("%d×502 (acknowledged before the stop), %d failed of those sent after it; slowest request %v (deadline %v); replaced in %v", st.codes["502"], lateFailed, st.maxL.Round(time.Millisecond), requestTimeout, replaced.Round(10*time.Millisecond))})
 	}
 
 	// R12: overload at 3× capacity with max_queued_requests.
 	{
 		spec := counter("r12", 1)
-		spec.MaxOngoingRequests, spec.MaxQueuedRequests = 4, 4
+		// A first-in first-out queue of Q in front of C slots adds Q/C of a
+		// service time to an admitted request: Q = C/2 keeps the admitted
+		// p99 near 1.5× unloaded (Q = C would be 2×).
+		spec.MaxOngoingRequests, spec.MaxQueuedRequests = 4, 2
 		s.Deploy(spec)
 		time.Sleep(500 * time.Millisecond) // the ingress learns max_queued_requests from its watch
 		u := base + "/r12?ms=50"           // capacity: 4 / 50 ms = 80 req/s
 		unloaded := summarize(startHTTP(u, 40, requestTimeout).StopAfter(3 * time.Second))
 		rss0 := rss(ing.PID())
+		execs.duplicates()
 		rs := startHTTP(u, 240, requestTimeout).StopAfter(4 * time.Second)
+		inv, nAdm := execs.inversions(rs)
 		rss1 := rss(ing.PID())
 		st := summarize(rs)
 		var admitted, rejected []time.Duration
@@ -298,16 +329,21 @@ func TestFaultSuite(t *testing.T) {
 		p99a, p99r := pct(admitted, 99), pct(rejected, 99)
 		after := summarize(startHTTP(u, 40, requestTimeout).StopAfter(2 * time.Second))
 		// Asserted: the excess is refused at once, nothing else fails,
-		// memory stays bounded, and service recovers. Measured against the
-		// matrix's target, not asserted: admitted p99 within 2× unloaded
-		// (the caller-side queue is not FIFO; see the closing note).
+		// admitted requests run in arrival order (a few inversions from
+		// the HTTP client's own connections allowed), admitted p99 within
+		// 3× unloaded (target 1.5×, printed), memory stays bounded, and
+		// service recovers.
 		target := "met"
-		if p99a > 2*unloaded.p99 {
+		if p99a > unloaded.p99*3/2 {
 			target = "MISSED"
 		}
-		add(row{id: "R12", scenario: "overload at 3× capacity (max_queued 4)", st: st, dups: execs.duplicates(),
-			pass: len(rejected) > 0 && p99r < slack && st.codes["200"]+st.codes["503"] == st.n && after.ok == after.n && rss1-rss0 < 50,
-			note: fmt.Sprintf("503 p99 %v; admitted p99 %v vs unloaded %v (target ≤ 2×: %s); ingress RSS %.0f→%.0f MB; after: %.0f%% ok", p99r.Round(time.Millisecond), p99a.Round(time.Millisecond), unloaded.p99.Round(time.Millisecond), target, rss0, rss1, 100*after.ratio())})
+		dups := execs.duplicates()
+		add(row{id: "R12", scenario: "overload at 3× capacity (max_ongoing 4, max_queued 2)", st: st, dups: dups,
+			pass: len(rejected) > 0 && p99r < slack && st.codes["200"]+st.codes["503"] == st.n && after.ok == after.n && rss1-rss0 < 50 &&
+				p99a <= 3*unloaded.p99 && inv*20 <= nAdm && dups == 0,
+			note: fmt.Sprintf("503 p99 %v; admitted p99 %v vs unloaded %v = %.2f× (target ≤ 1.5×: %s); %d of %d admitted ran out of arrival order; ingress RSS %.0f→%.0f MB; after: %.0f%% ok",
+				p99r.Round(time.Millisecond), p99a.Round(time.Millisecond), unloaded.p99.Round(time.Millisecond), float64(p99a)/float64(unloaded.p99), target, inv, nAdm, rss0, rss1, 100*after.ratio())})
+		t.Logf("R12 unloaded: codes %s p50 %v p99 %v max %v", unloaded.codeString(), unloaded.p50, unloaded.p99, unloaded.maxL)
 	}
 
 	// H1–H7: bad input while other clients are served.

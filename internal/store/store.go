@@ -147,6 +147,7 @@ type Assignment struct {
 	// ConfigHash identifies the user_config the replica should have.
 	ConfigHash               string    `json:"config_hash"`
 	MaxOngoingRequests       int       `json:"max_ongoing_requests"`
+	IdempotentMethods        []string  `json:"idempotent_methods,omitempty"`
 	GracefulShutdownTimeoutS float64   `json:"graceful_shutdown_timeout_s"`
 	Desired                  string    `json:"desired"`
 	Created                  time.Time `json:"created"`

@@ -16,6 +16,7 @@ const (
 	CodeProto         Code = "proto"          // protocol version not spoken
 	CodeNoReplicas    Code = "no_replicas"    // nobody serves the deployment (from NATS no-responders)
 	CodeBackpressure  Code = "backpressure"   // too many queued requests at the caller
+	CodeReplicaDied   Code = "replica_died"   // the replica that acknowledged the request died before replying
 	CodeInternal      Code = "internal"       // anything else
 )
 
@@ -34,7 +35,7 @@ func (c Code) HTTPStatus() int {
 		return 400
 	case CodeUnknownMethod:
 		return 404
-	case CodeProto:
+	case CodeProto, CodeReplicaDied:
 		return 502
 	default: // CodeUser, CodePanic, CodeInternal and unknown codes
 		return 500

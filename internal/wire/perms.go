@@ -94,6 +94,7 @@ func ControllerPerms() Perms {
 			"$O.>",                              // the stored requests' large results (object store)
 			"$JS.ACK.>",                         // the results stream's folder consumer
 			inboxRoot + ">", callbackRoot + ">", // stored requests' NATS callbacks (NATSCallbackAllowed)
+			ReplicaExitSubject(ReplicaExitSenderController), // replicas it gave up (ack.go)
 		},
 		Sub: append([]string{
 			APISubject("*") + " natserve-controller",
@@ -113,7 +114,8 @@ func NodePerms(node string) Perms {
 	pub := []string{kvInfo(BucketNodes), kvWrite(BucketNodes, node), kvWrite(BucketReplicas, node+".*")}
 	pub = append(pub, kvRead(BucketAssignments, node+".*")...)
 	pub = append(pub, kvRead(BucketReplicas, node+".*")...)
-	pub = append(pub, consumerDelete, ReplicaSubject("*", "*", VerbPing), ReplicaSubject("*", "*", VerbAdopt), ReplicaSubject("*", "*", VerbMetrics))
+	pub = append(pub, consumerDelete, ReplicaSubject("*", "*", VerbPing), ReplicaSubject("*", "*", VerbAdopt), ReplicaSubject("*", "*", VerbMetrics),
+		ReplicaExitSubject(node)) // its replicas' exits (ack.go)
 	return Perms{Pub: pub, Sub: []string{in + ".>"}, InboxPrefix: in}
 }
 
@@ -123,11 +125,13 @@ func NodePerms(node string) Perms {
 // max_queued_requests, graphs without their arguments).
 func callerPerms(sender, inbox string) Perms {
 	pub := []string{DeploymentSubject("*"), muxSubjects("*"), APISubject(APIWake), EventSubject(EventQueue, sender),
-		InboxPrefix(RoleReplica) + ".>"} // stream credit and cancel, on the replica's inbox (stream.go)
+		InboxPrefix(RoleReplica) + ".>",       // stream credit and cancel, on the replica's inbox (stream.go)
+		ReplicaSubject("*", "*", VerbRequest)} // a resend to one replica alone (ack.go)
 	pub = append(pub, kvRead(BucketRoutes, ">")...)
 	pub = append(pub, consumerDelete)
 	pub = append(pub, asyncCallerPerms()...)
-	return Perms{Pub: pub, Sub: []string{inbox + ".>"}, InboxPrefix: inbox}
+	// Replica exits fail the calls an exited replica acknowledged (ack.go).
+	return Perms{Pub: pub, Sub: []string{inbox + ".>", ReplicaExitSubjects}, InboxPrefix: inbox}
 }
 
 // asyncCallerPerms is what submitting, reading, waiting for and

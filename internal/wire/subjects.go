@@ -35,6 +35,10 @@ const (
 	VerbReconfigure = "reconfigure"
 	VerbStop        = "stop"
 	VerbAdopt       = "adopt" // a node agent takes over a running replica
+	// VerbRequest: a request for this replica alone (a caller resending one
+	// that another replica did not acknowledge); served like the
+	// deployment's subject.
+	VerbRequest = "req"
 )
 
 // APISubject is the control API subject for verb.

@@ -231,7 +231,7 @@ func FuzzHeaders(f *testing.F) {
 }
 
 func TestCodeHTTPStatus(t *testing.T) {
-	want := map[Code]int{CodeBusy: 503, CodeNoReplicas: 503, CodeDeadline: 504, CodeUser: 500, CodePanic: 500, CodeBadRequest: 400, Code("zzz"): 500}
+	want := map[Code]int{CodeBusy: 503, CodeNoReplicas: 503, CodeReplicaDied: 502, CodeDeadline: 504, CodeUser: 500, CodePanic: 500, CodeBadRequest: 400, Code("zzz"): 500}
 	for c, s := range want {
 		if got := c.HTTPStatus(); got != s {
 			t.Errorf("%s → %d, want %d", c, got, s)

@@ -1,0 +1,175 @@
+package client
+
+import (
+	"encoding/json"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/internal/wire"
+)
+
+// One inbox per request carries everything back: the replica's
+// acknowledgment (who holds the request), heartbeats while a long call
+// runs, then the one reply. The client subscribes once to a wildcard inbox
+// and to the replica exit events; each request registers a call under a
+// token of that inbox.
+type inbox struct {
+	once   sync.Once
+	err    error
+	prefix string // the connection's inbox prefix and a nuid, then "."
+	seq    atomic.Uint64
+	subs   []*nats.Subscription // Close unsubscribes them
+	closed atomic.Bool          // set by Close
+
+	mu       sync.Mutex          // guards calls, replicas
+	calls    map[string]*pending // token → call waiting for messages
+	replicas map[string]*string  // replica ids seen, interned
+}
+
+// pending is one attempt of a request, as its inbox sees it.
+type pending struct {
+	token   string
+	subject string
+	sig     chan struct{} // one pending wake-up for the waiting caller
+	// wakeOnAck: the caller waits in the queue and must learn of its
+	// admission at once (the next one may then try). Otherwise an
+	// acknowledgment or heartbeat does not wake it: its timer reads them
+	// (one goroutine wake-up per request saved on the hot path).
+	wakeOnAck bool
+
+	// Guarded by inbox.mu.
+	replica *string   // who acknowledged it (interned); nil before
+	flags   byte      // the acknowledgment's flags
+	seen    time.Time // last acknowledgment or heartbeat
+	reply   *nats.Msg // the reply, once it came
+	died    string    // why the replica holding it is gone
+}
+
+func (c *pending) wake() {
+	select {
+	case c.sig <- struct{}{}:
+	default:
+	}
+}
+
+// start subscribes the inbox and the exit events, once.
+func (c *Client) startInbox() error {
+	x := &c.inbox
+	x.once.Do(func() {
+		x.prefix = c.nc.NewInbox() + "." // the connection's inbox prefix: its role may only read its own
+		x.calls = map[string]*pending{}
+		x.replicas = map[string]*string{}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.closed {
+			x.err = nats.ErrConnectionClosed
+			return
+		}
+		for _, s := range []struct {
+			subject string
+			cb      nats.MsgHandler
+		}{{x.prefix + "*", x.onMsg}, {wire.ReplicaExitSubjects, x.onExit}} {
+			sub, err := c.nc.Subscribe(s.subject, s.cb)
+			if err != nil {
+				x.err = err
+				return
+			}
+			x.subs = append(x.subs, sub)
+		}
+	})
+	if x.closed.Load() {
+		return nats.ErrConnectionClosed
+	}
+	return x.err
+}
+
+// stop unsubscribes the inbox; Close calls it once no call starts.
+func (x *inbox) stop() {
+	x.closed.Store(true)
+	for _, s := range x.subs {
+		_ = s.Unsubscribe()
+	}
+}
+
+// open registers a new call.
+func (x *inbox) open(wakeOnAck bool) *pending {
+	token := strconv.FormatUint(x.seq.Add(1), 36)
+	cl := &pending{token: token, subject: x.prefix + token, sig: make(chan struct{}, 1), wakeOnAck: wakeOnAck}
+	x.mu.Lock()
+	x.calls[token] = cl
+	x.mu.Unlock()
+	return cl
+}
+
+// close forgets a call: later messages to its token are dropped.
+func (x *inbox) close(cl *pending) {
+	x.mu.Lock()
+	delete(x.calls, cl.token)
+	x.mu.Unlock()
+}
+
+// state returns what the inbox learned about cl.
+func (x *inbox) state(cl *pending) (replica *string, flags byte, seen time.Time, reply *nats.Msg, died string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return cl.replica, cl.flags, cl.seen, cl.reply, cl.died
+}
+
+func (x *inbox) onMsg(m *nats.Msg) {
+	token := m.Subject[len(x.prefix):]
+	x.mu.Lock()
+	cl := x.calls[token]
+	if cl == nil {
+		x.mu.Unlock()
+		return
+	}
+	wake := true
+	if m.Header == nil && wire.IsAck(m.Data) {
+		wake = cl.wakeOnAck && cl.replica == nil
+		if cl.replica == nil {
+			id, ok := x.replicas[string(m.Data[2:])]
+			if !ok {
+				s := string(m.Data[2:])
+				id = &s
+				if len(x.replicas) > 4096 {
+					clear(x.replicas)
+				}
+				x.replicas[s] = id
+			}
+			cl.replica, cl.flags = id, m.Data[1]
+		}
+		cl.seen = time.Now()
+	} else if cl.reply == nil {
+		cl.reply = m
+	}
+	x.mu.Unlock()
+	if wake {
+		cl.wake()
+	}
+}
+
+func (x *inbox) onExit(m *nats.Msg) {
+	var ev wire.ReplicaExit
+	if json.Unmarshal(m.Data, &ev) != nil || ev.Replica == "" {
+		return
+	}
+	reason := ev.Reason
+	if reason == "" {
+		reason = "exited"
+	}
+	x.mu.Lock()
+	var hit []*pending
+	for _, cl := range x.calls {
+		if cl.replica != nil && *cl.replica == ev.Replica && cl.reply == nil {
+			cl.died = reason
+			hit = append(hit, cl)
+		}
+	}
+	x.mu.Unlock()
+	for _, cl := range hit {
+		cl.wake()
+	}
+}

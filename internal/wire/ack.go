@@ -1,0 +1,114 @@
+package wire
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Admission acknowledgments. One inbox per request carries everything back:
+// a replica that takes a request first sends an acknowledgment on the
+// request's reply subject, before the user's code runs, so that the caller
+// knows who holds it; while the call runs longer than HeartbeatInterval it
+// repeats the acknowledgment as a heartbeat; then it sends the one reply.
+//
+// An acknowledgment is a message without headers whose payload is
+//
+//	0xc1 flags replica-id
+//
+// 0xc1 is the one byte msgpack never uses, so no reply (a msgpack value or
+// an HTTP reply envelope, or an error reply, which has headers) starts with
+// it. flags is AckIdempotent or 0.
+const (
+	ackMarker = 0xc1
+	// AckIdempotent: the method is declared idempotent, so the caller may
+	// send it again if the replica dies while holding it.
+	AckIdempotent = 1
+)
+
+// HeaderAckBy is the time (Unix microseconds, the caller's clock) by which
+// the replica must have acknowledged the request; a replica that takes it
+// later drops it without running it, so that a request the caller saw no
+// acknowledgment for never ran. Callers wait a little longer than this
+// (AckGrace) for the acknowledgment to travel. Clocks of callers and
+// replicas must agree within AckGrace (NTP does).
+const HeaderAckBy = "Natserve-Ack-By"
+
+// Acknowledgment timing.
+const (
+	// DefaultAckTimeout is how long after sending a caller gives the replica
+	// to acknowledge a request before it tries another replica.
+	DefaultAckTimeout = 250 * time.Millisecond
+	// AckGrace is how much longer than the ack-by time a caller waits for an
+	// acknowledgment that is on its way.
+	AckGrace = 50 * time.Millisecond
+	// HeartbeatInterval is how often a replica repeats the acknowledgment of
+	// a call still running. Idle replicas send nothing.
+	HeartbeatInterval = 250 * time.Millisecond
+	// DefaultHeartbeatTimeout is how long a caller waits without an
+	// acknowledgment, heartbeat or reply from the replica holding its request
+	// before it takes the replica for dead.
+	DefaultHeartbeatTimeout = time.Second
+)
+
+// AppendAck appends an acknowledgment from replica.
+func AppendAck(b []byte, replica string, flags byte) []byte {
+	b = append(b, ackMarker, flags)
+	return append(b, replica...)
+}
+
+// IsAck reports whether a message payload without headers is an
+// acknowledgment (or heartbeat).
+func IsAck(data []byte) bool { return len(data) >= 2 && data[0] == ackMarker }
+
+// ParseAck returns the replica and flags of an acknowledgment.
+func ParseAck(data []byte) (replica string, flags byte, ok bool) {
+	if !IsAck(data) {
+		return "", 0, false
+	}
+	return string(data[2:]), data[1], true
+}
+
+// FormatAckBy encodes t for HeaderAckBy.
+func FormatAckBy(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }
+
+// ParseAckBy decodes HeaderAckBy; empty means none (zero time).
+func ParseAckBy(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if len(s) > 20 {
+		return time.Time{}, fmt.Errorf("%s %.24q: too long", HeaderAckBy, s)
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return time.Time{}, fmt.Errorf("%s %q: want Unix microseconds", HeaderAckBy, s)
+	}
+	return time.UnixMicro(n), nil
+}
+
+// Replica exits. Node agents (when a replica process ends) and the
+// controller (when it gives a replica up: failed health checks, a lost
+// node) publish a ReplicaExit on ReplicaExitSubject(sender), where sender
+// is the node's name or "controller"; callers holding a request that the
+// replica acknowledged fail it (or resend an idempotent one) at once.
+const (
+	// EventReplicaExit is the event kind of replica exits.
+	EventReplicaExit = "exit"
+	// ReplicaExitSenderController is the sender token the controller uses.
+	ReplicaExitSenderController = "controller"
+)
+
+// ReplicaExitSubject is the subject sender publishes replica exits on.
+func ReplicaExitSubject(sender string) string { return EventSubject(EventReplicaExit, sender) }
+
+// ReplicaExitSubjects is the wildcard callers subscribe to.
+var ReplicaExitSubjects = EventSubjects(EventReplicaExit)
+
+// ReplicaExit says that a replica is gone.
+type ReplicaExit struct {
+	Replica    string `json:"replica"`
+	Deployment string `json:"deployment,omitempty"`
+	Node       string `json:"node,omitempty"`
+	Reason     string `json:"reason,omitempty"`
+}

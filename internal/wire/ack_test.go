@@ -1,0 +1,70 @@
+package wire
+
+import (
+	"testing"
+	"time"
+)
+
+func TestAckRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		replica string
+		flags   byte
+	}{{"r1", 0}, {"16mxsmlvcxepsplgrwrgul", AckIdempotent}} {
+		b := AppendAck(nil, tc.replica, tc.flags)
+		r, f, ok := ParseAck(b)
+		if !ok || r != tc.replica || f != tc.flags {
+			t.Errorf("ParseAck(AppendAck(%q, %d)) = %q, %d, %v", tc.replica, tc.flags, r, f, ok)
+		}
+	}
+	// No reply is taken for an acknowledgment: every msgpack value and
+	// HTTP reply envelope starts with another byte.
+	for _, v := range []any{nil, "", "x", 0, []any{1}, map[string]int{"a": 1}, []byte{0xc1}} {
+		b, err := MarshalValue(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if IsAck(b) {
+			t.Errorf("the reply %v (% x) reads as an acknowledgment", v, b)
+		}
+	}
+	if IsAck(AppendHTTPReply(nil, &HTTPReply{Status: 200, Body: []byte{0xc1, 0}})) || IsAck(nil) || IsAck([]byte{0xc1}) {
+		t.Error("an HTTP reply or a short payload reads as an acknowledgment")
+	}
+}
+
+func TestAckBy(t *testing.T) {
+	now := time.Now().Truncate(time.Microsecond)
+	got, err := ParseAckBy(FormatAckBy(now))
+	if err != nil || !got.Equal(now) {
+		t.Fatalf("round trip: %v %v, want %v", got, err, now)
+	}
+	if got, err := ParseAckBy(""); err != nil || !got.IsZero() {
+		t.Errorf("empty: %v %v", got, err)
+	}
+	for _, bad := range []string{"x", "-5", "0", "123456789012345678901", "1e9"} {
+		if _, err := ParseAckBy(bad); err == nil {
+			t.Errorf("ParseAckBy(%q) accepted", bad)
+		}
+	}
+}
+
+func FuzzParseAck(f *testing.F) {
+	f.Add([]byte{0xc1, 1, 'r', '1'})
+	f.Add([]byte{0xc1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, flags, ok := ParseAck(b)
+		if ok && string(AppendAck(nil, r, flags)) != string(b) {
+			t.Fatalf("% x does not round-trip", b)
+		}
+	})
+}
+
+func FuzzParseAckBy(f *testing.F) {
+	f.Add("1700000000000000")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, s string) {
+		if tm, err := ParseAckBy(s); err == nil && s != "" && FormatAckBy(tm) != s && s[0] != '0' && s[0] != '+' {
+			t.Fatalf("%q parsed as %v, formats as %q", s, tm, FormatAckBy(tm))
+		}
+	})
+}

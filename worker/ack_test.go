@@ -1,0 +1,267 @@
+package worker_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/testutil"
+	"github.com/natserve/natserve/internal/wire"
+	"github.com/natserve/natserve/worker"
+)
+
+// sendRaw sends a Counter call (sleeping ms) with ack-by, and returns the
+// channel the inbox and the executions (fault.exec) arrive on, in order.
+func sendRaw(t *testing.T, nc *nats.Conn, deployment string, ms int, ackBy time.Time) (<-chan *nats.Msg, string) {
+	t.Helper()
+	ch := make(chan *nats.Msg, 64)
+	inbox := nats.NewInbox()
+	for _, subj := range []string{inbox, "fault.exec"} {
+		sub, err := nc.ChanSubscribe(subj, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sub.Unsubscribe() })
+	}
+	args, _ := wire.MarshalValue([]any{ms})
+	id := nuid.Next()
+	msg := &nats.Msg{Subject: wire.DeploymentSubject(deployment), Reply: inbox, Data: args, Header: nats.Header{
+		wire.HeaderProto: {wire.ProtoVersion}, wire.HeaderKind: {wire.KindCall}, wire.HeaderRequestID: {id},
+		wire.HeaderTimeout: {wire.FormatTimeout(10 * time.Second)}, wire.HeaderAckBy: {wire.FormatAckBy(ackBy)},
+	}}
+	if err := nc.PublishMsg(msg); err != nil {
+		t.Fatal(err)
+	}
+	return ch, id
+}
+
+func TestAcknowledgedBeforeTheCallRunsAndHeartbeats(t *testing.T) {
+	s := newStack(t)
+	r := s.replica(t, "ack-1", "Counter", ``, 2)
+	ch, id := sendRaw(t, s.cl.Conn(), "ack-1", 700, time.Now().Add(5*time.Second))
+	var seq []string
+	timeout := time.After(10 * time.Second)
+	for done := false; !done; {
+		select {
+		case m := <-ch:
+			switch {
+			case m.Subject == "fault.exec":
+				if string(m.Data) == id {
+					seq = append(seq, "exec")
+				}
+			case m.Header == nil && wire.IsAck(m.Data):
+				rid, _, _ := wire.ParseAck(m.Data)
+				if rid != r.id {
+					t.Fatalf("acknowledged by %q, want %q", rid, r.id)
+				}
+				seq = append(seq, "ack")
+			default:
+				seq = append(seq, "reply")
+				done = true
+			}
+		case <-timeout:
+			t.Fatalf("no reply; saw %v", seq)
+		}
+	}
+	t.Logf("inbox and executions in order: %v", seq)
+	// The acknowledgment comes before the call runs; a 700 ms call gets
+	// heartbeats (every 250 ms) before its reply.
+	if len(seq) < 4 || seq[0] != "ack" || seq[1] != "exec" || seq[len(seq)-1] != "reply" || seq[2] != "ack" {
+		t.Fatalf("got %v, want ack, exec, heartbeats (ack), reply", seq)
+	}
+}
+
+func TestRequestPastItsAckByNeverRuns(t *testing.T) {
+	s := newStack(t)
+	s.replica(t, "ack-2", "Counter", ``, 2)
+	ch, id := sendRaw(t, s.cl.Conn(), "ack-2", 0, time.Now().Add(-time.Millisecond))
+	// A request sent after it proves the replica has read the first one.
+	ch2, _ := sendRaw(t, s.cl.Conn(), "ack-2", 0, time.Now().Add(5*time.Second))
+	got := false
+	for !got {
+		select {
+		case m := <-ch2:
+			got = m.Subject != "fault.exec" && !wire.IsAck(m.Data)
+		case <-time.After(10 * time.Second):
+			t.Fatal("second request not answered")
+		}
+	}
+	for {
+		select {
+		case m := <-ch:
+			if m.Subject == "fault.exec" && string(m.Data) == id {
+				t.Fatal("a request past its ack-by time ran")
+			}
+			if m.Subject != "fault.exec" {
+				t.Fatalf("a request past its ack-by time was answered: %q %v", m.Data, m.Header)
+			}
+		default:
+			return
+		}
+	}
+}
+
+func TestAcknowledgedThenKilledFailsWithReplicaDied(t *testing.T) {
+	s := newStack(t)
+	execs := make(chan string, 16)
+	sub, err := s.cl.Conn().Subscribe("fault.exec", func(m *nats.Msg) { execs <- string(m.Data) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	for _, tc := range []struct {
+		name string
+		// exitEvent: an exit event (as a node agent publishes) rather than
+		// missing heartbeats tells the caller; its heartbeat timeout is
+		// then longer than the test.
+		exitEvent bool
+	}{{"heartbeats stop", false}, {"exit event", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := s.replica(t, "ack-3", "Counter", ``, 2)
+			hb := time.Second
+			if tc.exitEvent {
+				hb = time.Hour
+			}
+			cl := client.New(s.cl.Conn(), client.WithHeartbeatTimeout(hb))
+			defer cl.Close()
+			errc := make(chan error, 1)
+			go func() {
+				_, err := client.Call[int](testCtx(t, 30*time.Second), cl.Handle("ack-3"), 20000)
+				errc <- err
+			}()
+			<-execs // it runs: acknowledged
+			_ = r.Signal(syscall.SIGSTOP)
+			defer r.Signal(syscall.SIGKILL)
+			start := time.Now()
+			if tc.exitEvent {
+				b, _ := json.Marshal(wire.ReplicaExit{Replica: r.id, Deployment: "ack-3", Reason: "killed by signal 9"})
+				if err := s.cl.Conn().Publish(wire.ReplicaExitSubject("n1"), b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			select {
+			case err := <-errc:
+				t.Logf("failed %v after the stop: %v", time.Since(start).Round(time.Millisecond), err)
+				if !errors.Is(err, client.ErrReplicaDied) {
+					t.Fatalf("got %v, want ErrReplicaDied", err)
+				}
+				var ce *client.Error
+				if !errors.As(err, &ce) || ce.HTTPStatus() != 502 || ce.Replica != r.id || !strings.Contains(ce.Message, r.id) {
+					t.Fatalf("error %#v: want 502 naming replica %s", ce, r.id)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("the call waited for its deadline")
+			}
+		})
+	}
+}
+
+func TestIdempotentMethodResentWhenItsReplicaDies(t *testing.T) {
+	s := newStack(t)
+	spec := func(id string) []string {
+		b, _ := json.Marshal(worker.ReplicaSpec{Deployment: "ack-4", Class: "Counter", Replica: id, NATSURL: s.url,
+			MaxOngoingRequests: 2, IdempotentMethods: []string{"Call"}})
+		return []string{worker.SpecEnv + "=" + string(b)}
+	}
+	execs := make(chan string, 16)
+	sub, err := s.cl.Conn().Subscribe("fault.exec", func(m *nats.Msg) { execs <- string(m.Data) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	victim := testutil.Start(t, spec("ra"), s.bin, "replica")
+	waitServing(t, s.cl.Conn(), "ra")
+	errc := make(chan error, 1)
+	go func() {
+		_, err := client.Call[int](testCtx(t, 30*time.Second), s.cl.Handle("ack-4"), 1500)
+		errc <- err
+	}()
+	<-execs
+	testutil.Start(t, spec("rb"), s.bin, "replica")
+	waitServing(t, s.cl.Conn(), "rb")
+	_ = victim.Signal(syscall.SIGKILL)
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("idempotent call failed: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no answer")
+	}
+	if n := len(execs); n != 1 {
+		t.Fatalf("%d more executions, want 1 (the resend)", n)
+	}
+}
+
+func waitServing(t *testing.T, nc *nats.Conn, id string) {
+	t.Helper()
+	testutil.Eventually(t, 20*time.Second, func() error {
+		_, err := nc.Request(wire.ReplicaSubject("ack-4", id, wire.VerbPing), nil, 200*time.Millisecond)
+		return err
+	})
+}
+
+// TestStoppedReplicaHoldsNothing: with one of two replicas SIGSTOPped,
+// calls sent after the stop are not acknowledged by it and go to the other
+// one: none waits for its deadline. The slowest is printed.
+func TestStoppedReplicaHoldsNothing(t *testing.T) {
+	s := newStack(t)
+	a := s.replica(t, "ack-5", "Counter", ``, 5)
+	s.replica(t, "ack-5", "Counter", ``, 5)
+	h := s.cl.Handle("ack-5")
+	for i := 0; i < 20; i++ { // both replicas have acknowledged calls
+		if _, err := client.Call[int](testCtx(t, 5*time.Second), h, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = a.Signal(syscall.SIGSTOP)
+	defer a.Signal(syscall.SIGKILL)
+	testutil.Eventually(t, 5*time.Second, func() error { // the stop has taken effect
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", a.PID()))
+		if err != nil {
+			return err
+		}
+		if f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:])); len(f) == 0 || f[0] != "T" {
+			return fmt.Errorf("replica state %v", f[:1])
+		}
+		return nil
+	})
+	type res struct {
+		d   time.Duration
+		err error
+	}
+	out := make(chan res, 200)
+	for i := 0; i < 200; i++ {
+		go func() {
+			start := time.Now()
+			_, err := client.Call[int](testCtx(t, 5*time.Second), h, 5)
+			out <- res{time.Since(start), err}
+		}()
+		time.Sleep(2 * time.Millisecond)
+	}
+	var slowest time.Duration
+	var lat []time.Duration
+	for i := 0; i < 200; i++ {
+		r := <-out
+		if r.err != nil {
+			t.Errorf("call after the stop failed: %v", r.err)
+		}
+		slowest = max(slowest, r.d)
+		lat = append(lat, r.d)
+	}
+	slices.Sort(lat)
+	t.Logf("200 calls after the stop: p50 %v p99 %v slowest %v (deadline 5s)", lat[100], lat[198], slowest)
+	if slowest >= 5*time.Second {
+		t.Fatalf("a call waited for its deadline")
+	}
+}
