@@ -22,7 +22,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -56,6 +55,23 @@ type config struct {
 	accessLog bool
 	tracing   bool
 	otlp      string
+	concs     []int  // concurrencies measured
+	sizes     []int  // payload sizes measured
+	replicas  []int  // replica counts measured
+	nats      bool   // measure C and H too
+	profile   string // directory for CPU profiles of up and a replica under c64 load ("": none)
+}
+
+func intList(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return nil, fmt.Errorf("%q: want a comma-separated list of integers", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func main() {
@@ -64,11 +80,26 @@ func main() {
 	flag.IntVar(&cfg.repeats, "repeats", 3, "repetitions of every measurement")
 	flag.StringVar(&cfg.out, "out", "bench/results", "directory for results.json, results.md, throughput.png")
 	flag.IntVar(&cfg.conns, "idle-conns", 10000, "idle connections held open against the ingress")
+	concs := flag.String("conc", "1,64", "concurrencies")
+	sizes := flag.String("sizes", "20,10240", "payload sizes in bytes")
+	reps := flag.String("replicas", "1,2", "replica counts")
+	flag.BoolVar(&cfg.nats, "nats", true, "also measure C (raw NATS) and H (handle calls)")
+	flag.StringVar(&cfg.profile, "profile", "", "write CPU profiles (top 25 as text) of natserve up and a replica under c64 20 B load to this directory")
 	flag.BoolVar(&cfg.metrics, "metrics", true, "Prometheus metrics on in natserve up and the ingress (false: compare the hot path without them)")
 	flag.BoolVar(&cfg.accessLog, "access-log", true, "natserve writes its access log (natserve up's default)")
 	flag.BoolVar(&cfg.tracing, "tracing", false, "natserve traces every request, exporting to -otlp-endpoint or to a receiver in the harness that drops the spans")
 	flag.StringVar(&cfg.otlp, "otlp-endpoint", "", "OTLP/HTTP endpoint for -tracing (default: the harness's own receiver)")
 	flag.Parse()
+	var err error
+	for _, x := range []struct {
+		s   string
+		dst *[]int
+	}{{*concs, &cfg.concs}, {*sizes, &cfg.sizes}, {*reps, &cfg.replicas}} {
+		if *x.dst, err = intList(x.s); err != nil {
+			fmt.Fprintln(os.Stderr, "harness:", err)
+			os.Exit(2)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg); err != nil {
@@ -89,6 +120,7 @@ type Measurement struct {
 	P99us   float64 `json:"p99_us"`
 	Errors  int     `json:"errors"`
 	Samples int     `json:"requests"`
+	CPUus   float64 `json:"cpu_us_per_req,omitempty"` // server CPU (user+system) per request, every process on the path
 }
 
 // Results is what the harness writes.
@@ -163,11 +195,15 @@ func waitHTTP(url string) error {
 }
 
 func run(ctx context.Context, cfg config) error {
-	if _, err := exec.LookPath("wrk"); err != nil {
-		return errors.New("wrk is not installed (apt-get install wrk nginx-light gnuplot-nox)")
+	// Without wrk, HTTP load comes from bench/cmd/httpload (one fasthttp
+	// client thread, like wrk -t1); without nginx, E is left out.
+	_, errWrk := exec.LookPath("wrk")
+	_, errNginx := exec.LookPath("nginx")
+	if errWrk != nil {
+		fmt.Fprintln(os.Stderr, "wrk is not installed (apt-get install wrk): HTTP load from bench/cmd/httpload")
 	}
-	if _, err := exec.LookPath("nginx"); err != nil {
-		return errors.New("nginx is not installed (apt-get install nginx-light)")
+	if errNginx != nil {
+		fmt.Fprintln(os.Stderr, "nginx is not installed (apt-get install nginx-light): E is left out")
 	}
 	raiseNoFile()
 	tmp, err := os.MkdirTemp("", "natserve-bench-")
@@ -176,19 +212,28 @@ func run(ctx context.Context, cfg config) error {
 	}
 	defer os.RemoveAll(tmp)
 	bins := map[string]string{}
-	for _, pkg := range []string{"./cmd/natserve", "./bench/cmd/hello", "./bench/cmd/natsreplica"} {
+	// nats-server: the stock server of go.mod's version, for N.
+	for _, pkg := range []string{"./cmd/natserve", "./bench/cmd/hello", "./bench/cmd/natsreplica", "./bench/cmd/naive", "./bench/cmd/httpload", "github.com/nats-io/nats-server/v2"} {
 		out := filepath.Join(tmp, filepath.Base(pkg))
 		if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
 			return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
 		}
 		bins[filepath.Base(pkg)] = out
 	}
+	bins["nats-server"] = bins["v2"]
+	load := func(ctx context.Context, url string, conc int, d time.Duration) (Measurement, error) {
+		if errWrk == nil {
+			return wrk(ctx, url, conc, d)
+		}
+		return httpload(ctx, bins["httpload"], url, conc, d)
+	}
 	var ps procs
 	defer ps.stopAll()
 
 	// A: the bare server. E: nginx in front of two replicas.
 	portA := freePort()
-	if _, err := ps.start(bins["hello"], "-addr", fmt.Sprintf("127.0.0.1:%d", portA)); err != nil {
+	hello0, err := ps.start(bins["hello"], "-addr", fmt.Sprintf("127.0.0.1:%d", portA))
+	if err != nil {
 		return err
 	}
 	rep := []int{freePort(), freePort()}
@@ -198,17 +243,43 @@ func run(ctx context.Context, cfg config) error {
 		}
 	}
 	portE := freePort()
-	nginxConf := filepath.Join(tmp, "nginx.conf")
-	if err := os.WriteFile(nginxConf, []byte(fmt.Sprintf(nginxTemplate, tmp, tmp, tmp, rep[0], rep[0], rep[1], portE, tmp, tmp, tmp, tmp, tmp)), 0o644); err != nil {
+	if errNginx == nil {
+		nginxConf := filepath.Join(tmp, "nginx.conf")
+		if err := os.WriteFile(nginxConf, []byte(fmt.Sprintf(nginxTemplate, tmp, tmp, tmp, rep[0], rep[0], rep[1], portE, tmp, tmp, tmp, tmp, tmp)), 0o644); err != nil {
+			return err
+		}
+		if _, err := ps.start("nginx", "-c", nginxConf, "-p", tmp); err != nil {
+			return err
+		}
+	}
+
+	// N: the naive chain, a stock nats-server, the naive ingress and one
+	// naive responder.
+	natsPortN, portN := freePort(), freePort()
+	natsURLN := fmt.Sprintf("nats://127.0.0.1:%d", natsPortN)
+	srvN, err := ps.start(bins["nats-server"], "-a", "127.0.0.1", "-p", strconv.Itoa(natsPortN))
+	if err != nil {
 		return err
 	}
-	if _, err := ps.start("nginx", "-c", nginxConf, "-p", tmp); err != nil {
+	time.Sleep(300 * time.Millisecond)
+	respN, err := ps.start(bins["naive"], "responder", "-nats", natsURLN)
+	if err != nil {
 		return err
 	}
+	ingN, err := ps.start(bins["naive"], "ingress", "-nats", natsURLN, "-addr", fmt.Sprintf("127.0.0.1:%d", portN))
+	if err != nil {
+		return err
+	}
+	pidsN := []int{srvN.Process.Pid, respN.Process.Pid, ingN.Process.Pid}
 
 	// D: natserve up with Hello deployments of 1 and 2 replicas.
 	natsPort, portD := freePort(), freePort()
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
+	pprofUp, pprofReplica := fmt.Sprintf("127.0.0.1:%d", freePort()), fmt.Sprintf("127.0.0.1:%d", freePort())
+	if cfg.profile != "" { // opt-in profiling of up and (the first replica to bind it) a replica
+		os.Setenv("NATSERVE_PPROF", pprofUp)
+		os.Setenv("NATSERVE_REPLICA_PPROF", pprofReplica)
+	}
 	observe, stopSink, err := observeFlags(cfg)
 	if err != nil {
 		return err
@@ -245,7 +316,12 @@ func run(ctx context.Context, cfg config) error {
 	urlA := fmt.Sprintf("http://127.0.0.1:%d/", portA)
 	urlE := func(n int) string { return fmt.Sprintf("http://127.0.0.1:%d/n%d", portE, n) }
 	urlD := func(n int) string { return fmt.Sprintf("http://127.0.0.1:%d/hello%d", portD, n) }
-	for _, u := range []string{urlA, urlE(1), urlE(2), urlD(1), urlD(2)} {
+	urlN := fmt.Sprintf("http://127.0.0.1:%d/", portN)
+	urls := []string{urlA, urlD(1), urlD(2), urlN}
+	if errNginx == nil {
+		urls = append(urls, urlE(1), urlE(2))
+	}
+	for _, u := range urls {
 		if err := waitHTTP(u); err != nil {
 			return err
 		}
@@ -258,35 +334,51 @@ func run(ctx context.Context, cfg config) error {
 
 	// Interleaved measurements.
 	for r := 1; r <= cfg.repeats; r++ {
-		for _, conc := range []int{1, 64} {
-			for _, size := range []int{20, 10240} {
-				for _, n := range []int{1, 2} {
-					runs := []struct {
+		for _, conc := range cfg.concs {
+			for _, size := range cfg.sizes {
+				for _, n := range cfg.replicas {
+					type target struct {
 						name, url string
-					}{{"A", urlA}, {"E", urlE(n)}, {"D", urlD(n)}}
-					if n == 2 {
-						runs = runs[1:] // A has no replicas: measured once per size
+						pids      []int // every process on the path, for CPU per request
 					}
-					for _, x := range runs {
+					var runs []target
+					if n == 1 { // A has no replicas, N one responder: measured once per size
+						runs = append(runs, target{"A", urlA, []int{hello0.Process.Pid}}, target{"N", urlN, pidsN})
+					}
+					if errNginx == nil {
+						runs = append(runs, target{"E", urlE(n), nil})
+					}
+					runs = append(runs, target{"D", urlD(n), append([]int{up.Process.Pid}, childPIDs(up.Process.Pid)...)})
+					// Interleaved: the order rotates with the repeat, so that
+					// no configuration always runs first.
+					for i := range runs {
+						x := runs[(i+r)%len(runs)]
 						if ctx.Err() != nil {
 							return ctx.Err()
 						}
-						m, err := wrk(ctx, fmt.Sprintf("%s?size=%d", x.url, size), conc, cfg.duration)
+						cpu0 := cpuTicks(x.pids)
+						m, err := load(ctx, fmt.Sprintf("%s?size=%d", x.url, size), conc, cfg.duration)
 						if err != nil {
-							return fmt.Errorf("wrk %s: %w", x.name, err)
+							return fmt.Errorf("load %s: %w", x.name, err)
+						}
+						if m.Samples > 0 && x.pids != nil {
+							m.CPUus = float64(cpuTicks(x.pids)-cpu0) * 1e6 / float64(clockTicks) / float64(m.Samples)
 						}
 						m.Config, m.Conc, m.Size, m.N, m.Repeat = x.name, conc, size, n, r
 						if x.name == "A" {
 							m.N = 0
 						}
 						res.Measurements = append(res.Measurements, m)
-						fmt.Fprintf(os.Stderr, "r%d %s c=%d size=%d N=%d: %.0f req/s p50 %.0fµs p99 %.0fµs errors %d\n", r, x.name, conc, size, m.N, m.RPS, m.P50us, m.P99us, m.Errors)
+						fmt.Fprintf(os.Stderr, "r%d %s c=%d size=%d N=%d: %.0f req/s p50 %.0fµs p99 %.0fµs cpu %.1fµs/req errors %d\n", r, x.name, conc, size, m.N, m.RPS, m.P50us, m.P99us, m.CPUus, m.Errors)
 						if x.name == "D" && conc == 64 && size == 20 && n == 1 {
 							res.Memory["replica_loaded_max"] = max(res.Memory["replica_loaded_max"], maxRSS(replicaPIDs))
 						}
 					}
 					// C and H: raw NATS against handle calls, from this process.
 					for _, which := range []string{"C", "H"} {
+						if !cfg.nats {
+							break
+						}
 						m := natsLoad(ctx, which, natsURL, cl, fmt.Sprintf("hello%d", n), n, conc, size, cfg.duration)
 						m.Repeat = r
 						res.Measurements = append(res.Measurements, m)
@@ -295,6 +387,14 @@ func run(ctx context.Context, cfg config) error {
 				}
 			}
 		}
+	}
+	if cfg.profile != "" {
+		if err := profileUnderLoad(ctx, cfg.profile, load, urlD(1)+"?size=20", map[string]string{"up": pprofUp, "replica": pprofReplica}); err != nil {
+			return err
+		}
+	}
+	if cfg.conns == 0 {
+		return write(cfg.out, &res)
 	}
 	// Ingress memory under idle connections: a standalone ingress.
 	portI := freePort()
@@ -574,3 +674,101 @@ func machine() string {
 }
 
 var _ = json.Marshal
+
+// httpload runs bench/cmd/httpload (for machines without wrk).
+func httpload(ctx context.Context, bin, url string, conc int, d time.Duration) (Measurement, error) {
+	out, err := exec.CommandContext(ctx, bin, "-url", url, "-c", strconv.Itoa(conc), "-d", d.String()).Output()
+	if err != nil {
+		return Measurement{}, fmt.Errorf("httpload: %v", err)
+	}
+	var r struct {
+		RPS      float64 `json:"rps"`
+		P50      float64 `json:"p50_us"`
+		P99      float64 `json:"p99_us"`
+		Errors   float64 `json:"errors"`
+		Requests float64 `json:"requests"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return Measurement{}, fmt.Errorf("httpload output %q: %v", out, err)
+	}
+	return Measurement{RPS: r.RPS, P50us: r.P50, P99us: r.P99, Errors: int(r.Errors), Samples: int(r.Requests)}, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times.
+const clockTicks = 100
+
+// cpuTicks sums utime and stime of pids (fields 14 and 15 of /proc/<pid>/stat).
+func cpuTicks(pids []int) int64 {
+	var sum int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		sum += u + st
+	}
+	return sum
+}
+
+// profileUnderLoad takes 8 s CPU profiles of the given pprof servers while
+// 10 s of c64 load run against url, and writes each profile and its top 25
+// (flat) as text to dir.
+func profileUnderLoad(ctx context.Context, dir string, load func(context.Context, string, int, time.Duration) (Measurement, error), url string, servers map[string]string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := load(ctx, url, 64, 10*time.Second)
+		done <- err
+	}()
+	time.Sleep(time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, len(servers))
+	for name, addr := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get("http://" + addr + "/debug/pprof/profile?seconds=8")
+			if err != nil {
+				errs <- fmt.Errorf("profile %s: %w", name, err)
+				return
+			}
+			defer resp.Body.Close()
+			file := filepath.Join(dir, name+".pprof")
+			b, err := io.ReadAll(resp.Body)
+			if err == nil {
+				err = os.WriteFile(file, b, 0o644)
+			}
+			if err != nil {
+				errs <- err
+				return
+			}
+			top, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=25", file).CombinedOutput()
+			if err != nil {
+				errs <- fmt.Errorf("pprof %s: %v: %s", name, err, top)
+				return
+			}
+			errs <- os.WriteFile(filepath.Join(dir, name+"-top25.txt"), top, 0o644)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return <-done
+}

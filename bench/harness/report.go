@@ -19,6 +19,7 @@ type key struct {
 type summary struct {
 	rps, rpsMin, rpsMax float64
 	p50, p99            float64
+	cpu                 float64 // µs of server CPU per request (median)
 	errors              int
 }
 
@@ -42,16 +43,17 @@ func summarize(ms []Measurement) map[key]summary {
 	}
 	out := map[key]summary{}
 	for k, g := range groups {
-		var rps, p50, p99 []float64
+		var rps, p50, p99, cpu []float64
 		s := summary{rpsMin: g[0].RPS, rpsMax: g[0].RPS}
 		for _, m := range g {
 			rps = append(rps, m.RPS)
 			p50 = append(p50, m.P50us)
 			p99 = append(p99, m.P99us)
+			cpu = append(cpu, m.CPUus)
 			s.rpsMin, s.rpsMax = min(s.rpsMin, m.RPS), max(s.rpsMax, m.RPS)
 			s.errors += m.Errors
 		}
-		s.rps, s.p50, s.p99 = median(rps), median(p50), median(p99)
+		s.rps, s.p50, s.p99, s.cpu = median(rps), median(p50), median(p99), median(cpu)
 		out[k] = s
 	}
 	return out
@@ -81,13 +83,13 @@ func report(res *Results) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Commit %s, %s, %s; each measurement %s, median of the repeats (min–max); natserve access log %s, tracing %s.\n\n",
 		res.Commit, res.Machine, res.Date, res.Duration, onOff(res.AccessLog), onOff(res.Tracing))
-	fmt.Fprintln(&b, "| config | conc | payload | replicas | req/s (median) | min–max | p50 µs | p99 µs | errors |")
-	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(&b, "| config | conc | payload | replicas | req/s (median) | min–max | p50 µs | p99 µs | server CPU µs/req | errors |")
+	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|---|")
 	keys := make([]key, 0, len(s))
 	for k := range s {
 		keys = append(keys, k)
 	}
-	order := map[string]int{"A": 0, "E": 1, "D": 2, "C": 3, "H": 4}
+	order := map[string]int{"A": 0, "E": 1, "N": 2, "D": 3, "C": 4, "H": 5}
 	sort.Slice(keys, func(i, j int) bool {
 		a, c := keys[i], keys[j]
 		if a.conc != c.conc {
@@ -101,10 +103,14 @@ func report(res *Results) string {
 		}
 		return order[a.config] < order[c.config]
 	})
-	names := map[string]string{"A": "A bare fasthttp", "E": "E nginx → replicas", "D": "D natserve HTTP", "C": "C raw NATS req-reply", "H": "H natserve handle"}
+	names := map[string]string{"A": "A bare fasthttp", "E": "E nginx → replicas", "N": "N naive chain (fasthttp → nats.go → nats-server)", "D": "D natserve HTTP", "C": "C raw NATS req-reply", "H": "H natserve handle"}
 	for _, k := range keys {
 		v := s[k]
-		fmt.Fprintf(&b, "| %s | %d | %d B | %d | %.0f | %.0f–%.0f | %.0f | %.0f | %d |\n", names[k.config], k.conc, k.size, k.n, v.rps, v.rpsMin, v.rpsMax, v.p50, v.p99, v.errors)
+		cpu := "—"
+		if v.cpu > 0 {
+			cpu = fmt.Sprintf("%.1f", v.cpu)
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d B | %d | %.0f | %.0f–%.0f | %.0f | %.0f | %s | %d |\n", names[k.config], k.conc, k.size, k.n, v.rps, v.rpsMin, v.rpsMax, v.p50, v.p99, cpu, v.errors)
 	}
 	fmt.Fprintln(&b)
 	fmt.Fprintln(&b, "Ratios (medians):")
@@ -121,6 +127,12 @@ func report(res *Results) string {
 						return t
 					}
 					return ""
+				}
+				if nv := s[key{"N", conc, size, 1}]; nv.rps > 0 && n == 1 {
+					fmt.Fprintf(&b, "| D/N throughput | %d | %d B | %d | %.2f | %s |\n", conc, size, n, d.rps/nv.rps, target("≥ 1 (must)"))
+					if nv.cpu > 0 {
+						fmt.Fprintf(&b, "| D/N server CPU per request | %d | %d B | %d | %.2f (%.1f vs %.1f µs) | ≤ 1 |\n", conc, size, n, d.cpu/nv.cpu, d.cpu, nv.cpu)
+					}
 				}
 				if e.rps > 0 {
 					fmt.Fprintf(&b, "| D/E throughput | %d | %d B | %d | %.2f | %s |\n", conc, size, n, d.rps/e.rps, target("≥ 1.2"))
