@@ -333,6 +333,12 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 			k.notAcknowledged()
 			continue // it never ran: send it again
 		case outNoResponders:
+			if k.tried != nil {
+				// The replica tried alone is gone (drained, exited): not a
+				// sign that the deployment has none. Back to the queue group.
+				k.wq.recent.CompareAndSwap(k.tried, nil)
+				continue
+			}
 			if probeOf(ctx) != nil { // a multiplexing probe falls back to the next subject
 				return nil, k.fail(wire.CodeNoReplicas, "no replica serves "+msg.Subject, "")
 			}
