@@ -490,12 +490,29 @@ func (k *call) waitTurn(ctx context.Context) error {
 	}
 }
 
+// backoffBusy waits before the next attempt of a call that does not go
+// through the acknowledged path (a stream's opening) after a busy reply,
+// or says why there is none: 1 ms doubling to 16 ms.
+func (k *call) backoffBusy(ctx context.Context, attempt int) error {
+	if k.c.opts.MaxBusyRetries > 0 && attempt >= k.c.opts.MaxBusyRetries {
+		return k.fail(wire.CodeBusy, fmt.Sprintf("every replica was busy after %d attempts", attempt+1), "")
+	}
+	d := k.backoff
+	k.backoff = min(2*k.backoff, 16*time.Millisecond)
+	return k.sleep(ctx, d)
+}
+
 // sleep waits d, bounded by the deadline and ctx.
 func (k *call) sleep(ctx context.Context, d time.Duration) error {
 	if time.Until(k.deadline) < d {
 		return k.fail(wire.CodeDeadline, fmt.Sprintf("every replica stayed busy until the deadline (%d busy replies)", k.busy), "")
 	}
-	k.timer.Reset(d)
+	if k.timer == nil {
+		k.timer = time.NewTimer(d)
+		defer func() { k.timer.Stop(); k.timer = nil }()
+	} else {
+		k.timer.Reset(d)
+	}
 	select {
 	case <-k.timer.C:
 		return nil

@@ -89,7 +89,7 @@ func (c *Client) OpenStream(ctx context.Context, deployment, method string, msg 
 	msg.Header[wire.HeaderStream] = []string{strconv.Itoa(s.window)}
 	msg.Header[wire.HeaderTimeout] = []string{wire.FormatTimeout(s.gap)}
 	deadline := time.Now().Add(s.gap)
-	k := call{c: c, deployment: deployment, method: method, deadline: deadline, backoff: time.Millisecond}
+	k := call{c: c, ctx: ctx, deployment: deployment, method: method, deadline: deadline, backoff: time.Millisecond, wq: c.queue.get(deployment)}
 	defer k.leave()
 	for attempt := 0; ; attempt++ {
 		if err := c.nc.PublishMsg(msg); err != nil {
