@@ -309,10 +309,13 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 		}
 		return nil, k.fail(wire.CodeInternal, err.Error(), "")
 	}
-	// While this caller already holds requests waiting for a replica of
-	// the deployment, a new one queues behind them instead of racing them
-	// for the next free slot.
-	if k.wq.n.Load() > 0 {
+	// While this caller holds requests waiting for a replica of the
+	// deployment and replicas refuse calls as busy, a new one queues behind
+	// them instead of racing them for the next free slot. Without recent
+	// refusals the line is only draining: a new call does not join it (a
+	// closed loop of callers would otherwise keep it, one admission at a
+	// time, long after the replicas have room).
+	if k.wq.n.Load() > 0 && k.wq.refusedWithin(queueJoinWindow) {
 		if err := k.admit(); err != nil {
 			return nil, err
 		}
@@ -350,7 +353,7 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 			if out.flags&wire.AckIdempotent != 0 {
 				continue // declared idempotent: running it again is allowed
 			}
-			k.wq.releaseHead(nil)
+			k.wq.releaseHead()
 			return nil, k.fail(wire.CodeReplicaDied, fmt.Sprintf("replica %s died holding the request (%s)", out.replicaID(), out.reason), out.replicaID())
 		case outDeadline:
 			if out.replica != nil {
@@ -365,13 +368,14 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 			return nil, k.fail(wire.CodeInternal, out.err.Error(), "")
 		}
 		if final, err := k.outcome(out.reply); final {
-			k.wq.releaseHead(out.replica) // a slot of the deployment is free, there
+			k.wq.releaseHead() // a slot of the deployment is free
 			if err != nil {
 				return nil, err
 			}
 			return out.reply, nil
 		}
 		// Busy: wait in the caller-side queue and try again.
+		k.wq.refused()
 		k.busy++
 		if c.opts.MaxBusyRetries > 0 && k.busy > c.opts.MaxBusyRetries {
 			return nil, k.fail(wire.CodeBusy, fmt.Sprintf("every replica was busy after %d attempts", k.busy), "")
@@ -482,9 +486,6 @@ func (k *call) waitTurn(ctx context.Context) error {
 		}
 		if released || k.wq.head() == k.w {
 			k.backoff = min(2*k.backoff, 16*time.Millisecond)
-			if r := k.w.hint.Swap(nil); r != nil && k.direct == nil {
-				k.direct = r // the replica whose slot was freed
-			}
 			return nil
 		}
 	}
@@ -584,6 +585,10 @@ func (k *call) outcome(reply *nats.Msg) (final bool, err error) {
 	}
 	return false, nil
 }
+
+// queueJoinWindow: a new call joins the queue only if a replica refused a
+// call of the deployment as busy this recently.
+const queueJoinWindow = 50 * time.Millisecond
 
 // holdLine is how long a queued call's attempt holds the queue waiting for
 // the replica's answer (a busy reply or an acknowledgment comes back in well

@@ -28,6 +28,8 @@ type waitQueue struct {
 	// another replica did not acknowledge goes next.
 	recent atomic.Pointer[string]
 
+	refusedAt atomic.Int64 // when a replica last refused a call as busy (Unix nanoseconds)
+
 	n  atomic.Int64 // len(q), read without the lock
 	mu sync.Mutex   // guards q
 	q  []*waiter
@@ -35,8 +37,7 @@ type waitQueue struct {
 
 // waiter is one queued request.
 type waiter struct {
-	ch   chan struct{}          // a pending release
-	hint atomic.Pointer[string] // the replica whose slot the release freed, if known
+	ch chan struct{} // a pending release
 }
 
 func (q *queueStats) get(deployment string) *waitQueue {
@@ -91,6 +92,14 @@ func (wq *waitQueue) dequeue(w *waiter) {
 	}
 }
 
+// refused records a busy reply.
+func (wq *waitQueue) refused() { wq.refusedAt.Store(time.Now().UnixNano()) }
+
+// refusedWithin reports whether a busy reply came within d.
+func (wq *waitQueue) refusedWithin(d time.Duration) bool {
+	return time.Now().UnixNano()-wq.refusedAt.Load() < int64(d)
+}
+
 // head returns the request at the head of the queue, or nil.
 func (wq *waitQueue) head() *waiter {
 	wq.mu.Lock()
@@ -101,15 +110,13 @@ func (wq *waitQueue) head() *waiter {
 	return wq.q[0]
 }
 
-// releaseHead lets the head of the queue try again: a slot is free, on
-// replica when it is known (the head then sends to that replica alone).
-func (wq *waitQueue) releaseHead(replica *string) {
+// releaseHead lets the head of the queue try again: a slot is free.
+func (wq *waitQueue) releaseHead() {
 	if wq.n.Load() == 0 {
 		return
 	}
 	wq.mu.Lock()
 	if len(wq.q) > 0 {
-		wq.q[0].hint.Store(replica)
 		wq.q[0].release()
 	}
 	wq.mu.Unlock()
