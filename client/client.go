@@ -590,6 +590,10 @@ func (k *call) outcome(reply *nats.Msg) (final bool, err error) {
 // call of the deployment as busy this recently.
 const queueJoinWindow = 50 * time.Millisecond
 
+// exitGrace is how long after a replica's exit event a call it holds still
+// waits for a reply that may be on its way.
+const exitGrace = 100 * time.Millisecond
+
 // holdLine is how long a queued call's attempt holds the queue waiting for
 // the replica's answer (a busy reply or an acknowledgment comes back in well
 // under a millisecond on a healthy replica).
@@ -655,6 +659,7 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 	// it lets the next call go rather than hold the line for the ack
 	// timeout.
 	holdUntil := now.Add(holdLine)
+	var diedSeen time.Time // when the exit event of the replica holding it came
 	for {
 		replica, flags, seen, reply, died := x.state(p)
 		if reply != nil {
@@ -670,10 +675,17 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 			acked = true
 			k.admitted(replica)
 		}
-		if died != "" {
-			return outcome{kind: outDied, replica: replica, flags: flags, reason: died}
-		}
 		t := time.Now()
+		if died != "" {
+			// The exit event and the replica's last reply travel on
+			// different connections: the reply may still be on its way.
+			if diedSeen.IsZero() {
+				diedSeen = t
+			}
+			if t.Sub(diedSeen) >= exitGrace {
+				return outcome{kind: outDied, replica: replica, flags: flags, reason: died}
+			}
+		}
 		if k.w != nil && !acked && !t.Before(holdUntil) {
 			k.leave()
 		}
@@ -689,6 +701,9 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 			until = seen.Add(c.opts.HeartbeatTimeout)
 		default:
 			until = ackBy.Add(wire.AckGrace)
+		}
+		if !diedSeen.IsZero() && diedSeen.Add(exitGrace).Before(until) {
+			until = diedSeen.Add(exitGrace)
 		}
 		if k.deadline.Before(until) {
 			until = k.deadline
