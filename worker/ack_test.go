@@ -26,7 +26,7 @@ func sendRaw(t *testing.T, nc *nats.Conn, deployment string, ms int, ackBy time.
 	t.Helper()
 	ch := make(chan *nats.Msg, 64)
 	inbox := nats.NewInbox()
-	for _, subj := range []string{inbox, "fault.exec"} {
+	for _, subj := range []string{inbox, execSubject} {
 		sub, err := nc.ChanSubscribe(subj, ch)
 		if err != nil {
 			t.Fatal(err)
@@ -55,7 +55,7 @@ func TestAcknowledgedBeforeTheCallRunsAndHeartbeats(t *testing.T) {
 		select {
 		case m := <-ch:
 			switch {
-			case m.Subject == "fault.exec":
+			case m.Subject == execSubject:
 				if string(m.Data) == id {
 					seq = append(seq, "exec")
 				}
@@ -91,7 +91,7 @@ func TestRequestPastItsAckByNeverRuns(t *testing.T) {
 	for !got {
 		select {
 		case m := <-ch2:
-			got = m.Subject != "fault.exec" && !wire.IsAck(m.Data)
+			got = m.Subject != execSubject && !wire.IsAck(m.Data)
 		case <-time.After(10 * time.Second):
 			t.Fatal("second request not answered")
 		}
@@ -99,10 +99,10 @@ func TestRequestPastItsAckByNeverRuns(t *testing.T) {
 	for {
 		select {
 		case m := <-ch:
-			if m.Subject == "fault.exec" && string(m.Data) == id {
+			if m.Subject == execSubject && string(m.Data) == id {
 				t.Fatal("a request past its ack-by time ran")
 			}
-			if m.Subject != "fault.exec" {
+			if m.Subject != execSubject {
 				t.Fatalf("a request past its ack-by time was answered: %q %v", m.Data, m.Header)
 			}
 		default:
@@ -114,7 +114,7 @@ func TestRequestPastItsAckByNeverRuns(t *testing.T) {
 func TestAcknowledgedThenKilledFailsWithReplicaDied(t *testing.T) {
 	s := newStack(t)
 	execs := make(chan string, 16)
-	sub, err := s.cl.Conn().Subscribe("fault.exec", func(m *nats.Msg) { execs <- string(m.Data) })
+	sub, err := s.cl.Conn().Subscribe(execSubject, func(m *nats.Msg) { execs <- string(m.Data) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,18 +168,18 @@ func TestAcknowledgedThenKilledFailsWithReplicaDied(t *testing.T) {
 
 func TestIdempotentMethodResentWhenItsReplicaDies(t *testing.T) {
 	s := newStack(t)
-	spec := func(id string) []string {
+	spec := func(id string) []byte {
 		b, _ := json.Marshal(worker.ReplicaSpec{Deployment: "ack-4", Class: "Counter", Replica: id, NATSURL: s.url,
-			MaxOngoingRequests: 2, IdempotentMethods: []string{"Call"}})
-		return []string{worker.SpecEnv + "=" + string(b)}
+			MaxOngoingRequests: 2, IdempotentMethods: []string{"Call"}, Creds: testutil.ReplicaCreds(t, s.url, "ack-4")})
+		return b
 	}
 	execs := make(chan string, 16)
-	sub, err := s.cl.Conn().Subscribe("fault.exec", func(m *nats.Msg) { execs <- string(m.Data) })
+	sub, err := s.cl.Conn().Subscribe(execSubject, func(m *nats.Msg) { execs <- string(m.Data) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
-	victim := testutil.Start(t, spec("ra"), s.bin, "replica")
+	victim := testutil.StartWith(t, "", spec("ra"), nil, s.bin, "replica")
 	waitServing(t, s.cl.Conn(), "ra")
 	errc := make(chan error, 1)
 	go func() {
@@ -187,7 +187,7 @@ func TestIdempotentMethodResentWhenItsReplicaDies(t *testing.T) {
 		errc <- err
 	}()
 	<-execs
-	testutil.Start(t, spec("rb"), s.bin, "replica")
+	testutil.StartWith(t, "", spec("rb"), nil, s.bin, "replica")
 	waitServing(t, s.cl.Conn(), "rb")
 	_ = victim.Signal(syscall.SIGKILL)
 	select {
@@ -265,3 +265,7 @@ func TestStoppedReplicaHoldsNothing(t *testing.T) {
 		t.Fatalf("a call waited for its deadline")
 	}
 }
+
+// execSubject is where the Counter class reports each execution at method
+// entry (a deployment subject: a replica may publish there).
+var execSubject = wire.DeploymentSubject("fault-exec")
