@@ -11,6 +11,7 @@ func TestPerms(t *testing.T) {
 	caller := func(sender string) []string {
 		return []string{
 			"natserve.dep.*", "natserve.mux.*.*", "natserve.api.wake", "natserve.evt.queue." + sender, "_INBOX.replica.>",
+			"natserve.rep.*.*.req",
 			"$JS.API.STREAM.INFO.KV_natserve_routes",
 			"$JS.API.CONSUMER.CREATE.KV_natserve_routes.*.$KV.natserve_routes.>",
 			"$JS.API.DIRECT.GET.KV_natserve_routes.$KV.natserve_routes.>",
@@ -32,7 +33,7 @@ func TestPerms(t *testing.T) {
 	}{
 		{"admin", AdminPerms(), Perms{Pub: []string{">"}, Sub: []string{">"}, InboxPrefix: "_INBOX"}},
 		{"controller", ControllerPerms(), Perms{
-			Pub: []string{"$JS.API.>", "$KV.>", "natserve.rep.>", "natserve.api.*", "$SRV.*", "$O.>", "$JS.ACK.>", "_INBOX.>", "natserve.cb.>"},
+			Pub: []string{"$JS.API.>", "$KV.>", "natserve.rep.>", "natserve.api.*", "$SRV.*", "$O.>", "$JS.ACK.>", "_INBOX.>", "natserve.cb.>", "natserve.evt.exit.controller"},
 			Sub: []string{"natserve.api.* natserve-controller", "natserve.evt.>", "_INBOX.controller.>",
 				"$SRV.*", "$SRV.*.natserve-controller", "$SRV.*.natserve-controller.*"},
 			Responses: true, InboxPrefix: "_INBOX.controller",
@@ -46,19 +47,19 @@ func TestPerms(t *testing.T) {
 				"$JS.API.STREAM.INFO.KV_natserve_replicas",
 				"$JS.API.CONSUMER.CREATE.KV_natserve_replicas.*.$KV.natserve_replicas.n1.*",
 				"$JS.API.DIRECT.GET.KV_natserve_replicas.$KV.natserve_replicas.n1.*",
-				"$JS.API.CONSUMER.DELETE.>", "natserve.rep.*.*.ping", "natserve.rep.*.*.adopt", "natserve.rep.*.*.metrics",
+				"$JS.API.CONSUMER.DELETE.>", "natserve.rep.*.*.ping", "natserve.rep.*.*.adopt", "natserve.rep.*.*.metrics", "natserve.evt.exit.n1",
 			},
 			Sub: []string{"_INBOX.node.n1.>"}, InboxPrefix: "_INBOX.node.n1",
 		}},
-		{"ingress", IngressPerms(), Perms{Pub: caller("ingress"), Sub: []string{"_INBOX.ingress.>",
+		{"ingress", IngressPerms(), Perms{Pub: caller("ingress"), Sub: []string{"_INBOX.ingress.>", "natserve.evt.exit.>",
 			"$SRV.*", "$SRV.*.natserve-ingress", "$SRV.*.natserve-ingress.*"}, Responses: true, InboxPrefix: "_INBOX.ingress"}},
-		{"client", ClientPerms(), Perms{Pub: caller("client"), Sub: []string{"_INBOX.client.>"}, InboxPrefix: "_INBOX.client"}},
+		{"client", ClientPerms(), Perms{Pub: caller("client"), Sub: []string{"_INBOX.client.>", "natserve.evt.exit.>"}, InboxPrefix: "_INBOX.client"}},
 		{"replica of A", ReplicaPerms("A"), Perms{
 			Pub: append(caller("dep.A"), "natserve.evt.load.A", "_INBOX.>",
 				"$JS.API.CONSUMER.INFO.natserve_req_A.replicas", "$JS.API.CONSUMER.MSG.NEXT.natserve_req_A.replicas",
 				"$JS.ACK.natserve_req_A.>", "natserve.ares.A.*",
 				"$JS.API.STREAM.INFO.natserve_results", "$JS.API.DIRECT.GET.natserve_results.natserve.ares.A.*"),
-			Sub: []string{"natserve.dep.A A", "natserve.mux.A.* A", "natserve.rep.A.*.*", "_INBOX.replica.A.>",
+			Sub: []string{"natserve.dep.A A", "natserve.mux.A.* A", "natserve.rep.A.*.*", "_INBOX.replica.A.>", "natserve.evt.exit.>",
 				"natserve.acancel.A", "$SRV.*", "$SRV.*.A", "$SRV.*.A.*"},
 			Responses: true, InboxPrefix: "_INBOX.replica.A",
 		}},
