@@ -291,6 +291,8 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
+	// natserve up is secure by default: the harness is its admin.
+	os.Setenv("NATSERVE_CREDS", filepath.Join(tmp, "data", "auth", "admin.creds"))
 	cl, err := connect(ctx, natsURL)
 	if err != nil {
 		return err
@@ -536,7 +538,7 @@ func natsLoad(ctx context.Context, which, url string, cl *client.Client, deploym
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var wg sync.WaitGroup
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, nats.UserCredentials(os.Getenv("NATSERVE_CREDS")))
 	if err != nil {
 		m.Errors = 1
 		return m
