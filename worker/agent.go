@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -533,7 +534,7 @@ func (p *proc) run(ctx context.Context) {
 	tail := &tailWriter{max: 8 << 10}
 	out := io.MultiWriter(tail, &prefixWriter{w: p.a.cfg.ReplicaOutput, prefix: "[" + p.asg.Deployment + " " + p.asg.Replica + "] "})
 	// A private working directory (0700), also its TMPDIR.
-	dir, err := os.MkdirTemp("", "natserve-replica-"+p.asg.Replica+"-")
+	dir, err := replicaDir(p.asg.Replica)
 	if err != nil {
 		p.state(client.ReplicaFailed, 0, -1, "creating its working directory: "+err.Error(), time.Now())
 		return
@@ -777,4 +778,19 @@ func replicaEnv(dir, level string) []string {
 		env = append(env, LogLevelEnv+"="+level)
 	}
 	return env
+}
+
+// replicaDir makes a replica's private working directory (0700) in the
+// temporary directory, creating that first where the image has none (a
+// FROM scratch container has no /tmp).
+func replicaDir(replica string) (string, error) {
+	dir, err := os.MkdirTemp("", "natserve-replica-"+replica+"-")
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return dir, err
+	}
+	base := os.TempDir()
+	if err := os.MkdirAll(base, 0o700); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(base, "natserve-replica-"+replica+"-")
 }
