@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/e2e"
 	"github.com/natserve/natserve/internal/testutil"
@@ -205,7 +207,20 @@ func TestDockerCompose(t *testing.T) {
 		return nil
 	})
 
-	cl, err := client.Connect(e2e.Ctx(10*time.Second), natsURL, client.WithTimeout(20*time.Second))
+	// The admin credentials, out of the one-shot auth service's volume; the
+	// brokers refuse anonymous clients.
+	creds := filepath.Join(t.TempDir(), "admin.creds")
+	authID := strings.TrimSpace(c.run("ps", "-q", "auth"))
+	if out, err := exec.Command("docker", "cp", authID+":/roles/admin/admin.creds", creds).CombinedOutput(); err != nil {
+		t.Fatalf("docker cp admin.creds: %v\n%s", err, out)
+	}
+	if anon, err := nats.Connect(natsURL, nats.Timeout(5*time.Second), nats.NoReconnect()); err == nil {
+		anon.Close()
+		t.Fatal("a client without credentials connected to nats1")
+	} else if !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+		t.Fatalf("without credentials: %v, want an authorization violation", err)
+	}
+	cl, err := client.Connect(e2e.Ctx(10*time.Second), natsURL, client.WithTimeout(20*time.Second), client.WithCreds(creds))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +242,7 @@ func TestDockerCompose(t *testing.T) {
 		return nil
 	})
 	servectl := testutil.Build(t, "./cmd/servectl")
-	out, err := exec.Command(servectl, "list-deployments", "--server", natsURL).CombinedOutput()
+	out, err := exec.Command(servectl, "list-deployments", "--server", natsURL, "--creds", creds).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "rep-1") || !strings.Contains(string(out), "/api") {
 		t.Fatalf("servectl list-deployments: %v\n%s", err, out)
 	}
@@ -291,7 +306,7 @@ func TestDockerCompose(t *testing.T) {
 	}
 	c.run("start", "nats2")
 	testutil.Eventually(t, 30*time.Second, func() error {
-		nc, err := client.Connect(e2e.Ctx(2*time.Second), fmt.Sprintf("nats://127.0.0.1:%d", nats2Port))
+		nc, err := client.Connect(e2e.Ctx(2*time.Second), fmt.Sprintf("nats://127.0.0.1:%d", nats2Port), client.WithCreds(creds))
 		if err != nil {
 			return err
 		}

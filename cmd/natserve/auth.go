@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"sort"
 
 	"github.com/natserve/natserve/internal/auth"
 	"github.com/natserve/natserve/internal/wire"
@@ -15,13 +16,14 @@ import (
 // and the server config snippet (operator mode, memory resolver).
 func runAuth(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "init" {
-		return fmt.Errorf("usage: natserve auth init -dir DIR [-nodes n1,n2]")
+		return fmt.Errorf("usage: natserve auth init -dir DIR [-nodes n1,n2] [-split DIR]")
 	}
 	fs := flag.NewFlagSet("auth init", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dir := fs.String("dir", "natserve-data/auth", "directory to write into (0700; files 0600); existing keys are kept")
 	var nodes listFlag
 	fs.Var(&nodes, "nodes", "node agents to write credentials for, comma-separated")
+	split := fs.String("split", "", "also copy each role's files into its own subdirectory of this directory (broker/, controller/, ingress/, admin/, client/, node-<name>/), to hand each service only its own")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -40,6 +42,17 @@ func runAuth(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "  %-14s %s (the controller mints replica identities with it)\n", "signer", set.SignerPath())
 	for _, n := range nodes {
 		fmt.Fprintf(stdout, "  %-14s %s\n", "node "+n, set.NodeCredsPath(n))
+	}
+	if *split != "" {
+		dirs, err := set.Split(*split, nodes...)
+		if err != nil {
+			return err
+		}
+		sort.Strings(dirs)
+		fmt.Fprintf(stdout, "each role's files in its own directory:\n")
+		for _, d := range dirs {
+			fmt.Fprintf(stdout, "  %s\n", d)
+		}
 	}
 	return nil
 }

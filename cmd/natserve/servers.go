@@ -86,7 +86,7 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.BoolVar(&ctls.Verify, "tls-verify", false, "require every client to present a certificate signed by -tls-ca (mutual TLS)")
 	rtls := tlsServerFlags(fs, "cluster-tls-", "the route port's", "CA file (PEM) that signed every member's route certificate (required with route TLS)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
-	authDir := fs.String("auth", "natserve-data/auth", "directory of the operator, accounts and role credentials (created on first start; every cluster member needs the same)")
+	authDir := fs.String("auth", "natserve-data/auth", "directory of the operator, accounts and role credentials (created on first start; every cluster member needs the same), or a broker's share of them (auth init -split DIR writes DIR/broker: JWTs only)")
 	var nodes listFlag
 	fs.Var(&nodes, "nodes", "node agents to write credentials for, comma-separated")
 	noAuth := fs.Bool("no-auth", false, "INSECURE: accept anonymous clients (for deployments not yet given credentials)")
@@ -103,6 +103,11 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var set *auth.Set
 	if *noAuth {
 		fmt.Fprintf(stderr, "natserve broker: WARNING: -no-auth: anyone who reaches %s:%d may do anything\n", *host, *port)
+	} else if auth.ServerOnly(*authDir) {
+		// A broker's share of a split set (auth init -split): JWTs only.
+		if set, err = auth.LoadServer(*authDir); err != nil {
+			return err
+		}
 	} else if set, err = auth.Open(*authDir, nodes...); err != nil {
 		return err
 	}
@@ -117,7 +122,7 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintf(stdout, "natserve broker %s listening on %s (data in %s)\n", *name, b.ClientURL(), *data)
-	if set != nil {
+	if set != nil && auth.HasSeeds(set.Dir) {
 		fmt.Fprintf(stdout, "  creds       %s\n", set.CredsPath(wire.RoleAdmin))
 	}
 	<-ctx.Done()
