@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -23,9 +24,19 @@ type manifest struct {
 		Template struct {
 			Spec struct {
 				Containers []struct {
-					Image string   `yaml:"image"`
-					Args  []string `yaml:"args"`
+					Image        string   `yaml:"image"`
+					Args         []string `yaml:"args"`
+					VolumeMounts []struct {
+						Name      string `yaml:"name"`
+						MountPath string `yaml:"mountPath"`
+					} `yaml:"volumeMounts"`
 				} `yaml:"containers"`
+				Volumes []struct {
+					Name   string `yaml:"name"`
+					Secret *struct {
+						SecretName string `yaml:"secretName"`
+					} `yaml:"secret"`
+				} `yaml:"volumes"`
 			} `yaml:"spec"`
 		} `yaml:"template"`
 	} `yaml:"spec"`
@@ -64,11 +75,13 @@ func TestKubernetesManifests(t *testing.T) {
 	want := map[string]struct {
 		replicas int
 		command  string
+		secret   string // the only credentials Secret it mounts
+		creds    string // its -auth or -creds flag
 	}{
-		"StatefulSet/nats":               {3, "broker"},
-		"Deployment/natserve-controller": {2, "controller"},
-		"Deployment/natserve-ingress":    {2, "ingress"},
-		"DaemonSet/natserve-node-agent":  {-1, "agent"},
+		"StatefulSet/nats":               {3, "broker", "natserve-auth-broker", "-auth=/etc/natserve/auth"},
+		"Deployment/natserve-controller": {2, "controller", "natserve-auth-controller", "-creds=/etc/natserve/auth/controller.creds"},
+		"Deployment/natserve-ingress":    {2, "ingress", "natserve-auth-ingress", "-creds=/etc/natserve/auth/ingress.creds"},
+		"DaemonSet/natserve-node-agent":  {-1, "agent", "natserve-auth-node", "-creds=/etc/natserve/auth/node-$(NATSERVE_NODE).creds"},
 	}
 	for key, w := range want {
 		m, ok := got[key]
@@ -82,6 +95,38 @@ func TestKubernetesManifests(t *testing.T) {
 		cs := m.Spec.Template.Spec.Containers
 		if len(cs) != 1 || len(cs[0].Args) == 0 || cs[0].Args[0] != w.command || !strings.HasPrefix(cs[0].Image, "natserve") {
 			t.Errorf("%s: containers %+v, want natserve %s", key, cs, w.command)
+		}
+		if len(cs) != 1 {
+			continue
+		}
+		// Credentials: no anonymous broker, and only its own role's Secret,
+		// mounted where its flag points.
+		if !slices.Contains(cs[0].Args, w.creds) {
+			t.Errorf("%s: args %v, want %s", key, cs[0].Args, w.creds)
+		}
+		for _, a := range cs[0].Args {
+			if strings.HasPrefix(a, "-no-auth") || strings.HasPrefix(a, "--no-auth") {
+				t.Errorf("%s: runs with %s: every broker must require credentials", key, a)
+			}
+		}
+		var secrets []string
+		authVolume := ""
+		for _, v := range m.Spec.Template.Spec.Volumes {
+			if v.Secret != nil && strings.HasPrefix(v.Secret.SecretName, "natserve-auth") {
+				secrets = append(secrets, v.Secret.SecretName)
+				authVolume = v.Name
+			}
+		}
+		if len(secrets) != 1 || secrets[0] != w.secret {
+			t.Errorf("%s: mounts credentials Secrets %v, want only %s", key, secrets, w.secret)
+			continue
+		}
+		mounted := false
+		for _, vm := range cs[0].VolumeMounts {
+			mounted = mounted || (vm.Name == authVolume && vm.MountPath == "/etc/natserve/auth")
+		}
+		if !mounted {
+			t.Errorf("%s: the volume %s of Secret %s is not mounted at /etc/natserve/auth", key, authVolume, w.secret)
 		}
 	}
 	if node, ctl := got["DaemonSet/natserve-node-agent"].Spec.Template.Spec.Containers, got["Deployment/natserve-controller"].Spec.Template.Spec.Containers; len(node) == 1 && len(ctl) == 1 && node[0].Image == ctl[0].Image {
