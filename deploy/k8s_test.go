@@ -138,3 +138,60 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 }
+
+// TestComposeCredentials checks docker-compose.yml statically: no broker
+// runs with -no-auth, every service but auth waits for auth to complete and
+// mounts only its own role's credentials volume.
+func TestComposeCredentials(t *testing.T) {
+	b, err := os.ReadFile("../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Services map[string]struct {
+			Command   []string       `yaml:"command"`
+			Volumes   []string       `yaml:"volumes"`
+			DependsOn map[string]any `yaml:"depends_on"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"nats1": "auth-broker", "nats2": "auth-broker", "nats3": "auth-broker",
+		"controller1": "auth-controller", "controller2": "auth-controller",
+		"ingress": "auth-ingress", "worker1": "auth-worker1", "worker2": "auth-worker2",
+		"setup": "auth-admin",
+	}
+	if _, ok := f.Services["auth"]; !ok {
+		t.Fatal("no one-shot service auth")
+	}
+	for name, s := range f.Services {
+		if name == "auth" {
+			continue
+		}
+		w, ok := want[name]
+		if !ok {
+			t.Errorf("service %s: no credentials expected for it in this test", name)
+			continue
+		}
+		for _, a := range s.Command {
+			if strings.Contains(a, "no-auth") {
+				t.Errorf("%s runs with %s", name, a)
+			}
+		}
+		var vols []string
+		for _, v := range s.Volumes {
+			if src, _, _ := strings.Cut(v, ":"); strings.HasPrefix(src, "auth") {
+				vols = append(vols, src)
+			}
+		}
+		if len(vols) != 1 || vols[0] != w {
+			t.Errorf("%s mounts credentials volumes %v, want only %s", name, vols, w)
+		}
+		cond, _ := s.DependsOn["auth"].(map[string]any)
+		if cond["condition"] != "service_completed_successfully" {
+			t.Errorf("%s: depends_on auth %v, want condition service_completed_successfully", name, s.DependsOn["auth"])
+		}
+	}
+}
