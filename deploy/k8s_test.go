@@ -163,8 +163,10 @@ func TestComposeCredentials(t *testing.T) {
 		"ingress": "auth-ingress", "worker1": "auth-worker1", "worker2": "auth-worker2",
 		"setup": "auth-admin",
 	}
-	if _, ok := f.Services["auth"]; !ok {
+	if a, ok := f.Services["auth"]; !ok {
 		t.Fatal("no one-shot service auth")
+	} else if !slices.Contains(a.Command, "-nodes=worker1,worker2") {
+		t.Errorf("auth: command %q, want credentials for worker1 and worker2", a.Command)
 	}
 	for name, s := range f.Services {
 		if name == "auth" {
