@@ -289,6 +289,13 @@ func (s *ItemStream) Close() {
 	s.close()
 }
 
+// Control is the subject where the replica takes credit and cancel (and,
+// for a WebSocket, the client's bytes), once the first item is read.
+func (s *ItemStream) Control() string { return s.credit }
+
+// SetItemTimeout changes the budget for each later gap between items.
+func (s *ItemStream) SetItemTimeout(d time.Duration) { s.gap = d }
+
 // Replica is the replica serving the stream, once known.
 func (s *ItemStream) Replica() string { return s.replica }
 

@@ -94,6 +94,12 @@ type Config struct {
 	// TracerProvider traces requests (a server span each, its context sent
 	// on to the replicas). Default: nil, off.
 	TracerProvider trace.TracerProvider
+	// WebSocketIdleTimeout closes a WebSocket connection (close code 1001)
+	// after this long without a frame in either direction. Default: 5m.
+	WebSocketIdleTimeout time.Duration
+	// WebSocketMaxLifetime closes a WebSocket connection (close code 1001)
+	// this long after it opened. Default: 24h.
+	WebSocketMaxLifetime time.Duration
 	// Logger. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -111,6 +117,7 @@ func DefaultConfig() Config {
 	return Config{
 		Addr: "127.0.0.1:8000", RequestTimeout: 60 * time.Second, MaxHeaderBytes: 8 << 10,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 90 * time.Second,
+		WebSocketIdleTimeout: 5 * time.Minute, WebSocketMaxLifetime: 24 * time.Hour,
 	}
 }
 
@@ -128,6 +135,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: max header bytes %d is below 1024", ErrConfig, c.MaxHeaderBytes)
 	case c.MaxRequestBodySize < 0:
 		return fmt.Errorf("%w: max request body size is negative", ErrConfig)
+	case c.WebSocketIdleTimeout < 0 || c.WebSocketMaxLifetime < 0:
+		return fmt.Errorf("%w: WebSocket idle timeout and maximum lifetime must not be negative", ErrConfig)
 	case c.MaxConnections < 0:
 		return fmt.Errorf("%w: max connections %d is negative", ErrConfig, c.MaxConnections)
 	case c.MaxConnsPerIP < -1:
@@ -156,6 +165,9 @@ type Ingress struct {
 	limits   atomic.Pointer[map[string]int] // deployment → max_queued_requests
 	draining atomic.Bool
 	streams  sync.Map // deployment → true: its default method streams
+	wsMu     sync.Mutex
+	ws       map[*wsRelay]struct{} // open WebSocket relays; Shutdown closes them
+	wsWG     sync.WaitGroup
 
 	tracer trace.Tracer // nil: tracing off
 	alog   *accessLog   // nil: no access log
@@ -195,6 +207,12 @@ func New(cfg Config) (*Ingress, error) {
 	}
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = d.IdleTimeout
+	}
+	if cfg.WebSocketIdleTimeout == 0 {
+		cfg.WebSocketIdleTimeout = d.WebSocketIdleTimeout
+	}
+	if cfg.WebSocketMaxLifetime == 0 {
+		cfg.WebSocketMaxLifetime = d.WebSocketMaxLifetime
 	}
 	if cfg.MaxConnections == 0 {
 		cfg.MaxConnections = defaultMaxConnections()
@@ -404,6 +422,7 @@ func (g *Ingress) Shutdown(ctx context.Context) error {
 			<-done
 		}
 	}
+	g.closeWebSockets(ctx)
 	if g.svc != nil {
 		g.svc.Stop()
 	}

@@ -106,6 +106,15 @@ func (g *Ingress) serveRoute(ctx *fasthttp.RequestCtx, path []byte, o *observati
 		}
 	}
 	buf = wire.AppendBody(buf, req.Body())
+	if req.Header.ConnectionUpgrade() && isWebSocket(req) {
+		if async {
+			ctx.Error("a WebSocket upgrade cannot be stored: send it without Prefer: respond-async\n", fasthttp.StatusBadRequest)
+			return
+		}
+		g.serveWebSocket(ctx, rt, &nats.Msg{Subject: rt.subject, Data: buf, Header: nats.Header{
+			wire.HeaderKind: {wire.KindHTTP}, wire.HeaderRequestID: {id}}}, rctx)
+		return
+	}
 	if async { // a stored request (async.go)
 		g.serveAsync(ctx, rt.deployment, buf)
 		return

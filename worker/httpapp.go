@@ -62,6 +62,23 @@ func (a *httpApp) Call(ctx context.Context, req *Request) (*Response, error) {
 	if !req.IsHTTP() {
 		return nil, errors.New("this deployment wraps an HTTP handler: call it over HTTP")
 	}
+	hr, err := a.request(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	w := &recorder{header: http.Header{}}
+	a.h.ServeHTTP(w, hr)
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	if w.header.Get("Content-Type") == "" && w.body.Len() > 0 {
+		w.header.Set("Content-Type", http.DetectContentType(w.body.Bytes()))
+	}
+	return &Response{Status: w.status, Header: w.header, Body: w.body.Bytes()}, nil
+}
+
+// request builds the net/http request the handler sees.
+func (a *httpApp) request(ctx context.Context, req *Request) (*http.Request, error) {
 	u := &url.URL{Path: req.RelPath(), RawQuery: req.RawQuery}
 	hr, err := http.NewRequestWithContext(ctx, req.Method, u.String(), bytes.NewReader(req.Body))
 	if err != nil {
@@ -72,15 +89,7 @@ func (a *httpApp) Call(ctx context.Context, req *Request) (*Response, error) {
 	hr.RequestURI = u.RequestURI()
 	hr.ContentLength = int64(len(req.Body))
 	hr.Header.Set("X-Forwarded-Prefix", req.RoutePrefix)
-	w := &recorder{header: http.Header{}}
-	a.h.ServeHTTP(w, hr)
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	if w.header.Get("Content-Type") == "" && w.body.Len() > 0 {
-		w.header.Set("Content-Type", http.DetectContentType(w.body.Bytes()))
-	}
-	return &Response{Status: w.status, Header: w.header, Body: w.body.Bytes()}, nil
+	return hr, nil
 }
 
 // recorder is the http.ResponseWriter handed to the wrapped handler.

@@ -619,6 +619,14 @@ func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome, slot *ca
 		}
 		defer r.models.release(model)
 	}
+	if m.Header.Get(wire.HeaderWebSocket) != "" {
+		if req == nil || !isHTTP {
+			r.fail(oc, m, wire.CodeBadRequest, fmt.Sprintf("deployment %s does not accept WebSocket upgrades: only a net/http handler (reg.HTTPHandler) does", r.spec.Deployment))
+			return
+		}
+		r.serveWebSocket(m, oc, req, id)
+		return
+	}
 	if meth.stream != nil {
 		window, err := wire.ParseStreamWindow(m.Header.Get(wire.HeaderStream))
 		switch {

@@ -6,6 +6,7 @@
 package quickstart
 
 import (
+	"github.com/natserve/natserve/examples/chat"
 	"github.com/natserve/natserve/examples/hello"
 	"github.com/natserve/natserve/examples/mlserve"
 	"github.com/natserve/natserve/examples/seed"
@@ -21,4 +22,5 @@ func Register(reg *worker.Registry) {
 	slow.Register(reg)    // Slow: /slow
 	stream.Register(reg)  // Stream: /stream
 	mlserve.Register(reg) // BatchedEcho, MuxModel: /batched and /mux
+	chat.Register(reg)    // Chat: WebSockets at /chat
 }

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/natserve/natserve/examples/chat"
 	"github.com/natserve/natserve/examples/seed"
 	"github.com/natserve/natserve/examples/stream"
 	"github.com/natserve/natserve/internal/wire"
@@ -289,6 +290,7 @@ func main() {
 	reg.Class("Probe", NewProbe)
 	reg.Func("double", func(x int) int { return 2 * x })
 	reg.HTTPHandler("Router", NewRouter)
+	chat.Register(&reg) // Chat: WebSockets
 	// A user handler that serves http.DefaultServeMux: natserve must have
 	// registered nothing on it (no /debug/pprof/).
 	reg.HTTPHandler("DefaultMux", func() http.Handler { return http.DefaultServeMux })

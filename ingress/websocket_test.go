@@ -1,0 +1,219 @@
+package ingress_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/natserve/natserve/internal/e2e"
+)
+
+// WebSockets through the ingress to a net/http handler (examples/chat,
+// gorilla/websocket) in a real replica process, with a real client
+// library (gorilla/websocket's Dialer).
+func TestWebSocket(t *testing.T) {
+	s := e2e.Standard(t)
+	base, _ := s.Ingress("-ws-idle-timeout", "1500ms")
+	sp := spec("chat", "Chat", `[]`, 1, e2e.Ptr("/chat"))
+	sp.MaxOngoingRequests = 1
+	s.Deploy(sp)
+	s.Deploy(spec("probe", "Probe", `["p"]`, 1, e2e.Ptr("/probe")))
+	wsBase := "ws" + strings.TrimPrefix(base, "http")
+	dial := func(path string) *websocket.Conn {
+		t.Helper()
+		c, resp, err := websocket.DefaultDialer.Dial(wsBase+path, nil)
+		if err != nil {
+			t.Fatalf("dial %s: %v (%v)", path, err, resp)
+		}
+		return c
+	}
+	read := func(c *websocket.Conn) string {
+		t.Helper()
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, b, err := c.ReadMessage()
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		return string(b)
+	}
+
+	t.Run("round trips in order", func(t *testing.T) {
+		c := dial("/chat?name=ann")
+		defer c.Close()
+		start := time.Now()
+		const n = 2000
+		go func() {
+			for i := 0; i < n; i++ {
+				if c.WriteMessage(websocket.TextMessage, []byte(strconv.Itoa(i))) != nil {
+					return
+				}
+			}
+		}()
+		for i := 0; i < n; i++ {
+			if got, want := read(c), "ann: "+strconv.Itoa(i); got != want {
+				t.Fatalf("message %d: %q, want %q", i, got, want)
+			}
+		}
+		t.Logf("%d messages echoed in order in %v", n, time.Since(start))
+		// A large binary message crosses in several chunks, unchanged.
+		big := bytes.Repeat([]byte("0123456789abcdef"), 20000) // 320 KB
+		if err := c.WriteMessage(websocket.BinaryMessage, big); err != nil {
+			t.Fatal(err)
+		}
+		if kind, b, err := c.ReadMessage(); err != nil || kind != websocket.BinaryMessage || !bytes.Equal(b, big) {
+			t.Fatalf("big message: kind %d, %d bytes, %v", kind, len(b), err)
+		}
+		// The server sends faster than we read: credit keeps it in step.
+		if err := c.WriteMessage(websocket.TextMessage, []byte("/burst 5000")); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 5000; i++ {
+			if got := read(c); got != strconv.Itoa(i) {
+				t.Fatalf("burst item %d: %q", i, got)
+			}
+		}
+	})
+
+	t.Run("client close code reaches the handler", func(t *testing.T) {
+		c := dial("/chat")
+		defer c.Close()
+		if err := c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4001, "bye"), time.Now().Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		// gorilla's server answers a close with the client's code: the code
+		// made the round trip.
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _, err := c.ReadMessage()
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != 4001 {
+			t.Fatalf("after our close 4001: %v", err)
+		}
+	})
+
+	t.Run("server close code reaches the client", func(t *testing.T) {
+		c := dial("/chat")
+		defer c.Close()
+		if err := c.WriteMessage(websocket.TextMessage, []byte("/close 4002 server says bye")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _, err := c.ReadMessage()
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != 4002 || ce.Text != "server says bye" {
+			t.Fatalf("server close: %v", err)
+		}
+	})
+
+	t.Run("client going away frees the slot", func(t *testing.T) {
+		// max_ongoing_requests is 1: the open connection holds the slot.
+		c := dial("/chat")
+		if got := read2(t, c, "/pid"); !strings.HasPrefix(got, "pid ") {
+			t.Fatalf("/pid: %q", got)
+		}
+		held := make(chan error, 1)
+		go func() {
+			_, resp, err := (&websocket.Dialer{HandshakeTimeout: 700 * time.Millisecond}).Dial(wsBase+"/chat", nil)
+			if err == nil {
+				err = fmt.Errorf("a second connection was accepted while the first held the only slot")
+			} else {
+				err = nil
+			}
+			_ = resp
+			held <- err
+		}()
+		if err := <-held; err != nil {
+			t.Fatal(err)
+		}
+		gone := time.Now()
+		_ = c.UnderlyingConn().Close() // no close frame: the client just goes away
+		var c2 *websocket.Conn
+		for c2 == nil {
+			var err error
+			c2, _, err = (&websocket.Dialer{HandshakeTimeout: 5 * time.Second}).Dial(wsBase+"/chat", nil)
+			if err != nil && time.Since(gone) > 5*time.Second {
+				t.Fatalf("the slot was not freed: %v", err)
+			}
+		}
+		freed := time.Since(gone)
+		t.Logf("client hang-up → next connection served after %v", freed)
+		if freed > time.Second {
+			t.Errorf("slot freed after %v, want ≤ 1 s", freed)
+		}
+		defer c2.Close()
+		if got := read2(t, c2, "/pid"); !strings.HasPrefix(got, "pid ") {
+			t.Fatalf("/pid on the second connection: %q", got)
+		}
+	})
+
+	t.Run("idle timeout", func(t *testing.T) {
+		c := dial("/chat")
+		defer c.Close()
+		start := time.Now()
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _, err := c.ReadMessage()
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway || ce.Text != "idle timeout" {
+			t.Fatalf("idle connection: %v", err)
+		}
+		t.Logf("idle connection closed with 1001 after %v (timeout 1.5 s)", time.Since(start))
+		if time.Since(start) < 1400*time.Millisecond {
+			t.Errorf("closed after %v, before the idle timeout", time.Since(start))
+		}
+		// The slot is free again.
+		c2 := dial("/chat")
+		defer c2.Close()
+		if got := read2(t, c2, "/pid"); !strings.HasPrefix(got, "pid ") {
+			t.Fatalf("/pid after the idle close: %q", got)
+		}
+	})
+
+	t.Run("refusals", func(t *testing.T) {
+		hdr := http.Header{"Prefer": {"respond-async"}}
+		_, resp, err := websocket.DefaultDialer.Dial(wsBase+"/chat", hdr)
+		if err == nil || resp == nil || resp.StatusCode != 400 {
+			t.Fatalf("respond-async upgrade: %v %v", err, resp)
+		}
+		body := readBody(resp)
+		if !strings.Contains(body, "respond-async") || strings.Count(body, "\n") != 1 {
+			t.Errorf("respond-async upgrade: %q", body)
+		}
+		_, resp, err = websocket.DefaultDialer.Dial(wsBase+"/probe", nil)
+		if err == nil || resp == nil || resp.StatusCode != 400 {
+			t.Fatalf("upgrade to a class deployment: %v %v", err, resp)
+		}
+		if body := readBody(resp); !strings.Contains(body, "does not accept WebSocket upgrades") {
+			t.Errorf("upgrade to a class deployment: %q", body)
+		}
+		// A broken handshake gets the handler's own answer (gorilla: 400).
+		code, body, _ := e2e.HTTP(t, "GET", base+"/chat", "", "Connection", "Upgrade", "Upgrade", "websocket")
+		if code != 400 {
+			t.Errorf("handshake without a key: %d %q", code, body)
+		}
+	})
+}
+
+func read2(t *testing.T, c *websocket.Conn, msg string) string {
+	t.Helper()
+	if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, b, err := c.ReadMessage()
+	if err != nil {
+		t.Fatalf("reading the answer to %q: %v", msg, err)
+	}
+	return string(b)
+}
+
+func readBody(resp *http.Response) string {
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return b.String()
+}
