@@ -60,6 +60,7 @@ type config struct {
 	replicas  []int  // replica counts measured
 	nats      bool   // measure C and H too
 	profile   string // directory for CPU profiles of up and a replica under c64 load ("": none)
+	variants  []string
 }
 
 func intList(s string) ([]int, error) {
@@ -89,7 +90,13 @@ func main() {
 	flag.BoolVar(&cfg.accessLog, "access-log", true, "natserve writes its access log (natserve up's default)")
 	flag.BoolVar(&cfg.tracing, "tracing", false, "natserve traces every request, exporting to -otlp-endpoint or to a receiver in the harness that drops the spans")
 	flag.StringVar(&cfg.otlp, "otlp-endpoint", "", "OTLP/HTTP endpoint for -tracing (default: the harness's own receiver)")
+	variants := flag.String("variants", "", "more natserve up processes (one replica) measured as rows of the same interleave: metrics-off, log-off, obs-off (comma-separated)")
 	flag.Parse()
+	for _, v := range strings.Split(*variants, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			cfg.variants = append(cfg.variants, v)
+		}
+	}
 	var err error
 	for _, x := range []struct {
 		s   string
@@ -131,6 +138,7 @@ type Results struct {
 	Duration     string             `json:"duration"`
 	AccessLog    bool               `json:"access_log"`
 	Tracing      bool               `json:"tracing"`
+	Load         string             `json:"load_average"` // /proc/loadavg at start and end of the run
 	Measurements []Measurement      `json:"measurements"`
 	Memory       map[string]float64 `json:"memory_mb"`
 }
@@ -256,59 +264,72 @@ func run(ctx context.Context, cfg config) error {
 	// N: the naive chain, a stock nats-server, the naive ingress and one
 	// naive responder.
 	natsPortN, portN := freePort(), freePort()
+	pprofN := map[string]string{}
+	var profArgs func(name string) []string = func(string) []string { return nil }
+	if cfg.profile != "" {
+		profArgs = func(name string) []string {
+			port := freePort()
+			pprofN[name] = fmt.Sprintf("127.0.0.1:%d", port)
+			if name == "nats-server" {
+				return []string{"--profile", strconv.Itoa(port)}
+			}
+			return []string{"-pprof", pprofN[name]}
+		}
+	}
 	natsURLN := fmt.Sprintf("nats://127.0.0.1:%d", natsPortN)
-	srvN, err := ps.start(bins["nats-server"], "-a", "127.0.0.1", "-p", strconv.Itoa(natsPortN))
+	srvN, err := ps.start(bins["nats-server"], append([]string{"-a", "127.0.0.1", "-p", strconv.Itoa(natsPortN)}, profArgs("nats-server")...)...)
 	if err != nil {
 		return err
 	}
 	time.Sleep(300 * time.Millisecond)
-	respN, err := ps.start(bins["naive"], "responder", "-nats", natsURLN)
+	respN, err := ps.start(bins["naive"], append([]string{"responder", "-nats", natsURLN}, profArgs("responder")...)...)
 	if err != nil {
 		return err
 	}
-	ingN, err := ps.start(bins["naive"], "ingress", "-nats", natsURLN, "-addr", fmt.Sprintf("127.0.0.1:%d", portN))
+	ingN, err := ps.start(bins["naive"], append([]string{"ingress", "-nats", natsURLN, "-addr", fmt.Sprintf("127.0.0.1:%d", portN)}, profArgs("ingress")...)...)
 	if err != nil {
 		return err
 	}
 	pidsN := []int{srvN.Process.Pid, respN.Process.Pid, ingN.Process.Pid}
 
 	// D: natserve up with Hello deployments of 1 and 2 replicas.
-	natsPort, portD := freePort(), freePort()
-	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
 	pprofUp, pprofReplica := fmt.Sprintf("127.0.0.1:%d", freePort()), fmt.Sprintf("127.0.0.1:%d", freePort())
 	if cfg.profile != "" { // opt-in profiling of up and (the first replica to bind it) a replica
 		os.Setenv("NATSERVE_PPROF", pprofUp)
 		os.Setenv("NATSERVE_REPLICA_PPROF", pprofReplica)
 	}
-	observe, stopSink, err := observeFlags(cfg)
+	mainD, err := startUp(ctx, &ps, bins["natserve"], filepath.Join(tmp, "data"), cfg, cfg.metrics, cfg.accessLog, 2)
 	if err != nil {
 		return err
 	}
-	defer stopSink()
-	up, err := ps.start(bins["natserve"], append([]string{"up", "-data", filepath.Join(tmp, "data"), "-nats-port", strconv.Itoa(natsPort),
-		"-addr", fmt.Sprintf("127.0.0.1:%d", portD), "-max-connections", "200000",
-		"-metrics=" + strconv.FormatBool(cfg.metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort())}, observe...)...)
-	if err != nil {
-		return err
-	}
-	// natserve up is secure by default: the harness is its admin.
-	os.Setenv("NATSERVE_CREDS", filepath.Join(tmp, "data", "auth", "admin.creds"))
-	cl, err := connect(ctx, natsURL)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	for n := 1; n <= 2; n++ {
-		if _, err := cl.Deploy(ctx, client.DeploymentSpec{Name: fmt.Sprintf("hello%d", n), Class: "Hello", NumReplicas: n, MaxOngoingRequests: 100}); err != nil {
-			return err
+	os.Unsetenv("NATSERVE_PPROF")
+	os.Unsetenv("NATSERVE_REPLICA_PPROF")
+	defer mainD.cl.Close()
+	up, natsURL, portD, cl := mainD.proc, mainD.natsURL, mainD.port, mainD.cl
+	// D variants: more natserve up processes (one replica each) measured in
+	// the same interleave, to price each feature on and off.
+	var variants []*upRun
+	for _, v := range cfg.variants {
+		metrics, accessLog := cfg.metrics, cfg.accessLog
+		switch v {
+		case "metrics-off":
+			metrics = false
+		case "log-off":
+			accessLog = false
+		case "obs-off":
+			metrics, accessLog = false, false
+		default:
+			return fmt.Errorf("-variants: unknown variant %q (metrics-off, log-off, obs-off)", v)
 		}
-		wctx, cancel := context.WithTimeout(ctx, time.Minute)
-		_, err := cl.WaitHealthy(wctx, fmt.Sprintf("hello%d", n), nil)
-		cancel()
+		u, err := startUp(ctx, &ps, bins["natserve"], filepath.Join(tmp, "data-"+v), cfg, metrics, accessLog, 1)
 		if err != nil {
-			return err
+			return fmt.Errorf("variant %s: %w", v, err)
 		}
+		defer u.cl.Close()
+		u.name = "D " + v
+		variants = append(variants, u)
 	}
+	os.Setenv("NATSERVE_CREDS", filepath.Join(tmp, "data", "auth", "admin.creds")) // C, H and the idle-connection ingress use the main D
 	// C: raw NATS responders, two processes.
 	for i := 0; i < 2; i++ {
 		if _, err := ps.start(bins["natsreplica"], "-nats", natsURL, "-subject", "bench.raw"); err != nil {
@@ -320,6 +341,9 @@ func run(ctx context.Context, cfg config) error {
 	urlD := func(n int) string { return fmt.Sprintf("http://127.0.0.1:%d/hello%d", portD, n) }
 	urlN := fmt.Sprintf("http://127.0.0.1:%d/", portN)
 	urls := []string{urlA, urlD(1), urlD(2), urlN}
+	for _, v := range variants {
+		urls = append(urls, v.url())
+	}
 	if errNginx == nil {
 		urls = append(urls, urlE(1), urlE(2))
 	}
@@ -329,7 +353,7 @@ func run(ctx context.Context, cfg config) error {
 		}
 	}
 	res := Results{Commit: gitCommit(), Machine: machine(), Date: time.Now().UTC().Format(time.RFC3339), Duration: cfg.duration.String(), Memory: map[string]float64{},
-		AccessLog: cfg.accessLog, Tracing: cfg.tracing}
+		AccessLog: cfg.accessLog, Tracing: cfg.tracing, Load: loadAvg()}
 	replicaPIDs := childPIDs(up.Process.Pid)
 	res.Memory["replica_idle_max"] = maxRSS(replicaPIDs)
 	fmt.Fprintf(os.Stderr, "replica processes %v, idle RSS max %.1f MB\n", replicaPIDs, res.Memory["replica_idle_max"])
@@ -351,6 +375,11 @@ func run(ctx context.Context, cfg config) error {
 						runs = append(runs, target{"E", urlE(n), nil})
 					}
 					runs = append(runs, target{"D", urlD(n), append([]int{up.Process.Pid}, childPIDs(up.Process.Pid)...)})
+					if n == 1 {
+						for _, v := range variants {
+							runs = append(runs, target{v.name, v.url(), append([]int{v.proc.Process.Pid}, childPIDs(v.proc.Process.Pid)...)})
+						}
+					}
 					// Interleaved: the order rotates with the repeat, so that
 					// no configuration always runs first.
 					for i := range runs {
@@ -394,11 +423,20 @@ func run(ctx context.Context, cfg config) error {
 		if err := profileUnderLoad(ctx, cfg.profile, load, urlD(1)+"?size=20", map[string]string{"up": pprofUp, "replica": pprofReplica}); err != nil {
 			return err
 		}
+		if err := profileUnderLoad(ctx, cfg.profile, load, urlN+"?size=20", map[string]string{"naive-ingress": pprofN["ingress"], "naive-responder": pprofN["responder"], "naive-nats-server": pprofN["nats-server"]}); err != nil {
+			return err
+		}
 	}
+	res.Load += " → " + loadAvg()
 	if cfg.conns == 0 {
 		return write(cfg.out, &res)
 	}
 	// Ingress memory under idle connections: a standalone ingress.
+	observe, stopSink, err := observeFlags(cfg)
+	if err != nil {
+		return err
+	}
+	defer stopSink()
 	portI := freePort()
 	ing, err := ps.start(bins["natserve"], append([]string{"ingress", "-nats", natsURL, "-addr", fmt.Sprintf("127.0.0.1:%d", portI), "-max-connections", "200000",
 		"-metrics=" + strconv.FormatBool(cfg.metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort())}, observe...)...)
@@ -773,4 +811,61 @@ func profileUnderLoad(ctx context.Context, dir string, load func(context.Context
 		}
 	}
 	return <-done
+}
+
+// upRun is one natserve up process the harness started.
+type upRun struct {
+	name    string
+	proc    *exec.Cmd
+	natsURL string
+	port    int
+	cl      *client.Client
+}
+
+func (u *upRun) url() string { return fmt.Sprintf("http://127.0.0.1:%d/hello1", u.port) }
+
+// startUp starts natserve up with the given observability settings and
+// deploys Hello with 1..maxN replicas (hello1, hello2, ...).
+func startUp(ctx context.Context, ps *procs, bin, data string, cfg config, metrics, accessLog bool, maxN int) (*upRun, error) {
+	natsPort, port := freePort(), freePort()
+	c := cfg
+	c.accessLog = accessLog
+	observe, stopSink, err := observeFlags(c)
+	if err != nil {
+		return nil, err
+	}
+	_ = stopSink // the sink lives as long as the harness
+	up, err := ps.start(bin, append([]string{"up", "-data", data, "-nats-port", strconv.Itoa(natsPort),
+		"-addr", fmt.Sprintf("127.0.0.1:%d", port), "-max-connections", "200000",
+		"-metrics=" + strconv.FormatBool(metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort())}, observe...)...)
+	if err != nil {
+		return nil, err
+	}
+	u := &upRun{name: "D", proc: up, natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), port: port}
+	// natserve up is secure by default: the harness is its admin.
+	os.Setenv("NATSERVE_CREDS", filepath.Join(data, "auth", "admin.creds"))
+	if u.cl, err = connect(ctx, u.natsURL); err != nil {
+		return nil, err
+	}
+	for n := 1; n <= maxN; n++ {
+		if _, err := u.cl.Deploy(ctx, client.DeploymentSpec{Name: fmt.Sprintf("hello%d", n), Class: "Hello", NumReplicas: n, MaxOngoingRequests: 100}); err != nil {
+			return nil, err
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		_, err := u.cl.WaitHealthy(wctx, fmt.Sprintf("hello%d", n), nil)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return u, nil
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:3], " ")
 }

@@ -81,15 +81,20 @@ func write(dir string, res *Results) error {
 func report(res *Results) string {
 	s := summarize(res.Measurements)
 	var b strings.Builder
-	fmt.Fprintf(&b, "Commit %s, %s, %s; each measurement %s, median of the repeats (min–max); natserve access log %s, tracing %s.\n\n",
-		res.Commit, res.Machine, res.Date, res.Duration, onOff(res.AccessLog), onOff(res.Tracing))
+	fmt.Fprintf(&b, "Commit %s, %s, %s; each measurement %s, median of the repeats (min–max); natserve access log %s, tracing %s; load average (1, 5, 15 min) %s.\n\n",
+		res.Commit, res.Machine, res.Date, res.Duration, onOff(res.AccessLog), onOff(res.Tracing), res.Load)
 	fmt.Fprintln(&b, "| config | conc | payload | replicas | req/s (median) | min–max | p50 µs | p99 µs | server CPU µs/req | errors |")
 	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|---|")
 	keys := make([]key, 0, len(s))
 	for k := range s {
 		keys = append(keys, k)
 	}
-	order := map[string]int{"A": 0, "E": 1, "N": 2, "D": 3, "C": 4, "H": 5}
+	order := map[string]int{"A": 0, "E": 1, "N": 2, "D": 3, "C": 5, "H": 6}
+	for k := range s {
+		if strings.HasPrefix(k.config, "D ") { // variants of D, after it
+			order[k.config] = 4
+		}
+	}
 	sort.Slice(keys, func(i, j int) bool {
 		a, c := keys[i], keys[j]
 		if a.conc != c.conc {
@@ -101,7 +106,10 @@ func report(res *Results) string {
 		if a.n != c.n {
 			return a.n < c.n
 		}
-		return order[a.config] < order[c.config]
+		if order[a.config] != order[c.config] {
+			return order[a.config] < order[c.config]
+		}
+		return a.config < c.config
 	})
 	names := map[string]string{"A": "A bare fasthttp", "E": "E nginx → replicas", "N": "N naive chain (fasthttp → nats.go → nats-server)", "D": "D natserve HTTP", "C": "C raw NATS req-reply", "H": "H natserve handle"}
 	for _, k := range keys {
@@ -110,7 +118,11 @@ func report(res *Results) string {
 		if v.cpu > 0 {
 			cpu = fmt.Sprintf("%.1f", v.cpu)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d B | %d | %.0f | %.0f–%.0f | %.0f | %.0f | %s | %d |\n", names[k.config], k.conc, k.size, k.n, v.rps, v.rpsMin, v.rpsMax, v.p50, v.p99, cpu, v.errors)
+		name := names[k.config]
+		if name == "" {
+			name = k.config
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d B | %d | %.0f | %.0f–%.0f | %.0f | %.0f | %s | %d |\n", name, k.conc, k.size, k.n, v.rps, v.rpsMin, v.rpsMax, v.p50, v.p99, cpu, v.errors)
 	}
 	fmt.Fprintln(&b)
 	fmt.Fprintln(&b, "Ratios (medians):")
@@ -130,6 +142,14 @@ func report(res *Results) string {
 				}
 				if nv := s[key{"N", conc, size, 1}]; nv.rps > 0 && n == 1 {
 					fmt.Fprintf(&b, "| D/N throughput | %d | %d B | %d | %.2f | %s |\n", conc, size, n, d.rps/nv.rps, target("≥ 1 (must)"))
+					if r, lo, hi, k := pairedRatio(res.Measurements, "D", "N", conc, size); k > 0 {
+						fmt.Fprintf(&b, "| D/N throughput, median of %d paired repeats | %d | %d B | %d | %.2f (%.2f–%.2f) | %s |\n", k, conc, size, n, r, lo, hi, target("≥ 1 (must)"))
+					}
+					for _, v := range keysWithPrefix(s, "D ", conc, size, n) {
+						dv := s[key{v, conc, size, n}]
+						r, lo, hi, k := pairedRatio(res.Measurements, v, "D", conc, size)
+						fmt.Fprintf(&b, "| (%s)/D throughput, median of %d paired repeats | %d | %d B | %d | %.2f (%.2f–%.2f); CPU %.1f vs %.1f µs/req | |\n", v, k, conc, size, n, r, lo, hi, dv.cpu, d.cpu)
+					}
 					if nv.cpu > 0 {
 						fmt.Fprintf(&b, "| D/N server CPU per request | %d | %d B | %d | %.2f (%.1f vs %.1f µs) | ≤ 1 |\n", conc, size, n, d.cpu/nv.cpu, d.cpu, nv.cpu)
 					}
@@ -219,4 +239,45 @@ func onOff(b bool) string {
 		return "on"
 	}
 	return "off"
+}
+
+// pairedRatio is the median over repeats of a's req/s over b's in the same
+// repeat (both measured back to back in the interleave), with the spread.
+func pairedRatio(ms []Measurement, a, b string, conc, size int) (med, lo, hi float64, n int) {
+	byRep := map[int][2]float64{}
+	for _, m := range ms {
+		if m.Conc != conc || m.Size != size || (m.N != 1 && m.Config != "A") {
+			continue
+		}
+		x := byRep[m.Repeat]
+		switch m.Config {
+		case a:
+			x[0] = m.RPS
+		case b:
+			x[1] = m.RPS
+		}
+		byRep[m.Repeat] = x
+	}
+	var rs []float64
+	for _, x := range byRep {
+		if x[0] > 0 && x[1] > 0 {
+			rs = append(rs, x[0]/x[1])
+		}
+	}
+	if len(rs) == 0 {
+		return 0, 0, 0, 0
+	}
+	sort.Float64s(rs)
+	return median(rs), rs[0], rs[len(rs)-1], len(rs)
+}
+
+func keysWithPrefix(s map[key]summary, prefix string, conc, size, n int) []string {
+	var out []string
+	for k := range s {
+		if strings.HasPrefix(k.config, prefix) && k.conc == conc && k.size == size && k.n == n {
+			out = append(out, k.config)
+		}
+	}
+	sort.Strings(out)
+	return out
 }

@@ -10,8 +10,10 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"log"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/examples/hello"
+	"github.com/natserve/natserve/internal/profile"
 	"github.com/valyala/fasthttp"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -32,7 +35,11 @@ func main() {
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	url := fs.String("nats", nats.DefaultURL, "NATS URL")
 	addr := fs.String("addr", "127.0.0.1:8100", "HTTP listen address (ingress)")
+	pprofAddr := fs.String("pprof", "", "serve CPU profiles on this address (for the harness's -profile)")
 	_ = fs.Parse(os.Args[2:])
+	if *pprofAddr != "" {
+		go profile.Serve(context.Background(), *pprofAddr, slog.Default())
+	}
 	nc, err := nats.Connect(*url)
 	if err != nil {
 		log.Fatal(err)
