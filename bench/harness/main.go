@@ -22,6 +22,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -90,7 +91,7 @@ func main() {
 	flag.BoolVar(&cfg.accessLog, "access-log", true, "natserve writes its access log (natserve up's default)")
 	flag.BoolVar(&cfg.tracing, "tracing", false, "natserve traces every request, exporting to -otlp-endpoint or to a receiver in the harness that drops the spans")
 	flag.StringVar(&cfg.otlp, "otlp-endpoint", "", "OTLP/HTTP endpoint for -tracing (default: the harness's own receiver)")
-	variants := flag.String("variants", "", "more natserve up processes (one replica) measured as rows of the same interleave: metrics-off, log-off, obs-off (comma-separated)")
+	variants := flag.String("variants", "", "more natserve up processes (one replica) measured as rows of the same interleave: metrics-off, log-off, obs-off (both), auth-off (natserve up -no-auth), comma-separated")
 	flag.Parse()
 	for _, v := range strings.Split(*variants, ",") {
 		if v = strings.TrimSpace(v); v != "" {
@@ -245,18 +246,22 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	rep := []int{freePort(), freePort()}
+	var repPIDs []int // E's replicas
 	for _, p := range rep {
-		if _, err := ps.start(bins["hello"], "-addr", fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
+		c, err := ps.start(bins["hello"], "-addr", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
 			return err
 		}
+		repPIDs = append(repPIDs, c.Process.Pid)
 	}
 	portE := freePort()
+	var nginx *exec.Cmd
 	if errNginx == nil {
 		nginxConf := filepath.Join(tmp, "nginx.conf")
 		if err := os.WriteFile(nginxConf, []byte(fmt.Sprintf(nginxTemplate, tmp, tmp, tmp, rep[0], rep[0], rep[1], portE, tmp, tmp, tmp, tmp, tmp)), 0o644); err != nil {
 			return err
 		}
-		if _, err := ps.start("nginx", "-c", nginxConf, "-p", tmp); err != nil {
+		if nginx, err = ps.start("nginx", "-c", nginxConf, "-p", tmp); err != nil {
 			return err
 		}
 	}
@@ -298,7 +303,7 @@ func run(ctx context.Context, cfg config) error {
 		os.Setenv("NATSERVE_PPROF", pprofUp)
 		os.Setenv("NATSERVE_REPLICA_PPROF", pprofReplica)
 	}
-	mainD, err := startUp(ctx, &ps, bins["natserve"], filepath.Join(tmp, "data"), cfg, cfg.metrics, cfg.accessLog, 2)
+	mainD, err := startUp(ctx, &ps, bins["natserve"], filepath.Join(tmp, "data"), cfg, cfg.metrics, cfg.accessLog, false, 2)
 	if err != nil {
 		return err
 	}
@@ -310,8 +315,10 @@ func run(ctx context.Context, cfg config) error {
 	// the same interleave, to price each feature on and off.
 	var variants []*upRun
 	for _, v := range cfg.variants {
-		metrics, accessLog := cfg.metrics, cfg.accessLog
+		metrics, accessLog, noAuth := cfg.metrics, cfg.accessLog, false
 		switch v {
+		case "auth-off":
+			noAuth = true
 		case "metrics-off":
 			metrics = false
 		case "log-off":
@@ -319,9 +326,9 @@ func run(ctx context.Context, cfg config) error {
 		case "obs-off":
 			metrics, accessLog = false, false
 		default:
-			return fmt.Errorf("-variants: unknown variant %q (metrics-off, log-off, obs-off)", v)
+			return fmt.Errorf("-variants: unknown variant %q (metrics-off, log-off, obs-off, auth-off)", v)
 		}
-		u, err := startUp(ctx, &ps, bins["natserve"], filepath.Join(tmp, "data-"+v), cfg, metrics, accessLog, 1)
+		u, err := startUp(ctx, &ps, bins["natserve"], filepath.Join(tmp, "data-"+v), cfg, metrics, accessLog, noAuth, 1)
 		if err != nil {
 			return fmt.Errorf("variant %s: %w", v, err)
 		}
@@ -372,7 +379,7 @@ func run(ctx context.Context, cfg config) error {
 						runs = append(runs, target{"A", urlA, []int{hello0.Process.Pid}}, target{"N", urlN, pidsN})
 					}
 					if errNginx == nil {
-						runs = append(runs, target{"E", urlE(n), nil})
+						runs = append(runs, target{"E", urlE(n), append(append([]int{nginx.Process.Pid}, childPIDs(nginx.Process.Pid)...), repPIDs[:n]...)})
 					}
 					runs = append(runs, target{"D", urlD(n), append([]int{up.Process.Pid}, childPIDs(up.Process.Pid)...)})
 					if n == 1 {
@@ -826,7 +833,7 @@ func (u *upRun) url() string { return fmt.Sprintf("http://127.0.0.1:%d/hello1", 
 
 // startUp starts natserve up with the given observability settings and
 // deploys Hello with 1..maxN replicas (hello1, hello2, ...).
-func startUp(ctx context.Context, ps *procs, bin, data string, cfg config, metrics, accessLog bool, maxN int) (*upRun, error) {
+func startUp(ctx context.Context, ps *procs, bin, data string, cfg config, metrics, accessLog, noAuth bool, maxN int) (*upRun, error) {
 	natsPort, port := freePort(), freePort()
 	c := cfg
 	c.accessLog = accessLog
@@ -837,19 +844,29 @@ func startUp(ctx context.Context, ps *procs, bin, data string, cfg config, metri
 	_ = stopSink // the sink lives as long as the harness
 	up, err := ps.start(bin, append([]string{"up", "-data", data, "-nats-port", strconv.Itoa(natsPort),
 		"-addr", fmt.Sprintf("127.0.0.1:%d", port), "-max-connections", "200000",
-		"-metrics=" + strconv.FormatBool(metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort())}, observe...)...)
+		"-metrics=" + strconv.FormatBool(metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort()), "-no-auth=" + strconv.FormatBool(noAuth)}, observe...)...)
 	if err != nil {
 		return nil, err
 	}
 	u := &upRun{name: "D", proc: up, natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), port: port}
 	// natserve up is secure by default: the harness is its admin.
 	os.Setenv("NATSERVE_CREDS", filepath.Join(data, "auth", "admin.creds"))
+	if noAuth {
+		os.Setenv("NATSERVE_CREDS", "")
+	}
 	if u.cl, err = connect(ctx, u.natsURL); err != nil {
 		return nil, err
 	}
 	for n := 1; n <= maxN; n++ {
-		if _, err := u.cl.Deploy(ctx, client.DeploymentSpec{Name: fmt.Sprintf("hello%d", n), Class: "Hello", NumReplicas: n, MaxOngoingRequests: 100}); err != nil {
-			return nil, err
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			// The node agent may not have registered its classes yet.
+			_, err := u.cl.Deploy(ctx, client.DeploymentSpec{Name: fmt.Sprintf("hello%d", n), Class: "Hello", NumReplicas: n, MaxOngoingRequests: 100})
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, client.ErrUnknownClass) || time.Now().After(deadline) {
+				return nil, err
+			}
 		}
 		wctx, cancel := context.WithTimeout(ctx, time.Minute)
 		_, err := u.cl.WaitHealthy(wctx, fmt.Sprintf("hello%d", n), nil)

@@ -61,7 +61,9 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer unlock()
 
 	// Credentials: created on first start, reused after.
-	if f.auth, err = auth.Open(filepath.Join(f.data, "auth"), f.node); err != nil {
+	if f.noAuth {
+		fmt.Fprintf(stderr, "natserve up: WARNING: -no-auth: anyone who reaches %s:%d may do anything\n", f.natsHost, f.natsPort)
+	} else if f.auth, err = auth.Open(filepath.Join(f.data, "auth"), f.node); err != nil {
 		return err
 	}
 	b, err := startUpBroker(ctx, f, log)
@@ -83,7 +85,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	printUp(stdout, b, f, u)
 	if cfg != nil {
-		if err := applyAtStart(runCtx, b, f.auth.CredsPath(wire.RoleAdmin), u.ing, cfg, stdout); err != nil {
+		if err := applyAtStart(runCtx, b, f.credsPath(wire.RoleAdmin), u.ing, cfg, stdout); err != nil {
 			fmt.Fprintf(stderr, "natserve: %v\n", err)
 		}
 	}
@@ -103,6 +105,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 type upFlags struct {
 	data, natsHost, file, node, level string
 	natsPort, maxReplicas             int
+	noAuth                            bool // -no-auth: anonymous clients, no credentials (auth is nil)
 	spawnRate                         float64
 	retention                         time.Duration
 	tls                               *broker.TLSConfig
@@ -125,6 +128,7 @@ func parseUpFlags(args []string, stderr io.Writer) (*upFlags, error) {
 	fs.StringVar(&f.file, "f", "", "config file to apply once everything runs")
 	fs.StringVar(&f.node, "name", "local", "this node's name")
 	fs.StringVar(&f.level, "log-level", "warn", "debug, info, warn or error")
+	fs.BoolVar(&f.noAuth, "no-auth", false, "INSECURE: no credentials, anyone who reaches the NATS port may do anything (to measure what authentication costs)")
 	fs.IntVar(&f.maxReplicas, "max-replicas-per-node", 0, "cap on this node's replica processes (0: what its memory holds, memory / 20 MB)")
 	fs.DurationVar(&f.retention, "async-retention", controlplane.DefaultAsyncRetention, "how long stored (asynchronous) requests' statuses and results are kept")
 	fs.Float64Var(&f.spawnRate, "spawn-rate", worker.DefaultSpawnRate, "replica starts per second on this node")
@@ -167,7 +171,7 @@ func startUpBroker(ctx context.Context, f *upFlags, log *slog.Logger) (*broker.B
 		return nil, err
 	}
 	if f.replicaTLS.Enabled() { // fail now, not in every replica
-		probe, err := client.CredsOptions(f.auth.CredsPath(wire.RoleClient))
+		probe, err := credsOptions(f.credsPath(wire.RoleClient))
 		if err != nil {
 			return nil, err
 		}
@@ -201,15 +205,15 @@ type upParts struct {
 
 // start starts the controller, the node agent and the ingress.
 func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, log *slog.Logger, stderr io.Writer) error {
-	ctlOpts, err := inprocAs(b, f.auth.CredsPath(wire.RoleController))
+	ctlOpts, err := inprocAs(b, f.credsPath(wire.RoleController))
 	if err != nil {
 		return err
 	}
-	agentOpts, err := inprocAs(b, f.auth.NodeCredsPath(f.node))
+	agentOpts, err := inprocAs(b, f.credsPath("node-"+f.node))
 	if err != nil {
 		return err
 	}
-	ingOpts, err := inprocAs(b, f.auth.CredsPath(wire.RoleIngress))
+	ingOpts, err := inprocAs(b, f.credsPath(wire.RoleIngress))
 	if err != nil {
 		return err
 	}
@@ -217,7 +221,7 @@ func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, lo
 	// for it. Replicas (TCP) still get TLS, from the agent's TLS files.
 	url := strings.Replace(b.ClientURL(), "tls://", "nats://", 1)
 	reg := f.metrics.registry()
-	u.ctl, err = controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: ctlOpts, ID: f.node + "-controller", Signer: f.auth.Signer(), AsyncRetention: f.retention, Logger: log, Metrics: registerer(reg)})
+	u.ctl, err = controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: ctlOpts, ID: f.node + "-controller", Signer: f.signer(), AsyncRetention: f.retention, Logger: log, Metrics: registerer(reg)})
 	if err != nil {
 		return err
 	}
@@ -315,7 +319,11 @@ func (u *upParts) stop() {
 func printUp(stdout io.Writer, b *broker.Broker, f *upFlags, u *upParts) {
 	fmt.Fprintf(stdout, "natserve is up\n")
 	fmt.Fprintf(stdout, "  broker      %s (data in %s)\n", b.ClientURL(), f.data)
-	fmt.Fprintf(stdout, "  creds       %s\n", f.auth.CredsPath(wire.RoleAdmin))
+	if f.auth != nil {
+		fmt.Fprintf(stdout, "  creds       %s\n", f.auth.CredsPath(wire.RoleAdmin))
+	} else {
+		fmt.Fprintf(stdout, "  creds       none (-no-auth: INSECURE)\n")
+	}
 	if f.tls.CAFile != "" {
 		fmt.Fprintf(stdout, "  tls         clients trust %s (-tls-ca or $%s)\n", f.tls.CAFile, client.EnvTLSCA)
 	}
@@ -329,8 +337,36 @@ func printUp(stdout io.Writer, b *broker.Broker, f *upFlags, u *upParts) {
 // inprocAs returns the options of a part that connects in-process with
 // the credentials in credsPath.
 func inprocAs(b *broker.Broker, credsPath string) ([]nats.Option, error) {
-	opts, err := client.CredsOptions(credsPath)
+	opts, err := credsOptions(credsPath)
 	return append([]nats.Option{b.InProcessOption()}, opts...), err
+}
+
+// credsOptions are the options of credsPath; none for "" (-no-auth).
+func credsOptions(credsPath string) ([]nats.Option, error) {
+	if credsPath == "" {
+		return nil, nil
+	}
+	return client.CredsOptions(credsPath)
+}
+
+// credsPath is the creds file of role ("node-NAME" for a node agent), or
+// "" with -no-auth.
+func (f *upFlags) credsPath(role string) string {
+	switch {
+	case f.auth == nil:
+		return ""
+	case strings.HasPrefix(role, "node-"):
+		return f.auth.NodeCredsPath(strings.TrimPrefix(role, "node-"))
+	}
+	return f.auth.CredsPath(role)
+}
+
+// signer mints replicas' identities; nil with -no-auth.
+func (f *upFlags) signer() *auth.Signer {
+	if f.auth == nil {
+		return nil
+	}
+	return f.auth.Signer()
 }
 
 // applyAtStart applies the config file once a controller leads and the
