@@ -286,7 +286,9 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	time.Sleep(300 * time.Millisecond)
+	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", natsPortN)); err != nil {
+		return err
+	}
 	respN, err := ps.start(bins["naive"], append([]string{"responder", "-nats", natsURLN}, profArgs("responder")...)...)
 	if err != nil {
 		return err
@@ -885,4 +887,15 @@ func loadAvg() string {
 	}
 	f := strings.Fields(string(b))
 	return strings.Join(f[:3], " ")
+}
+
+// waitTCP waits up to 60 s for addr to accept connections.
+func waitTCP(addr string) error {
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return nil
+		}
+	}
+	return fmt.Errorf("%s did not accept connections", addr)
 }

@@ -40,7 +40,12 @@ func main() {
 	if *pprofAddr != "" {
 		go profile.Serve(context.Background(), *pprofAddr, slog.Default())
 	}
+	// The server may still be starting (a loaded machine): retry for 30 s.
 	nc, err := nats.Connect(*url)
+	for deadline := time.Now().Add(30 * time.Second); err != nil && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		nc, err = nats.Connect(*url)
+	}
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -18,8 +18,13 @@ import (
 func main() {
 	url := flag.String("nats", nats.DefaultURL, "NATS URL")
 	subject := flag.String("subject", "bench.raw", "subject (queue group bench)")
+	creds := flag.String("creds", os.Getenv("NATSERVE_CREDS"), "NATS credentials file (natserve up's admin.creds; default $NATSERVE_CREDS)")
 	flag.Parse()
-	nc, err := nats.Connect(*url)
+	var opts []nats.Option
+	if *creds != "" {
+		opts = append(opts, nats.UserCredentials(*creds))
+	}
+	nc, err := nats.Connect(*url, opts...)
 	if err != nil {
 		log.Fatal(err)
 	}
