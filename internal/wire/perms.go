@@ -195,7 +195,13 @@ func ReplicaPerms(deployment string) Perms {
 		ReplicaSubject(deployment, "*", "*"),
 	}, p.Sub...)
 	p.Sub = append(p.Sub, serviceSubs(deployment)...)
-	p.Responses = true
+	// No response permission: every caller's reply subject is an inbox,
+	// which the Pub entry above already allows. With one, the broker
+	// checks and caches each request's (unique) reply subject against the
+	// replica's allow-list as it delivers the request: one cache miss and
+	// prune per request on the hot path (issue 18's profile: 2.6% of natserve
+	// up's CPU).
+	p.Responses = false
 	return p
 }
 

@@ -61,7 +61,7 @@ func TestPerms(t *testing.T) {
 				"$JS.API.STREAM.INFO.natserve_results", "$JS.API.DIRECT.GET.natserve_results.natserve.ares.A.*"),
 			Sub: []string{"natserve.dep.A A", "natserve.mux.A.* A", "natserve.rep.A.*.*", "_INBOX.replica.A.>", "natserve.evt.exit.>",
 				"natserve.acancel.A", "$SRV.*", "$SRV.*.A", "$SRV.*.A.*"},
-			Responses: true, InboxPrefix: "_INBOX.replica.A",
+			Responses: false, InboxPrefix: "_INBOX.replica.A",
 		}},
 	} {
 		t.Run(tc.role, func(t *testing.T) {
