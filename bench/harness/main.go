@@ -129,6 +129,10 @@ type Measurement struct {
 	Errors  int     `json:"errors"`
 	Samples int     `json:"requests"`
 	CPUus   float64 `json:"cpu_us_per_req,omitempty"` // server CPU (user+system) per request, every process on the path
+	// Read and write system calls per request, every process on the path
+	// (/proc/<pid>/io syscr, syscw): machine noise does not change them.
+	Reads  float64 `json:"reads_per_req,omitempty"`
+	Writes float64 `json:"writes_per_req,omitempty"`
 }
 
 // Results is what the harness writes.
@@ -397,19 +401,22 @@ func run(ctx context.Context, cfg config) error {
 							return ctx.Err()
 						}
 						cpu0 := cpuTicks(x.pids)
+						r0, w0 := syscalls(x.pids)
 						m, err := load(ctx, fmt.Sprintf("%s?size=%d", x.url, size), conc, cfg.duration)
 						if err != nil {
 							return fmt.Errorf("load %s: %w", x.name, err)
 						}
 						if m.Samples > 0 && x.pids != nil {
 							m.CPUus = float64(cpuTicks(x.pids)-cpu0) * 1e6 / float64(clockTicks) / float64(m.Samples)
+							r1, w1 := syscalls(x.pids)
+							m.Reads, m.Writes = float64(r1-r0)/float64(m.Samples), float64(w1-w0)/float64(m.Samples)
 						}
 						m.Config, m.Conc, m.Size, m.N, m.Repeat = x.name, conc, size, n, r
 						if x.name == "A" {
 							m.N = 0
 						}
 						res.Measurements = append(res.Measurements, m)
-						fmt.Fprintf(os.Stderr, "r%d %s c=%d size=%d N=%d: %.0f req/s p50 %.0fµs p99 %.0fµs cpu %.1fµs/req errors %d\n", r, x.name, conc, size, m.N, m.RPS, m.P50us, m.P99us, m.CPUus, m.Errors)
+						fmt.Fprintf(os.Stderr, "r%d %s c=%d size=%d N=%d: %.0f req/s p50 %.0fµs p99 %.0fµs cpu %.1fµs/req syscalls/req %.2f read %.2f write errors %d\n", r, x.name, conc, size, m.N, m.RPS, m.P50us, m.P99us, m.CPUus, m.Reads, m.Writes, m.Errors)
 						if x.name == "D" && conc == 64 && size == 20 && n == 1 {
 							res.Memory["replica_loaded_max"] = max(res.Memory["replica_loaded_max"], maxRSS(replicaPIDs))
 						}
@@ -898,4 +905,28 @@ func waitTCP(addr string) error {
 		}
 	}
 	return fmt.Errorf("%s did not accept connections", addr)
+}
+
+// syscalls sums the read and write system calls of pids (/proc/<pid>/io).
+func syscalls(pids []int) (reads, writes int64) {
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(line, ": ")
+			if !ok {
+				continue
+			}
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			switch k {
+			case "syscr":
+				reads += n
+			case "syscw":
+				writes += n
+			}
+		}
+	}
+	return reads, writes
 }

@@ -20,6 +20,7 @@ type summary struct {
 	rps, rpsMin, rpsMax float64
 	p50, p99            float64
 	cpu                 float64 // µs of server CPU per request (median)
+	reads, writes       float64 // system calls per request (median)
 	errors              int
 }
 
@@ -43,17 +44,19 @@ func summarize(ms []Measurement) map[key]summary {
 	}
 	out := map[key]summary{}
 	for k, g := range groups {
-		var rps, p50, p99, cpu []float64
+		var rps, p50, p99, cpu, rd, wr []float64
 		s := summary{rpsMin: g[0].RPS, rpsMax: g[0].RPS}
 		for _, m := range g {
 			rps = append(rps, m.RPS)
 			p50 = append(p50, m.P50us)
 			p99 = append(p99, m.P99us)
 			cpu = append(cpu, m.CPUus)
+			rd, wr = append(rd, m.Reads), append(wr, m.Writes)
 			s.rpsMin, s.rpsMax = min(s.rpsMin, m.RPS), max(s.rpsMax, m.RPS)
 			s.errors += m.Errors
 		}
 		s.rps, s.p50, s.p99, s.cpu = median(rps), median(p50), median(p99), median(cpu)
+		s.reads, s.writes = median(rd), median(wr)
 		out[k] = s
 	}
 	return out
@@ -83,8 +86,8 @@ func report(res *Results) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Commit %s, %s, %s; each measurement %s, median of the repeats (min–max); natserve access log %s, tracing %s; load average (1, 5, 15 min) %s.\n\n",
 		res.Commit, res.Machine, res.Date, res.Duration, onOff(res.AccessLog), onOff(res.Tracing), res.Load)
-	fmt.Fprintln(&b, "| config | conc | payload | replicas | req/s (median) | min–max | p50 µs | p99 µs | server CPU µs/req | errors |")
-	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(&b, "| config | conc | payload | replicas | req/s (median) | min–max | p50 µs | p99 µs | server CPU µs/req | reads+writes /req | errors |")
+	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|---|---|")
 	keys := make([]key, 0, len(s))
 	for k := range s {
 		keys = append(keys, k)
@@ -122,7 +125,11 @@ func report(res *Results) string {
 		if name == "" {
 			name = k.config
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d B | %d | %.0f | %.0f–%.0f | %.0f | %.0f | %s | %d |\n", name, k.conc, k.size, k.n, v.rps, v.rpsMin, v.rpsMax, v.p50, v.p99, cpu, v.errors)
+		sys := "—"
+		if v.reads+v.writes > 0 {
+			sys = fmt.Sprintf("%.2f + %.2f", v.reads, v.writes)
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d B | %d | %.0f | %.0f–%.0f | %.0f | %.0f | %s | %s | %d |\n", name, k.conc, k.size, k.n, v.rps, v.rpsMin, v.rpsMax, v.p50, v.p99, cpu, sys, v.errors)
 	}
 	fmt.Fprintln(&b)
 	fmt.Fprintln(&b, "Ratios (medians):")
