@@ -297,7 +297,7 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 	if msg.Header == nil {
 		msg.Header = nats.Header{}
 	}
-	msg.Header[wire.HeaderProto] = []string{wire.ProtoVersion}
+	msg.Header[wire.HeaderProto] = protoValue
 	if c.tracer != nil {
 		tracectx.Inject(ctx, msg.Header)
 	}
@@ -320,8 +320,8 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 			return nil, err
 		}
 	}
-	k.timer = time.NewTimer(time.Hour)
-	defer k.timer.Stop()
+	k.timer = getTimer()
+	defer putTimer(k.timer)
 	for {
 		if err := k.waitTurn(ctx); err != nil {
 			return nil, err
@@ -397,6 +397,28 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 			return nil, err
 		}
 	}
+}
+
+// protoValue is the protocol header's value, shared by every request
+// (read only; its capacity is its length, so an append copies it).
+var protoValue = []string{wire.ProtoVersion}[0:1:1]
+
+// timers are the calls' wait timers, stopped, reused across calls (a
+// stopped timer's channel holds no stale value since Go 1.23).
+var timers sync.Pool
+
+func getTimer() *time.Timer {
+	if t, ok := timers.Get().(*time.Timer); ok {
+		return t
+	}
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}
+
+func putTimer(t *time.Timer) {
+	t.Stop()
+	timers.Put(t)
 }
 
 // call is one RequestMsg in progress: its place in the caller-side queue,
@@ -644,8 +666,9 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 	}
 	now := time.Now()
 	ackBy := now.Add(min(c.opts.AckTimeout, k.deadline.Sub(now)))
-	msg.Header[wire.HeaderTimeout] = []string{wire.FormatTimeout(k.deadline.Sub(now))}
-	msg.Header[wire.HeaderAckBy] = []string{wire.FormatAckBy(ackBy)}
+	vals := []string{wire.FormatTimeout(k.deadline.Sub(now)), wire.FormatAckBy(ackBy)} // one allocation for both
+	msg.Header[wire.HeaderTimeout] = vals[0:1:1]
+	msg.Header[wire.HeaderAckBy] = vals[1:2:2]
 	if err := c.nc.PublishMsg(&m); err != nil {
 		if errors.Is(err, nats.ErrConnectionClosed) {
 			return outcome{kind: outClosed}

@@ -24,6 +24,10 @@ var (
 	pathHealthz = []byte("/-/healthz")
 )
 
+// kindHTTP is the kind header's value of every HTTP request, shared (read
+// only; its capacity is its length, so an append copies it).
+var kindHTTP = []string{wire.KindHTTP}[0:1:1]
+
 // hopHeaders are not forwarded (RFC 9110 §7.6.1).
 var hopHeaders = map[string]bool{
 	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true, "Trailer": true,
@@ -121,7 +125,7 @@ func (g *Ingress) serveRoute(ctx *fasthttp.RequestCtx, path []byte, o *observati
 	}
 
 	msg := &nats.Msg{Subject: rt.subject, Data: buf, Header: nats.Header{
-		wire.HeaderKind:      []string{wire.KindHTTP},
+		wire.HeaderKind:      kindHTTP,
 		wire.HeaderRequestID: []string{id},
 	}}
 	if g.wantsStream(rt.deployment, req) {

@@ -1,7 +1,9 @@
 package main_test
 
 import (
+	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/e2e"
 	"github.com/natserve/natserve/internal/testutil"
@@ -163,5 +166,49 @@ func TestUpRefusesTakenPortAndDataDir(t *testing.T) {
 		if err == nil || !strings.Contains(lines[len(lines)-1], tc.want) || !strings.HasPrefix(lines[len(lines)-1], "natserve: ") {
 			t.Errorf("natserve %s: %v\n%s\nwant a last line containing %q", strings.Join(tc.args, " "), err, out, tc.want)
 		}
+	}
+}
+
+// natserve up -no-auth (the benchmarks' auth-off row): it says it is
+// insecure, writes no credentials, and serves an anonymous client end to
+// end (deploy, HTTP); by default the same anonymous client is refused.
+func TestUpNoAuth(t *testing.T) {
+	u := up(t, "-no-auth")
+	if out := u.proc.Output(); !strings.Contains(out, "WARNING: -no-auth") || !strings.Contains(out, "creds       none (-no-auth: INSECURE)") {
+		t.Fatalf("no warning or creds line in:\n%s", out)
+	}
+	if _, err := os.Stat(u.creds()); !os.IsNotExist(err) {
+		t.Fatalf("admin creds %s: %v, want none written", u.creds(), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	t.Setenv(client.CredsEnv, "")
+	cl, err := client.Connect(ctx, u.natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	testutil.Eventually(t, 60*time.Second, func() error {
+		_, err := cl.Deploy(ctx, client.DeploymentSpec{Name: "hello", Class: "Hello", NumReplicas: 1})
+		return err
+	})
+	if _, err := cl.WaitHealthy(ctx, "hello", nil); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, func() error {
+		resp, err := http.Get(u.httpBase + "/hello?size=5")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
+	secure := up(t)
+	if nc, err := nats.Connect(secure.natsURL); err == nil {
+		nc.Close()
+		t.Fatal("natserve up without -no-auth accepted an anonymous client")
 	}
 }
