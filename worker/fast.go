@@ -64,11 +64,17 @@ func callOf(recv any) reqFunc {
 		return func(_ context.Context, r *Request) (any, error) { return x.Call(r), nil }
 	case interface{ Call(*Request) any }:
 		return func(_ context.Context, r *Request) (any, error) { return x.Call(r), nil }
-	case interface{ Call(*Request) (string, error) }:
+	case interface {
+		Call(*Request) (string, error)
+	}:
 		return func(_ context.Context, r *Request) (any, error) { return x.Call(r) }
-	case interface{ Call(*Request) ([]byte, error) }:
+	case interface {
+		Call(*Request) ([]byte, error)
+	}:
 		return func(_ context.Context, r *Request) (any, error) { return x.Call(r) }
-	case interface{ Call(*Request) (*Response, error) }:
+	case interface {
+		Call(*Request) (*Response, error)
+	}:
 		return func(_ context.Context, r *Request) (any, error) { return x.Call(r) }
 	case interface{ Call(*Request) (any, error) }:
 		return func(_ context.Context, r *Request) (any, error) { return x.Call(r) }
