@@ -62,6 +62,7 @@ type config struct {
 	nats      bool   // measure C and H too
 	profile   string // directory for CPU profiles of up and a replica under c64 load ("": none)
 	variants  []string
+	baseline  string // another natserve binary, measured as "D baseline" (e.g. built from main before a change)
 }
 
 func intList(s string) ([]int, error) {
@@ -91,6 +92,7 @@ func main() {
 	flag.BoolVar(&cfg.accessLog, "access-log", true, "natserve writes its access log (natserve up's default)")
 	flag.BoolVar(&cfg.tracing, "tracing", false, "natserve traces every request, exporting to -otlp-endpoint or to a receiver in the harness that drops the spans")
 	flag.StringVar(&cfg.otlp, "otlp-endpoint", "", "OTLP/HTTP endpoint for -tracing (default: the harness's own receiver)")
+	flag.StringVar(&cfg.baseline, "baseline", "", "path of another natserve binary (e.g. built from the commit before a change) run as one more natserve up with its defaults, row \"D baseline\" of the same interleave")
 	variants := flag.String("variants", "", "more natserve up processes (one replica) measured as rows of the same interleave: metrics-off, log-off, obs-off (both), auth-off (natserve up -no-auth), comma-separated")
 	flag.Parse()
 	for _, v := range strings.Split(*variants, ",") {
@@ -340,6 +342,15 @@ func run(ctx context.Context, cfg config) error {
 		}
 		defer u.cl.Close()
 		u.name = "D " + v
+		variants = append(variants, u)
+	}
+	if cfg.baseline != "" {
+		u, err := startUp(ctx, &ps, cfg.baseline, filepath.Join(tmp, "data-baseline"), cfg, cfg.metrics, cfg.accessLog, false, 1)
+		if err != nil {
+			return fmt.Errorf("baseline %s: %w", cfg.baseline, err)
+		}
+		defer u.cl.Close()
+		u.name = "D baseline"
 		variants = append(variants, u)
 	}
 	os.Setenv("NATSERVE_CREDS", filepath.Join(tmp, "data", "auth", "admin.creds")) // C, H and the idle-connection ingress use the main D
