@@ -142,7 +142,59 @@ func (c *Client) cachedGraph(name string) *GraphSpec {
 // output node's value (msgpack). Nodes run as soon as their inputs are in,
 // in parallel; each node's value comes back here and goes straight to the
 // nodes that use it. An error names the node that failed.
-func (c *Client) RunGraph(ctx context.Context, g *GraphSpec, input []byte) (_ []byte, err error) {
+func (c *Client) RunGraph(ctx context.Context, g *GraphSpec, input []byte) ([]byte, error) {
+	v, _, err := c.runGraph(ctx, g, input, nil)
+	return v, err
+}
+
+// RunGraphStream runs graph g on input like RunGraph, but takes the output
+// node's items as they come: a streaming method's items, or the one value
+// of a method that does not stream (ItemStream.Single). The budget
+// (Options.Timeout, or ctx's deadline) covers the nodes before the output;
+// the stream's items have WithItemTimeout's. The caller must Close the
+// stream.
+func (c *Client) RunGraphStream(ctx context.Context, g *GraphSpec, input []byte, opts ...StreamOption) (*ItemStream, error) {
+	_, st, err := c.runGraph(ctx, g, input, &graphStream{ctx: ctx, opts: opts})
+	return st, err
+}
+
+// graphStream is how runGraph calls the output node as a stream.
+type graphStream struct {
+	ctx  context.Context // the caller's: the stream outlives the graph's budget
+	opts []StreamOption
+}
+
+// outputStreams remembers the graph output nodes ("deployment.method")
+// whose method streams.
+var outputStreams sync.Map
+
+// callOutput calls a graph's output node for a stream: as a stream when
+// its method is known to stream, else as a call, sent again as a stream
+// when the replica says the method streams (it says so before running it).
+func (c *Client) callOutput(ctx context.Context, gs *graphStream, deployment, method string, payload []byte) (*ItemStream, error) {
+	key := deployment + "." + method
+	if _, ok := outputStreams.Load(key); !ok {
+		v, err := c.callRaw(ctx, deployment, method, "", payload)
+		var ce *Error
+		if !errors.As(err, &ce) || ce.Code != string(wire.CodeStreaming) {
+			if err != nil {
+				return nil, err
+			}
+			return &ItemStream{c: c, deployment: deployment, method: method, ctx: gs.ctx, single: true, first: &nats.Msg{Data: v}}, nil
+		}
+		outputStreams.Store(key, true)
+	}
+	hdr := nats.Header{wire.HeaderKind: {wire.KindCall}}
+	if id := RequestID(ctx); id != "" {
+		hdr[wire.HeaderRequestID] = []string{id}
+	}
+	if method != "" {
+		hdr[wire.HeaderMethod] = []string{method}
+	}
+	return c.OpenStream(gs.ctx, deployment, method, &nats.Msg{Subject: wire.DeploymentSubject(deployment), Header: hdr, Data: payload}, gs.opts...)
+}
+
+func (c *Client) runGraph(ctx context.Context, g *GraphSpec, input []byte, gs *graphStream) (_ []byte, st *ItemStream, err error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opts.Timeout)
@@ -217,7 +269,11 @@ func (c *Client) RunGraph(ctx context.Context, g *GraphSpec, input []byte) (_ []
 					args[i] = v
 				}
 			}
-			r.val, r.err = c.callRaw(ctx, deployment, method, "", appendArray(args))
+			if gs != nil && n.Name == g.Output {
+				st, r.err = c.callOutput(ctx, gs, deployment, method, appendArray(args))
+			} else {
+				r.val, r.err = c.callRaw(ctx, deployment, method, "", appendArray(args))
+			}
 			if r.err != nil {
 				var ce *Error
 				if errors.As(r.err, &ce) {
@@ -239,9 +295,12 @@ func (c *Client) RunGraph(ctx context.Context, g *GraphSpec, input []byte) (_ []
 	}
 	<-out.done
 	if firstErr != nil {
-		return nil, firstErr
+		if st != nil {
+			st.Close()
+		}
+		return nil, nil, firstErr
 	}
-	return out.val, out.err
+	return out.val, st, out.err
 }
 
 // JSONToValue converts one JSON value to msgpack, keeping integers

@@ -48,8 +48,21 @@ type ItemStream struct {
 	done    bool
 	err     error
 
+	idle    time.Duration // WithKeepAlive
+	lastOut time.Time     // when Next last returned
+
 	// Dups counts duplicate frames dropped.
 	Dups int
+}
+
+// ErrIdle is what Next returns, when WithKeepAlive asks for it, after the
+// keep-alive interval without an item; the stream goes on.
+var ErrIdle = errors.New("no item for the keep-alive interval")
+
+// WithKeepAlive makes Next return ErrIdle after d without an item (an SSE
+// writer then sends a comment line, so that proxies keep the connection).
+func WithKeepAlive(d time.Duration) StreamOption {
+	return func(s *ItemStream) { s.idle = d }
 }
 
 // StreamOption tunes OpenStream.
@@ -177,9 +190,22 @@ func (s *ItemStream) Next() ([]byte, error) {
 		s.first = nil
 		if m == nil {
 			now := time.Now()
+			if s.idle > 0 {
+				if s.lastOut.IsZero() {
+					s.lastOut = now
+				}
+				if now.Sub(s.lastOut) >= s.idle {
+					s.lastOut = now
+					return nil, ErrIdle
+				}
+			}
 			dead := s.last.Add(wire.StreamDeadAfter)
 			gap := s.item.Add(s.gap)
-			t := time.NewTimer(min(dead.Sub(now), gap.Sub(now)))
+			wait := min(dead.Sub(now), gap.Sub(now))
+			if s.idle > 0 {
+				wait = min(wait, s.lastOut.Add(s.idle).Sub(now))
+			}
+			t := time.NewTimer(wait)
 			select {
 			case m = <-s.ch:
 			case <-s.ctx.Done():
@@ -190,6 +216,10 @@ func (s *ItemStream) Next() ([]byte, error) {
 			t.Stop()
 			if m == nil {
 				now = time.Now()
+				if s.idle > 0 && now.Sub(s.lastOut) >= s.idle {
+					s.lastOut = now
+					return nil, ErrIdle
+				}
 				if now.After(gap) {
 					return nil, s.finish(s.fail(wire.CodeDeadline, fmt.Sprintf("no item within %v", s.gap)))
 				}
@@ -247,6 +277,7 @@ func (s *ItemStream) Next() ([]byte, error) {
 			return nil, s.err
 		}
 		s.item = s.last
+		s.lastOut = s.last
 		if s.used++; s.used >= max(s.window/2, 1) && s.credit != "" {
 			_ = s.c.nc.Publish(s.credit, strconv.AppendInt(nil, int64(s.used), 10))
 			s.used = 0
@@ -329,7 +360,29 @@ func Stream[T any](ctx context.Context, h *Handle, args ...any) iter.Seq2[T, err
 		if id := RequestID(ctx); id != "" {
 			msg.Header[wire.HeaderRequestID] = []string{id}
 		}
-		s, err := h.c.OpenStream(ctx, h.deployment, h.method, msg)
+		graph := func(g *GraphSpec) (*ItemStream, error) { // its output node's items (graphrun.go)
+			var in any = args
+			if len(args) == 1 {
+				in = args[0]
+			}
+			input, err := wire.MarshalValue(in)
+			if err != nil {
+				return nil, &Error{Deployment: h.deployment, Code: string(wire.CodeBadRequest), Message: "encoding the input: " + err.Error()}
+			}
+			return h.c.RunGraphStream(ctx, g, input)
+		}
+		var s *ItemStream
+		if g := h.c.cachedGraph(h.deployment); g != nil && h.method == "" {
+			s, err = graph(g)
+		} else {
+			s, err = h.c.OpenStream(ctx, h.deployment, h.method, msg)
+			if errors.Is(err, ErrNoReplicas) && h.method == "" {
+				// Perhaps a graph: its name has no replicas of its own.
+				if g, ok := h.c.Graph(ctx, h.deployment); ok {
+					s, err = graph(g)
+				}
+			}
+		}
 		if err != nil {
 			yield(zero, err)
 			return

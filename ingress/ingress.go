@@ -94,6 +94,10 @@ type Config struct {
 	// TracerProvider traces requests (a server span each, its context sent
 	// on to the replicas). Default: nil, off.
 	TracerProvider trace.TracerProvider
+	// SSEKeepAlive is the longest quiet time on a server-sent events
+	// stream: a comment line (": keep-alive") then goes out, so that
+	// proxies do not cut it. Default: 15s.
+	SSEKeepAlive time.Duration
 	// WebSocketIdleTimeout closes a WebSocket connection (close code 1001)
 	// after this long without a frame in either direction. Default: 5m.
 	WebSocketIdleTimeout time.Duration
@@ -117,7 +121,7 @@ func DefaultConfig() Config {
 	return Config{
 		Addr: "127.0.0.1:8000", RequestTimeout: 60 * time.Second, MaxHeaderBytes: 8 << 10,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 90 * time.Second,
-		WebSocketIdleTimeout: 5 * time.Minute, WebSocketMaxLifetime: 24 * time.Hour,
+		WebSocketIdleTimeout: 5 * time.Minute, WebSocketMaxLifetime: 24 * time.Hour, SSEKeepAlive: 15 * time.Second,
 	}
 }
 
@@ -135,6 +139,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: max header bytes %d is below 1024", ErrConfig, c.MaxHeaderBytes)
 	case c.MaxRequestBodySize < 0:
 		return fmt.Errorf("%w: max request body size is negative", ErrConfig)
+	case c.SSEKeepAlive < 0:
+		return fmt.Errorf("%w: SSE keep-alive interval must not be negative", ErrConfig)
 	case c.WebSocketIdleTimeout < 0 || c.WebSocketMaxLifetime < 0:
 		return fmt.Errorf("%w: WebSocket idle timeout and maximum lifetime must not be negative", ErrConfig)
 	case c.MaxConnections < 0:
@@ -207,6 +213,9 @@ func New(cfg Config) (*Ingress, error) {
 	}
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = d.IdleTimeout
+	}
+	if cfg.SSEKeepAlive == 0 {
+		cfg.SSEKeepAlive = d.SSEKeepAlive
 	}
 	if cfg.WebSocketIdleTimeout == 0 {
 		cfg.WebSocketIdleTimeout = d.WebSocketIdleTimeout

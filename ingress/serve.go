@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -260,14 +261,35 @@ func (g *Ingress) serveGraph(base context.Context, ctx *fasthttp.RequestCtx, rt 
 		ctx.Error("graph "+gr.Name+": the input is not JSON: "+err.Error()+"\n", fasthttp.StatusBadRequest)
 		return
 	}
-	rctx, cancel := context.WithTimeout(client.WithRequestID(base, id), g.cfg.RequestTimeout)
-	out, err := g.cl.RunGraph(rctx, gr, input)
-	cancel()
-	if err != nil {
+	// The nodes before the output have the request timeout (the client's
+	// Timeout); the output node may stream, its items each within it.
+	rctx, cancel := context.WithCancel(client.WithRequestID(base, id))
+	st, err := g.cl.RunGraphStream(rctx, gr, input, client.WithItemTimeout(g.cfg.RequestTimeout), client.WithKeepAlive(g.cfg.SSEKeepAlive))
+	var out []byte
+	if err == nil {
+		out, err = itemStream{st}.nextItem()
+	}
+	if err != nil && err != io.EOF {
+		if st != nil {
+			st.Close()
+		}
+		cancel()
 		rt.metrics.failed(err)
 		g.writeError(ctx, gr.Name, err)
 		return
 	}
+	if !st.Single() {
+		g.writeItems(ctx, rt, st, out, err == io.EOF, cancel, func(b []byte) ([]byte, error) {
+			v, err := client.ValueToJSON(b)
+			if err != nil {
+				return nil, err
+			}
+			return json.Marshal(v)
+		})
+		return
+	}
+	st.Close()
+	cancel()
 	v, err := client.ValueToJSON(out)
 	if err != nil {
 		ctx.Error("graph "+gr.Name+": bad output: "+err.Error()+"\n", fasthttp.StatusBadGateway)

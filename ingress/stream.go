@@ -52,7 +52,7 @@ type streamError struct {
 
 func (g *Ingress) serveStream(ctx *fasthttp.RequestCtx, rt *route, msg *nats.Msg, rctx context.Context) {
 	sctx, cancel := context.WithCancel(rctx)
-	st, err := g.cl.OpenStream(sctx, rt.deployment, "", msg, client.WithItemTimeout(g.cfg.RequestTimeout))
+	st, err := g.cl.OpenStream(sctx, rt.deployment, "", msg, client.WithItemTimeout(g.cfg.RequestTimeout), client.WithKeepAlive(g.cfg.SSEKeepAlive))
 	if err != nil {
 		cancel()
 		rt.metrics.failed(err)
@@ -61,7 +61,7 @@ func (g *Ingress) serveStream(ctx *fasthttp.RequestCtx, rt *route, msg *nats.Msg
 	}
 	// The first item decides the answer: a failure before any item is an
 	// ordinary HTTP error.
-	first, err := st.Next()
+	first, err := itemStream{st}.nextItem()
 	if err != nil && err != io.EOF {
 		st.Close()
 		cancel()
@@ -71,20 +71,29 @@ func (g *Ingress) serveStream(ctx *fasthttp.RequestCtx, rt *route, msg *nats.Msg
 	}
 	if st.Single() { // the method does not stream: its reply as it is
 		defer cancel()
-		rep, err := wire.DecodeHTTPReply(first)
-		if err != nil {
-			ctx.Error("bad reply from deployment "+rt.deployment+"\n", fasthttp.StatusBadGateway)
-			return
-		}
-		ctx.SetStatusCode(rep.Status)
-		for i := 0; i+1 < len(rep.Headers); i += 2 {
-			if !hopHeaders[rep.Headers[i]] && rep.Headers[i] != "Content-Length" {
-				ctx.Response.Header.Add(rep.Headers[i], rep.Headers[i+1])
-			}
-		}
-		ctx.SetBody(rep.Body)
+		g.writeReply(ctx, rt.deployment, first)
 		return
 	}
+	g.writeItems(ctx, rt, st, first, err == io.EOF, cancel, nil)
+}
+
+// itemStream is an ItemStream read past keep-alive notices until the first
+// item.
+type itemStream struct{ *client.ItemStream }
+
+func (s itemStream) nextItem() ([]byte, error) {
+	for {
+		b, err := s.Next()
+		if err != client.ErrIdle {
+			return b, err
+		}
+	}
+}
+
+// writeItems writes a stream's items as SSE or NDJSON (see above), first
+// (unless ended) the first; conv, when not nil, turns an item into JSON.
+// The stream is closed and cancel called when the body is written.
+func (g *Ingress) writeItems(ctx *fasthttp.RequestCtx, rt *route, st *client.ItemStream, first []byte, ended bool, cancel context.CancelFunc, conv func([]byte) ([]byte, error)) {
 	sse := true
 	if !bytes.Contains(ctx.Request.Header.Peek("Accept"), acceptSSE) && len(ctx.Request.Header.Peek("Accept")) > 0 &&
 		bytes.Contains(ctx.Request.Header.Peek("Accept"), []byte("ndjson")) {
@@ -98,7 +107,6 @@ func (g *Ingress) serveStream(ctx *fasthttp.RequestCtx, rt *route, msg *nats.Msg
 		ctx.SetContentType("application/x-ndjson")
 	}
 	conn := ctx.Conn()
-	ended := err == io.EOF
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer cancel()
 		defer st.Close()
@@ -112,22 +120,40 @@ func (g *Ingress) serveStream(ctx *fasthttp.RequestCtx, rt *route, msg *nats.Msg
 				}
 				return
 			}
-			if sse {
-				w.WriteString("id: ")
-				w.WriteString(strconv.Itoa(seq))
-				w.WriteString("\ndata: ")
-				w.Write(item)
-				w.WriteString("\n\n")
-			} else {
-				w.Write(item)
-				w.WriteByte('\n')
-			}
-			if w.Flush() != nil { // the client went away: cancel the stream
-				return
-			}
-			seq++
 			var err error
-			item, err = st.Next()
+			if conv != nil {
+				item, err = conv(item)
+			}
+			if err == nil {
+				if sse {
+					w.WriteString("id: ")
+					w.WriteString(strconv.Itoa(seq))
+					w.WriteString("\ndata: ")
+					w.Write(item)
+					w.WriteString("\n\n")
+				} else {
+					w.Write(item)
+					w.WriteByte('\n')
+				}
+				if w.Flush() != nil { // the client went away: cancel the stream
+					return
+				}
+				seq++
+				for {
+					item, err = st.Next()
+					if err != client.ErrIdle {
+						break
+					}
+					// A comment line, so that proxies do not cut a quiet
+					// stream (NDJSON has none: nothing is written).
+					if sse {
+						w.WriteString(": keep-alive\n\n")
+						if w.Flush() != nil {
+							return
+						}
+					}
+				}
+			}
 			if err == io.EOF {
 				ended = true
 				continue

@@ -11,19 +11,31 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/e2e"
+	"github.com/natserve/natserve/internal/testutil"
 )
 
-// WebSockets through the ingress to a net/http handler (examples/chat,
-// gorilla/websocket) in a real replica process, with a real client
-// library (gorilla/websocket's Dialer).
-func TestWebSocket(t *testing.T) {
+// Long-lived requests through one stack: WebSockets through the ingress to
+// a net/http handler (examples/chat, gorilla/websocket) in a real replica
+// process, with a real client library (gorilla/websocket's Dialer); a
+// graph whose output node streams; SSE keep-alives.
+func TestLongLived(t *testing.T) {
 	s := e2e.Standard(t)
-	base, _ := s.Ingress("-ws-idle-timeout", "1500ms")
+	base, _ := s.Ingress("-ws-idle-timeout", "1500ms", "-sse-keepalive", "150ms")
 	sp := spec("chat", "Chat", `[]`, 1, e2e.Ptr("/chat"))
 	sp.MaxOngoingRequests = 1
 	s.Deploy(sp)
 	s.Deploy(spec("probe", "Probe", `["p"]`, 1, e2e.Ptr("/probe")))
+	gr := client.NewGraph("gs").RoutePrefix("/gs")
+	st := gr.Bind("s", "Stream")
+	gspec, err := gr.Driver(gr.Call("out", st, gr.Call("d", "double", gr.Input()), 400))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Client.DeployGraph(e2e.Ctx(10*time.Second), gspec); err != nil {
+		t.Fatal(err)
+	}
 	wsBase := "ws" + strings.TrimPrefix(base, "http")
 	dial := func(path string) *websocket.Conn {
 		t.Helper()
@@ -173,6 +185,8 @@ func TestWebSocket(t *testing.T) {
 		}
 	})
 
+	t.Run("graph output streams", func(t *testing.T) { testGraphStream(t, s, base) })
+
 	t.Run("refusals", func(t *testing.T) {
 		hdr := http.Header{"Prefer": {"respond-async"}}
 		_, resp, err := websocket.DefaultDialer.Dial(wsBase+"/chat", hdr)
@@ -196,6 +210,50 @@ func TestWebSocket(t *testing.T) {
 			t.Errorf("handshake without a key: %d %q", code, body)
 		}
 	})
+}
+
+func testGraphStream(t *testing.T, s *e2e.Stack, base string) {
+	s.WaitHealthy("gs")
+	// Over HTTP: input 2 → double → 4 items, one every 400 ms, with
+	// keep-alive comments in the gaps (-sse-keepalive 150ms).
+	var code int
+	var body string
+	var hdr http.Header
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if code, body, hdr = e2e.HTTP(t, "POST", base+"/gs", "2"); code != 200 {
+			return fmt.Errorf("graph: %d %s", code, body)
+		}
+		return nil
+	})
+	events := strings.ReplaceAll(body, ": keep-alive\n\n", "")
+	want := "id: 0\ndata: 0\n\nid: 1\ndata: 1\n\nid: 2\ndata: 2\n\nid: 3\ndata: 3\n\nevent: end\ndata: \n\n"
+	if hdr.Get("Content-Type") != "text/event-stream" || events != want {
+		t.Fatalf("POST /gs: %q %q, want %q", hdr.Get("Content-Type"), body, want)
+	}
+	if k := strings.Count(body, ": keep-alive\n\n"); k < 3 {
+		t.Errorf("%d keep-alive comments in 1.2 s of gaps at 150 ms: %q", k, body)
+	} else {
+		t.Logf("%d keep-alive comments in the graph's 3 gaps of 400 ms", k)
+	}
+	// NDJSON: the same items, no comments.
+	if code, body, _ := e2e.HTTP(t, "POST", base+"/gs", "1", "Accept", "application/x-ndjson"); code != 200 || body != "0\n1\n" {
+		t.Errorf("NDJSON graph stream: %d %q", code, body)
+	}
+	// Through a handle: the output node's items.
+	var got []int
+	for v, err := range client.Stream[int](e2e.Ctx(20*time.Second), s.Client.Handle("gs"), 2) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, v)
+	}
+	if fmt.Sprint(got) != "[0 1 2 3]" {
+		t.Errorf("handle stream of the graph: %v", got)
+	}
+	// A node before the output failing is an ordinary HTTP error.
+	if code, body, _ := e2e.HTTP(t, "POST", base+"/gs", `"x"`); code != 400 && code != 500 || !strings.Contains(body, "node d") {
+		t.Errorf("failing node: %d %q", code, body)
+	}
 }
 
 func read2(t *testing.T, c *websocket.Conn, msg string) string {

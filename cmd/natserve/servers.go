@@ -215,6 +215,7 @@ func ingressFlags(fs *flag.FlagSet) *ingress.Config {
 	fs.IntVar(&cfg.MaxConnections, "max-connections", 0, "open connection limit (0: the open-file limit less 64)")
 	fs.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "open connection limit per client address (0: half of -max-connections; -1: none; raise it behind a proxy)")
 	fs.BoolVar(&cfg.ReduceMemoryUsage, "reduce-memory-usage", false, "release idle connections' buffers (less memory with many idle connections, a little more CPU)")
+	fs.DurationVar(&cfg.SSEKeepAlive, "sse-keepalive", d.SSEKeepAlive, "longest quiet time on an SSE stream before a comment line (\": keep-alive\") goes out")
 	fs.DurationVar(&cfg.WebSocketIdleTimeout, "ws-idle-timeout", d.WebSocketIdleTimeout, "close a WebSocket (code 1001) after this long without a frame")
 	fs.DurationVar(&cfg.WebSocketMaxLifetime, "ws-max-lifetime", d.WebSocketMaxLifetime, "close a WebSocket (code 1001) this long after it opened")
 	fs.DurationVar(&cfg.DrainDelay, "drain-delay", 0, "on shutdown, how long /-/healthz answers 503 before the listener closes")
