@@ -39,7 +39,7 @@ func TestStoredRequestsBench(t *testing.T) {
 	}
 	br := testutil.Broker(t)
 	url := br.ClientURL()
-	ctl, err := controlplane.New(controlplane.Config{NATSURL: url, Logger: quiet})
+	ctl, err := controlplane.New(controlplane.Config{NATSURL: url, Logger: quiet, NATSOptions: testutil.CredsOptions(t, url, "controller")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,8 @@ func TestStoredRequestsBench(t *testing.T) {
 	}
 	var reg worker.Registry
 	reg.Class("Trivial", func() trivial { return trivial{} })
-	cl := client.New(nc, client.WithTimeout(30*time.Second))
+	// The caller is a client-role identity, as an application's would be.
+	cl := client.New(testutil.Conn(t, url, testutil.CredsOptions(t, url, wire.RoleClient)...), client.WithTimeout(30*time.Second))
 	ctx := context.Background()
 
 	// Submissions per second at c64, nothing consuming.
