@@ -148,6 +148,17 @@ func (r *Replica) runStored(ctx context.Context) {
 
 // pullStored fetches while the share has room; it returns on a fetch
 // error (the consumer is looked up again) or when ctx ends.
+//
+// One pull asks for as many messages as there are free tokens in the
+// share and free slots in the replica (at least one: a replica whose
+// slots synchronous traffic holds still takes one stored request, which
+// waits for a slot with in-progress acknowledgments, as before), so a
+// backlog drains at a batch per round trip instead of one message per
+// slot per round trip. Each message starts as soon as it arrives; the
+// tokens a pull reserved and got no message for are given back when the
+// pull ends. A request gives its token back when its method returns (its
+// slot is free), not after its result is stored and acknowledged, so the
+// next pull overlaps with those round trips.
 func (r *Replica) pullStored(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, maxAttempts int, wg *sync.WaitGroup) error {
 	refresh := time.Now().Add(time.Minute) // max_attempts may change
 	for ctx.Err() == nil && time.Now().Before(refresh) {
@@ -156,35 +167,48 @@ func (r *Replica) pullStored(ctx context.Context, js jetstream.JetStream, cons j
 		case <-ctx.Done():
 			return nil
 		}
+		n := 1
+		for free := cap(r.sem) - len(r.sem); n < free; n++ {
+			select {
+			case r.stored.running <- struct{}{}:
+				continue
+			default:
+			}
+			break
+		}
 		fctx, cancel := context.WithTimeout(ctx, storedFetchMax)
-		batch, err := cons.Fetch(1, jetstream.FetchContext(fctx))
-		var msg jetstream.Msg
+		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+		got := 0
 		if err == nil {
-			for m := range batch.Messages() {
-				msg = m
+			for msg := range batch.Messages() {
+				got++
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					var once sync.Once
+					release := func() { once.Do(func() { <-r.stored.running }) }
+					defer release()
+					r.runStoredMsg(ctx, js, msg, maxAttempts, release)
+				}()
 			}
 			err = batch.Error()
 		}
 		cancel()
-		if msg == nil {
+		for i := got; i < n; i++ {
 			<-r.stored.running
-			if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
-				return err
-			}
-			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-r.stored.running }()
-			r.runStoredMsg(ctx, js, msg, maxAttempts)
-		}()
+		if got == 0 && err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+			return err
+		}
 	}
 	return nil
 }
 
 // runStoredMsg runs one delivery of a stored request.
-func (r *Replica) runStoredMsg(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, maxAttempts int) {
+//
+// release gives the request's token in the share back: it is called once
+// the method has returned (and by the caller in any case).
+func (r *Replica) runStoredMsg(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, maxAttempts int, release func()) {
 	md, err := msg.Metadata()
 	if err != nil {
 		_ = msg.Term()
@@ -290,6 +314,7 @@ func (r *Replica) runStoredMsg(ctx context.Context, js jetstream.JetStream, msg 
 	cancel()
 	<-r.sem
 	r.inflight.Done()
+	release()
 
 	out := r.storedOutcome(base, call, attempt, maxAttempts, cancelled)
 	if !r.publishEvent(ctx, js, id, out) {
