@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -127,32 +128,96 @@ type Submission struct {
 }
 
 // async is the client's JetStream access for stored requests, opened on
-// first use.
+// first use: it publishes submissions to their deployment's request
+// stream; everything else goes through the requests service
+// (wire.AsyncServiceSubject), which the controller processes answer.
 type async struct {
 	once sync.Once
 	js   jetstream.JetStream
 	err  error
-
-	mu  sync.Mutex // guards kv, obj
-	kv  jetstream.KeyValue
-	obj jetstream.ObjectStore
 }
 
-func (c *Client) requests(ctx context.Context) (jetstream.JetStream, jetstream.KeyValue, error) {
+func (c *Client) jetStream() (jetstream.JetStream, error) {
 	c.async.once.Do(func() { c.async.js, c.async.err = jetstream.New(c.nc) })
-	if c.async.err != nil {
-		return nil, nil, c.async.err
+	return c.async.js, c.async.err
+}
+
+// errServiceRetry marks a requests service answer worth asking again
+// (no controller answers now, or it cannot reach the bucket yet).
+var errServiceRetry = errors.New("the requests service cannot answer now")
+
+// service asks the requests service once.
+func (c *Client) service(ctx context.Context, req *wire.AsyncServiceRequest) (*wire.AsyncServiceReply, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
 	}
-	c.async.mu.Lock()
-	defer c.async.mu.Unlock()
-	if c.async.kv == nil {
-		kv, err := c.async.js.KeyValue(ctx, wire.BucketRequests)
-		if err != nil {
-			return nil, nil, fmt.Errorf("stored requests: opening %s (is a controller running?): %w", wire.BucketRequests, err)
+	m, err := c.nc.RequestWithContext(ctx, wire.AsyncServiceSubject, b)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil, fmt.Errorf("%w: no controller answers %s", errServiceRetry, wire.AsyncServiceSubject)
+	case err != nil:
+		return nil, err
+	}
+	var rep wire.AsyncServiceReply
+	if err := json.Unmarshal(m.Data, &rep); err != nil {
+		return nil, fmt.Errorf("requests service: bad reply: %w", err)
+	}
+	switch rep.Code {
+	case "":
+		return &rep, nil
+	case wire.AsyncCodeNotFound:
+		return nil, fmt.Errorf("%s: %w", firstLine(rep.Error), ErrRequestNotFound)
+	case wire.AsyncCodeNotReady, wire.AsyncCodeBusy:
+		return nil, fmt.Errorf("%w: %s", errServiceRetry, firstLine(rep.Error))
+	}
+	return nil, fmt.Errorf("requests service: %s", firstLine(rep.Error))
+}
+
+// ask asks the requests service, again while it cannot answer (a
+// controller restarting), until ctx ends.
+func (c *Client) ask(ctx context.Context, req *wire.AsyncServiceRequest) (*wire.AsyncServiceReply, error) {
+	retry := 20 * time.Millisecond
+	for {
+		rep, err := c.service(ctx, req)
+		if err == nil || !(errors.Is(err, errServiceRetry) || (errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil) || errors.Is(err, nats.ErrTimeout)) {
+			return rep, err
 		}
-		c.async.kv = kv
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (%v)", ctx.Err(), err)
+		case <-time.After(retry):
+		}
+		retry = min(retry*2, time.Second)
 	}
-	return c.async.js, c.async.kv, nil
+}
+
+// status is a reply's record as a status, with a result too large for
+// one reply fetched in chunks.
+func (c *Client) status(ctx context.Context, rep *wire.AsyncServiceReply) (*RequestStatus, error) {
+	if rep.Record == nil {
+		return nil, fmt.Errorf("request %s: %w", rep.ID, ErrRequestNotFound)
+	}
+	if rep.ResultSize > 0 && len(rep.Record.Result) == 0 {
+		res := make([]byte, 0, rep.ResultSize)
+		for len(res) < rep.ResultSize {
+			part, err := c.ask(ctx, &wire.AsyncServiceRequest{Op: wire.AsyncOpChunk, ID: rep.ID, Offset: len(res)})
+			if err != nil {
+				return nil, fmt.Errorf("request %s: reading its result: %w", rep.ID, err)
+			}
+			if len(part.Chunk) == 0 {
+				return nil, fmt.Errorf("request %s: its result changed while read", rep.ID)
+			}
+			res = append(res, part.Chunk...)
+		}
+		rep.Record.Result = res
+	}
+	return statusOf(rep.Record), nil
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
 }
 
 // Submit stores s and returns its status (queued, or what an earlier
@@ -172,7 +237,7 @@ func (c *Client) Submit(ctx context.Context, s Submission) (*RequestStatus, erro
 	}
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	js, kv, err := c.requests(ctx)
+	js, err := c.jetStream()
 	if err != nil {
 		return nil, err
 	}
@@ -182,25 +247,24 @@ func (c *Client) Submit(ctx context.Context, s Submission) (*RequestStatus, erro
 		}
 	}
 	id := wire.NewAsyncID()
-	var ikey string
+	var idem *wire.AsyncServiceRequest
 	if s.IdempotencyKey != "" {
-		ikey = wire.AsyncIdemKey(s.Deployment, s.IdempotencyKey)
-		if _, err := kv.Create(ctx, ikey, []byte(id)); err != nil {
-			if !errors.Is(err, jetstream.ErrKeyExists) {
-				return nil, fmt.Errorf("%s: storing the idempotency key: %w", s.Deployment, err)
-			}
-			e, gerr := kv.Get(ctx, ikey)
-			if gerr != nil {
-				return nil, fmt.Errorf("%s: reading the idempotency key: %w", s.Deployment, gerr)
-			}
-			id = string(e.Value())
-			if st, err := c.Request(ctx, id); err == nil {
-				return st, nil
-			}
-			// The first submitter has not stored its record (yet, or it
-			// died): store the request under its id; JetStream's
-			// duplicate window drops a second copy of the message.
+		idem = &wire.AsyncServiceRequest{Op: wire.AsyncOpClaim, Deployment: s.Deployment, IdemHash: wire.AsyncIdemHash(s.IdempotencyKey), ID: id}
+		rep, err := c.ask(ctx, idem)
+		if err != nil {
+			return nil, fmt.Errorf("%s: storing the idempotency key: %w", s.Deployment, err)
 		}
+		if rep.Record != nil {
+			return c.status(ctx, rep)
+		}
+		// Ours, or the first submitter's whose record is not stored (yet,
+		// or it died): store the request under that id; JetStream's
+		// duplicate window drops a second copy of the message.
+		id = rep.ID
+		if !wire.ValidAsyncID(id) {
+			return nil, fmt.Errorf("%s: the idempotency key maps to a bad id", s.Deployment)
+		}
+		idem.ID = id
 	}
 	now := time.Now().UTC()
 	msg := &nats.Msg{Subject: wire.AsyncSubject(s.Deployment), Data: s.Data, Header: nats.Header{
@@ -217,8 +281,9 @@ func (c *Client) Submit(ctx context.Context, s Submission) (*RequestStatus, erro
 	}
 	ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(wire.AsyncStream(s.Deployment)))
 	if err != nil {
-		if ikey != "" { // let a retry with the key store it again
-			_ = kv.Delete(ctx, ikey)
+		if idem != nil { // let a retry with the key store it again
+			idem.Op = wire.AsyncOpRelease
+			_, _ = c.service(ctx, idem)
 		}
 		var apiErr *jetstream.APIError
 		switch {
@@ -231,14 +296,11 @@ func (c *Client) Submit(ctx context.Context, s Submission) (*RequestStatus, erro
 	}
 	rec := wire.AsyncRecord{ID: id, Deployment: s.Deployment, Status: wire.AsyncQueued, Submitted: now,
 		Method: s.Method, Kind: s.Kind, Callback: s.Callback, Seq: ack.Sequence}
-	b, _ := json.Marshal(&rec)
-	if _, err := kv.Create(ctx, wire.AsyncRecordKey(id), b); err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) { // the controller saw it run already
-			return c.Request(ctx, id)
-		}
-		// The request is stored and will run; its record appears when
-		// the controller folds its first event.
-		return statusOf(&rec), nil
+	// The request is stored and will run whatever happens next; without
+	// its record (no controller answers now) the record appears when the
+	// controller folds its first event.
+	if rep, err := c.service(ctx, &wire.AsyncServiceRequest{Op: wire.AsyncOpRecord, Record: &rec}); err == nil && rep.Record != nil {
+		return c.status(ctx, rep)
 	}
 	return statusOf(&rec), nil
 }
@@ -265,114 +327,64 @@ func validSubject(s string) bool {
 	return true
 }
 
-func (c *Client) record(ctx context.Context, kv jetstream.KeyValue, id string) (*wire.AsyncRecord, uint64, error) {
-	if !wire.ValidAsyncID(id) {
-		return nil, 0, fmt.Errorf("request %.40q: %w", id, ErrRequestNotFound)
-	}
-	e, err := kv.Get(ctx, wire.AsyncRecordKey(id))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, fmt.Errorf("request %s: %w", id, ErrRequestNotFound)
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("request %s: %w", id, err)
-	}
-	var r wire.AsyncRecord
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		return nil, 0, fmt.Errorf("request %s: bad record: %w", id, err)
-	}
-	return &r, e.Revision(), nil
-}
-
-// Request returns a stored request's status.
+// Request returns a stored request's status. Whoever knows the id may
+// read it (ids are bearer capabilities).
 func (c *Client) Request(ctx context.Context, id string) (*RequestStatus, error) {
+	if !wire.ValidAsyncID(id) {
+		return nil, fmt.Errorf("request %.40q: %w", id, ErrRequestNotFound)
+	}
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	_, kv, err := c.requests(ctx)
+	rep, err := c.ask(ctx, &wire.AsyncServiceRequest{Op: wire.AsyncOpGet, ID: id})
 	if err != nil {
 		return nil, err
 	}
-	r, _, err := c.record(ctx, kv, id)
-	if err != nil {
-		return nil, err
-	}
-	return c.withResult(ctx, r)
-}
-
-// withResult fetches a result kept in the object store.
-func (c *Client) withResult(ctx context.Context, r *wire.AsyncRecord) (*RequestStatus, error) {
-	if !r.ResultObject {
-		return statusOf(r), nil
-	}
-	c.async.mu.Lock()
-	obj := c.async.obj
-	c.async.mu.Unlock()
-	if obj == nil {
-		var err error
-		if obj, err = c.async.js.ObjectStore(ctx, wire.ObjectResults); err != nil {
-			return nil, fmt.Errorf("request %s: opening the result store: %w", r.ID, err)
-		}
-		c.async.mu.Lock()
-		c.async.obj = obj
-		c.async.mu.Unlock()
-	}
-	b, err := obj.GetBytes(ctx, r.ID)
-	if err != nil {
-		return nil, fmt.Errorf("request %s: reading its result: %w", r.ID, err)
-	}
-	r.Result = b
-	return statusOf(r), nil
+	return c.status(ctx, rep)
 }
 
 // Cancel cancels a stored request: a queued one never runs, a running one
 // sees its context cancelled. A request that has ended is left as it is.
 // It returns the status after the cancel.
 func (c *Client) Cancel(ctx context.Context, id string) (*RequestStatus, error) {
+	if !wire.ValidAsyncID(id) {
+		return nil, fmt.Errorf("request %.40q: %w", id, ErrRequestNotFound)
+	}
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	js, kv, err := c.requests(ctx)
+	rep, err := c.ask(ctx, &wire.AsyncServiceRequest{Op: wire.AsyncOpCancel, ID: id})
 	if err != nil {
 		return nil, err
 	}
-	for {
-		r, rev, err := c.record(ctx, kv, id)
-		if err != nil {
-			return nil, err
-		}
-		if wire.AsyncTerminal(r.Status) {
-			return c.withResult(ctx, r)
-		}
-		r.Status, r.Finished, r.Error = wire.AsyncCancelled, time.Now().UTC(), "cancelled"
-		b, _ := json.Marshal(r)
-		if _, err := kv.Update(ctx, wire.AsyncRecordKey(id), b, rev); err != nil {
-			if errors.Is(err, jetstream.ErrKeyExists) {
-				continue // changed meanwhile: look again
-			}
-			return nil, fmt.Errorf("request %s: %w", id, err)
-		}
-		// A replica running it cancels its context; a queued one is
-		// taken out of the stream (a replica that has fetched it already
-		// drops it on the cancel notice).
-		_ = c.nc.Publish(wire.AsyncCancelSubject(r.Deployment), []byte(id))
-		if r.Seq > 0 {
-			if st, err := js.Stream(ctx, wire.AsyncStream(r.Deployment)); err == nil {
-				_ = st.DeleteMsg(ctx, r.Seq)
-			}
-		}
-		return statusOf(r), nil
-	}
+	return c.status(ctx, rep)
 }
 
+// ErrListNeedsAdmin: listing stored requests takes the operator's (admin)
+// credentials.
+var ErrListNeedsAdmin = errors.New("listing stored requests takes the admin credentials (request ids are bearer capabilities)")
+
 // ListRequests returns the stored requests of deployment ("" for all),
-// at most limit (0: 1000), in no particular order.
+// at most limit (0: 1000), in no particular order. It reads the requests
+// bucket itself, which only the admin credentials may: any other identity
+// gets ErrListNeedsAdmin.
 func (c *Client) ListRequests(ctx context.Context, deployment string, limit int) ([]*RequestStatus, error) {
 	if limit <= 0 {
 		limit = 1000
 	}
 	ctx, cancel := c.opCtx(ctx)
 	defer cancel()
-	_, kv, err := c.requests(ctx)
+	js, err := c.jetStream()
 	if err != nil {
 		return nil, err
+	}
+	// A denied JetStream request is never answered: bound the wait.
+	octx, ocancel := context.WithTimeout(ctx, 5*time.Second)
+	kv, err := js.KeyValue(octx, wire.BucketRequests)
+	ocancel()
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrPermissionViolation) {
+			return nil, fmt.Errorf("%w: %v", ErrListNeedsAdmin, err)
+		}
+		return nil, fmt.Errorf("stored requests: opening %s (is a controller running?): %w", wire.BucketRequests, err)
 	}
 	lister, err := kv.ListKeysFiltered(ctx, wire.AsyncRecordKeys)
 	if err != nil {
@@ -402,46 +414,43 @@ func (c *Client) ListRequests(ctx context.Context, deployment string, limit int)
 	return out, nil
 }
 
+// waitSlice bounds one wait request to the requests service; Wait asks
+// again until the request ends or ctx does.
+const waitSlice = 20 * time.Second
+
 // Wait waits until the stored request id has ended (or ctx ends) and
-// returns its final status.
+// returns its final status. A request not stored yet (a submission in
+// flight) is waited for too; ctx bounds it.
 func (c *Client) Wait(ctx context.Context, id string) (*RequestStatus, error) {
 	if !wire.ValidAsyncID(id) {
 		return nil, fmt.Errorf("request %.40q: %w", id, ErrRequestNotFound)
 	}
-	_, kv, err := c.requests(ctx)
-	if err != nil {
-		return nil, err
-	}
-	w, err := kv.Watch(ctx, wire.AsyncRecordKey(id))
-	if err != nil {
-		return nil, fmt.Errorf("request %s: %w", id, err)
-	}
-	defer func() { _ = w.Stop() }()
-	seen := false
 	for {
-		select {
-		case <-ctx.Done():
+		slice := waitSlice
+		if dl, ok := ctx.Deadline(); ok {
+			slice = min(slice, time.Until(dl))
+		}
+		wctx, cancel := context.WithTimeout(ctx, slice+5*time.Second)
+		rep, err := c.ask(wctx, &wire.AsyncServiceRequest{Op: wire.AsyncOpWait, ID: id, WaitMS: int(slice / time.Millisecond)})
+		var st *RequestStatus
+		if err == nil {
+			st, err = c.status(wctx, rep)
+		}
+		cancel()
+		switch {
+		case ctx.Err() != nil:
 			return nil, fmt.Errorf("request %s: %w", id, ctx.Err())
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, fmt.Errorf("request %s: the watch ended", id)
+		case err == nil && st.Done():
+			return st, nil
+		case err != nil && !errors.Is(err, ErrRequestNotFound) && !errors.Is(err, context.DeadlineExceeded):
+			return nil, err
+		case err != nil && errors.Is(err, ErrRequestNotFound):
+			// Not recorded yet: look again shortly.
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("request %s: %w", id, ctx.Err())
+			case <-time.After(50 * time.Millisecond):
 			}
-			if e == nil { // the current value has been delivered
-				if !seen {
-					// Not stored yet (a submission in flight) or gone: keep
-					// waiting; ctx bounds it.
-					seen = true
-				}
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			var r wire.AsyncRecord
-			if json.Unmarshal(e.Value(), &r) != nil || !wire.AsyncTerminal(r.Status) {
-				continue
-			}
-			return c.withResult(ctx, &r)
 		}
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/auth"
+	"github.com/natserve/natserve/internal/durable"
 	"github.com/natserve/natserve/internal/kvwatch"
 	prom "github.com/natserve/natserve/internal/metrics"
 	"github.com/natserve/natserve/internal/natsconn"
@@ -157,6 +158,17 @@ func (c *Controller) Run(ctx context.Context) error {
 	if c.kv, err = store.OpenRetry(ctx, js, store.Config{Replicas: c.cfg.KVReplicas, LeaseTTL: c.cfg.LeaseTTL}, c.log); err != nil {
 		return nil // ctx ended
 	}
+	// Every controller process answers the stored requests' service,
+	// leader or not (internal/durable).
+	var swg sync.WaitGroup
+	swg.Add(1)
+	go func() {
+		defer swg.Done()
+		if err := durable.Serve(ctx, nc, c.log); err != nil {
+			c.log.Error("the stored requests' service failed", "err", err)
+		}
+	}()
+	defer swg.Wait()
 	c.log.Info("controller started; campaigning for the lease")
 	for ctx.Err() == nil {
 		rev, err := store.Update(ctx, c.kv.Leader, wire.LeaderKey, c.lease(), 0)

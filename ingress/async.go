@@ -90,8 +90,15 @@ func writeStatus(ctx *fasthttp.RequestCtx, code int, st *client.RequestStatus) {
 	ctx.SetBody(append(b, '\n'))
 }
 
-// serveRequest answers GET and DELETE /-/requests/<id>.
+// serveRequest answers GET and DELETE /-/requests/<id>. There is no
+// listing over HTTP: a request id is a bearer capability, so the ingress
+// answers only for the id it is given (a list is `servectl requests list`
+// with the admin credentials).
 func (g *Ingress) serveRequest(ctx *fasthttp.RequestCtx, id string) {
+	if id == "" {
+		ctx.Error("stored requests are not listed over HTTP (request ids are bearer capabilities): GET /-/requests/<id>; an operator lists them with servectl requests list and the admin credentials\n", fasthttp.StatusNotFound)
+		return
+	}
 	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var st *client.RequestStatus

@@ -203,6 +203,8 @@ func (g *Ingress) serveInternal(ctx *fasthttp.RequestCtx, path []byte) {
 	switch {
 	case bytes.HasPrefix(path, pathRequests):
 		g.serveRequest(ctx, string(path[len(pathRequests):]))
+	case bytes.Equal(path, pathRequests[:len(pathRequests)-1]):
+		g.serveRequest(ctx, "")
 	case bytes.Equal(path, pathRoutes):
 		ctx.SetContentType("application/json")
 		ctx.SetBody(g.routes.Load().json)

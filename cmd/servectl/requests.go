@@ -14,7 +14,7 @@ import (
 func init() {
 	register("requests", command{
 		usage: "list [-deployment NAME] | get ID [-wait] | cancel ID",
-		help:  "stored (asynchronous) requests: list them, show one (its result with -o json), cancel one",
+		help:  "stored (asynchronous) requests: list them (admin credentials only: ids are bearer capabilities), show one (its result with -o json), cancel one",
 		flags: func(fs *flag.FlagSet, o *options) {
 			fs.StringVar(&o.dep, "deployment", "", "list: only this deployment's requests")
 			fs.IntVar(&o.limit, "limit", 1000, "list: at most this many requests")
@@ -40,6 +40,9 @@ func requests(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		rs, err := cl.ListRequests(cctx, e.opts.dep, e.opts.limit)
+		if errors.Is(err, client.ErrListNeedsAdmin) {
+			return errors.New(client.ErrListNeedsAdmin.Error() + ": pass the admin credentials with --creds FILE")
+		}
 		if err != nil {
 			return explain(err)
 		}

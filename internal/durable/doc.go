@@ -1,3 +1,4 @@
-// Package durable holds the end-to-end tests of stored (asynchronous)
-// requests: real natserve processes, real replicas, kill -9.
+// Package durable is the requests service of stored (asynchronous)
+// requests (service.go), which every controller process runs, and their
+// end-to-end tests: real natserve processes, real replicas, kill -9.
 package durable

@@ -108,8 +108,7 @@ const AsyncRecordKeys = "req.*"
 // of deployment to a request id. The key itself is hashed: any bytes a
 // client sends become a valid KV key.
 func AsyncIdemKey(deployment, key string) string {
-	h := sha256.Sum256([]byte(key))
-	return "idem." + deployment + "." + hex.EncodeToString(h[:16])
+	return AsyncIdemKeyOfHash(deployment, AsyncIdemHash(key))
 }
 
 // MaxIdempotencyKey bounds an Idempotency-Key.
@@ -289,3 +288,78 @@ func NATSCallbackAllowed(subject string) bool {
 
 // callbackRoot is the prefix of NATS callback subjects outside inboxes.
 const callbackRoot = subjectRoot + "cb."
+
+// The requests service (answered by every controller process, in one
+// queue group): callers read, await and cancel stored requests by id,
+// and record and deduplicate their submissions, through it alone; they
+// have no access to the requests bucket, the results stream or the
+// result object store. It has no list operation.
+const (
+	AsyncServiceSubject = subjectRoot + "areq"
+	AsyncServiceQueue   = "natserve-requests"
+	// MaxAsyncServiceRequest bounds a request to it.
+	MaxAsyncServiceRequest = 64 << 10
+)
+
+// Operations of the requests service.
+const (
+	AsyncOpRecord  = "record"  // Record: create a submission's queued record
+	AsyncOpClaim   = "claim"   // Deployment, IdemHash, ID: map an idempotency key to ID (or get the id it maps to)
+	AsyncOpRelease = "release" // Deployment, IdemHash, ID: undo a claim whose request was not stored
+	AsyncOpGet     = "get"     // ID: the record
+	AsyncOpWait    = "wait"    // ID, WaitMS: the record once it has ended, or when WaitMS is up
+	AsyncOpCancel  = "cancel"  // ID: cancel; the record after it
+	AsyncOpChunk   = "chunk"   // ID, Offset: part of a result too large for one reply
+)
+
+// Codes of the requests service's errors.
+const (
+	AsyncCodeInvalid  = "invalid"
+	AsyncCodeNotFound = "not_found"
+	AsyncCodeNotReady = "not_ready" // the bucket or the broker cannot answer now: try again
+	AsyncCodeBusy     = "busy"
+	AsyncCodeInternal = "internal"
+)
+
+// AsyncServiceRequest is a request to the requests service.
+type AsyncServiceRequest struct {
+	Op         string       `json:"op"`
+	ID         string       `json:"id,omitempty"`
+	Deployment string       `json:"deployment,omitempty"`
+	IdemHash   string       `json:"idem_hash,omitempty"`
+	Record     *AsyncRecord `json:"record,omitempty"`
+	WaitMS     int          `json:"wait_ms,omitempty"`
+	Offset     int          `json:"offset,omitempty"`
+}
+
+// AsyncServiceReply is its reply: Code and Error on failure, else the
+// request's ID and, when it is recorded, its Record (without Callback and
+// Seq). ResultSize set with a record whose Result is empty: the result
+// did not fit in the reply; AsyncOpChunk returns it in parts.
+type AsyncServiceReply struct {
+	Code       string       `json:"code,omitempty"`
+	Error      string       `json:"error,omitempty"`
+	ID         string       `json:"id,omitempty"`
+	Claimed    bool         `json:"claimed,omitempty"`
+	Record     *AsyncRecord `json:"record,omitempty"`
+	ResultSize int          `json:"result_size,omitempty"`
+	Chunk      []byte       `json:"chunk,omitempty"`
+}
+
+// AsyncIdemHash is the hash of an idempotency key as AsyncIdemKey uses it.
+func AsyncIdemHash(key string) string {
+	h := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(h[:16])
+}
+
+// AsyncIdemKeyOfHash is AsyncIdemKey from the key's hash.
+func AsyncIdemKeyOfHash(deployment, hash string) string { return "idem." + deployment + "." + hash }
+
+// ValidIdemHash reports whether h has the shape AsyncIdemHash gives.
+func ValidIdemHash(h string) bool {
+	if len(h) != 32 {
+		return false
+	}
+	_, err := hex.DecodeString(h)
+	return err == nil
+}

@@ -93,11 +93,13 @@ func ControllerPerms() Perms {
 			ServiceSubject("*", "", ""),
 			"$O.>",                              // the stored requests' large results (object store)
 			"$JS.ACK.>",                         // the results stream's folder consumer
+			AsyncCancelSubject("*"),             // the requests service's cancels (internal/durable)
 			inboxRoot + ">", callbackRoot + ">", // stored requests' NATS callbacks (NATSCallbackAllowed)
 			ReplicaExitSubject(ReplicaExitSenderController), // replicas it gave up (ack.go)
 		},
 		Sub: append([]string{
 			APISubject("*") + " natserve-controller",
+			AsyncServiceSubject + " " + AsyncServiceQueue, // every controller process (internal/durable)
 			subjectRoot + "evt.>",
 			in + ".>",
 		}, serviceSubs(ControllerService)...),
@@ -135,17 +137,17 @@ func callerPerms(sender, inbox string) Perms {
 }
 
 // asyncCallerPerms is what submitting, reading, waiting for and
-// cancelling stored requests takes (async.go). Known gap: a caller can
-// list every request record (a KV filter "req.*" cannot be told from one
-// request's key in a permission), so request ids are not secrets.
+// cancelling stored requests takes: publishing to a deployment's request
+// stream (any deployment's, like calling it) and asking the requests
+// service, which answers by id only. Request ids are bearer capabilities,
+// and a permission cannot tell one record's key from a wildcard over all
+// of them ("req.*" in a consumer filter, a direct get or a subscription
+// matches an allow-list entry "req.*"), so callers get nothing of the
+// requests bucket, the results stream or the result object store: no
+// listing, no enumeration, no reads but through the service. Listing is
+// the admin's.
 func asyncCallerPerms() []string {
-	pub := []string{AsyncSubject("*"), AsyncCancelSubject("*"),
-		kvWrite(BucketRequests, "req.*"), kvWrite(BucketRequests, "idem.>"),
-		"$JS.API.STREAM.INFO." + AsyncStreamPrefix + "*", "$JS.API.STREAM.MSG.DELETE." + AsyncStreamPrefix + "*"}
-	pub = append(pub, kvRead(BucketRequests, ">")...)
-	obj := "OBJ_" + ObjectResults
-	pub = append(pub, "$JS.API.STREAM.INFO."+obj, "$JS.API.CONSUMER.CREATE."+obj+".>", "$JS.API.DIRECT.GET."+obj+".>", "$JS.API.STREAM.MSG.GET."+obj)
-	return pub
+	return []string{AsyncSubject("*"), AsyncServiceSubject}
 }
 
 // IngressPerms: call deployments, read routes, wake, report its queue,

@@ -16,14 +16,7 @@ func TestPerms(t *testing.T) {
 			"$JS.API.CONSUMER.CREATE.KV_natserve_routes.*.$KV.natserve_routes.>",
 			"$JS.API.DIRECT.GET.KV_natserve_routes.$KV.natserve_routes.>",
 			"$JS.API.CONSUMER.DELETE.>",
-			"natserve.async.*", "natserve.acancel.*",
-			"$KV.natserve_requests.req.*", "$KV.natserve_requests.idem.>",
-			"$JS.API.STREAM.INFO.natserve_req_*", "$JS.API.STREAM.MSG.DELETE.natserve_req_*",
-			"$JS.API.STREAM.INFO.KV_natserve_requests",
-			"$JS.API.CONSUMER.CREATE.KV_natserve_requests.*.$KV.natserve_requests.>",
-			"$JS.API.DIRECT.GET.KV_natserve_requests.$KV.natserve_requests.>",
-			"$JS.API.STREAM.INFO.OBJ_natserve_results", "$JS.API.CONSUMER.CREATE.OBJ_natserve_results.>",
-			"$JS.API.DIRECT.GET.OBJ_natserve_results.>", "$JS.API.STREAM.MSG.GET.OBJ_natserve_results",
+			"natserve.async.*", "natserve.areq",
 		}
 	}
 	for _, tc := range []struct {
@@ -33,8 +26,8 @@ func TestPerms(t *testing.T) {
 	}{
 		{"admin", AdminPerms(), Perms{Pub: []string{">"}, Sub: []string{">"}, InboxPrefix: "_INBOX"}},
 		{"controller", ControllerPerms(), Perms{
-			Pub: []string{"$JS.API.>", "$KV.>", "natserve.rep.>", "natserve.api.*", "$SRV.*", "$O.>", "$JS.ACK.>", "_INBOX.>", "natserve.cb.>", "natserve.evt.exit.controller"},
-			Sub: []string{"natserve.api.* natserve-controller", "natserve.evt.>", "_INBOX.controller.>",
+			Pub: []string{"$JS.API.>", "$KV.>", "natserve.rep.>", "natserve.api.*", "$SRV.*", "$O.>", "$JS.ACK.>", "natserve.acancel.*", "_INBOX.>", "natserve.cb.>", "natserve.evt.exit.controller"},
+			Sub: []string{"natserve.api.* natserve-controller", "natserve.areq natserve-requests", "natserve.evt.>", "_INBOX.controller.>",
 				"$SRV.*", "$SRV.*.natserve-controller", "$SRV.*.natserve-controller.*"},
 			Responses: true, InboxPrefix: "_INBOX.controller",
 		}},
