@@ -376,15 +376,9 @@ func (c *Client) ListRequests(ctx context.Context, deployment string, limit int)
 	if err != nil {
 		return nil, err
 	}
-	// A denied JetStream request is never answered: bound the wait.
-	octx, ocancel := context.WithTimeout(ctx, 5*time.Second)
-	kv, err := js.KeyValue(octx, wire.BucketRequests)
-	ocancel()
+	kv, err := c.requestsBucket(ctx, js)
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrPermissionViolation) {
-			return nil, fmt.Errorf("%w: %v", ErrListNeedsAdmin, err)
-		}
-		return nil, fmt.Errorf("stored requests: opening %s (is a controller running?): %w", wire.BucketRequests, err)
+		return nil, err
 	}
 	lister, err := kv.ListKeysFiltered(ctx, wire.AsyncRecordKeys)
 	if err != nil {
@@ -412,6 +406,53 @@ func (c *Client) ListRequests(ctx context.Context, deployment string, limit int)
 		out = append(out, statusOf(&r))
 	}
 	return out, nil
+}
+
+// requestsBucket opens the requests bucket. A JetStream request the
+// broker denies is never answered, but the broker reports the violation
+// on the connection at once: that ends the wait with ErrListNeedsAdmin.
+func (c *Client) requestsBucket(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	info := "$JS.API.STREAM.INFO.KV_" + wire.BucketRequests
+	denied := func() error {
+		if e := c.nc.LastError(); e != nil && errors.Is(e, nats.ErrPermissionViolation) && strings.Contains(e.Error(), info) {
+			return fmt.Errorf("%w: %v", ErrListNeedsAdmin, e)
+		}
+		return nil
+	}
+	if err := denied(); err != nil {
+		return nil, err
+	}
+	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	type opened struct {
+		kv  jetstream.KeyValue
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		kv, err := js.KeyValue(octx, wire.BucketRequests)
+		ch <- opened{kv, err}
+	}()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case o := <-ch:
+			if o.err != nil {
+				if err := denied(); err != nil {
+					return nil, err
+				}
+				return nil, fmt.Errorf("stored requests: opening %s (is a controller running? listing takes the admin credentials): %w", wire.BucketRequests, o.err)
+			}
+			return o.kv, nil
+		case <-tick.C:
+			if err := denied(); err != nil {
+				cancel()
+				<-ch
+				return nil, err
+			}
+		}
+	}
 }
 
 // waitSlice bounds one wait request to the requests service; Wait asks

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -67,7 +68,11 @@ func (e *env) client(ctx context.Context) (*client.Client, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	cl, err := client.Connect(cctx, e.server, client.WithName("servectl"), client.WithTLS(e.tlsCA, e.tlsCert, e.tlsKey), client.WithCreds(e.creds))
+	// The broker's asynchronous errors (a subject these credentials may
+	// not use) join the command's own error line instead of printing
+	// one of their own (see denied).
+	cl, err := client.Connect(cctx, e.server, client.WithName("servectl"), client.WithTLS(e.tlsCA, e.tlsCert, e.tlsKey), client.WithCreds(e.creds),
+		client.WithNATSOptions(nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})))
 	switch {
 	case errors.Is(err, client.ErrNoCreds): // one line naming what to pass
 		return nil, err
@@ -101,6 +106,19 @@ func (e *env) connect(ctx context.Context) (*client.Client, context.Context, con
 	}
 	cctx, cancel := e.ctx(ctx)
 	return cl, cctx, cancel, nil
+}
+
+// denied adds to a command's error the permissions violation the broker
+// reported meanwhile, if the error does not say so already.
+func (e *env) denied(err error) error {
+	if err == nil || e.cl == nil {
+		return err
+	}
+	last := e.cl.Conn().LastError()
+	if last == nil || !errors.Is(last, nats.ErrPermissionViolation) || strings.Contains(err.Error(), "ermissions") {
+		return err
+	}
+	return fmt.Errorf("%w (%v)", err, last)
 }
 
 // explain turns control-plane errors into advice.

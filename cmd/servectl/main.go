@@ -91,7 +91,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("-o %q: want table or json", e.output)
 	}
 	defer e.close()
-	return cmd.run(ctx, e, positional)
+	return e.denied(cmd.run(ctx, e, positional))
 }
 
 // parseInterspersed parses flags wherever they stand among the arguments
