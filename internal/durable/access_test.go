@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/e2e"
 	"github.com/natserve/natserve/internal/testutil"
@@ -175,6 +176,24 @@ func TestRequestIDsAreCapabilities(t *testing.T) {
 		}
 	}
 
+	// A forged record pointing at others' stream sequences, cancelled, takes
+	// nothing out of the stream.
+	for seq := uint64(1); seq <= 4; seq++ {
+		forged := wire.AsyncRecord{ID: wire.NewAsyncID(), Deployment: "p", Status: wire.AsyncQueued, Kind: wire.KindCall, Seq: seq, Submitted: time.Now()}
+		b, _ := json.Marshal(&wire.AsyncServiceRequest{Op: wire.AsyncOpRecord, Record: &forged})
+		if _, err := nc.Request(wire.AsyncServiceSubject, b, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		b, _ = json.Marshal(&wire.AsyncServiceRequest{Op: wire.AsyncOpCancel, ID: forged.ID})
+		if _, err := nc.Request(wire.AsyncServiceSubject, b, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A work queue: the running and the queued request are its messages.
+	if n := streamMsgs(t, s, reqStream); n != 2 {
+		t.Fatalf("after forged cancels the request stream holds %d messages, want 2 (the running and the queued request)", n)
+	}
+
 	// With the id, the client role reads, awaits and cancels; it cannot list.
 	cl := client.New(nc, client.WithTimeout(20*time.Second))
 	st, err := cl.Request(e2e.Ctx(10*time.Second), id)
@@ -254,4 +273,22 @@ func TestRequestIDsAreCapabilities(t *testing.T) {
 	if !strings.Contains(string(out), "unknown operation") || strings.Contains(string(out), id) {
 		t.Errorf("nats req %s list: %s", wire.AsyncServiceSubject, out)
 	}
+}
+
+// streamMsgs is the number of messages in stream (as the admin sees it).
+func streamMsgs(t *testing.T, s *e2e.Stack, stream string) uint64 {
+	t.Helper()
+	js, err := jetstream.New(s.Client.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(e2e.Ctx(5*time.Second), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(e2e.Ctx(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
 }

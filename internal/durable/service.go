@@ -354,9 +354,7 @@ func (s *service) cancel(ctx context.Context, kv jetstream.KeyValue, id string) 
 		// drops it on the cancel notice).
 		_ = s.nc.Publish(wire.AsyncCancelSubject(r.Deployment), []byte(id))
 		if r.Seq > 0 {
-			if st, err := s.js.Stream(ctx, wire.AsyncStream(r.Deployment)); err == nil {
-				_ = st.DeleteMsg(ctx, r.Seq)
-			}
+			s.unqueue(ctx, r)
 		}
 		return public(r)
 	}
@@ -379,4 +377,19 @@ func (s *service) chunk(ctx context.Context, id string, offset int) *wire.AsyncS
 	}
 	end := min(len(res), offset+chunkSize)
 	return &wire.AsyncServiceReply{ID: id, Chunk: res[offset:end], ResultSize: len(res)}
+}
+
+// unqueue takes a cancelled request's message out of its stream, only if
+// the message at the record's sequence is that request's: a record is the
+// submitter's word, and a forged one must not delete another's request.
+func (s *service) unqueue(ctx context.Context, r *wire.AsyncRecord) {
+	st, err := s.js.Stream(ctx, wire.AsyncStream(r.Deployment))
+	if err != nil {
+		return
+	}
+	m, err := st.GetMsg(ctx, r.Seq)
+	if err != nil || m.Header.Get(wire.HeaderRequestID) != r.ID {
+		return
+	}
+	_ = st.DeleteMsg(ctx, r.Seq)
 }
