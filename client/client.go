@@ -742,6 +742,11 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 			if time.Now().After(k.deadline) {
 				return outcome{kind: outDeadline, replica: replica, waited: time.Since(now)}
 			}
+			if replica != nil {
+				// The replica holding it cancels the call's context (its
+				// slot frees as soon as the method returns).
+				_ = c.nc.Publish(wire.ReplicaSubject(k.deployment, *replica, wire.VerbCancel), []byte(m.Reply+" "+msg.Header.Get(wire.HeaderRequestID)))
+			}
 			return outcome{kind: outCanceled, err: ctx.Err()}
 		}
 	}

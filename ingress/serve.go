@@ -135,11 +135,20 @@ func (g *Ingress) serveRoute(ctx *fasthttp.RequestCtx, path []byte, o *observati
 	}
 	var reply *nats.Msg
 	var err error
+	dctx := watchClient(rctx, ctx.Conn()) // a client that leaves cancels it (depart.go)
 	if model := req.Header.Peek(wire.HTTPHeaderModelID); len(model) > 0 {
 		// A multiplexed model: routed to a replica that holds it.
-		reply, err = g.cl.RequestModel(rctx, time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", string(model), msg)
+		reply, err = g.cl.RequestModel(dctx, time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", string(model), msg)
 	} else {
-		reply, err = g.cl.RequestMsg(rctx, time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", msg)
+		reply, err = g.cl.RequestMsg(dctx, time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", msg)
+	}
+	gone := err != nil && dctx.departed()
+	dctx.release() // dctx may be reused from here
+	if gone {
+		// Nobody to answer: the replica was told to cancel the call.
+		rt.metrics.failedCode("client_gone", "the client closed the connection")
+		ctx.SetConnectionClose()
+		return
 	}
 	if err != nil && g.streamingMethod(rt.deployment, err) {
 		// The replica said the method streams (before running it): send

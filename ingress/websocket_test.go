@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -27,6 +28,9 @@ func TestLongLived(t *testing.T) {
 	sp.MaxOngoingRequests = 1
 	s.Deploy(sp)
 	s.Deploy(spec("probe", "Probe", `["p"]`, 1, e2e.Ptr("/probe")))
+	rsp := spec("rt", "Router", `["hi"]`, 1, e2e.Ptr("/rt"))
+	rsp.MaxOngoingRequests = 1
+	s.Deploy(rsp)
 	gr := client.NewGraph("gs").RoutePrefix("/gs")
 	st := gr.Bind("s", "Stream")
 	gspec, err := gr.Driver(gr.Call("out", st, gr.Call("d", "double", gr.Input()), 400))
@@ -185,6 +189,8 @@ func TestLongLived(t *testing.T) {
 		}
 	})
 
+	t.Run("departed clients free the slot", func(t *testing.T) { testDeparted(t, base) })
+
 	t.Run("graph output streams", func(t *testing.T) { testGraphStream(t, s, base) })
 
 	t.Run("refusals", func(t *testing.T) {
@@ -253,6 +259,43 @@ func testGraphStream(t *testing.T, s *e2e.Stack, base string) {
 	// A node before the output failing is an ordinary HTTP error.
 	if code, body, _ := e2e.HTTP(t, "POST", base+"/gs", `"x"`); code != 400 && code != 500 || !strings.Contains(body, "node d") {
 		t.Errorf("failing node: %d %q", code, body)
+	}
+}
+
+// testDeparted: a unary request whose client hangs up is cancelled at the
+// replica (its context ends, its slot frees), and one waiting at the
+// ingress for that slot is dropped. rt has max_ongoing_requests 1 and
+// /wait returns only when its context ends (or after 30 s).
+func testDeparted(t *testing.T, base string) {
+	addr := strings.TrimPrefix(base, "http://")
+	send := func() net.Conn {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte("GET /rt/wait?ms=30000 HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	running := send()
+	time.Sleep(300 * time.Millisecond) // it holds the replica's only slot
+	waiting := send()
+	time.Sleep(300 * time.Millisecond) // it waits at the ingress (busy)
+	_ = waiting.Close()
+	time.Sleep(100 * time.Millisecond)
+	gone := time.Now()
+	_ = running.Close()
+	hc := &http.Client{Timeout: 5 * time.Second}
+	resp, err := hc.Get(base + "/rt/health")
+	if err != nil {
+		t.Fatalf("the slot was not freed: %v", err)
+	}
+	resp.Body.Close()
+	freed := time.Since(gone)
+	t.Logf("client hang-up → slot free (next request answered) after %v (goal 100 ms)", freed)
+	if resp.StatusCode != 200 || freed > time.Second {
+		t.Errorf("GET /rt/health: %d after %v, want 200 within 1 s", resp.StatusCode, freed)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -463,11 +464,14 @@ func (r *Replica) free(slot *callSlot) {
 // callSlot is the running call of one receiver: its reply subject and
 // acknowledgment (nil when idle) and when it started (Unix nanoseconds).
 type callSlot struct {
-	reply atomic.Pointer[ackTarget]
-	freed bool // the slot was given back (owned by the goroutine serving the call)
+	reply  atomic.Pointer[ackTarget]
+	mu     sync.Mutex         // guards cancel
+	cancel context.CancelFunc // the running call's context (VerbCancel), if it takes one
+	freed  bool               // the slot was given back (owned by the goroutine serving the call)
 }
 
 type ackTarget struct {
+	id      string // the request id (VerbCancel)
 	subject string
 	ack     []byte
 	since   time.Time
@@ -505,7 +509,7 @@ func (r *Replica) acknowledge(m *nats.Msg, oc *outcome, method string, slot *cal
 		return false
 	}
 	if slot != nil {
-		slot.reply.Store(&ackTarget{subject: m.Reply, ack: ack, since: now})
+		slot.reply.Store(&ackTarget{id: m.Header.Get(wire.HeaderRequestID), subject: m.Reply, ack: ack, since: now})
 	}
 	return true
 }
@@ -539,6 +543,38 @@ func (r *Replica) heartbeats(done <-chan struct{}) {
 			beat(s, now)
 		}
 		r.extraMu.Unlock()
+	}
+}
+
+// onCallerGone cancels the running call whose reply subject and request id
+// are in payload ("<subject> <id>").
+func (r *Replica) onCallerGone(payload string) {
+	subject, id, ok := strings.Cut(payload, " ")
+	if !ok || subject == "" {
+		return
+	}
+	try := func(s *callSlot) bool {
+		if a := s.reply.Load(); a == nil || a.subject != subject || a.id != id {
+			return false
+		}
+		s.mu.Lock()
+		if s.cancel != nil {
+			s.cancel()
+		}
+		s.mu.Unlock()
+		return true
+	}
+	for i := range r.calls {
+		if try(&r.calls[i]) {
+			return
+		}
+	}
+	r.extraMu.Lock()
+	defer r.extraMu.Unlock()
+	for s := range r.extra {
+		if try(s) {
+			return
+		}
 	}
 }
 
@@ -664,10 +700,22 @@ func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome, slot *ca
 		if model != nil {
 			ctx = context.WithValue(ctx, modelKey, model)
 		}
+		var cancel context.CancelFunc
 		if timeout > 0 {
-			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, timeout)
-			defer cancel()
+		} else {
+			ctx, cancel = context.WithCancel(ctx)
+		}
+		defer cancel()
+		if slot != nil { // a caller that goes away cancels it (VerbCancel)
+			slot.mu.Lock()
+			slot.cancel = cancel
+			slot.mu.Unlock()
+			defer func() {
+				slot.mu.Lock()
+				slot.cancel = nil
+				slot.mu.Unlock()
+			}()
 		}
 	}
 	var result any
@@ -858,6 +906,8 @@ func (r *Replica) onControl(m *nats.Msg) {
 		r.onAdopt(m)
 	case wire.VerbMetrics:
 		r.answerMetrics(m)
+	case wire.VerbCancel:
+		r.onCallerGone(string(m.Data))
 	}
 }
 

@@ -184,6 +184,16 @@ func NewRouter(greeting string) http.Handler {
 		time.Sleep(time.Duration(ms) * time.Millisecond)
 		fmt.Fprintf(w, "slept %d ms", ms)
 	})
+	mux.HandleFunc("GET /wait", func(w http.ResponseWriter, r *http.Request) {
+		// Like /sleep, but cut short when the request's context ends.
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		select {
+		case <-time.After(time.Duration(ms) * time.Millisecond):
+			fmt.Fprintf(w, "waited %d ms", ms)
+		case <-r.Context().Done():
+			http.Error(w, r.Context().Err().Error(), http.StatusServiceUnavailable)
+		}
+	})
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) })
 	mux.HandleFunc("POST /echo", func(w http.ResponseWriter, r *http.Request) {
 		var in map[string]any

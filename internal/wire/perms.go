@@ -128,7 +128,8 @@ func NodePerms(node string) Perms {
 func callerPerms(sender, inbox string) Perms {
 	pub := []string{DeploymentSubject("*"), muxSubjects("*"), APISubject(APIWake), EventSubject(EventQueue, sender),
 		InboxPrefix(RoleReplica) + ".>",       // stream credit and cancel, on the replica's inbox (stream.go)
-		ReplicaSubject("*", "*", VerbRequest)} // a resend to one replica alone (ack.go)
+		ReplicaSubject("*", "*", VerbRequest), // a resend to one replica alone (ack.go)
+		ReplicaSubject("*", "*", VerbCancel)}  // cancel a call whose caller went away (subjects.go)
 	pub = append(pub, kvRead(BucketRoutes, ">")...)
 	pub = append(pub, consumerDelete)
 	pub = append(pub, asyncCallerPerms()...)

@@ -11,7 +11,7 @@ func TestPerms(t *testing.T) {
 	caller := func(sender string) []string {
 		return []string{
 			"natserve.dep.*", "natserve.mux.*.*", "natserve.api.wake", "natserve.evt.queue." + sender, "_INBOX.replica.>",
-			"natserve.rep.*.*.req",
+			"natserve.rep.*.*.req", "natserve.rep.*.*.cancel",
 			"$JS.API.STREAM.INFO.KV_natserve_routes",
 			"$JS.API.CONSUMER.CREATE.KV_natserve_routes.*.$KV.natserve_routes.>",
 			"$JS.API.DIRECT.GET.KV_natserve_routes.$KV.natserve_routes.>",

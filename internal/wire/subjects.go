@@ -39,6 +39,11 @@ const (
 	// that another replica did not acknowledge); served like the
 	// deployment's subject.
 	VerbRequest = "req"
+	// VerbCancel: the caller of a request this replica acknowledged went
+	// away; the payload is "<reply subject> <request id>" (both must match
+	// the running call, so that only its caller, who knows its inbox, can
+	// cancel it). The call's context is cancelled.
+	VerbCancel = "cancel"
 )
 
 // APISubject is the control API subject for verb.
