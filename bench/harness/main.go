@@ -864,7 +864,7 @@ func startUp(ctx context.Context, ps *procs, bin, data string, cfg config, metri
 	_ = stopSink // the sink lives as long as the harness
 	up, err := ps.start(bin, append([]string{"up", "-data", data, "-nats-port", strconv.Itoa(natsPort),
 		"-addr", fmt.Sprintf("127.0.0.1:%d", port), "-max-connections", "200000",
-		"-metrics=" + strconv.FormatBool(metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort()), "-no-auth=" + strconv.FormatBool(noAuth)}, observe...)...)
+		"-metrics=" + strconv.FormatBool(metrics), "-metrics-addr", fmt.Sprintf("127.0.0.1:%d", freePort())}, append(observe, noAuthFlag(noAuth)...)...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -940,4 +940,13 @@ func syscalls(pids []int) (reads, writes int64) {
 		}
 	}
 	return reads, writes
+}
+
+// noAuthFlag is natserve up's -no-auth when on (a baseline binary may
+// predate the flag).
+func noAuthFlag(on bool) []string {
+	if on {
+		return []string{"-no-auth"}
+	}
+	return nil
 }
