@@ -796,8 +796,10 @@ func profileUnderLoad(ctx context.Context, dir string, load func(context.Context
 		return err
 	}
 	done := make(chan error, 1)
+	var loaded Measurement
 	go func() {
-		_, err := load(ctx, url, 64, 10*time.Second)
+		var err error
+		loaded, err = load(ctx, url, 64, 10*time.Second)
 		done <- err
 	}()
 	time.Sleep(time.Second)
@@ -837,7 +839,18 @@ func profileUnderLoad(ctx context.Context, dir string, load func(context.Context
 			return err
 		}
 	}
-	return <-done
+	if err := <-done; err != nil {
+		return err
+	}
+	// The load's rate, to turn each profile's CPU seconds into µs per request.
+	names := make([]string, 0, len(servers))
+	for name := range servers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return os.WriteFile(filepath.Join(dir, strings.Join(names, "+")+"-load.txt"),
+		[]byte(fmt.Sprintf("%s: wrk c64 10 s: %.0f req/s, %d requests, p50 %.0f µs, p99 %.0f µs; the profiles cover 8 s of it (about %.0f requests)\n",
+			url, loaded.RPS, loaded.Samples, loaded.P50us, loaded.P99us, loaded.RPS*8)), 0o644)
 }
 
 // upRun is one natserve up process the harness started.
