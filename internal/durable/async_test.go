@@ -277,6 +277,43 @@ func TestStoredRequests(t *testing.T) {
 		}
 	})
 
+	t.Run("share", func(t *testing.T) {
+		// max_ongoing_requests 4: stored requests take at most 2 slots at
+		// once (batched pulls fill both), synchronous calls keep the others.
+		s.Deploy(client.DeploymentSpec{Name: "share", Class: "Probe", InitArgs: json.RawMessage(`["s"]`), MaxOngoingRequests: 4})
+		waitStream("share")
+		h := s.Client.Handle("share").Method("Work")
+		var ids []string
+		for i := 0; i < 10; i++ {
+			id, err := h.Submit(e2e.Ctx(10*time.Second), 300)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+		pollHTTP(t, base, ids[0], wire.AsyncRunning)
+		for i := 0; i < 5; i++ { // two slots stay free for calls
+			if _, err := client.Call[int](e2e.Ctx(5*time.Second), s.Client.Handle("share").Method("PID")); err != nil {
+				t.Fatalf("a synchronous call while stored requests run: %v", err)
+			}
+		}
+		for _, id := range ids {
+			if st, err := s.Client.Wait(e2e.Ctx(60*time.Second), id); err != nil || st.Status != wire.AsyncSucceeded || st.Attempts != 1 {
+				t.Fatalf("%s: %+v %v", id, st, err)
+			}
+		}
+		var stats struct {
+			MaxSeen int `json:"max_seen"`
+			Calls   int `json:"calls"`
+		}
+		if err := s.Client.Handle("share").Method("MaxSeen").Call(e2e.Ctx(5*time.Second), &stats); err != nil {
+			t.Fatal(err)
+		}
+		if stats.MaxSeen != 2 || stats.Calls != 10 {
+			t.Fatalf("stored requests ran %d at once (want the share, 2) and %d times (want 10)", stats.MaxSeen, stats.Calls)
+		}
+	})
+
 	t.Run("graph refuses", func(t *testing.T) {
 		if _, err := s.Client.DeployGraph(e2e.Ctx(10*time.Second), client.GraphSpec{Name: "g1", Output: "a", Nodes: []client.GraphNode{
 			{Name: "a", Call: "double", Args: []json.RawMessage{json.RawMessage(`"$input"`)}},
