@@ -1,6 +1,7 @@
 package durable
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -30,9 +31,13 @@ import (
 // so records stay readable while the lease moves.
 
 // maxConcurrent bounds the requests the service handles at once per
-// process (each is a few KV round trips; waits hold one until their
-// record ends or their time is up).
-const maxConcurrent = 512
+// process (each is a few KV round trips), and maxWaiting the waits (each
+// holds a KV watch until its record ends or its time is up) apart from
+// them, so that many waiters never hold up submissions and reads.
+const (
+	maxConcurrent = 512
+	maxWaiting    = 1024
+)
 
 // maxWait bounds one wait operation; callers ask again.
 const maxWait = 30 * time.Second
@@ -48,14 +53,19 @@ func Serve(ctx context.Context, nc *nats.Conn, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	s := &service{nc: nc, js: js, log: log, sem: make(chan struct{}, maxConcurrent)}
+	s := &service{nc: nc, js: js, log: log}
+	short, waits := make(chan struct{}, maxConcurrent), make(chan struct{}, maxWaiting)
 	var wg sync.WaitGroup
 	sub, err := nc.QueueSubscribe(wire.AsyncServiceSubject, wire.AsyncServiceQueue, func(m *nats.Msg) {
 		if m.Reply == "" {
 			return
 		}
+		sem := short
+		if isWait(m.Data) {
+			sem = waits
+		}
 		select {
-		case s.sem <- struct{}{}:
+		case sem <- struct{}{}:
 		default:
 			s.respond(m, &wire.AsyncServiceReply{Code: wire.AsyncCodeBusy, Error: "the requests service is busy; try again"})
 			return
@@ -63,7 +73,7 @@ func Serve(ctx context.Context, nc *nats.Conn, log *slog.Logger) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-s.sem }()
+			defer func() { <-sem }()
 			s.handle(ctx, m)
 		}()
 	})
@@ -76,11 +86,14 @@ func Serve(ctx context.Context, nc *nats.Conn, log *slog.Logger) error {
 	return nil
 }
 
+// isWait tells a wait operation from the others without decoding the
+// request (a wrong guess only picks the other limit).
+func isWait(b []byte) bool { return bytes.Contains(b, []byte(`"op":"`+wire.AsyncOpWait+`"`)) }
+
 type service struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	log *slog.Logger
-	sem chan struct{}
 
 	mu  sync.Mutex // guards kv, obj
 	kv  jetstream.KeyValue
