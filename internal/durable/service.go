@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -152,13 +153,9 @@ func fail(code, format string, args ...any) *wire.AsyncServiceReply {
 }
 
 func (s *service) handle(ctx context.Context, m *nats.Msg) {
-	var req wire.AsyncServiceRequest
-	if len(m.Data) > wire.MaxAsyncServiceRequest {
-		s.respond(m, fail(wire.AsyncCodeInvalid, "request of %d bytes is over the %d byte limit", len(m.Data), wire.MaxAsyncServiceRequest))
-		return
-	}
-	if err := json.Unmarshal(m.Data, &req); err != nil {
-		s.respond(m, fail(wire.AsyncCodeInvalid, "request: %v", err))
+	req, rep := decodeRequest(m.Data)
+	if rep != nil {
+		s.respond(m, rep)
 		return
 	}
 	limit := 10 * time.Second
@@ -172,14 +169,13 @@ func (s *service) handle(ctx context.Context, m *nats.Msg) {
 		s.respond(m, fail(wire.AsyncCodeNotReady, "the requests bucket is not ready: %v", err))
 		return
 	}
-	var rep *wire.AsyncServiceReply
 	switch req.Op {
 	case wire.AsyncOpRecord:
 		rep = s.record(rctx, kv, req.Record)
 	case wire.AsyncOpClaim:
-		rep = s.claim(rctx, kv, &req)
+		rep = s.claim(rctx, kv, req)
 	case wire.AsyncOpRelease:
-		rep = s.release(rctx, kv, &req)
+		rep = s.release(rctx, kv, req)
 	case wire.AsyncOpGet:
 		rep = s.get(rctx, kv, req.ID)
 	case wire.AsyncOpWait:
@@ -188,10 +184,49 @@ func (s *service) handle(ctx context.Context, m *nats.Msg) {
 		rep = s.cancel(rctx, kv, req.ID)
 	case wire.AsyncOpChunk:
 		rep = s.chunk(rctx, req.ID, req.Offset)
-	default:
-		rep = fail(wire.AsyncCodeInvalid, "unknown operation %.20q (want record, claim, release, get, wait, cancel or chunk)", req.Op)
 	}
 	s.respond(m, rep)
+}
+
+// decodeRequest decodes and checks a request from outside: a request it
+// returns has a known operation and the fields that operation needs in
+// their shapes; anything else is a one-line error reply.
+func decodeRequest(b []byte) (*wire.AsyncServiceRequest, *wire.AsyncServiceReply) {
+	if len(b) > wire.MaxAsyncServiceRequest {
+		return nil, fail(wire.AsyncCodeInvalid, "request of %d bytes is over the %d byte limit", len(b), wire.MaxAsyncServiceRequest)
+	}
+	var req wire.AsyncServiceRequest
+	if err := json.Unmarshal(b, &req); err != nil {
+		return nil, fail(wire.AsyncCodeInvalid, "request: %.200s", oneLine(err.Error()))
+	}
+	switch req.Op {
+	case wire.AsyncOpRecord:
+		if !newRecord(req.Record) {
+			return nil, fail(wire.AsyncCodeInvalid, "record: not a new queued request")
+		}
+	case wire.AsyncOpClaim, wire.AsyncOpRelease:
+		if _, rep := idemKey(&req); rep != nil {
+			return nil, rep
+		}
+	case wire.AsyncOpGet, wire.AsyncOpWait, wire.AsyncOpCancel, wire.AsyncOpChunk:
+		if !wire.ValidAsyncID(req.ID) {
+			return nil, fail(wire.AsyncCodeNotFound, "request %.40q: no such request", oneLine(req.ID))
+		}
+		if req.Offset < 0 || req.WaitMS < 0 {
+			return nil, fail(wire.AsyncCodeInvalid, "negative offset or wait")
+		}
+	default:
+		return nil, fail(wire.AsyncCodeInvalid, "unknown operation %.20q (want record, claim, release, get, wait, cancel or chunk)", oneLine(req.Op))
+	}
+	return &req, nil
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// newRecord reports whether r is a submission's new queued record.
+func newRecord(r *wire.AsyncRecord) bool {
+	return r != nil && wire.ValidAsyncID(r.ID) && wire.ValidateName("deployment", r.Deployment) == nil && r.Status == wire.AsyncQueued &&
+		r.Attempts == 0 && len(r.Result) == 0 && !r.ResultObject && r.Error == "" && (r.Kind == wire.KindHTTP || r.Kind == wire.KindCall)
 }
 
 // read returns request id's record and revision (nil when there is none).
@@ -223,8 +258,7 @@ func public(r *wire.AsyncRecord) *wire.AsyncServiceReply {
 // record creates a submission's queued record (a record that exists
 // already — the controller folded an event first — is returned as it is).
 func (s *service) record(ctx context.Context, kv jetstream.KeyValue, r *wire.AsyncRecord) *wire.AsyncServiceReply {
-	if r == nil || !wire.ValidAsyncID(r.ID) || wire.ValidateName("deployment", r.Deployment) != nil || r.Status != wire.AsyncQueued ||
-		r.Attempts != 0 || len(r.Result) > 0 || r.ResultObject || r.Error != "" || (r.Kind != wire.KindHTTP && r.Kind != wire.KindCall) {
+	if !newRecord(r) {
 		return fail(wire.AsyncCodeInvalid, "record: not a new queued request")
 	}
 	r.Started, r.Finished = time.Time{}, time.Time{}
