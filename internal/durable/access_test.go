@@ -162,6 +162,23 @@ func TestRequestIDsAreCapabilities(t *testing.T) {
 		t.Fatalf("a denied probe was answered on %s: %s", m.Subject, m.Data)
 	}
 
+	// Only identities allowed to call deployments submit or ask the
+	// service: a node agent's credentials may not.
+	nv := &violations{subj: map[string]bool{}}
+	node := testutil.Conn(t, s.URL, append(testutil.CredsOptions(t, s.URL, "node-n1"), nats.ErrorHandler(nv.handler))...)
+	for _, subj := range []string{wire.AsyncSubject("p"), wire.AsyncServiceSubject} {
+		_ = node.PublishRequest(subj, node.NewRespInbox(), []byte(`{"op":"get","id":"`+id+`"}`))
+	}
+	_ = node.Flush()
+	testutil.Eventually(t, 5*time.Second, func() error {
+		for _, subj := range []string{wire.AsyncSubject("p"), wire.AsyncServiceSubject} {
+			if !nv.has(subj) {
+				return errors.New("node credentials not refused on " + subj)
+			}
+		}
+		return nil
+	})
+
 	// The requests service answers by id only.
 	for _, body := range []string{`{"op":"list"}`, `{"op":"get","id":"*"}`, `{"op":"get","id":">"}`, `{"op":"wait","id":"*","wait_ms":1}`,
 		`{"op":"chunk","id":"*"}`, `{"op":"get","id":"` + strings.Repeat("a", 32) + `"}`, `{"op":"cancel","id":"req.*"}`,
