@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -40,7 +41,46 @@ var (
 	idle        = flag.Duration("idle", 20*time.Second, "idle window over which CPU is measured")
 	port        = flag.Int("nats-port", 14222, "NATS port of natserve up")
 	httpAddr    = flag.String("addr", "127.0.0.1:18000", "ingress address of natserve up")
+	pprofAddr   = flag.String("pprof", "", "serve natserve up's profiles here (NATSERVE_PPROF) and save CPU profiles of the deploy and idle phases in -profile-dir")
+	profileDir  = flag.String("profile-dir", ".", "where -pprof's profiles go (scale-deploy.pprof, scale-idle.pprof)")
 )
+
+// loadavg returns the 1-minute load average as text ("?" when unknown).
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Fields(string(b))[0]
+}
+
+// profileCPU saves a CPU profile of natserve up over d into file (in the
+// background); wait for the returned channel.
+func profileCPU(d time.Duration, file string) <-chan struct{} {
+	done := make(chan struct{})
+	if *pprofAddr == "" {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", *pprofAddr, int(d.Seconds())))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "scale: profile:", err)
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(filepath.Join(*profileDir, file))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "scale: profile:", err)
+			return
+		}
+		defer f.Close()
+		_, _ = io.Copy(f, resp.Body)
+		fmt.Printf("saved %s (load average %s)\n", filepath.Join(*profileDir, file), loadavg())
+	}()
+	return done
+}
 
 func run() error {
 	flag.Parse()
@@ -58,6 +98,10 @@ func run() error {
 	up := exec.Command(bin+"/natserve", "up", "-data", filepath.Join(dir, "data"), "-nats-port", strconv.Itoa(*port), "-addr", *httpAddr, "-metrics-addr", "127.0.0.1:0")
 	up.Stderr, up.Stdout = os.Stderr, nil
 	up.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if *pprofAddr != "" {
+		up.Env = append(os.Environ(), "NATSERVE_PPROF="+*pprofAddr)
+	}
+	fmt.Printf("load average at start: %s\n", loadavg())
 	if err := up.Start(); err != nil {
 		return err
 	}
@@ -81,6 +125,10 @@ func run() error {
 			}
 		}
 	}()
+	// natserve up turns authentication on and writes the admin credentials
+	// into its data directory: this process, servectl and the extra agents
+	// use them (through $NATSERVE_CREDS).
+	os.Setenv(client.CredsEnv, filepath.Join(dir, "data", "auth", "admin.creds"))
 	ctx := context.Background()
 	var c *client.Client
 	for i := 0; ; i++ {
@@ -115,6 +163,7 @@ func run() error {
 		cfg.Deployments = append(cfg.Deployments, client.ConfigDeployment{Spec: client.DeploymentSpec{Name: fmt.Sprintf("d%04d", i), Class: "MyFirstDeployment",
 			InitArgs: json.RawMessage(fmt.Sprintf(`["d%04d"]`, i)), NumReplicas: r}})
 	}
+	deployProf := profileCPU(20*time.Second, "scale-deploy.pprof")
 	start := time.Now()
 	if _, err := c.Apply(ctx, cfg, client.ApplyOptions{}); err != nil {
 		return fmt.Errorf("apply: %w", err)
@@ -131,7 +180,8 @@ func run() error {
 		time.Sleep(200 * time.Millisecond)
 	}
 	allHealthy := time.Since(start)
-	fmt.Printf("apply: %v; all %d HEALTHY after %v\n", applied.Round(time.Millisecond), n, allHealthy.Round(time.Millisecond))
+	fmt.Printf("apply: %v; all %d HEALTHY after %v (load average %s)\n", applied.Round(time.Millisecond), n, allHealthy.Round(time.Millisecond), loadavg())
+	<-deployProf
 
 	// Idle.
 	time.Sleep(5 * time.Second) // let the starts settle
@@ -145,15 +195,18 @@ func run() error {
 		agT0 += cpu(a.Process.Pid)
 	}
 	t0 := time.Now()
+	la0 := loadavg()
+	idleProf := profileCPU(*idle, "scale-idle.pprof")
 	time.Sleep(*idle)
+	<-idleProf
 	wall := time.Since(t0).Seconds()
 	upCPU, repCPU, agCPU := (cpu(up.Process.Pid)-upT0)/wall*100, (sumCPU(reps)-repT0)/wall*100, 0.0
 	for _, a := range procs {
 		agCPU += cpu(a.Process.Pid)
 	}
 	agCPU = (agCPU - agT0) / wall * 100
-	fmt.Printf("idle CPU: natserve up %.2f%% of a core; extra agents %.2f%% in all; replicas %.2f%% in all, %.4f%% each\n",
-		upCPU, agCPU, repCPU, repCPU/float64(max(len(reps), 1)))
+	fmt.Printf("idle CPU over %.0f s (load average %s → %s): natserve up %.2f%% of a core; extra agents %.2f%% in all; replicas %.2f%% in all, %.4f%% each\n",
+		wall, la0, loadavg(), upCPU, agCPU, repCPU, repCPU/float64(max(len(reps), 1)))
 	fmt.Printf("memory (PSS): natserve up %.1f MB; replicas %.1f MB in all, %.2f MB each\n",
 		pss(up.Process.Pid)/1024, sumPSS(reps)/1024, sumPSS(reps)/1024/float64(max(len(reps), 1)))
 
@@ -171,7 +224,7 @@ func run() error {
 			ts = append(ts, time.Since(s))
 		}
 		sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
-		fmt.Printf("servectl %s: median %v, min %v, max %v (wall, 5 runs)\n", args[0], ts[2].Round(time.Millisecond), ts[0].Round(time.Millisecond), ts[4].Round(time.Millisecond))
+		fmt.Printf("servectl %s: median %v, min %v, max %v (wall, 5 runs; load average %s)\n", args[0], ts[2].Round(time.Millisecond), ts[0].Round(time.Millisecond), ts[4].Round(time.Millisecond), loadavg())
 	}
 
 	// A new route reaches the ingress.
@@ -194,7 +247,7 @@ func run() error {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
-		fmt.Printf("deploy → first 200 at /%s: %v\n", name, time.Since(s).Round(time.Millisecond))
+		fmt.Printf("deploy → first 200 at /%s: %v (load average %s)\n", name, time.Since(s).Round(time.Millisecond), loadavg())
 	}
 
 	// A killed replica is replaced.
@@ -217,7 +270,7 @@ func run() error {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
-		fmt.Printf("kill -9 a replica of %s → HEALTHY again with a new one: %v\n", name, time.Since(s).Round(time.Millisecond))
+		fmt.Printf("kill -9 a replica of %s → HEALTHY again with a new one: %v (load average %s)\n", name, time.Since(s).Round(time.Millisecond), loadavg())
 	}
 
 	out, _ := exec.Command("du", "-sh", filepath.Join(dir, "data")).Output()

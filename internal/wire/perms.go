@@ -56,15 +56,25 @@ func InboxPrefix(role string, name ...string) string {
 func kvInfo(bucket string) string { return "$JS.API.STREAM.INFO.KV_" + bucket }
 
 // kvRead allows reading the keys of bucket under prefix ("" or a key
-// prefix ending in "." followed by a wildcard, e.g. "n1.*").
+// prefix ending in "." followed by a wildcard, e.g. "n1.*"), watches
+// included: a watch is an ordered consumer with flow control, and the
+// server stalls it (until the watch's heartbeats time out and it starts
+// over, again and again) when its flow-control replies are refused —
+// which happens as soon as a watch's initial values are large (a node's
+// 1,000 assignments).
 func kvRead(bucket, keys string) []string {
 	filter := "$KV." + bucket + "." + keys
 	return []string{
 		kvInfo(bucket),
 		"$JS.API.CONSUMER.CREATE.KV_" + bucket + ".*." + filter,
 		"$JS.API.DIRECT.GET.KV_" + bucket + "." + filter,
+		kvFlowControl(bucket),
 	}
 }
+
+// kvFlowControl is where a watch of bucket answers the server's flow
+// control ($JS.FC.<stream>.<id>.<seq>).
+func kvFlowControl(bucket string) string { return "$JS.FC.KV_" + bucket + ".>" }
 
 func kvWrite(bucket, keys string) string { return "$KV." + bucket + "." + keys }
 
@@ -87,6 +97,7 @@ func ControllerPerms() Perms {
 	return Perms{
 		Pub: []string{
 			"$JS.API.>", // create, open and watch the buckets
+			"$JS.FC.>",  // the watches' flow control (kvRead)
 			"$KV.>",     // write every key
 			subjectRoot + "rep.>",
 			APISubject("*"),

@@ -15,6 +15,7 @@ func TestPerms(t *testing.T) {
 			"$JS.API.STREAM.INFO.KV_natserve_routes",
 			"$JS.API.CONSUMER.CREATE.KV_natserve_routes.*.$KV.natserve_routes.>",
 			"$JS.API.DIRECT.GET.KV_natserve_routes.$KV.natserve_routes.>",
+			"$JS.FC.KV_natserve_routes.>",
 			"$JS.API.CONSUMER.DELETE.>",
 			"natserve.async.*", "natserve.areq",
 		}
@@ -26,7 +27,7 @@ func TestPerms(t *testing.T) {
 	}{
 		{"admin", AdminPerms(), Perms{Pub: []string{">"}, Sub: []string{">"}, InboxPrefix: "_INBOX"}},
 		{"controller", ControllerPerms(), Perms{
-			Pub: []string{"$JS.API.>", "$KV.>", "natserve.rep.>", "natserve.api.*", "$SRV.*", "$O.>", "$JS.ACK.>", "natserve.acancel.*", "_INBOX.>", "natserve.cb.>", "natserve.evt.exit.controller"},
+			Pub: []string{"$JS.API.>", "$JS.FC.>", "$KV.>", "natserve.rep.>", "natserve.api.*", "$SRV.*", "$O.>", "$JS.ACK.>", "natserve.acancel.*", "_INBOX.>", "natserve.cb.>", "natserve.evt.exit.controller"},
 			Sub: []string{"natserve.api.* natserve-controller", "natserve.areq natserve-requests", "natserve.evt.>", "_INBOX.controller.>",
 				"$SRV.*", "$SRV.*.natserve-controller", "$SRV.*.natserve-controller.*"},
 			Responses: true, InboxPrefix: "_INBOX.controller",
@@ -37,9 +38,11 @@ func TestPerms(t *testing.T) {
 				"$JS.API.STREAM.INFO.KV_natserve_assignments",
 				"$JS.API.CONSUMER.CREATE.KV_natserve_assignments.*.$KV.natserve_assignments.n1.*",
 				"$JS.API.DIRECT.GET.KV_natserve_assignments.$KV.natserve_assignments.n1.*",
+				"$JS.FC.KV_natserve_assignments.>",
 				"$JS.API.STREAM.INFO.KV_natserve_replicas",
 				"$JS.API.CONSUMER.CREATE.KV_natserve_replicas.*.$KV.natserve_replicas.n1.*",
 				"$JS.API.DIRECT.GET.KV_natserve_replicas.$KV.natserve_replicas.n1.*",
+				"$JS.FC.KV_natserve_replicas.>",
 				"$JS.API.CONSUMER.DELETE.>", "natserve.rep.*.*.ping", "natserve.rep.*.*.adopt", "natserve.rep.*.*.metrics", "natserve.evt.exit.n1",
 			},
 			Sub: []string{"_INBOX.node.n1.>"}, InboxPrefix: "_INBOX.node.n1",
