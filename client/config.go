@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/natserve/natserve/internal/wire"
 	"go.yaml.in/yaml/v3"
@@ -445,6 +446,13 @@ type ApplyOptions struct {
 // ApplyResult says what Apply changed.
 type ApplyResult = wire.APIApplyResult
 
+// ApplyTimeout is how long Apply waits for the controller when ctx has no
+// deadline: 10 s, plus 50 ms for each deployment or graph past the first
+// (60 s for 1,000), the time the controller gives itself to write them.
+func ApplyTimeout(cfg *Config) time.Duration {
+	return wire.APITimeout(len(cfg.Deployments) + len(cfg.Graphs))
+}
+
 // Apply makes the cluster's deployments match cfg: it creates and updates
 // what cfg lists and, with Prune, deletes the rest. The controller
 // validates the whole file before writing anything, so a file with an
@@ -467,6 +475,11 @@ func (c *Client) Apply(ctx context.Context, cfg *Config, opts ApplyOptions) (*Ap
 		}
 		req.Graphs = append(req.Graphs, b)
 		lines[g.Spec.Name] = g.Line
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, ApplyTimeout(cfg))
+		defer cancel()
 	}
 	var res ApplyResult
 	if err := c.api(ctx, wire.APIApply, req, &res); err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -41,9 +42,7 @@ func (c *Controller) serveAPI(ctx context.Context, st *state, m *nats.Msg) {
 	if len(m.Data) > wire.MaxAPIRequest {
 		err = fail(wire.APIInvalid, "request of %d bytes is over the %d byte limit", len(m.Data), wire.MaxAPIRequest)
 	} else {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		data, err = c.handle(rctx, st, verb, m.Data)
-		cancel()
+		data, err = c.handle(ctx, st, verb, m.Data)
 	}
 	if err != nil {
 		var ae *apiError
@@ -72,6 +71,17 @@ func decodeStrict(b []byte, v any) error {
 }
 
 func (c *Controller) handle(ctx context.Context, st *state, verb string, body []byte) (any, error) {
+	if verb == wire.APIApply {
+		var req wire.APIApplyRequest
+		if err := decodeStrict(body, &req); err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(ctx, wire.APITimeout(len(req.Deployments)+len(req.Graphs)))
+		defer cancel()
+		return c.apply(ctx, st, req)
+	}
+	ctx, cancel := context.WithTimeout(ctx, wire.APITimeout(1))
+	defer cancel()
 	switch verb {
 	case wire.APIDeploy:
 		spec, err := decodeSpec(body)
@@ -137,12 +147,6 @@ func (c *Controller) handle(ctx context.Context, st *state, verb string, body []
 			return nil, err
 		}
 		return c.wake(st, req.Name), nil
-	case wire.APIApply:
-		var req wire.APIApplyRequest
-		if err := decodeStrict(body, &req); err != nil {
-			return nil, err
-		}
-		return c.apply(ctx, st, req)
 	}
 	return nil, fail(wire.APIInvalid, "unknown control API verb %q", verb)
 }
@@ -246,6 +250,9 @@ func (c *Controller) apply(ctx context.Context, st *state, req wire.APIApplyRequ
 	return res, nil
 }
 
+// applyWriters bounds the KV writes one apply has in flight.
+const applyWriters = 32
+
 // applySet is the set an apply request lists.
 type applySet struct {
 	specs     []client.DeploymentSpec
@@ -315,6 +322,11 @@ func (c *Controller) validateSet(st *state, set *applySet, prune bool) error {
 // writeSet writes what changed (nothing with dryRun) and records in res
 // what was created, updated or left unchanged.
 func (c *Controller) writeSet(ctx context.Context, st *state, set *applySet, dryRun bool, res *wire.APIApplyResult) error {
+	type write struct {
+		spec client.DeploymentSpec
+		rev  uint64
+	}
+	var writes []write
 	for _, spec := range set.specs {
 		old, rev, exists := st.deps.get(spec.Name)
 		switch {
@@ -326,9 +338,30 @@ func (c *Controller) writeSet(ctx context.Context, st *state, set *applySet, dry
 		default:
 			res.Created = append(res.Created, spec.Name)
 		}
-		if !dryRun {
-			if err := c.write(ctx, st, spec, rev); err != nil {
-				return about(spec.Name, err)
+		writes = append(writes, write{spec, rev})
+	}
+	if !dryRun {
+		// Each write is one KV round trip: a file of 1,000 deployments
+		// written one after the other takes 1,000 round trips, seconds on
+		// a loaded machine. Several at once; the first error (in the
+		// file's order) is the answer, as it was one by one.
+		errs := make([]error, len(writes))
+		sem := make(chan struct{}, applyWriters)
+		var wg sync.WaitGroup
+		for i, w := range writes {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				if err := c.write(ctx, st, w.spec, w.rev); err != nil {
+					errs[i] = about(w.spec.Name, err)
+				}
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				return err
 			}
 		}
 	}

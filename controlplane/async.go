@@ -53,11 +53,11 @@ func (c *Controller) asyncLoop(ctx context.Context, st *state) {
 		return
 	}
 	st.spawn(func() { c.fold(ctx, st, kv, obj) })
-	made := map[string]string{} // deployment → the stream settings made
+	ss := &streamSync{made: map[string]madeStream{}}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
-		c.syncStreams(ctx, st, kv, made)
+		c.syncStreams(ctx, st, kv, ss)
 		select {
 		case <-ctx.Done():
 			return
@@ -97,36 +97,77 @@ func (c *Controller) ensureAsync(ctx context.Context) (jetstream.KeyValue, jetst
 	return kv, obj, nil
 }
 
-// syncStreams keeps one request stream per deployment, removes the
-// streams of deleted deployments (failing their queued requests), and
-// reports the backlogs of autoscaled deployments (one consumer info each
-// per second; the others need none).
-func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.KeyValue, made map[string]string) {
+// streamSync is what syncStreams remembers between its passes, so that an
+// idle pass over 1,000 deployments costs a map lookup each: no spec
+// normalized, no stream listed.
+type streamSync struct {
+	made   map[string]madeStream // deployment → its stream, as made
+	listed time.Time             // last listing of the request streams
+}
+
+// madeStream is a deployment's request stream as made (or last tried) for
+// one spec revision.
+type madeStream struct {
+	rev        uint64
+	ok         bool      // made; false: retry at retry
+	retry      time.Time // when a failed attempt is tried again
+	autoscaled bool
+}
+
+// streamListEvery is how often syncStreams lists the request streams to
+// find those of deployments it never saw (deleted while no controller
+// led); deletions it sees are handled at once.
+const streamListEvery = time.Minute
+
+// streamRetry is how long a failed stream creation waits for its retry.
+const streamRetry = 10 * time.Second
+
+// syncStreams keeps one request stream per deployment (made once per spec
+// revision), removes the streams of deleted deployments (failing their
+// queued requests), and reports the backlogs of autoscaled deployments
+// (one consumer info each per second; the others need none).
+func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.KeyValue, ss *streamSync) {
 	backlog := map[string]float64{}
-	for _, d := range st.deps.all() {
-		spec := d.val
-		if spec.Normalize() != nil {
-			continue
+	now := time.Now()
+	live := map[string]bool{}
+	var todo []keyed[client.DeploymentSpec] // changed since made: no I/O under the table's lock
+	st.deps.each(func(name string, spec client.DeploymentSpec, rev uint64) {
+		live[name] = true
+		if m, seen := ss.made[name]; !seen || m.rev != rev || (!m.ok && now.After(m.retry)) {
+			todo = append(todo, keyed[client.DeploymentSpec]{name, spec, rev})
 		}
-		want := fmt.Sprintf("%d/%d/%d", spec.MaxStoredRequests, spec.MaxAttempts, c.cfg.KVReplicas)
-		if made[spec.Name] != want {
-			if err := c.ensureRequestStream(ctx, &spec); err != nil {
-				c.log.Warn("creating a request stream failed", "deployment", spec.Name, "err", err)
+	})
+	for _, d := range todo {
+		name, spec, rev := d.key, d.val, d.rev
+		if m, seen := ss.made[name]; !seen || m.rev != rev || (!m.ok && now.After(m.retry)) {
+			m := madeStream{rev: rev}
+			if spec.Normalize() != nil {
+				m.ok = true // never valid: nothing to make
+				ss.made[name] = m
 				continue
 			}
-			made[spec.Name] = want
+			m.autoscaled = spec.Autoscaled()
+			if err := c.ensureRequestStream(ctx, &spec); err != nil {
+				c.log.Warn("creating a request stream failed", "deployment", name, "err", err)
+				m.retry = now.Add(streamRetry)
+			} else {
+				m.ok = true
+			}
+			ss.made[name] = m
 		}
-		if !spec.Autoscaled() {
+	}
+	for name, m := range ss.made {
+		if !m.ok || !m.autoscaled || !live[name] {
 			continue // only the autoscaler reads the backlog
 		}
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		cons, err := c.js.Consumer(cctx, wire.AsyncStream(spec.Name), wire.AsyncConsumer)
+		cons, err := c.js.Consumer(cctx, wire.AsyncStream(name), wire.AsyncConsumer)
 		if err == nil {
 			if info, err := cons.Info(cctx); err == nil {
-				backlog[spec.Name] = float64(info.NumPending) + float64(info.NumAckPending)
+				backlog[name] = float64(info.NumPending) + float64(info.NumAckPending)
 			}
 		} else if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-			delete(made, spec.Name) // gone behind our back: make it again
+			delete(ss.made, name) // gone behind our back: make it again
 		}
 		cancel()
 	}
@@ -136,23 +177,33 @@ func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.Ke
 			c.wake(st, name) // a no-op unless it is autoscaled and at zero
 		}
 	}
-	// Streams of deployments that are gone.
+	// Streams of deployments that are gone: those this controller made,
+	// at once; others (deleted while no controller led) from a listing
+	// now and then.
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	names := c.js.StreamNames(lctx, jetstream.WithStreamListSubject(wire.AsyncSubject("*")))
 	var gone []string
-	for n := range names.Name() {
-		dep := wire.AsyncStreamDeployment(n)
-		if dep == "" {
-			continue
-		}
-		if _, _, ok := st.deps.get(dep); !ok {
+	for dep := range ss.made {
+		if !live[dep] {
 			gone = append(gone, dep)
+		}
+	}
+	if now.Sub(ss.listed) >= streamListEvery {
+		ss.listed = now
+		names := c.js.StreamNames(lctx, jetstream.WithStreamListSubject(wire.AsyncSubject("*")))
+		for n := range names.Name() {
+			dep := wire.AsyncStreamDeployment(n)
+			if dep == "" || live[dep] {
+				continue
+			}
+			if _, ok := ss.made[dep]; !ok {
+				gone = append(gone, dep)
+			}
 		}
 	}
 	for _, dep := range gone {
 		c.failQueued(lctx, st, kv, dep)
-		delete(made, dep)
+		delete(ss.made, dep)
 	}
 }
 

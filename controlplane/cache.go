@@ -107,6 +107,18 @@ func (t *table[T]) keys() []string {
 	return out
 }
 
+// each calls f for every live row, in no order, under the table's lock
+// (f must not call back into the table).
+func (t *table[T]) each(f func(key string, val T, rev uint64)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, r := range t.rows {
+		if !r.deleted {
+			f(k, r.val, r.rev)
+		}
+	}
+}
+
 // all returns the live rows sorted by key.
 func (t *table[T]) all() []keyed[T] {
 	t.mu.Lock()

@@ -47,7 +47,9 @@ func deploy(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 	}
-	cctx, cancel := e.ctx(ctx)
+	// A big file takes longer than --timeout's default: the wait grows
+	// with the number of deployments (client.ApplyTimeout).
+	cctx, cancel := context.WithTimeout(ctx, max(e.timeout, client.ApplyTimeout(cfg)))
 	res, err := cl.Apply(cctx, cfg, client.ApplyOptions{Prune: e.opts.prune, DryRun: e.opts.dryRun})
 	cancel()
 	if err != nil {

@@ -118,8 +118,12 @@ func Open(dir string, nodes ...string) (*Set, error) {
 	ac := jwt.NewAccountClaims(s.Account)
 	ac.Name = AccountName
 	ac.SigningKeys.Add(signerPub)
+	// Streams: the KV buckets, the object store, the results stream and
+	// one request stream per deployment (stored requests): a fixed cap
+	// (it was 256) left deployments past the ~250th without stored
+	// requests. Only the admin and the controller may create streams.
 	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{
-		MemoryStorage: -1, DiskStorage: -1, Streams: 256, Consumer: -1,
+		MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1,
 		MaxAckPending: -1, MemoryMaxStreamBytes: -1, DiskMaxStreamBytes: -1,
 	}
 	if s.AccountJWT, err = ac.Encode(op); err != nil {

@@ -1,6 +1,9 @@
 package wire
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Control API verbs, served on APISubject(verb) by the leading controller.
 // Requests and replies are JSON.
@@ -101,3 +104,12 @@ const (
 
 // MaxAPIRequest bounds a control API request body.
 const MaxAPIRequest = 1 << 20
+
+// APITimeout is how long a control API request about items deployments
+// and graphs may take, on both sides (the caller's wait and the
+// controller's work): 10 s, plus 50 ms an item past the first, so that an
+// apply of 1,000 deployments (a KV write each) gets 60 s on a loaded
+// machine rather than failing at a fixed 10 s.
+func APITimeout(items int) time.Duration {
+	return 10*time.Second + time.Duration(max(items-1, 0))*50*time.Millisecond
+}
