@@ -19,6 +19,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -270,36 +271,37 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 	}()
 	st.spawn(func() { c.asyncLoop(ctx, st) })
 
-	renew := time.NewTicker(c.cfg.LeaseTTL / 4)
-	defer renew.Stop()
+	// The lease is renewed on its own goroutine: a long pass (the first
+	// over 1,000 new deployments writes 1,000 assignments) must not delay
+	// a renewal past the lease's TTL, which made the leader step down in
+	// the middle of a big apply.
+	lost := make(chan struct{})
+	var leaseRev atomic.Uint64
+	leaseRev.Store(rev)
+	renewing := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(renewing)
+		c.renewLease(ctx, &leaseRev, lost)
+	}()
 	tick := time.NewTicker(c.cfg.ReconcileInterval)
 	defer tick.Stop()
 	fullPass := time.NewTicker(c.cfg.FullPassInterval)
 	defer fullPass.Stop()
 	st.ch.markAll() // the first pass covers everything
 	lastAlive := map[string]store.Node{}
-	lastRenew := time.Now()
 	for {
 		select {
 		case <-parent.Done():
+			<-renewing // ended with parent: the revision is final
 			dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_ = c.kv.Leader.Delete(dctx, wire.LeaderKey, jetstream.LastRevision(rev))
+			_ = c.kv.Leader.Delete(dctx, wire.LeaderKey, jetstream.LastRevision(leaseRev.Load()))
 			dcancel()
 			c.log.Info("released the lease")
 			return
-		case <-renew.C:
-			rctx, rcancel := context.WithTimeout(ctx, c.cfg.LeaseTTL/4)
-			nrev, err := store.Update(rctx, c.kv.Leader, wire.LeaderKey, c.lease(), rev)
-			rcancel()
-			switch {
-			case err == nil:
-				rev, lastRenew = nrev, time.Now()
-			case errors.Is(err, jetstream.ErrKeyExists) || time.Since(lastRenew) > c.cfg.LeaseTTL*3/4:
-				c.log.Warn("lost the lease; stepping down", "err", err)
-				return
-			default:
-				c.log.Warn("renewing the lease failed; retrying", "err", err)
-			}
+		case <-lost:
+			return
 		case <-fullPass.C:
 			st.ch.markAll()
 		case <-tick.C:
@@ -314,6 +316,38 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 				c.reconcile(ctx, st, names, reps, full)
 				c.m.loopTook(time.Since(start))
 			}
+		}
+	}
+}
+
+// renewLease renews the lease every TTL/4 until ctx ends; it closes lost
+// when the lease is gone (taken, expired, or not renewed for 3/4 of its
+// TTL).
+func (c *Controller) renewLease(ctx context.Context, rev *atomic.Uint64, lost chan<- struct{}) {
+	renew := time.NewTicker(c.cfg.LeaseTTL / 4)
+	defer renew.Stop()
+	lastRenew := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-renew.C:
+		}
+		rctx, rcancel := context.WithTimeout(ctx, c.cfg.LeaseTTL/4)
+		nrev, err := store.Update(rctx, c.kv.Leader, wire.LeaderKey, c.lease(), rev.Load())
+		rcancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil:
+			rev.Store(nrev)
+			lastRenew = time.Now()
+		case errors.Is(err, jetstream.ErrKeyExists) || time.Since(lastRenew) > c.cfg.LeaseTTL*3/4:
+			c.log.Warn("lost the lease; stepping down", "err", err)
+			close(lost)
+			return
+		default:
+			c.log.Warn("renewing the lease failed; retrying", "err", err)
 		}
 	}
 }

@@ -27,7 +27,7 @@ const DefaultOrphanTimeout = 5 * time.Minute
 // its pid in the spec, and an agent that adopts it sends its pid in an
 // adopt message. The replica records the process's start time (from
 // /proc), so a recycled pid does not pass for the agent. A watchdog checks
-// once a second (a quarter of the timeout if that is shorter) with one
+// every 5 s (a quarter of the timeout if that is shorter) with one
 // syscall and one small file read: nothing on the request path, no message
 // while idle, and it works with NATS down or the agent killed with -9.
 
@@ -95,7 +95,7 @@ func (r *Replica) startWatchdog(done <-chan struct{}) {
 		}
 	}
 	r.agentMu.Unlock()
-	every := min(time.Second, timeout/4)
+	every := min(5*time.Second, timeout/4) // an idle replica wakes rarely; a 5-minute timeout may run 5 s late
 	go func() {
 		t := time.NewTicker(every)
 		defer t.Stop()

@@ -43,6 +43,10 @@ type Replica struct {
 	traces *tracing.Provider // exports tracer's spans
 
 	sem       chan struct{}  // one token per running call
+	// wakeLoad and wakeBeat (cap 1) wake the load reporter and the
+	// heartbeats from their idle sleep when a call is admitted into an
+	// empty sem (admitted): an idle replica has no timer ticking.
+	wakeLoad, wakeBeat chan struct{}
 	inflight  sync.WaitGroup // running calls
 	inbox     chan *nats.Msg // the subscription delivers here; receivers take from it
 	receivers sync.WaitGroup // the goroutines taking from inbox
@@ -104,7 +108,7 @@ func NewReplica(reg *Registry, spec ReplicaSpec, log *slog.Logger) (*Replica, er
 	}
 	return &Replica{
 		spec: spec, reg: reg, log: log, pid: os.Getpid(), id: []byte(spec.Replica), cls: cls,
-		sem: make(chan struct{}, spec.MaxOngoingRequests), inbox: make(chan *nats.Msg, inboxSize), stop: make(chan struct{}),
+		sem: make(chan struct{}, spec.MaxOngoingRequests), wakeLoad: make(chan struct{}, 1), wakeBeat: make(chan struct{}, 1), inbox: make(chan *nats.Msg, inboxSize), stop: make(chan struct{}),
 		ackPlain: wire.AppendAck(nil, spec.Replica, 0), ackIdem: wire.AppendAck(nil, spec.Replica, wire.AckIdempotent),
 		idempotent: idem, calls: make([]callSlot, min(spec.MaxOngoingRequests, maxReceivers)+1), extra: map[*callSlot]struct{}{},
 	}, nil
@@ -132,7 +136,10 @@ func (r *Replica) Run(ctx context.Context) error {
 		// Reconnect for ever: the orphan timeout bounds a replica cut off from NATS.
 		nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
 		nats.DisconnectErrHandler(func(*nats.Conn, error) { r.disconnected.CompareAndSwap(0, time.Now().UnixNano()) }),
-		nats.ReconnectHandler(func(*nats.Conn) { r.disconnected.Store(0) }),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			r.disconnected.Store(0)
+			r.stored.reconnected() // a pull request waiting at the old server is gone: pull again
+		}),
 		nats.ClosedHandler(func(*nats.Conn) { r.Stop() }),
 	}, r.spec.tls().Options()...)
 	if r.spec.Creds != "" {
@@ -264,15 +271,32 @@ func (r *Replica) Run(ctx context.Context) error {
 
 // Load reporting: while calls run, ongoing requests are sampled every
 // loadSample and their mean is published every loadReport. An idle replica
-// (nothing in flight, last report zero) only glances at its slots every
-// loadIdlePoll and reports zero every loadIdleReport as a keep-alive, so a
-// thousand idle replicas cost next to nothing.
+// (nothing in flight, last report zero) sleeps until a call is admitted
+// (admitted wakes it) and reports zero every loadIdleReport as a
+// keep-alive, so a thousand idle replicas cost next to nothing: the
+// autoscaler counts a replica without reports in its look-back window as
+// idle, which is what the keep-alive says.
 const (
 	loadSample     = 100 * time.Millisecond
 	loadReport     = time.Second
-	loadIdlePoll   = time.Second
-	loadIdleReport = 5 * time.Second
+	loadIdleReport = 30 * time.Second
 )
+
+// admitted is called after a call took a token of sem: the first call into
+// an idle replica wakes the load reporter and the heartbeats. One length
+// read per call; a (non-blocking) send only when sem was empty.
+func (r *Replica) admitted() {
+	if len(r.sem) == 1 {
+		select {
+		case r.wakeLoad <- struct{}{}:
+		default:
+		}
+		select {
+		case r.wakeBeat <- struct{}{}:
+		default:
+		}
+	}
+}
 
 func (r *Replica) reportLoad(done <-chan struct{}) {
 	t := time.NewTimer(loadSample)
@@ -287,13 +311,23 @@ func (r *Replica) reportLoad(done <-chan struct{}) {
 		case <-t.C:
 		}
 		ongoing := len(r.sem)
-		if n == 0 && ongoing == 0 && lastValue == 0 { // idle
-			if time.Since(lastSent) >= loadIdleReport {
+		if n == 0 && ongoing == 0 && lastValue == 0 { // idle: sleep until a call or the keep-alive
+			wait := loadIdleReport - time.Since(lastSent)
+			if wait <= 0 {
 				r.publishLoad(0, time.Since(start))
-				lastSent = time.Now()
+				lastSent, wait = time.Now(), loadIdleReport
 			}
+			idle := time.NewTimer(wait)
+			select {
+			case <-done:
+				idle.Stop()
+				return
+			case <-r.wakeLoad:
+			case <-idle.C:
+			}
+			idle.Stop()
 			start = time.Now()
-			t.Reset(loadIdlePoll)
+			t.Reset(loadSample)
 			continue
 		}
 		sum += float64(ongoing)
@@ -394,6 +428,7 @@ func (r *Replica) receive(slot *callSlot) {
 	for m := range r.inbox {
 		select {
 		case r.sem <- struct{}{}:
+			r.admitted()
 		default:
 			if r.metrics != nil {
 				r.metrics.busy.Inc()
@@ -518,7 +553,7 @@ func (r *Replica) acknowledge(m *nats.Msg, oc *outcome, method string, slot *cal
 // wire.HeartbeatInterval, every interval, until done. An idle replica sends
 // nothing.
 func (r *Replica) heartbeats(done <-chan struct{}) {
-	t := time.NewTicker(wire.HeartbeatInterval)
+	t := time.NewTimer(wire.HeartbeatInterval)
 	defer t.Stop()
 	beat := func(s *callSlot, now time.Time) {
 		if a := s.reply.Load(); a != nil && now.Sub(a.since) >= wire.HeartbeatInterval {
@@ -526,6 +561,14 @@ func (r *Replica) heartbeats(done <-chan struct{}) {
 		}
 	}
 	for {
+		if len(r.sem) == 0 { // idle: sleep until a call is admitted
+			select {
+			case <-done:
+				return
+			case <-r.wakeBeat:
+			}
+		}
+		t.Reset(wire.HeartbeatInterval)
 		select {
 		case <-done:
 			return
