@@ -42,15 +42,15 @@ type Replica struct {
 	tracer trace.Tracer      // nil: tracing off (the spec names no OTLP endpoint)
 	traces *tracing.Provider // exports tracer's spans
 
-	sem       chan struct{}  // one token per running call
+	sem chan struct{} // one token per running call
 	// wakeLoad and wakeBeat (cap 1) wake the load reporter and the
 	// heartbeats from their idle sleep when a call is admitted into an
 	// empty sem (admitted): an idle replica has no timer ticking.
 	wakeLoad, wakeBeat chan struct{}
-	inflight  sync.WaitGroup // running calls
-	inbox     chan *nats.Msg // the subscription delivers here; receivers take from it
-	receivers sync.WaitGroup // the goroutines taking from inbox
-	draining  atomic.Bool
+	inflight           sync.WaitGroup // running calls
+	inbox              chan *nats.Msg // the subscription delivers here; receivers take from it
+	receivers          sync.WaitGroup // the goroutines taking from inbox
+	draining           atomic.Bool
 
 	// Admission acknowledgments (wire.AppendAck): the payloads for a
 	// method declared idempotent and for the others, built once.
