@@ -334,14 +334,24 @@ func (c *Controller) renewLease(ctx context.Context, rev *atomic.Uint64, lost ch
 		case <-renew.C:
 		}
 		rctx, rcancel := context.WithTimeout(ctx, c.cfg.LeaseTTL/4)
+		written := time.Now()
 		nrev, err := store.Update(rctx, c.kv.Leader, wire.LeaderKey, c.lease(), rev.Load())
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			// A renewal that timed out on a busy broker may have been
+			// written all the same: the lease is still ours if it names
+			// this controller (an expired lease is gone from the bucket).
+			var l store.Lease
+			if grev, gerr := store.Get(rctx, c.kv.Leader, wire.LeaderKey, &l); gerr == nil && l.Holder == c.cfg.ID {
+				nrev, err, written = grev, nil, l.Renewed
+			}
+		}
 		rcancel()
 		switch {
 		case ctx.Err() != nil:
 			return
 		case err == nil:
 			rev.Store(nrev)
-			lastRenew = time.Now()
+			lastRenew = written
 		case errors.Is(err, jetstream.ErrKeyExists) || time.Since(lastRenew) > c.cfg.LeaseTTL*3/4:
 			c.log.Warn("lost the lease; stepping down", "err", err)
 			close(lost)
@@ -405,6 +415,11 @@ type state struct {
 	seen   map[string]time.Time
 	dep    map[string]*depState
 	health map[string]*healthState
+	// healthDue is the earliest time a health check may be due (zero:
+	// look now); the health loop skips its walk over every replica
+	// before it. Whatever makes a check due sooner (a check ends, a
+	// replica is probed as an orphan, one is first seen) sets it.
+	healthDue time.Time
 	busy   map[string]bool // replicas with a reconfigure in flight
 	wakes  map[string]bool // deployments a caller asked to wake
 }

@@ -48,6 +48,10 @@ const (
 	// a second at 30 s, 200 at the former 5 s). A reconnect ends the
 	// wait at once (the request was lost with the old connection).
 	storedFetchMax = 30 * time.Second
+	// storedFetchBeat is the server's idle heartbeat on a waiting pull (the
+	// client library would pick 5 s: 200 heartbeats a second to 1,000 idle
+	// replicas); under half of the pull's expiry (90% of storedFetchMax).
+	storedFetchBeat = 13 * time.Second
 	// storedPublishFor bounds the retries of storing a result while the
 	// broker is unreachable; the request is redelivered after that.
 	storedPublishFor = 2 * time.Minute
@@ -207,7 +211,7 @@ func (r *Replica) pullStored(ctx context.Context, js jetstream.JetStream, cons j
 			break
 		}
 		fctx, cancel := context.WithTimeout(r.stored.fetchCtx(ctx), storedFetchMax)
-		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(storedFetchBeat))
 		got := 0
 		if err == nil {
 			for msg := range batch.Messages() {
