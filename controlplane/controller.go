@@ -420,8 +420,8 @@ type state struct {
 	// before it. Whatever makes a check due sooner (a check ends, a
 	// replica is probed as an orphan, one is first seen) sets it.
 	healthDue time.Time
-	busy   map[string]bool // replicas with a reconfigure in flight
-	wakes  map[string]bool // deployments a caller asked to wake
+	busy      map[string]bool // replicas with a reconfigure in flight
+	wakes     map[string]bool // deployments a caller asked to wake
 }
 
 func newState() *state {
