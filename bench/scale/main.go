@@ -210,6 +210,29 @@ func run() error {
 	fmt.Printf("memory (PSS): natserve up %.1f MB; replicas %.1f MB in all, %.2f MB each\n",
 		pss(up.Process.Pid)/1024, sumPSS(reps)/1024, sumPSS(reps)/1024/float64(max(len(reps), 1)))
 
+	if *pprofAddr != "" { // what natserve up's memory holds
+		if resp, err := http.Get("http://" + *pprofAddr + "/debug/pprof/heap"); err == nil {
+			if f, err := os.Create(filepath.Join(*profileDir, "scale-heap.pprof")); err == nil {
+				_, _ = io.Copy(f, resp.Body)
+				f.Close()
+			}
+			resp.Body.Close()
+		}
+	}
+
+	// The control API's list in process (the controller's part of
+	// servectl list-deployments, without a process start and a connect).
+	var lts []time.Duration
+	for i := 0; i < 5; i++ {
+		s := time.Now()
+		if _, err := c.List(ctx); err != nil {
+			return fmt.Errorf("list: %w", err)
+		}
+		lts = append(lts, time.Since(s))
+	}
+	sort.Slice(lts, func(i, j int) bool { return lts[i] < lts[j] })
+	fmt.Printf("client List (control API, in process): median %v, min %v, max %v (5 runs; load average %s)\n", lts[2].Round(time.Millisecond), lts[0].Round(time.Millisecond), lts[4].Round(time.Millisecond), loadavg())
+
 	// servectl.
 	env := append(os.Environ(), "NATSERVE_URL="+url)
 	for _, args := range [][]string{{"list-deployments"}, {"get-deployment", fmt.Sprintf("d%04d", n/2)}} {
