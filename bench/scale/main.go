@@ -191,6 +191,7 @@ func run() error {
 	}
 	fmt.Printf("measuring idle CPU over %v (%d replica processes)\n", *idle, len(reps))
 	upT0, repT0, agT0 := cpu(up.Process.Pid), sumCPU(reps), 0.0
+	fmt.Printf("CPU since start: natserve up %.1f s; replicas %.1f ms each (mostly their start-up)\n", upT0, repT0*1000/float64(max(len(reps), 1)))
 	for _, a := range procs {
 		agT0 += cpu(a.Process.Pid)
 	}
