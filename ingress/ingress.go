@@ -507,7 +507,9 @@ func (g *Ingress) watchRoutes(js jetstream.JetStream) []*kvwatch.Watcher {
 
 // watchBucket follows a bucket: reset forgets what an earlier watch
 // delivered, apply gets each change (nil value for a delete), publish runs
-// after the initial values and after each later change.
+// after the initial values and after each later change that has no other
+// change queued behind it (Delta 0): an apply of 1,000 deployments
+// rebuilds the route table a few times, not 1,000 times over 1,000 routes.
 func (g *Ingress) watchBucket(js jetstream.JetStream, bucket string, reset func(), apply func(string, []byte), publish func()) *kvwatch.Watcher {
 	synced := false
 	return kvwatch.Start(context.Background(), kvwatch.Config{JetStream: js, Bucket: bucket, Logger: g.log}, kvwatch.Handler{
@@ -518,7 +520,7 @@ func (g *Ingress) watchBucket(js jetstream.JetStream, bucket string, reset func(
 			} else {
 				apply(e.Key(), nil)
 			}
-			if synced {
+			if synced && e.Delta() == 0 {
 				publish()
 			}
 		},
