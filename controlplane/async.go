@@ -101,8 +101,12 @@ func (c *Controller) ensureAsync(ctx context.Context) (jetstream.KeyValue, jetst
 // idle pass over 1,000 deployments costs a map lookup each: no spec
 // normalized, no stream listed.
 type streamSync struct {
-	made   map[string]madeStream // deployment → its stream, as made
-	listed time.Time             // last listing of the request streams
+	made    map[string]madeStream // deployment → its stream, as made
+	listed  time.Time             // last listing of the request streams
+	seen    uint64                // the deployments table's version last walked
+	walked  bool                  // seen is set
+	retries bool                  // a failed creation waits for its retry
+	live    map[string]bool       // the deployments at the last walk
 }
 
 // madeStream is a deployment's request stream as made (or last tried) for
@@ -129,14 +133,20 @@ const streamRetry = 10 * time.Second
 func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.KeyValue, ss *streamSync) {
 	backlog := map[string]float64{}
 	now := time.Now()
-	live := map[string]bool{}
 	var todo []keyed[client.DeploymentSpec] // changed since made: no I/O under the table's lock
-	st.deps.each(func(name string, spec client.DeploymentSpec, rev uint64) {
-		live[name] = true
-		if m, seen := ss.made[name]; !seen || m.rev != rev || (!m.ok && now.After(m.retry)) {
-			todo = append(todo, keyed[client.DeploymentSpec]{name, spec, rev})
-		}
-	})
+	if !ss.walked || ss.retries || st.deps.version() != ss.seen {
+		// Walk the deployments only when one changed (or a retry waits):
+		// an idle second costs no walk over 1,000 specs.
+		live := map[string]bool{}
+		ss.seen = st.deps.each(func(name string, spec client.DeploymentSpec, rev uint64) {
+			live[name] = true
+			if m, seen := ss.made[name]; !seen || m.rev != rev || (!m.ok && now.After(m.retry)) {
+				todo = append(todo, keyed[client.DeploymentSpec]{name, spec, rev})
+			}
+		})
+		ss.walked, ss.live = true, live
+	}
+	live := ss.live
 	for _, d := range todo {
 		name, spec, rev := d.key, d.val, d.rev
 		if m, seen := ss.made[name]; !seen || m.rev != rev || (!m.ok && now.After(m.retry)) {
@@ -156,6 +166,12 @@ func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.Ke
 			ss.made[name] = m
 		}
 	}
+	ss.retries = false
+	for _, m := range ss.made {
+		if !m.ok {
+			ss.retries = true
+		}
+	}
 	for name, m := range ss.made {
 		if !m.ok || !m.autoscaled || !live[name] {
 			continue // only the autoscaler reads the backlog
@@ -168,6 +184,7 @@ func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.Ke
 			}
 		} else if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
 			delete(ss.made, name) // gone behind our back: make it again
+			ss.walked = false
 		}
 		cancel()
 	}

@@ -11,8 +11,9 @@ import (
 // its key is ignored, so a watch that lags behind a local write cannot undo
 // it, and a deleted key cannot come back from a stale put.
 type table[T any] struct {
-	mu   sync.Mutex // guards rows
-	rows map[string]*row[T]
+	mu      sync.Mutex // guards rows, changes
+	rows    map[string]*row[T]
+	changes uint64 // puts and deletes taken: unchanged means no row changed
 
 	// onChange, when set, sees every change the table takes, under mu:
 	// prev and next are nil when the key was absent (or deleted) before
@@ -38,6 +39,7 @@ func (t *table[T]) put(key string, rev uint64, v T) bool {
 		return false
 	}
 	t.rows[key] = &row[T]{val: v, rev: rev}
+	t.changes++
 	if t.onChange != nil {
 		var prev *T
 		if ok && !r.deleted {
@@ -68,6 +70,7 @@ func (t *table[T]) del(key string, rev uint64) {
 	}
 	var zero T
 	t.rows[key] = &row[T]{val: zero, rev: rev, deleted: true}
+	t.changes++
 	if t.onChange != nil && ok && !r.deleted {
 		t.onChange(key, &r.val, nil)
 	}
@@ -107,9 +110,17 @@ func (t *table[T]) keys() []string {
 	return out
 }
 
+// version counts the changes the table took.
+func (t *table[T]) version() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changes
+}
+
 // each calls f for every live row, in no order, under the table's lock
-// (f must not call back into the table).
-func (t *table[T]) each(f func(key string, val T, rev uint64)) {
+// (f must not call back into the table), and returns the table's version
+// it saw.
+func (t *table[T]) each(f func(key string, val T, rev uint64)) uint64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for k, r := range t.rows {
@@ -117,6 +128,7 @@ func (t *table[T]) each(f func(key string, val T, rev uint64)) {
 			f(k, r.val, r.rev)
 		}
 	}
+	return t.changes
 }
 
 // all returns the live rows sorted by key.
