@@ -52,7 +52,8 @@ func TestRolesAtScale(t *testing.T) {
 	}
 	const n = 2000
 	val := []byte(strings.Repeat("x", 2048)) // an assignment carries the replica's credentials
-	for i := 0; i < n; i++ {                 // stored asynchronously: 2,000 round trips are slow on a loaded machine
+	// Stored asynchronously: 2,000 round trips are slow on a loaded machine.
+	for i := 0; i < n; i++ {
 		if _, err := ajs.PublishAsync("$KV."+wire.BucketAssignments+fmt.Sprintf(".w1.r%04d", i), val); err != nil {
 			t.Fatal(err)
 		}
