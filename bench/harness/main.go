@@ -133,8 +133,12 @@ type Measurement struct {
 	CPUus   float64 `json:"cpu_us_per_req,omitempty"` // server CPU (user+system) per request, every process on the path
 	// Read and write system calls per request, every process on the path
 	// (/proc/<pid>/io syscr, syscw): machine noise does not change them.
-	Reads  float64 `json:"reads_per_req,omitempty"`
-	Writes float64 `json:"writes_per_req,omitempty"`
+	Reads float64 `json:"reads_per_req,omitempty"`
+	// CPUParts is CPUus per process, in the order of the path's pids (D:
+	// natserve up, then its replicas; N: nats-server, responder, ingress;
+	// E: nginx's master and workers, then the replicas).
+	CPUParts []float64 `json:"cpu_us_per_req_by_process,omitempty"`
+	Writes   float64   `json:"writes_per_req,omitempty"`
 }
 
 // Results is what the harness writes.
@@ -412,6 +416,10 @@ func run(ctx context.Context, cfg config) error {
 							return ctx.Err()
 						}
 						cpu0 := cpuTicks(x.pids)
+						parts0 := make([]int64, len(x.pids))
+						for i, pid := range x.pids {
+							parts0[i] = cpuTicks([]int{pid})
+						}
 						r0, w0 := syscalls(x.pids)
 						m, err := load(ctx, fmt.Sprintf("%s?size=%d", x.url, size), conc, cfg.duration)
 						if err != nil {
@@ -419,6 +427,9 @@ func run(ctx context.Context, cfg config) error {
 						}
 						if m.Samples > 0 && x.pids != nil {
 							m.CPUus = float64(cpuTicks(x.pids)-cpu0) * 1e6 / float64(clockTicks) / float64(m.Samples)
+							for i, pid := range x.pids {
+								m.CPUParts = append(m.CPUParts, float64(cpuTicks([]int{pid})-parts0[i])*1e6/float64(clockTicks)/float64(m.Samples))
+							}
 							r1, w1 := syscalls(x.pids)
 							m.Reads, m.Writes = float64(r1-r0)/float64(m.Samples), float64(w1-w0)/float64(m.Samples)
 						}
@@ -428,6 +439,9 @@ func run(ctx context.Context, cfg config) error {
 						}
 						res.Measurements = append(res.Measurements, m)
 						fmt.Fprintf(os.Stderr, "r%d %s c=%d size=%d N=%d: %.0f req/s p50 %.0fµs p99 %.0fµs cpu %.1fµs/req syscalls/req %.2f read %.2f write errors %d\n", r, x.name, conc, size, m.N, m.RPS, m.P50us, m.P99us, m.CPUus, m.Reads, m.Writes, m.Errors)
+						if len(m.CPUParts) > 1 {
+							fmt.Fprintf(os.Stderr, "    cpu µs/req by process: %.1f\n", m.CPUParts)
+						}
 						if x.name == "D" && conc == 64 && size == 20 && n == 1 {
 							res.Memory["replica_loaded_max"] = max(res.Memory["replica_loaded_max"], maxRSS(replicaPIDs))
 						}
