@@ -189,6 +189,14 @@ func (s *ItemStream) Next() ([]byte, error) {
 		m := s.first
 		s.first = nil
 		if m == nil {
+			// Frames already here first: a reader that paused longer than
+			// the silence or gap limits is not a dead replica.
+			select {
+			case m = <-s.ch:
+			default:
+			}
+		}
+		if m == nil {
 			now := time.Now()
 			if s.idle > 0 {
 				if s.lastOut.IsZero() {
