@@ -138,14 +138,20 @@ func TestStreamSlowReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	time.Sleep(500 * time.Millisecond) // a reader that does not read
+	if _, err := st.Next(); err != nil {
+		t.Fatal(err)
+	}
+	// A reader that does not read, for longer than the silence that means
+	// a dead replica (wire.StreamDeadAfter): the frames waiting for it
+	// count, it must not take the replica for dead.
+	time.Sleep(wire.StreamDeadAfter + 500*time.Millisecond)
 	if q := st.Queued(); q > 16+4 {
 		t.Fatalf("%d items queued at the reader, window is 16", q)
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	before := ms.HeapInuse
-	n := 0
+	n := 1
 	for {
 		_, err := st.Next()
 		if err != nil {
