@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -215,6 +216,27 @@ func TestLongLived(t *testing.T) {
 		if code != 400 {
 			t.Errorf("handshake without a key: %d %q", code, body)
 		}
+	})
+
+	t.Run("replica killed", func(t *testing.T) { // last: the chat replica is gone afterwards
+		c := dial("/chat")
+		defer c.Close()
+		got := read2(t, c, "/pid")
+		pid, err := strconv.Atoi(strings.TrimPrefix(got, "pid "))
+		if err != nil {
+			t.Fatalf("/pid: %q", got)
+		}
+		start := time.Now()
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _, err = c.ReadMessage()
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != websocket.CloseInternalServerErr || !strings.Contains(ce.Text, "replica") {
+			t.Fatalf("after the replica was killed: %v", err)
+		}
+		t.Logf("replica killed → close 1011 %q after %v", ce.Text, time.Since(start))
 	})
 }
 
