@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -73,9 +75,31 @@ func TestStoredRequestsBench(t *testing.T) {
 	reg.Class("Trivial", func() trivial { return trivial{} })
 	// The caller is a client-role identity, as an application's would be.
 	cl := client.New(testutil.Conn(t, url, testutil.CredsOptions(t, url, wire.RoleClient)...), client.WithTimeout(30*time.Second))
-	ctx := context.Background()
+
+	// NATSERVE_BENCH_ASYNC=drain measures the drain alone, with the
+	// replica counts of NATSERVE_BENCH_ASYNC_REPLICAS (default 1,2,4).
+	drainOnly := os.Getenv("NATSERVE_BENCH_ASYNC") == "drain"
+	counts := []int{1, 2, 4}
+	if v := os.Getenv("NATSERVE_BENCH_ASYNC_REPLICAS"); v != "" {
+		counts = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				t.Fatalf("NATSERVE_BENCH_ASYNC_REPLICAS=%q: want counts like 1,2,4", v)
+			}
+			counts = append(counts, n)
+		}
+	}
 
 	// Submissions per second at c64, nothing consuming.
+	if !drainOnly {
+		submissionsAndLatency(t, cl, js, deploy, url, &reg)
+	}
+	drain(t, cl, js, deploy, url, &reg, counts)
+}
+
+func submissionsAndLatency(t *testing.T, cl *client.Client, js jetstream.JetStream, deploy func(string), url string, reg *worker.Registry) {
+	ctx := context.Background()
 	deploy("sub")
 	h := cl.Handle("sub").Method("Add")
 	var n atomic.Int64
@@ -102,7 +126,7 @@ func TestStoredRequestsBench(t *testing.T) {
 
 	// Latency of one trivial request, one at a time: sync vs async.
 	deploy("lat")
-	replica(t, url, &reg, "lat", "Trivial", "", 8)
+	replica(t, url, reg, "lat", "Trivial", "", 8)
 	hl := cl.Handle("lat").Method("Add")
 	const rounds = 200
 	syncLat, asyncLat := make([]time.Duration, rounds), make([]time.Duration, rounds)
@@ -130,10 +154,14 @@ func TestStoredRequestsBench(t *testing.T) {
 	t.Logf("trivial request end to end (%d, one at a time): sync p50 %v p99 %v; async (Submit + Wait) p50 %v p99 %v",
 		rounds, pct(syncLat, .5), pct(syncLat, .99), pct(asyncLat, .5), pct(asyncLat, .99))
 
-	// Drain: a backlog of 3,000 with no replica, then 1, 2 or 4 replicas
-	// (max_ongoing_requests 8: 4 stored requests at a time each).
-	for _, reps := range []int{1, 2, 4} {
-		name := fmt.Sprintf("drain%d", reps)
+}
+
+// drain: a backlog of 3,000 with no replica, then 1, 2 or 4 replicas
+// (max_ongoing_requests 8: 4 stored requests at a time each).
+func drain(t *testing.T, cl *client.Client, js jetstream.JetStream, deploy func(string), url string, reg *worker.Registry, counts []int) {
+	ctx := context.Background()
+	for i, reps := range counts {
+		name := fmt.Sprintf("drain%d-%d", reps, i)
 		deploy(name)
 		hd := cl.Handle(name).Method("Add")
 		const backlog = 3000
@@ -154,7 +182,7 @@ func TestStoredRequestsBench(t *testing.T) {
 		cons, _ := js.Consumer(ctx, wire.AsyncStream(name), wire.AsyncConsumer)
 		t0, cpu0 := time.Now(), cpuTime()
 		for i := 0; i < reps; i++ {
-			replica(t, url, &reg, name, "Trivial", "", 8)
+			replica(t, url, reg, name, "Trivial", "", 8)
 		}
 		for {
 			info, err := cons.Info(ctx)
