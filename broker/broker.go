@@ -7,7 +7,9 @@
 // ClientURL. One node is the default; Config.Cluster makes it a member of a
 // cluster of three or more. Config.TLS puts client connections on TLS (and
 // may require client certificates); Config.Cluster.TLS does the same for
-// routes, always verifying the peer against the CA.
+// routes, always verifying the peer against the CA. Routes authenticate
+// with a shared route secret (Config.Cluster.Secret, by default the one in
+// Config.Auth), with or without TLS.
 package broker
 
 import (
@@ -82,6 +84,11 @@ type ClusterConfig struct {
 	// then required), so a peer without a certificate from that CA is
 	// refused; Verify is implied. Default: no TLS.
 	TLS TLSConfig
+	// Secret is the route secret: the broker requires it of every route it
+	// accepts (user auth.RouteUser) and presents it on the routes it opens,
+	// so a server without it cannot join. A cluster needs a Secret or
+	// route TLS. Default: Config.Auth's route secret.
+	Secret string
 }
 
 // TLSConfig names a listener's TLS files.
@@ -158,6 +165,9 @@ func (c *Config) Validate() error {
 	if _, err := c.TLS.build("client", c.TLS.Verify); err != nil {
 		return err
 	}
+	if c.Cluster.Port != 0 && c.Cluster.Secret == "" && !c.Cluster.TLS.Enabled() && (c.Auth == nil || c.Auth.RouteSecret == "") {
+		return fmt.Errorf("%w: cluster routes need a route secret (natserve auth init writes %s) or route TLS; nothing listens unauthenticated", ErrConfig, auth.RouteSecretFile)
+	}
 	if _, err := c.Cluster.TLS.build("cluster", true); err != nil {
 		return err
 	}
@@ -171,6 +181,9 @@ func parseRoute(r string) (*url.URL, error) {
 	}
 	if u.Scheme != "nats-route" && u.Scheme != "nats" {
 		return nil, fmt.Errorf("%w: cluster route %q: want nats-route://host:port", ErrConfig, r)
+	}
+	if u.User != nil {
+		return nil, fmt.Errorf("%w: cluster route %s://%s carries credentials; routes authenticate with the route secret from its file", ErrConfig, u.Scheme, u.Host)
 	}
 	host, port, err := net.SplitHostPort(u.Host)
 	if err != nil || host == "" {
@@ -275,12 +288,26 @@ func (b *Broker) options() (*server.Options, error) {
 			rc.RootCAs = rc.ClientCAs
 			o.Cluster.TLSConfig = rc
 		}
+		secret := c.Cluster.Secret
+		if secret == "" && c.Auth != nil {
+			secret = c.Auth.RouteSecret
+		}
+		if secret != "" {
+			// nats-server requires these of every route it accepts, and
+			// presents them on routes it learns of from its peers; the
+			// routes configured here carry them in their URLs.
+			o.Cluster.Username, o.Cluster.Password = auth.RouteUser, secret
+			o.Cluster.AuthTimeout = 2
+		}
 		for _, r := range c.Cluster.Routes {
 			u, err := parseRoute(r)
 			if err != nil {
 				return nil, err
 			}
 			u.Scheme = "nats-route"
+			if secret != "" {
+				u.User = url.UserPassword(auth.RouteUser, secret)
+			}
 			o.Routes = append(o.Routes, u)
 		}
 	}

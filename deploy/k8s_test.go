@@ -128,6 +128,10 @@ func TestKubernetesManifests(t *testing.T) {
 		if !mounted {
 			t.Errorf("%s: the volume %s of Secret %s is not mounted at /etc/natserve/auth", key, authVolume, w.secret)
 		}
+		checkRouteAuth(t, key, cs[0].Args, "/etc/natserve/auth")
+	}
+	if m, ok := got["StatefulSet/nats"]; ok && len(m.Spec.Template.Spec.Containers) == 1 && !slices.ContainsFunc(m.Spec.Template.Spec.Containers[0].Args, func(a string) bool { return strings.HasPrefix(a, "-cluster-port=") }) {
+		t.Error("StatefulSet/nats: no -cluster-port, want a cluster of three")
 	}
 	if node, ctl := got["DaemonSet/natserve-node-agent"].Spec.Template.Spec.Containers, got["Deployment/natserve-controller"].Spec.Template.Spec.Containers; len(node) == 1 && len(ctl) == 1 && node[0].Image == ctl[0].Image {
 		t.Errorf("the node agent runs the servers' image %s, want the user's program (examples/own-class/Dockerfile)", node[0].Image)
@@ -191,9 +195,43 @@ func TestComposeCredentials(t *testing.T) {
 		if len(vols) != 1 || vols[0] != w {
 			t.Errorf("%s mounts credentials volumes %v, want only %s", name, vols, w)
 		}
+		for _, v := range s.Volumes {
+			if src, rest, _ := strings.Cut(v, ":"); src == w {
+				mount, _, _ := strings.Cut(rest, ":")
+				checkRouteAuth(t, name, s.Command, mount)
+			}
+		}
 		cond, _ := s.DependsOn["auth"].(map[string]any)
 		if cond["condition"] != "service_completed_successfully" {
 			t.Errorf("%s: depends_on auth %v, want condition service_completed_successfully", name, s.DependsOn["auth"])
 		}
+	}
+}
+
+// checkRouteAuth: a broker with a cluster port (a route listener) loads the
+// route secret from the broker's share of the credentials, mounted at
+// mount (without TLS, nothing else would authenticate routes), and no route
+// URL carries credentials on the command line.
+func checkRouteAuth(t *testing.T, who string, args []string, mount string) {
+	t.Helper()
+	cluster, secret := false, ""
+	for _, a := range args {
+		a = "-" + strings.TrimLeft(a, "-")
+		switch {
+		case strings.HasPrefix(a, "-cluster-port=") && a != "-cluster-port=0":
+			cluster = true
+		case strings.HasPrefix(a, "-route-secret="):
+			secret = strings.TrimPrefix(a, "-route-secret=")
+		case strings.HasPrefix(a, "-routes="):
+			if strings.Contains(a, "@") {
+				t.Errorf("%s: %s carries credentials in argv", who, a)
+			}
+		}
+	}
+	if cluster && secret != mount+"/route.secret" {
+		t.Errorf("%s: a route listener with -route-secret=%q, want %s/route.secret (the broker's share): routes must authenticate", who, secret, mount)
+	}
+	if !cluster && secret != "" {
+		t.Errorf("%s: -route-secret without a cluster", who)
 	}
 }

@@ -36,6 +36,7 @@ func runAuth(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "natserve credentials in %s\n", set.Dir)
 	fmt.Fprintf(stdout, "  server config  %s (include it in nats-server.conf; enable JetStream)\n", filepath.Join(set.Dir, auth.ServerConfigFile))
+	fmt.Fprintf(stdout, "  route secret   %s (cluster routes present it; %s goes inside a stock server's cluster block)\n", filepath.Join(set.Dir, auth.RouteSecretFile), auth.ClusterConfigFile)
 	for _, r := range []string{wire.RoleAdmin, wire.RoleController, wire.RoleIngress, wire.RoleClient} {
 		fmt.Fprintf(stdout, "  %-14s %s\n", r, set.CredsPath(r))
 	}

@@ -89,6 +89,7 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	authDir := fs.String("auth", "natserve-data/auth", "directory of the operator, accounts and role credentials (created on first start; every cluster member needs the same), or a broker's share of them (auth init -split DIR writes DIR/broker: JWTs only)")
 	var nodes listFlag
 	fs.Var(&nodes, "nodes", "node agents to write credentials for, comma-separated")
+	routeSecret := fs.String("route-secret", "", "file holding the cluster route secret every member presents and requires (default: "+auth.RouteSecretFile+" in -auth, which auth init writes)")
 	noAuth := fs.Bool("no-auth", false, "INSECURE: accept anonymous clients (for deployments not yet given credentials)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -111,9 +112,15 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	} else if set, err = auth.Open(*authDir, nodes...); err != nil {
 		return err
 	}
+	var secret string
+	if *routeSecret != "" {
+		if secret, err = auth.LoadRouteSecret(*routeSecret); err != nil {
+			return err
+		}
+	}
 	b, err := broker.New(broker.Config{
 		Name: *name, Host: *host, Port: *port, DataDir: *data, SyncAlways: *sync, Logger: log, Debug: *level == "debug", TLS: *ctls, Auth: set,
-		Cluster: broker.ClusterConfig{Name: *cluster, Host: *clusterHost, Port: *clusterPort, Routes: routes, TLS: *rtls},
+		Cluster: broker.ClusterConfig{Name: *cluster, Host: *clusterHost, Port: *clusterPort, Routes: routes, TLS: *rtls, Secret: secret},
 	})
 	if err != nil {
 		return err

@@ -13,6 +13,8 @@
 package auth
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -48,7 +50,18 @@ const (
 	SignerFile = "signer.nk"
 	// ServerConfigFile is the nats-server config snippet for operator mode.
 	ServerConfigFile = "server.conf"
+	// RouteSecretFile holds the cluster route secret: every broker of a
+	// cluster presents it on the routes it opens and requires it on the
+	// routes it accepts, so a server without it cannot join.
+	RouteSecretFile = "route.secret"
+	// ClusterConfigFile is the nats-server snippet that goes inside a
+	// stock server's cluster block: the route authorization.
+	ClusterConfigFile = "cluster.conf"
 )
+
+// RouteUser is the user name routes authenticate with (the password is
+// the route secret).
+const RouteUser = "natserve-route"
 
 // ResponseTTL bounds how long a role that answers requests may still answer
 // one (JWT response permission): the longest request natserve serves.
@@ -65,6 +78,8 @@ type Set struct {
 	SystemAccount, SystemJWT string
 	// Account and AccountJWT are the application account's public key and JWT.
 	Account, AccountJWT string
+	// RouteSecret is the password of cluster routes (user RouteUser).
+	RouteSecret string
 
 	signer nkeys.KeyPair
 }
@@ -99,6 +114,9 @@ func Open(dir string, nodes ...string) (*Set, error) {
 	if s.signer, err = s.key(SignerFile, nkeys.CreateAccount); err != nil {
 		return nil, err
 	}
+	if s.RouteSecret, err = s.secret(RouteSecretFile); err != nil {
+		return nil, err
+	}
 	opPub, _ := op.PublicKey()
 	s.SystemAccount, _ = sys.PublicKey()
 	s.Account, _ = acc.PublicKey()
@@ -129,7 +147,7 @@ func Open(dir string, nodes ...string) (*Set, error) {
 	if s.AccountJWT, err = ac.Encode(op); err != nil {
 		return nil, fmt.Errorf("%w: account jwt: %v", ErrAuth, err)
 	}
-	for name, v := range map[string]string{operatorJWTFile: s.OperatorJWT, sysJWTFile: s.SystemJWT, accountJWTFile: s.AccountJWT, ServerConfigFile: s.ServerConfig()} {
+	for name, v := range map[string]string{operatorJWTFile: s.OperatorJWT, sysJWTFile: s.SystemJWT, accountJWTFile: s.AccountJWT, ServerConfigFile: s.ServerConfig(), ClusterConfigFile: s.ClusterConfig()} {
 		if err := writeFile(filepath.Join(abs, name), []byte(v)); err != nil {
 			return nil, err
 		}
@@ -203,7 +221,70 @@ func (s *Set) ServerConfig() string {
 		fmt.Fprintf(&b, "  %s: %s\n", k, keys[k])
 	}
 	fmt.Fprintf(&b, "}\n")
+	fmt.Fprintf(&b, "# Cluster routes authenticate with the route secret (%s): in every member's\n", RouteSecretFile)
+	fmt.Fprintf(&b, "# cluster block include %s and give each route URL the same credentials:\n", ClusterConfigFile)
+	fmt.Fprintf(&b, "#   cluster {\n")
+	fmt.Fprintf(&b, "#     name: natserve\n")
+	fmt.Fprintf(&b, "#     listen: 0.0.0.0:6222\n")
+	fmt.Fprintf(&b, "#     include ./%s\n", ClusterConfigFile)
+	fmt.Fprintf(&b, "#     routes: [nats-route://%s:%s@nats2:6222, nats-route://%s:%s@nats3:6222]\n", RouteUser, s.RouteSecret, RouteUser, s.RouteSecret)
+	fmt.Fprintf(&b, "#   }\n")
 	return b.String()
+}
+
+// ClusterConfig is the nats-server snippet for inside a cluster block:
+// routes must present RouteUser and the route secret.
+func (s *Set) ClusterConfig() string {
+	return fmt.Sprintf("# natserve: cluster route authorization, written by natserve; include it in the cluster block.\nauthorization {\n  user: %s\n  password: %q\n  timeout: 2\n}\n", RouteUser, s.RouteSecret)
+}
+
+// secret loads the secret in file, or creates one (32 random bytes, hex).
+func (s *Set) secret(file string) (string, error) {
+	p := filepath.Join(s.Dir, file)
+	b, err := os.ReadFile(p)
+	if err == nil {
+		v := strings.TrimSpace(string(b))
+		if err := checkSecret(v); err != nil {
+			return "", fmt.Errorf("%w: %s: %v", ErrAuth, p, err)
+		}
+		return v, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	v := hex.EncodeToString(raw[:])
+	return v, writeFile(p, []byte(v+"\n"))
+}
+
+// checkSecret accepts a route secret of 32 to 256 URL-safe characters (it
+// travels in route URLs and nats-server config).
+func checkSecret(v string) error {
+	if len(v) < 32 || len(v) > 256 {
+		return fmt.Errorf("route secret of %d characters, want 32 to 256", len(v))
+	}
+	for _, c := range v {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~') {
+			return fmt.Errorf("route secret holds %q, want letters, digits and -_.~ only", c)
+		}
+	}
+	return nil
+}
+
+// LoadRouteSecret reads a route secret file (as Open writes it).
+func LoadRouteSecret(file string) (string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%w: route secret: %v", ErrAuth, err)
+	}
+	v := strings.TrimSpace(string(b))
+	if err := checkSecret(v); err != nil {
+		return "", fmt.Errorf("%w: %s: %v", ErrAuth, file, err)
+	}
+	return v, nil
 }
 
 // key loads the seed in file, or creates one with create.

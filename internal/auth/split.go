@@ -13,17 +13,18 @@ import (
 )
 
 // BrokerRole is the name of Split's directory for the brokers: the
-// operator and account JWTs and server.conf, no seed and no user creds.
+// operator and account JWTs, server.conf and the route secret, no seed
+// and no user creds.
 const BrokerRole = "broker"
 
 // Split copies each role's files into its own subdirectory of dir, so a
 // service can be given only its own: broker/ (operator.jwt, sys.jwt,
-// account.jwt, server.conf), controller/ (controller.creds, signer.nk),
+// account.jwt, server.conf, route.secret, cluster.conf), controller/ (controller.creds, signer.nk),
 // ingress/, admin/, client/ and node-<name>/ for each of nodes. It returns
 // the subdirectories written.
 func (s *Set) Split(dir string, nodes ...string) ([]string, error) {
 	roles := map[string][]string{
-		BrokerRole:          {operatorJWTFile, sysJWTFile, accountJWTFile, ServerConfigFile},
+		BrokerRole:          {operatorJWTFile, sysJWTFile, accountJWTFile, ServerConfigFile, RouteSecretFile, ClusterConfigFile},
 		wire.RoleController: {wire.RoleController + ".creds", SignerFile},
 		wire.RoleIngress:    {wire.RoleIngress + ".creds"},
 		wire.RoleAdmin:      {wire.RoleAdmin + ".creds"},
@@ -59,9 +60,10 @@ func (s *Set) Split(dir string, nodes ...string) ([]string, error) {
 	return out, nil
 }
 
-// LoadServer reads what a broker needs from dir: the operator JWT and the
-// two account JWTs (as written by Open or Split), without any seed. The
-// accounts must be issued by the operator. The Set it returns cannot sign.
+// LoadServer reads what a broker needs from dir: the operator JWT, the
+// two account JWTs and the route secret (as written by Open or Split),
+// without any seed. The accounts must be issued by the operator. The Set it
+// returns cannot sign.
 func LoadServer(dir string) (*Set, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -97,6 +99,9 @@ func LoadServer(dir string) (*Set, error) {
 			return nil, fmt.Errorf("%w: %s: issued by %s, not the operator %s", ErrAuth, filepath.Join(abs, a.file), ac.Issuer, oc.Subject)
 		}
 		*a.pub = ac.Subject
+	}
+	if s.RouteSecret, err = LoadRouteSecret(filepath.Join(abs, RouteSecretFile)); err != nil {
+		return nil, fmt.Errorf("%w (natserve auth init writes it; run it again on this directory's set)", err)
 	}
 	if oc.SystemAccount != s.SystemAccount {
 		return nil, fmt.Errorf("%w: %s: the operator's system account is %s, not %s", ErrAuth, abs, oc.SystemAccount, s.SystemAccount)

@@ -28,7 +28,7 @@ func TestSplitAndLoadServer(t *testing.T) {
 	}
 	want := map[string]string{
 		"admin":      "admin.creds",
-		"broker":     "account.jwt operator.jwt server.conf sys.jwt",
+		"broker":     "account.jwt cluster.conf operator.jwt route.secret server.conf sys.jwt",
 		"client":     "client.creds",
 		"controller": "controller.creds signer.nk",
 		"ingress":    "ingress.creds",
