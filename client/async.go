@@ -56,7 +56,7 @@ func (s *RequestStatus) Decode(out any) error {
 	if s.Status != wire.AsyncSucceeded {
 		return fmt.Errorf("request %s is %s, not succeeded", s.ID, s.Status)
 	}
-	return json.Unmarshal(s.Result, out)
+	return wire.UnmarshalJSON(s.Result, out)
 }
 
 // StatusOf is the public status of a stored request's record.
@@ -398,7 +398,7 @@ func (c *Client) ListRequests(ctx context.Context, deployment string, limit int)
 			continue
 		}
 		var r wire.AsyncRecord
-		if json.Unmarshal(e.Value(), &r) != nil || (deployment != "" && r.Deployment != deployment) {
+		if wire.UnmarshalJSON(e.Value(), &r) != nil || (deployment != "" && r.Deployment != deployment) {
 			continue
 		}
 		r.Result = nil // listing: statuses only
@@ -513,7 +513,7 @@ func (c *Client) callbackAllowed(ctx context.Context, js jetstream.JetStream, de
 		return fmt.Errorf("%s: reading its callback_urls: %w", deployment, err)
 	}
 	var r wire.RouteRecord
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
+	if err := wire.UnmarshalJSON(e.Value(), &r); err != nil {
 		return fmt.Errorf("%s: reading its callback_urls: %w", deployment, err)
 	}
 	spec := DeploymentSpec{CallbackURLs: r.CallbackURLs}

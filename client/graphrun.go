@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -309,8 +308,12 @@ func JSONToValue(b []byte) ([]byte, error) { return literal(b) }
 
 // DecodeJSON decodes one JSON value, keeping integers int64 (json.Unmarshal
 // would make every number a float64, which an int parameter refuses).
+// b is vetted first (wire.CheckJSON): it came from outside.
 func DecodeJSON(b []byte) (any, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
+	dec, err := wire.NewJSONDecoder(b)
+	if err != nil {
+		return nil, err
+	}
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {

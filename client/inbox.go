@@ -1,7 +1,6 @@
 package client
 
 import (
-	"encoding/json"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -153,7 +152,7 @@ func (x *inbox) onMsg(m *nats.Msg) {
 
 func (x *inbox) onExit(m *nats.Msg) {
 	var ev wire.ReplicaExit
-	if json.Unmarshal(m.Data, &ev) != nil || ev.Replica == "" {
+	if wire.UnmarshalJSON(m.Data, &ev) != nil || ev.Replica == "" {
 		return
 	}
 	reason := ev.Reason

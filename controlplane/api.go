@@ -61,7 +61,12 @@ func (c *Controller) serveAPI(ctx context.Context, st *state, m *nats.Msg) {
 	_ = m.Respond(b)
 }
 
+// decodeStrict decodes a control API request: vetted first (wire.CheckJSON),
+// then without unknown fields.
 func decodeStrict(b []byte, v any) error {
+	if err := wire.CheckJSON(b); err != nil {
+		return fail(wire.APIInvalid, "request: %v", err)
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

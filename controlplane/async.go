@@ -329,7 +329,7 @@ func (c *Controller) foldEvent(ctx context.Context, st *state, kv jetstream.KeyV
 		case err != nil:
 			return false
 		default:
-			if json.Unmarshal(e.Value(), &r) != nil {
+			if wire.UnmarshalJSON(e.Value(), &r) != nil {
 				return true // a record we cannot read: leave it
 			}
 			rev = e.Revision()

@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
@@ -42,7 +41,7 @@ func newMetrics() *metrics {
 
 func (m *metrics) onLoad(msg *nats.Msg) {
 	var r wire.LoadReport
-	if json.Unmarshal(msg.Data, &r) != nil || r.Replica == "" {
+	if wire.UnmarshalJSON(msg.Data, &r) != nil || r.Replica == "" {
 		return
 	}
 	// The broker lets a replica publish load under its own deployment
@@ -64,7 +63,7 @@ func (m *metrics) onLoad(msg *nats.Msg) {
 
 func (m *metrics) onQueue(msg *nats.Msg) {
 	var r wire.QueueReport
-	if json.Unmarshal(msg.Data, &r) != nil || r.Caller == "" {
+	if wire.UnmarshalJSON(msg.Data, &r) != nil || r.Caller == "" {
 		return
 	}
 	m.mu.Lock()

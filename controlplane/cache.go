@@ -1,9 +1,10 @@
 package controlplane
 
 import (
-	"encoding/json"
 	"sort"
 	"sync"
+
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // table caches one KV bucket, kept current by a watch and by the
@@ -50,10 +51,11 @@ func (t *table[T]) put(key string, rev uint64, v T) bool {
 	return true
 }
 
-// putJSON decodes b and records it; undecodable values are dropped.
+// putJSON decodes b and records it; undecodable values are dropped. Agents
+// write some of these buckets (their nodes and replicas), so b is vetted.
 func (t *table[T]) putJSON(key string, rev uint64, b []byte) bool {
 	var v T
-	if json.Unmarshal(b, &v) != nil {
+	if wire.UnmarshalJSON(b, &v) != nil {
 		return false
 	}
 	return t.put(key, rev, v)

@@ -45,6 +45,13 @@ func TestSeedGraph(t *testing.T) {
 	if code, body, _ := e2e.HTTP(t, "POST", base+"/pipeline", "1"); code != 200 || body != "4" {
 		t.Fatalf("HTTP: %d %q", code, body)
 	}
+	// A JSON body that would cost far more decoded than it weighs (6 MB of
+	// {"":0} objects: ~300 MB of Go maps) is refused before decoding, in
+	// one line.
+	bomb := "[" + strings.Repeat(`{"":0},`, 6<<20/7) + "0]"
+	if code, body, _ := e2e.HTTP(t, "POST", base+"/pipeline", bomb); code != 400 || !strings.Contains(body, "too costly") || strings.Count(strings.TrimSpace(body), "\n") != 0 {
+		t.Fatalf("HTTP JSON bomb: %d %q, want 400 with one line (too costly)", code, body)
+	}
 	// The graph is listed with its deployments.
 	ds, err := s.Client.List(e2e.Ctx(5 * time.Second))
 	if err != nil {

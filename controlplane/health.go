@@ -191,7 +191,7 @@ func (c *Controller) check(ctx context.Context, st *state, key, deployment, repl
 		reason = "health check: " + err.Error()
 	} else {
 		var rs wire.ReplicaStatus
-		if jerr := json.Unmarshal(m.Data, &rs); jerr != nil {
+		if jerr := wire.UnmarshalJSON(m.Data, &rs); jerr != nil {
 			reason = "health check: bad reply: " + jerr.Error()
 		} else if !rs.Healthy {
 			reason = "check_health failed: " + rs.Error

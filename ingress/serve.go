@@ -269,7 +269,11 @@ func (g *Ingress) serveGraph(base context.Context, ctx *fasthttp.RequestCtx, rt 
 	}
 	input, err := client.JSONToValue(raw)
 	if err != nil {
-		ctx.Error("graph "+gr.Name+": the input is not JSON: "+err.Error()+"\n", fasthttp.StatusBadRequest)
+		what := "the input is not JSON"
+		if errors.Is(err, wire.ErrJSONTooCostly) {
+			what = "the input is refused"
+		}
+		ctx.Error("graph "+gr.Name+": "+what+": "+err.Error()+"\n", fasthttp.StatusBadRequest)
 		return
 	}
 	// The nodes before the output have the request timeout (the client's

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/store"
@@ -63,6 +64,42 @@ func TestMapBombRefused(t *testing.T) {
 		t.Errorf("replica peak RSS %d MB, want under 200 MB", hwm>>20)
 	}
 	if err := h.Call(testCtx(t, 10*time.Second), &out, "after"); err != nil || !strings.Contains(out, "after") {
+		t.Fatalf("call after the bomb: %q %v", out, err)
+	}
+}
+
+// TestJSONBombRefused: an HTTP body of 8 MB of {"":0} objects (~420 MB
+// decoded into interface values) for a typed handler is refused with
+// bad_request before it is decoded; the replica serves on.
+func TestJSONBombRefused(t *testing.T) {
+	s := newStack(t)
+	r := s.replica(t, "double", "double", ``, 5)
+	call := func(body []byte) ([]byte, error) {
+		env := wire.AppendHTTPRequest(nil, &wire.HTTPRequest{Method: "POST", Path: "/double", Prefix: "/double", Body: body})
+		msg := &nats.Msg{Subject: wire.DeploymentSubject("double"), Header: nats.Header{wire.HeaderKind: {wire.KindHTTP}}, Data: env}
+		reply, err := s.cl.RequestMsg(testCtx(t, 30*time.Second), time.Time{}, "double", "", msg)
+		if err != nil {
+			return nil, err
+		}
+		rep, err := wire.DecodeHTTPReply(reply.Data)
+		if err != nil {
+			return nil, err
+		}
+		return rep.Body, nil
+	}
+	const n = (8<<20 - 64<<10) / 7
+	bomb := []byte("[" + strings.Repeat(`{"":0},`, n) + "0]")
+	start := time.Now()
+	_, err := call(bomb)
+	if !errors.Is(err, client.ErrBadRequest) || !strings.Contains(err.Error(), "too costly") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("JSON bomb: got %v, want one line of bad_request (too costly to decode)", err)
+	}
+	hwm := peakRSS(t, r.PID())
+	t.Logf("%d B JSON bomb refused in %v: %v; replica peak RSS %.1f MB", len(bomb), time.Since(start).Round(time.Millisecond), err, float64(hwm)/(1<<20))
+	if hwm > 200<<20 {
+		t.Errorf("replica peak RSS %d MB, want under 200 MB", hwm>>20)
+	}
+	if out, err := call([]byte("21")); err != nil || string(out) != "42" {
 		t.Fatalf("call after the bomb: %q %v", out, err)
 	}
 }

@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"strconv"
@@ -135,7 +134,7 @@ func (r *Replica) orphaned(now time.Time, timeout time.Duration) string {
 // onAdopt takes a new node agent: the replica answers to it from now on.
 func (r *Replica) onAdopt(m *nats.Msg) {
 	var a adoption
-	if err := json.Unmarshal(m.Data, &a); err != nil || a.PID <= 0 {
+	if err := wire.UnmarshalJSON(m.Data, &a); err != nil || a.PID <= 0 {
 		r.respondError(m, fmt.Sprintf("adopt: want {\"node\": NAME, \"pid\": PID}, got %.100q", m.Data))
 		return
 	}

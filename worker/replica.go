@@ -879,10 +879,14 @@ func (r *Replica) httpArgs(data []byte, id string, m *method) ([]reflect.Value, 
 			return nil, errors.New("takes 1 argument: send it as the JSON body")
 		}
 		p := reflect.New(m.in[0])
-		if err := json.Unmarshal(req.Body, p.Interface()); err != nil {
+		if err := wire.UnmarshalJSON(req.Body, p.Interface()); err != nil {
 			return nil, fmt.Errorf("JSON body: %w", err)
 		}
 		return []reflect.Value{p.Elem()}, nil
+	}
+	// The body is vetted once; its elements are parts of it.
+	if err := wire.CheckJSON(req.Body); err != nil {
+		return nil, fmt.Errorf("JSON body: %w", err)
 	}
 	var raw []json.RawMessage
 	if err := json.Unmarshal(req.Body, &raw); err != nil || len(raw) != len(m.in) {

@@ -103,7 +103,7 @@ func (r *Request) Header() http.Header {
 
 // JSON decodes the body as JSON into v.
 func (r *Request) JSON(v any) error {
-	if err := json.Unmarshal(r.Body, v); err != nil {
+	if err := wire.UnmarshalJSON(r.Body, v); err != nil {
 		return fmt.Errorf("request body is not valid JSON for %T: %w", v, err)
 	}
 	return nil

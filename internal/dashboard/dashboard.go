@@ -18,7 +18,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -253,7 +252,7 @@ func (d *Dashboard) Poll(ctx context.Context) {
 		}
 		for _, e := range s.Endpoints {
 			var lat discovery.Latency
-			if len(e.Data) == 0 || json.Unmarshal(e.Data, &lat) != nil {
+			if len(e.Data) == 0 || wire.UnmarshalJSON(e.Data, &lat) != nil {
 				continue
 			}
 			key := s.Name + "\x00" + s.ID + "\x00" + e.Name
@@ -387,7 +386,7 @@ func (d *Dashboard) gatherStats(ctx context.Context) []micro.Stats {
 		select {
 		case m := <-ch:
 			var s micro.Stats
-			if json.Unmarshal(m.Data, &s) == nil && s.Type == micro.StatsResponseType {
+			if wire.UnmarshalJSON(m.Data, &s) == nil && s.Type == micro.StatsResponseType {
 				out = append(out, s)
 			}
 			quiet.Reset(50 * time.Millisecond)

@@ -210,7 +210,7 @@ type AsyncEvent struct {
 // DecodeAsyncEvent decodes an event from a results subject.
 func DecodeAsyncEvent(b []byte) (*AsyncEvent, error) {
 	var e AsyncEvent
-	if err := json.Unmarshal(b, &e); err != nil {
+	if err := UnmarshalJSON(b, &e); err != nil {
 		return nil, fmt.Errorf("async event: %w", err)
 	}
 	switch e.Kind {
