@@ -102,3 +102,77 @@ func TestSplitAndLoadServer(t *testing.T) {
 		t.Errorf("LoadServer with another operator's account: %v, want refused", err)
 	}
 }
+
+// TestRotatingTheSignerCutsOldIdentities: what the README offers until
+// replica identities can be revoked one by one. A replica identity minted
+// with the account signing key connects; after the signing key is deleted
+// and the set opened again (new key, every role re-signed) and the broker
+// restarted with it, that identity is refused and the re-signed roles and
+// newly minted replicas connect.
+func TestRotatingTheSignerCutsOldIdentities(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "all")
+	set, err := auth.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := set.Signer().Replica("dep-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldCreds := filepath.Join(t.TempDir(), "old.creds")
+	if err := os.WriteFile(oldCreds, []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	start := func(s *auth.Set) *broker.Broker {
+		cfg := broker.DefaultConfig()
+		cfg.Port, cfg.DataDir, cfg.Auth = -1, data, s
+		b, err := broker.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	connect := func(url, creds string) error {
+		nc, err := nats.Connect(url, nats.UserCredentials(creds), nats.NoReconnect())
+		if err == nil {
+			nc.Close()
+		}
+		return err
+	}
+	b := start(set)
+	if err := connect(b.ClientURL(), oldCreds); err != nil {
+		t.Fatalf("the replica identity before rotation: %v", err)
+	}
+	_ = b.Shutdown(context.Background())
+
+	if err := os.Remove(filepath.Join(dir, auth.SignerFile)); err != nil {
+		t.Fatal(err)
+	}
+	if set, err = auth.Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	b = start(set)
+	defer func() { _ = b.Shutdown(context.Background()) }()
+	if err := connect(b.ClientURL(), oldCreds); err == nil {
+		t.Fatal("the old replica identity still connects after the signing key was rotated")
+	} else {
+		t.Logf("old replica identity after rotation: %v", err)
+	}
+	fresh, err := set.Signer().Replica("dep-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	freshCreds := filepath.Join(t.TempDir(), "fresh.creds")
+	if err := os.WriteFile(freshCreds, []byte(fresh), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{set.CredsPath("admin"), set.CredsPath("controller"), freshCreds} {
+		if err := connect(b.ClientURL(), c); err != nil {
+			t.Errorf("%s after rotation: %v", filepath.Base(c), err)
+		}
+	}
+}
