@@ -406,6 +406,36 @@ func (b *Broker) InProcessOption() nats.Option { return nats.InProcessServer(b.S
 // authentication.
 func (b *Broker) Auth() *auth.Set { return b.cfg.Auth }
 
+// UpdateAccount gives the running server a new JWT of an account it
+// trusts (as auth.Set.Revoke returns): revoked users' connections are
+// closed and their JWTs refused from now on.
+func (b *Broker) UpdateAccount(token string) error {
+	srv := b.Server()
+	if srv == nil {
+		return fmt.Errorf("broker: not running")
+	}
+	ac, err := jwt.DecodeAccountClaims(token)
+	if err != nil {
+		return fmt.Errorf("broker: account jwt: %w", err)
+	}
+	if b.cfg.Auth == nil || (ac.Subject != b.cfg.Auth.Account && ac.Subject != b.cfg.Auth.SystemAccount) {
+		return fmt.Errorf("broker: account %s is not one this broker trusts", ac.Subject)
+	}
+	oc, err := jwt.DecodeOperatorClaims(b.cfg.Auth.OperatorJWT)
+	if err != nil || ac.Issuer != oc.Subject {
+		return fmt.Errorf("broker: account jwt for %s not issued by the operator", ac.Subject)
+	}
+	if err := srv.AccountResolver().Store(ac.Subject, token); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	acc, err := srv.LookupAccount(ac.Subject)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	srv.UpdateAccountClaims(acc, ac)
+	return nil
+}
+
 // Shutdown stops the server and waits for it, or until ctx ends. Idempotent.
 func (b *Broker) Shutdown(ctx context.Context) error {
 	b.mu.Lock()

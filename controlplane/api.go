@@ -223,6 +223,18 @@ func sameSpec(a, b client.DeploymentSpec) bool {
 }
 
 func (c *Controller) write(ctx context.Context, st *state, spec client.DeploymentSpec, rev uint64) error {
+	if _, _, exists := st.deps.get(spec.Name); !exists {
+		// A new deployment of a name whose previous deployment is still
+		// stopping: revoke those replicas' identities first (cutting their
+		// drain short), so none of them serves the new one.
+		prev := c.views(st, spec.Name)
+		if !c.revokeIdentities(ctx, prev) {
+			return fail(wire.APIInternal, "deployment %q: revoking the identities of its previous replicas failed; try again", spec.Name)
+		}
+		for _, v := range prev {
+			c.setDesired(ctx, st, v, store.DesiredStop)
+		}
+	}
 	nrev, err := store.Update(ctx, c.kv.Deployments, spec.Name, spec, rev)
 	if err != nil {
 		return conflictOr(err, spec.Name)

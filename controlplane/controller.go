@@ -61,6 +61,13 @@ type Config struct {
 	// Signer mints the NATS identity of each deployment's replicas; nil
 	// on a broker without authentication. Default: nil.
 	Signer *auth.Signer
+	// Revoke, when set, revokes NATS user identities (public keys) in the
+	// account: the controller revokes a replica's identity once the
+	// replica of a deleted deployment has stopped, and the identities of
+	// one still stopping when its name is deployed again, so an identity
+	// never serves a later deployment of the same name. natserve up sets it
+	// (it holds the operator key); nil leaves identities valid. Default: nil.
+	Revoke func(ctx context.Context, users []string) error
 	// FullPassInterval is how often the control loop passes over every
 	// deployment, changed or not: the safety net of the event-driven loop.
 	// Default: 15s.

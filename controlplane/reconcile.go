@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/auth"
 	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/wire"
 )
@@ -80,8 +81,18 @@ func (c *Controller) reconcile(ctx context.Context, st *state, names, reps []str
 			present = append(present, name)
 			continue
 		}
+		var drop []view
 		for _, v := range c.views(st, name) { // deleted deployment: drain what is left
-			c.retire(ctx, st, v, alive)
+			if c.retire(ctx, st, v, alive) {
+				drop = append(drop, v)
+			}
+		}
+		// A stopped replica's identity is revoked before its assignment
+		// goes (if revoking fails, the next pass tries again).
+		if c.revokeIdentities(ctx, drop) {
+			for _, v := range drop {
+				c.dropAssignment(ctx, st, v)
+			}
 		}
 		st.mu.Lock()
 		delete(st.dep, name)
@@ -132,17 +143,48 @@ func (c *Controller) views(st *state, name string) []view {
 	return vs
 }
 
-// retire moves an assignment of a deleted deployment towards its end.
-func (c *Controller) retire(ctx context.Context, st *state, v view, alive map[string]store.Node) {
+// retire moves an assignment of a deleted deployment towards its end; it
+// reports whether the assignment is to be dropped (its replica is gone).
+func (c *Controller) retire(ctx context.Context, st *state, v view, alive map[string]store.Node) (drop bool) {
 	_, nodeUp := alive[v.a.Node]
 	switch {
 	case !nodeUp, v.hasSt && (v.st.State == client.ReplicaStopped || v.st.State == client.ReplicaFailed):
-		c.dropAssignment(ctx, st, v)
+		return true
 	case v.a.Desired == store.DesiredRun:
 		c.setDesired(ctx, st, v, store.DesiredStop)
 	case !v.hasSt:
-		c.dropAssignment(ctx, st, v)
+		return true
 	}
+	return false
+}
+
+// revokeIdentities revokes the NATS identities of vs's replicas (with
+// Config.Revoke); it reports false if that failed.
+func (c *Controller) revokeIdentities(ctx context.Context, vs []view) bool {
+	if c.cfg.Revoke == nil || len(vs) == 0 {
+		return true
+	}
+	var users []string
+	for _, v := range vs {
+		if v.a.Creds == "" {
+			continue
+		}
+		u, err := auth.CredsUser(v.a.Creds)
+		if err != nil {
+			c.log.Warn("an assignment's replica identity is unreadable", "replica", v.a.Replica, "err", err)
+			continue
+		}
+		users = append(users, u)
+	}
+	if len(users) == 0 {
+		return true
+	}
+	if err := c.cfg.Revoke(ctx, users); err != nil {
+		c.log.Error("revoking replica identities failed", "deployment", vs[0].a.Deployment, "identities", len(users), "err", err)
+		return false
+	}
+	c.log.Info("replica identities revoked", "deployment", vs[0].a.Deployment, "identities", len(users))
+	return true
 }
 
 // reconcileOne brings one deployment towards its spec; it reports whether

@@ -221,7 +221,20 @@ func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, lo
 	// for it. Replicas (TCP) still get TLS, from the agent's TLS files.
 	url := strings.Replace(b.ClientURL(), "tls://", "nats://", 1)
 	reg := f.metrics.registry()
-	u.ctl, err = controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: ctlOpts, ID: f.node + "-controller", Signer: f.signer(), AsyncRetention: f.retention, Logger: log, Metrics: registerer(reg)})
+	var revoke func(context.Context, []string) error
+	if f.auth != nil {
+		// up holds the operator key: it revokes the identities of deleted
+		// deployments' replicas in the account and gives the broker the
+		// new account JWT.
+		revoke = func(_ context.Context, users []string) error {
+			tok, err := f.auth.Revoke(users...)
+			if err != nil {
+				return err
+			}
+			return b.UpdateAccount(tok)
+		}
+	}
+	u.ctl, err = controlplane.New(controlplane.Config{NATSURL: url, NATSOptions: ctlOpts, ID: f.node + "-controller", Signer: f.signer(), Revoke: revoke, AsyncRetention: f.retention, Logger: log, Metrics: registerer(reg)})
 	if err != nil {
 		return err
 	}

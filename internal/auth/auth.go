@@ -15,12 +15,14 @@ package auth
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -57,6 +59,10 @@ const (
 	// ClusterConfigFile is the nats-server snippet that goes inside a
 	// stock server's cluster block: the route authorization.
 	ClusterConfigFile = "cluster.conf"
+	// RevocationsFile lists the user identities revoked in the account
+	// (public key and time, as JSON), kept so that every re-signing of the
+	// account JWT carries them.
+	RevocationsFile = "revocations.json"
 )
 
 // RouteUser is the user name routes authenticate with (the password is
@@ -82,6 +88,10 @@ type Set struct {
 	RouteSecret string
 
 	signer nkeys.KeyPair
+
+	mu       sync.Mutex    // guards AccountJWT after Open, and revoked
+	operator nkeys.KeyPair // nil in a broker's share (LoadServer)
+	revoked  map[string]int64
 }
 
 // Open loads the set in dir, creating what is missing: keys, JWTs, the
@@ -120,7 +130,6 @@ func Open(dir string, nodes ...string) (*Set, error) {
 	opPub, _ := op.PublicKey()
 	s.SystemAccount, _ = sys.PublicKey()
 	s.Account, _ = acc.PublicKey()
-	signerPub, _ := s.signer.PublicKey()
 
 	oc := jwt.NewOperatorClaims(opPub)
 	oc.Name = "natserve"
@@ -133,21 +142,14 @@ func Open(dir string, nodes ...string) (*Set, error) {
 	if s.SystemJWT, err = sc.Encode(op); err != nil {
 		return nil, fmt.Errorf("%w: system account jwt: %v", ErrAuth, err)
 	}
-	ac := jwt.NewAccountClaims(s.Account)
-	ac.Name = AccountName
-	ac.SigningKeys.Add(signerPub)
-	// Streams: the KV buckets, the object store, the results stream and
-	// one request stream per deployment (stored requests): a fixed cap
-	// (it was 256) left deployments past the ~250th without stored
-	// requests. Only the admin and the controller may create streams.
-	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{
-		MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1,
-		MaxAckPending: -1, MemoryMaxStreamBytes: -1, DiskMaxStreamBytes: -1,
+	s.operator = op
+	if s.revoked, err = readRevocations(filepath.Join(abs, RevocationsFile)); err != nil {
+		return nil, err
 	}
-	if s.AccountJWT, err = ac.Encode(op); err != nil {
-		return nil, fmt.Errorf("%w: account jwt: %v", ErrAuth, err)
+	if s.AccountJWT, err = s.accountJWT(); err != nil {
+		return nil, err
 	}
-	for name, v := range map[string]string{operatorJWTFile: s.OperatorJWT, sysJWTFile: s.SystemJWT, accountJWTFile: s.AccountJWT, ServerConfigFile: s.ServerConfig(), ClusterConfigFile: s.ClusterConfig()} {
+	for name, v := range map[string]string{operatorJWTFile: s.OperatorJWT, sysJWTFile: s.SystemJWT, accountJWTFile: s.AccountJWT, ServerConfigFile: s.serverConfig(), ClusterConfigFile: s.ClusterConfig()} {
 		if err := writeFile(filepath.Join(abs, name), []byte(v)); err != nil {
 			return nil, err
 		}
@@ -177,6 +179,120 @@ func Open(dir string, nodes ...string) (*Set, error) {
 	return s, nil
 }
 
+// accountJWT signs the application account's JWT: its signing key,
+// JetStream limits and revocations.
+func (s *Set) accountJWT() (string, error) {
+	signerPub, _ := s.signer.PublicKey()
+	ac := jwt.NewAccountClaims(s.Account)
+	ac.Name = AccountName
+	ac.SigningKeys.Add(signerPub)
+	// Streams: the KV buckets, the object store, the results stream and
+	// one request stream per deployment (stored requests): a fixed cap
+	// (it was 256) left deployments past the ~250th without stored
+	// requests. Only the admin and the controller may create streams.
+	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{
+		MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1,
+		MaxAckPending: -1, MemoryMaxStreamBytes: -1, DiskMaxStreamBytes: -1,
+	}
+	if len(s.revoked) > 0 {
+		ac.Revocations = jwt.RevocationList{}
+	}
+	for pub, at := range s.revoked {
+		ac.Revocations.Revoke(pub, time.Unix(at, 0))
+	}
+	tok, err := ac.Encode(s.operator)
+	if err != nil {
+		return "", fmt.Errorf("%w: account jwt: %v", ErrAuth, err)
+	}
+	return tok, nil
+}
+
+// Revoke revokes the user identities users (public keys) in the account:
+// their JWTs, issued before now, are refused from now on and connections
+// using them are closed once a server has the new account JWT, which
+// Revoke returns (and writes, with server.conf). The revocations are kept
+// in the set's directory, so every later Open signs them again. It needs
+// the operator key (a set from Open, not LoadServer).
+func (s *Set) Revoke(users ...string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.operator == nil {
+		return "", fmt.Errorf("%w: revoking users needs the operator key, which %s does not hold", ErrAuth, s.Dir)
+	}
+	now := time.Now().Unix()
+	for _, u := range users {
+		if !nkeys.IsValidPublicUserKey(u) {
+			return "", fmt.Errorf("%w: revoke: %q is not a user public key", ErrAuth, u)
+		}
+	}
+	for _, u := range users {
+		s.revoked[u] = now
+	}
+	b, err := json.MarshalIndent(s.revoked, "", " ")
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	if err := writeFile(filepath.Join(s.Dir, RevocationsFile), append(b, '\n')); err != nil {
+		return "", err
+	}
+	tok, err := s.accountJWT()
+	if err != nil {
+		return "", err
+	}
+	s.AccountJWT = tok
+	if err := writeFile(filepath.Join(s.Dir, accountJWTFile), []byte(tok)); err != nil {
+		return "", err
+	}
+	if err := writeFile(filepath.Join(s.Dir, ServerConfigFile), []byte(s.serverConfig())); err != nil {
+		return "", err
+	}
+	return tok, nil
+}
+
+// Revoked reports the revoked user identities (public key → Unix time).
+func (s *Set) Revoked() map[string]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int64, len(s.revoked))
+	for k, v := range s.revoked {
+		out[k] = v
+	}
+	return out
+}
+
+func readRevocations(p string) (map[string]int64, error) {
+	m := map[string]int64{}
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return m, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrAuth, p, err)
+	}
+	for u := range m {
+		if !nkeys.IsValidPublicUserKey(u) {
+			return nil, fmt.Errorf("%w: %s: %q is not a user public key", ErrAuth, p, u)
+		}
+	}
+	return m, nil
+}
+
+// CredsUser returns the public key of the user in a creds file's text.
+func CredsUser(creds string) (string, error) {
+	tok, err := jwt.ParseDecoratedJWT([]byte(creds))
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	uc, err := jwt.DecodeUserClaims(tok)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	return uc.Subject, nil
+}
+
 // CredsPath is the path of a fixed role's creds file (admin, controller,
 // ingress, client).
 func (s *Set) CredsPath(role string) string { return filepath.Join(s.Dir, role+".creds") }
@@ -204,6 +320,12 @@ func (s *Set) Signer() *Signer { return &Signer{kp: s.signer, account: s.Account
 // ServerConfig is the nats-server configuration of operator mode with a
 // memory resolver holding both accounts.
 func (s *Set) ServerConfig() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.serverConfig()
+}
+
+func (s *Set) serverConfig() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# natserve: NATS operator mode (decentralized JWT), written by natserve.\n")
 	fmt.Fprintf(&b, "# Include it in your nats-server.conf and enable JetStream.\n")
