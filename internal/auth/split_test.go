@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 
 	"github.com/natserve/natserve/broker"
@@ -174,5 +175,63 @@ func TestRotatingTheSignerCutsOldIdentities(t *testing.T) {
 		if err := connect(b.ClientURL(), c); err != nil {
 			t.Errorf("%s after rotation: %v", filepath.Base(c), err)
 		}
+	}
+}
+
+// TestRevokeIsKept: a revocation is signed into the account JWT, written
+// with it, and signed in again by a later Open; a broker's share cannot
+// revoke, and a key that is not a user's is refused.
+func TestRevokeIsKept(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "all")
+	set, err := auth.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := set.Signer().Replica("dep-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, err := auth.CredsUser(creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := set.Revoke(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked := func(tok string) bool {
+		ac, err := jwt.DecodeAccountClaims(tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, ok := ac.Revocations[user]
+		return ok
+	}
+	if !revoked(tok) || !revoked(set.AccountJWT) {
+		t.Fatal("the account JWT Revoke returned does not revoke the user")
+	}
+	again, err := auth.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !revoked(again.AccountJWT) {
+		t.Fatal("a later Open dropped the revocation")
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "account.jwt")); !revoked(string(b)) {
+		t.Fatal("account.jwt on disk does not revoke the user")
+	}
+	if _, err := set.Revoke(set.Account); err == nil {
+		t.Error("revoking an account key: accepted")
+	}
+	roles := t.TempDir()
+	if _, err := set.Split(roles); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := auth.LoadServer(filepath.Join(roles, "broker"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Revoke(user); err == nil || !strings.Contains(err.Error(), "operator key") {
+		t.Errorf("a broker's share revoking: %v, want refused for lack of the operator key", err)
 	}
 }
