@@ -196,7 +196,7 @@ func decodeRequest(b []byte) (*wire.AsyncServiceRequest, *wire.AsyncServiceReply
 		return nil, fail(wire.AsyncCodeInvalid, "request of %d bytes is over the %d byte limit", len(b), wire.MaxAsyncServiceRequest)
 	}
 	var req wire.AsyncServiceRequest
-	if err := json.Unmarshal(b, &req); err != nil {
+	if err := wire.UnmarshalJSON(b, &req); err != nil {
 		return nil, fail(wire.AsyncCodeInvalid, "request: %.200s", oneLine(err.Error()))
 	}
 	switch req.Op {
@@ -242,7 +242,7 @@ func read(ctx context.Context, kv jetstream.KeyValue, id string) (*wire.AsyncRec
 		return nil, 0, fail(wire.AsyncCodeNotReady, "request %s: %v", id, err)
 	}
 	var r wire.AsyncRecord
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
+	if err := wire.UnmarshalJSON(e.Value(), &r); err != nil {
 		return nil, 0, fail(wire.AsyncCodeInternal, "request %s: bad record: %v", id, err)
 	}
 	return &r, e.Revision(), nil
@@ -369,7 +369,7 @@ func (s *service) wait(ctx context.Context, kv jetstream.KeyValue, id string, d 
 				continue // not stored yet (a submission in flight), or gone
 			}
 			var r wire.AsyncRecord
-			if json.Unmarshal(e.Value(), &r) != nil || !wire.AsyncTerminal(r.Status) {
+			if wire.UnmarshalJSON(e.Value(), &r) != nil || !wire.AsyncTerminal(r.Status) {
 				continue
 			}
 			return s.withResult(ctx, &r)
