@@ -422,13 +422,11 @@ type state struct {
 	seen   map[string]time.Time
 	dep    map[string]*depState
 	health map[string]*healthState
-	// healthDue is the earliest time a health check may be due (zero:
-	// look now); the health loop skips its walk over every replica
-	// before it. Whatever makes a check due sooner (a check ends, a
-	// replica is probed as an orphan, one is first seen) sets it.
-	healthDue time.Time
-	busy      map[string]bool // replicas with a reconfigure in flight
-	wakes     map[string]bool // deployments a caller asked to wake
+	// healthQ orders the health checks by when they are due (see
+	// dueQueue); guarded by mu like health.
+	healthQ dueQueue
+	busy    map[string]bool // replicas with a reconfigure in flight
+	wakes   map[string]bool // deployments a caller asked to wake
 }
 
 func newState() *state {

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"container/heap"
 	"context"
 	"encoding/json"
 	"time"
@@ -38,7 +39,7 @@ func (s *state) answering(replica string, d time.Duration) bool {
 	if h.orphan.IsZero() {
 		h.orphan = time.Now()
 		h.next = time.Now() // ping now
-		s.healthDue = time.Time{}
+		s.healthQ.due(replica, h.next)
 	}
 	// Probing for a second decides; a recent answer keeps it.
 	return time.Since(h.lastPong) < d || time.Since(h.orphan) < time.Second
@@ -69,7 +70,8 @@ func (s *state) forgetHealth(replica string) {
 // between, each tick only picks the checks that are due, so that its cost
 // is the checks themselves.
 func (c *Controller) healthLoop(ctx context.Context, st *state) {
-	t := time.NewTicker(50 * time.Millisecond)
+	const tick = 50 * time.Millisecond
+	t := time.NewTicker(tick)
 	defer t.Stop()
 	rescan := time.NewTicker(5 * time.Second)
 	defer rescan.Stop()
@@ -95,37 +97,42 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 		}
 		dues = dues[:0]
 		st.mu.Lock()
-		if scan || !now.Before(st.healthDue) {
-			// Walk every replica only when a check may be due: 1,000
-			// replicas checked every 10 s are 20 walks a second otherwise.
-			var earliest time.Time
-			for replica, h := range st.health {
-				if h.inflight || h.key == "" {
-					continue // an ending check sets healthDue
-				}
-				if !now.Before(h.next) {
-					dues = append(dues, due{h.key, replica})
-				} else if earliest.IsZero() || h.next.Before(earliest) {
-					earliest = h.next
-				}
+		// The checks due now, from the queue: no walk over every replica
+		// (1,000 replicas checked every 10 s were 20 walks a second).
+		for {
+			replica, at, ok := st.healthQ.pop(now)
+			if !ok {
+				break
 			}
-			st.healthDue = earliest
-			if len(dues) > 0 || earliest.IsZero() {
-				st.healthDue = time.Time{} // look again at the next tick
+			h, ok := st.health[replica]
+			if !ok || h.inflight || h.key == "" || !h.next.Equal(at) {
+				continue // gone, running, or due at another time (queued again then)
 			}
+			dues = append(dues, due{h.key, replica})
 		}
 		st.mu.Unlock()
+		later := func(replica string) { // not checkable now: look again at the next tick
+			st.mu.Lock()
+			if h, ok := st.health[replica]; ok && !h.inflight {
+				h.next = now.Add(tick)
+				st.healthQ.due(replica, h.next)
+			}
+			st.mu.Unlock()
+		}
 		for _, d := range dues {
 			a, _, ok := st.asgs.get(d.key)
 			if !ok || a.Desired != store.DesiredRun {
+				later(d.replica)
 				continue
 			}
 			rs, _, ok := st.reps.get(wire.ReplicaKey(a.Node, d.replica))
 			if !ok || rs.State != client.ReplicaRunning {
+				later(d.replica)
 				continue
 			}
 			spec, _, ok := st.deps.get(a.Deployment)
 			if !ok {
+				later(d.replica)
 				continue
 			}
 			period := time.Duration(spec.HealthCheckPeriodS * float64(time.Second))
@@ -140,6 +147,9 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 				h.inflight = true
 			}
 			st.mu.Unlock()
+			if !start {
+				continue
+			}
 			if start {
 				st.spawn(func() { c.check(ctx, st, d.key, a.Deployment, d.replica, period, timeout) })
 			}
@@ -173,7 +183,7 @@ func (c *Controller) watchRunning(st *state, now time.Time) {
 		st.mu.Lock()
 		if _, ok := st.health[a.Replica]; !ok {
 			st.health[a.Replica] = &healthState{key: key, next: now.Add(period)}
-			st.healthDue = time.Time{}
+			st.healthQ.due(a.Replica, now.Add(period))
 		}
 		st.mu.Unlock()
 	}
@@ -208,9 +218,7 @@ func (c *Controller) check(ctx context.Context, st *state, key, deployment, repl
 	}
 	h.inflight = false
 	h.next = start.Add(period)
-	if !st.healthDue.IsZero() && h.next.Before(st.healthDue) { // zero: looking at every tick anyway
-		st.healthDue = h.next
-	}
+	st.healthQ.due(replica, h.next)
 	wasHealthy := h.fails == 0
 	if reason == "" {
 		h.fails = 0
@@ -307,4 +315,37 @@ func (c *Controller) publishExit(replica, deployment, node, reason string) {
 	if err := c.nc.Publish(wire.ReplicaExitSubject(wire.ReplicaExitSenderController), b); err != nil {
 		c.log.Warn("publishing a replica exit failed", "replica", replica, "err", err)
 	}
+}
+
+// dueQueue is a min-heap of health checks by due time. A replica may be
+// queued more than once; an entry whose time is not the replica's
+// healthState.next any more is stale and dropped when popped.
+type dueQueue []dueEntry
+
+type dueEntry struct {
+	at      time.Time
+	replica string
+}
+
+func (q dueQueue) Len() int           { return len(q) }
+func (q dueQueue) Less(i, j int) bool { return q[i].at.Before(q[j].at) }
+func (q dueQueue) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
+func (q *dueQueue) Push(x any)        { *q = append(*q, x.(dueEntry)) }
+func (q *dueQueue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return e
+}
+
+// due queues replica's check at at.
+func (q *dueQueue) due(replica string, at time.Time) { heap.Push(q, dueEntry{at, replica}) }
+
+// pop returns the earliest entry due by now.
+func (q *dueQueue) pop(now time.Time) (string, time.Time, bool) {
+	if len(*q) == 0 || now.Before((*q)[0].at) {
+		return "", time.Time{}, false
+	}
+	e := heap.Pop(q).(dueEntry)
+	return e.replica, e.at, true
 }
