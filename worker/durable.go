@@ -184,14 +184,17 @@ func (r *Replica) runStored(ctx context.Context) {
 // pullStored fetches while the share has room; it returns on a fetch
 // error (the consumer is looked up again) or when ctx ends.
 //
-// One pull asks for as many messages as there are free tokens in the
-// share and free slots in the replica (at least one: a replica whose
-// slots synchronous traffic holds still takes one stored request, which
-// waits for a slot with in-progress acknowledgments, as before), so a
-// backlog drains at a batch per round trip instead of one message per
-// slot per round trip. Each message starts as soon as it arrives; the
-// tokens a pull reserved and got no message for are given back when the
-// pull ends. A request gives its token back when its method returns (its
+// One pull asks for what is stored now (no wait), up to as many messages
+// as there are free tokens in the share and free slots in the replica (at
+// least one: a replica whose slots synchronous traffic holds still takes
+// one stored request, which waits for a slot with in-progress
+// acknowledgments, as before), so a backlog drains at a batch per round
+// trip instead of one message per slot per round trip. Only when nothing
+// is stored does the replica wait, in one long pull for one message: a
+// long pull sized to the slots free when it started could hand a replica
+// that has since become busy several requests it cannot run while
+// another replica idles. The tokens a pull reserved and got no message
+// for are given back when the pull ends. A request gives its token back when its method returns (its
 // slot is free), not after its result is stored and acknowledged, so the
 // next pull overlaps with those round trips.
 func (r *Replica) pullStored(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, maxAttempts int, wg *sync.WaitGroup) error {
@@ -211,10 +214,8 @@ func (r *Replica) pullStored(ctx context.Context, js jetstream.JetStream, cons j
 			}
 			break
 		}
-		fctx, cancel := context.WithTimeout(r.stored.fetchCtx(ctx), storedFetchMax)
-		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(storedFetchBeat))
-		got := 0
-		if err == nil {
+		run := func(batch jetstream.MessageBatch) int {
+			got := 0
 			for msg := range batch.Messages() {
 				got++
 				wg.Add(1)
@@ -226,9 +227,31 @@ func (r *Replica) pullStored(ctx context.Context, js jetstream.JetStream, cons j
 					r.runStoredMsg(ctx, js, msg, maxAttempts, release)
 				}()
 			}
+			return got
+		}
+		// What is stored now, up to n, without waiting: the slots counted
+		// are free now.
+		got := 0
+		batch, err := cons.FetchNoWait(n)
+		if err == nil {
+			got = run(batch)
 			err = batch.Error()
 		}
-		cancel()
+		if got == 0 && ctx.Err() == nil {
+			// Nothing waiting: one long pull for one request (the free
+			// slots may be taken by the time one arrives; the request then
+			// waits for a slot, kept alive by in-progress acknowledgments).
+			for ; n > 1; n-- {
+				<-r.stored.running
+			}
+			fctx, cancel := context.WithTimeout(r.stored.fetchCtx(ctx), storedFetchMax)
+			batch, err = cons.Fetch(1, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(storedFetchBeat))
+			if err == nil {
+				got = run(batch)
+				err = batch.Error()
+			}
+			cancel()
+		}
 		for i := got; i < n; i++ {
 			<-r.stored.running
 		}
