@@ -67,7 +67,12 @@ func TestNothingLost(t *testing.T) {
 	cur.Store(&base)
 	tally := filepath.Join(t.TempDir(), "tally")
 	s.Deploy(client.DeploymentSpec{Name: "tally", Class: "Tally", InitArgs: json.RawMessage(fmt.Sprintf("[%q]", tally)),
-		NumReplicas: 2, MaxOngoingRequests: 8, GracefulShutdownTimeoutS: 2})
+		NumReplicas: 2, MaxOngoingRequests: 8, GracefulShutdownTimeoutS: 2,
+		// Five kills can each end a delivery of the same request (its
+		// replica, the agent, natserve up…): with the default of 3 attempts
+		// such a request rightly ends failed. Nothing-lost is about
+		// redelivery, so allow more attempts than there are kills.
+		MaxAttempts: 10})
 	js, err := jetstream.New(s.Client.Conn())
 	if err != nil {
 		t.Fatal(err)
