@@ -117,7 +117,7 @@ func (c *Client) OpenStream(ctx context.Context, deployment, method string, msg 
 			m, err = s.wait(deadline)
 		}
 		if err != nil {
-			s.Close()
+			s.abandon()
 			return nil, err
 		}
 		switch {
@@ -153,6 +153,50 @@ func (c *Client) OpenStream(ctx context.Context, deployment, method string, msg 
 		s.first = m
 		s.last, s.item = time.Now(), time.Now()
 		return s, nil
+	}
+}
+
+// abandonWait bounds how long an abandoned stream waits for its first
+// frame (the replica sends one within wire.StreamBeatInterval of starting
+// the stream, a beat if no item is ready; worker/stream.go).
+const abandonWait = wire.StreamDeadAfter
+
+// abandon ends a stream given up before its first frame came (the ctx
+// ended or the wait timed out): the frame that says where a cancel goes
+// may still come, so a background goroutine waits for it (at most
+// abandonWait) and cancels the stream at the replica, freeing its slot.
+func (s *ItemStream) abandon() {
+	sub, ch, c := s.sub, s.ch, s.c
+	s.sub, s.done, s.err = nil, true, io.EOF
+	if sub == nil {
+		return
+	}
+	ok := c.goBackground(func() {
+		defer func() { _ = sub.Unsubscribe() }()
+		t := time.NewTimer(abandonWait)
+		defer t.Stop()
+		for {
+			select {
+			case m := <-ch:
+				if m.Header == nil {
+					continue // an acknowledgment (or a plain reply: nothing runs)
+				}
+				if credit := m.Header.Get(wire.HeaderCredit); credit != "" {
+					_ = c.nc.Publish(credit, []byte(wire.StreamCancel))
+					return
+				}
+				if m.Header.Get(wire.HeaderFrame) == "" && m.Header.Get(wire.HeaderSeq) == "" {
+					return // a reply (busy, an error): nothing runs
+				}
+			case <-t.C:
+				return
+			case <-c.ctx.Done():
+				return
+			}
+		}
+	})
+	if !ok {
+		_ = sub.Unsubscribe()
 	}
 }
 

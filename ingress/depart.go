@@ -35,6 +35,7 @@ type departure struct {
 	parent context.Context
 	conn   net.Conn
 	timer  *time.Timer
+	onGone func() // called by the watcher when the client left, before release returns (may be nil)
 
 	mu       sync.Mutex // guards the fields below
 	state    int        // departArmed, departWatching, departReleased
@@ -59,8 +60,16 @@ var departPool = sync.Pool{New: func() any {
 // watchClient returns the context of a request from conn under parent.
 // The caller must call release when the request is answered.
 func watchClient(parent context.Context, conn net.Conn) *departure {
+	return watchConn(parent, conn, nil)
+}
+
+// watchConn is watchClient that also calls gone (from the watcher's
+// goroutine, at most once) when the client leaves before release. A
+// stream uses it for the wait for its first item: its own context
+// outlives the watch, so the departure cannot be its parent.
+func watchConn(parent context.Context, conn net.Conn, gone func()) *departure {
 	d := departPool.Get().(*departure)
-	d.parent, d.conn, d.state = parent, conn, departArmed
+	d.parent, d.conn, d.onGone, d.state = parent, conn, gone, departArmed
 	d.timer.Reset(watchAfter)
 	return d
 }
@@ -69,7 +78,7 @@ func watchClient(parent context.Context, conn net.Conn) *departure {
 // to the pool.
 func (d *departure) release() {
 	if d.timer.Stop() {
-		d.parent, d.conn = nil, nil
+		d.parent, d.conn, d.onGone = nil, nil, nil
 		departPool.Put(d)
 		return
 	}
@@ -124,11 +133,17 @@ func (d *departure) watch() {
 	})
 	if gone {
 		d.mu.Lock()
-		if d.state == departWatching && !d.gone {
+		first := d.state == departWatching && !d.gone
+		if first {
 			d.gone = true
 			close(d.done)
 		}
 		d.mu.Unlock()
+		// release waits for this goroutine (w): onGone is never called
+		// after release returned.
+		if first && d.onGone != nil {
+			d.onGone()
+		}
 	}
 }
 

@@ -24,8 +24,9 @@ import (
 // a failure writes {"error":{"code","message"}} and cuts the connection,
 // so the body is truncated, never a clean end). The budget
 // (request_timeout_s) covers the first item and each gap between items. A
-// client that goes away is noticed at the next write, which cancels the
-// stream at the replica.
+// client that goes away is noticed by the connection watch (depart.go)
+// while the first item is awaited, then at the next write; either cancels
+// the stream at the replica.
 
 var acceptSSE = []byte("text/event-stream")
 
@@ -52,18 +53,29 @@ type streamError struct {
 
 func (g *Ingress) serveStream(ctx *fasthttp.RequestCtx, rt *route, msg *nats.Msg, rctx context.Context) {
 	sctx, cancel := context.WithCancel(rctx)
+	// Until the first item, the client's connection is watched as a unary
+	// request's is (depart.go): a client that leaves cancels the stream
+	// (the replica's context ends, its slot frees). Afterwards, a departed
+	// client is noticed at the next write.
+	d := watchConn(rctx, ctx.Conn(), cancel)
 	st, err := g.cl.OpenStream(sctx, rt.deployment, "", msg, client.WithItemTimeout(g.cfg.RequestTimeout), client.WithKeepAlive(g.cfg.SSEKeepAlive))
-	if err != nil {
-		cancel()
-		rt.metrics.failed(err)
-		g.writeError(ctx, rt.deployment, err)
-		return
-	}
 	// The first item decides the answer: a failure before any item is an
 	// ordinary HTTP error.
-	first, err := itemStream{st}.nextItem()
+	var first []byte
+	if err == nil {
+		if first, err = (itemStream{st}).nextItem(); err != nil && err != io.EOF {
+			st.Close()
+		}
+	}
+	gone := err != nil && err != io.EOF && d.departed()
+	d.release()
+	if gone {
+		cancel()
+		rt.metrics.failedCode("client_gone", "the client closed the connection")
+		ctx.SetConnectionClose()
+		return
+	}
 	if err != nil && err != io.EOF {
-		st.Close()
 		cancel()
 		rt.metrics.failed(err)
 		g.writeError(ctx, rt.deployment, err)

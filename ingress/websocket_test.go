@@ -32,6 +32,9 @@ func TestLongLived(t *testing.T) {
 	rsp := spec("rt", "Router", `["hi"]`, 1, e2e.Ptr("/rt"))
 	rsp.MaxOngoingRequests = 1
 	s.Deploy(rsp)
+	lsp := spec("late", "LateStream", `[]`, 1, e2e.Ptr("/late"))
+	lsp.MaxOngoingRequests = 1
+	s.Deploy(lsp)
 	gr := client.NewGraph("gs").RoutePrefix("/gs")
 	st := gr.Bind("s", "Stream")
 	gspec, err := gr.Driver(gr.Call("out", st, gr.Call("d", "double", gr.Input()), 400))
@@ -192,6 +195,8 @@ func TestLongLived(t *testing.T) {
 
 	t.Run("departed clients free the slot", func(t *testing.T) { testDeparted(t, base) })
 
+	t.Run("departed client of a stream before its first item", func(t *testing.T) { testDepartedStream(t, base) })
+
 	t.Run("graph output streams", func(t *testing.T) { testGraphStream(t, s, base) })
 
 	t.Run("refusals", func(t *testing.T) {
@@ -318,6 +323,35 @@ func testDeparted(t *testing.T, base string) {
 	t.Logf("client hang-up → slot free (next request answered) after %v (goal 100 ms)", freed)
 	if resp.StatusCode != 200 || freed > time.Second {
 		t.Errorf("GET /rt/health: %d after %v, want 200 within 1 s", resp.StatusCode, freed)
+	}
+}
+
+// testDepartedStream: an SSE stream whose client hangs up while its first
+// item is awaited is cancelled at the replica (its context ends, its slot
+// frees). late has max_ongoing_requests 1; /late yields its one item after
+// first_ms (or never, if its context ends first).
+func testDepartedStream(t *testing.T, base string) {
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("GET /late?first_ms=30000 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // it holds the replica's only slot
+	gone := time.Now()
+	_ = c.Close()
+	req, _ := http.NewRequest("GET", base+"/late?first_ms=0", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("the slot was not freed: %v", err)
+	}
+	body := readBody(resp)
+	freed := time.Since(gone)
+	t.Logf("stream client hang-up before the first item → slot free (next stream answered) after %v (goal 100 ms)", freed)
+	if resp.StatusCode != 200 || !strings.HasPrefix(body, "id: 0\ndata: 0\n\n") || freed > time.Second {
+		t.Errorf("GET /late: %d %q after %v, want 200 with item 0 within 1 s", resp.StatusCode, body, freed)
 	}
 }
 

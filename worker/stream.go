@@ -97,7 +97,29 @@ func (s *replicaStream) send(h nats.Header, data []byte, seq bool) {
 	}
 }
 
-func (s *replicaStream) beats(done <-chan struct{}) {
+// firstBeatAfter: a stream whose first item is not sent by then sends a
+// beat, so that its caller learns early where a cancel goes (the credit
+// subject travels with the first frame): a client that leaves while the
+// first item is awaited frees the slot at once. Not for WebSockets: their
+// handler may still answer with a plain reply, which must come first.
+const firstBeatAfter = 20 * time.Millisecond
+
+func (s *replicaStream) beats(done <-chan struct{}, early bool) {
+	if early {
+		first := time.NewTimer(firstBeatAfter)
+		select {
+		case <-done:
+			first.Stop()
+			return
+		case <-first.C:
+		}
+		s.mu.Lock()
+		none := s.creditSubj != "" // not sent yet: no frame went out
+		s.mu.Unlock()
+		if none {
+			s.send(nats.Header{wire.HeaderFrame: {wire.FrameBeat}}, nil, false)
+		}
+	}
 	t := time.NewTicker(wire.StreamBeatInterval / 2)
 	defer t.Stop()
 	for {
@@ -176,7 +198,7 @@ func (r *Replica) serveStream(m *nats.Msg, oc *outcome, meth *method, window int
 	s.mu.Lock()
 	s.lastSent = time.Now()
 	s.mu.Unlock()
-	go s.beats(done)
+	go s.beats(done, true)
 
 	fail := func(code wire.Code, text string) {
 		if oc != nil {

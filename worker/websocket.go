@@ -64,7 +64,7 @@ func (r *Replica) serveWebSocket(m *nats.Msg, oc *outcome, req *Request, id stri
 	s.mu.Lock()
 	s.lastSent = time.Now()
 	s.mu.Unlock()
-	go s.beats(done)
+	go s.beats(done, false)
 	go c.watch(done)
 
 	hr, err := app.request(ctx, req)

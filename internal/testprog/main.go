@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"net/http"
 	"os"
 	"strconv"
@@ -294,6 +295,30 @@ func (t *Tally) Call(ctx context.Context, req *worker.Request) (int, error) {
 	return os.Getpid(), nil
 }
 
+// LateStream streams one item after first_ms (query, default 30000), or
+// nothing if its context ends first: a stream whose first item comes late.
+type LateStream struct{}
+
+// Call yields 0 after first_ms.
+func (LateStream) Call(ctx context.Context, req *worker.Request) (iter.Seq[int], error) {
+	ms := 30_000
+	if s := req.QueryParam("first_ms"); s != "" {
+		var err error
+		if ms, err = strconv.Atoi(s); err != nil || ms < 0 || ms > 60_000 {
+			return nil, fmt.Errorf("first_ms=%.20q: want 0 to 60000", s)
+		}
+	}
+	return func(yield func(int) bool) {
+		t := time.NewTimer(time.Duration(ms) * time.Millisecond)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			yield(0)
+		case <-ctx.Done():
+		}
+	}, nil
+}
+
 func main() {
 	var reg worker.Registry
 	reg.Class("Metered", NewMetered)
@@ -306,6 +331,7 @@ func main() {
 	reg.HTTPHandler("DefaultMux", func() http.Handler { return http.DefaultServeMux })
 	reg.Class("Counter", func() Counter { return Counter{} })
 	reg.Class("Tally", NewTally)
+	reg.Class("LateStream", func() LateStream { return LateStream{} })
 	reg.Func("combine", func(a, b int) int { return a + b })
 	seed.Register(&reg)
 	stream.Register(&reg)
