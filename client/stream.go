@@ -50,6 +50,7 @@ type ItemStream struct {
 
 	idle    time.Duration // WithKeepAlive
 	lastOut time.Time     // when Next last returned
+	grace   int           // silences forgiven in a row because this side was starved (starved)
 
 	// Dups counts duplicate frames dropped.
 	Dups int
@@ -276,12 +277,19 @@ func (s *ItemStream) Next() ([]byte, error) {
 					return nil, s.finish(s.fail(wire.CodeDeadline, fmt.Sprintf("no item within %v", s.gap)))
 				}
 				if now.After(dead) {
+					if s.starved(now.Sub(dead)) {
+						continue // frames came, or this side cannot tell: wait on
+					}
+					if err := s.ctx.Err(); err != nil {
+						return nil, s.finish(err)
+					}
 					return nil, s.finish(s.fail(codeReplicaDied, fmt.Sprintf("the replica sent nothing for %v", wire.StreamDeadAfter)))
 				}
 				continue
 			}
 		}
 		s.last = time.Now()
+		s.grace = 0
 		if isAck(m) {
 			continue
 		}
@@ -336,6 +344,45 @@ func (s *ItemStream) Next() ([]byte, error) {
 		}
 		return m.Data, nil
 	}
+}
+
+// maxStarvedGrace bounds how many times in a row a silent stream is given
+// another wire.StreamDeadAfter because this side looked starved.
+const maxStarvedGrace = 4
+
+// starvedAfter: a timer that fires this late, or a round trip to the
+// server that takes this long, means this process (or its connection) is
+// starved: silence seen from here proves nothing about the replica.
+const starvedAfter = wire.StreamDeadAfter / 4
+
+// starved is asked when the replica seemed silent for wire.StreamDeadAfter
+// (the silence timer fired late by late). A starved caller (1,000 streams
+// released at once in one busy process) may not have read frames the
+// replica sent in time: they may wait in the connection, unread. A round
+// trip to the server (PING/PONG) delivers every frame the server had sent
+// before it. It reports whether to wait on: a frame came in the meantime
+// (s.last moves on), or this side was starved (the timer fired late, or
+// the round trip was slow or failed), a bounded number of times in a row.
+// A dead replica whose caller is not starved is still noticed after
+// wire.StreamDeadAfter.
+func (s *ItemStream) starved(late time.Duration) bool {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(s.ctx, wire.StreamDeadAfter)
+	err := s.c.nc.FlushWithContext(ctx)
+	cancel()
+	if len(s.ch) > 0 {
+		s.grace = 0
+		return true
+	}
+	if s.ctx.Err() != nil {
+		return false
+	}
+	if (err != nil || late >= starvedAfter || time.Since(start) >= starvedAfter) && s.grace < maxStarvedGrace {
+		s.grace++
+		s.last = time.Now()
+		return true
+	}
+	return false
 }
 
 // finish ends the stream with err and cancels it at the replica.

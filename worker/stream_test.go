@@ -3,14 +3,19 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/testutil"
 	"github.com/natserve/natserve/internal/wire"
 )
 
@@ -211,3 +216,120 @@ func TestStreamReplicaKilled(t *testing.T) {
 		t.Errorf("noticed after %v", took)
 	}
 }
+
+// TestStreamStarvedReader: frames the replica sent that have not reached
+// the reader yet (they wait in its connection, as in a caller too starved
+// to read them) do not make a live replica look dead. A proxy between the
+// caller and the broker holds everything the broker sends for longer than
+// wire.StreamDeadAfter while the replica beats; the stream then goes on.
+func TestStreamStarvedReader(t *testing.T) {
+	s := newStack(t)
+	s.replica(t, "st", "Stream", `[]`, 4)
+	p := newHoldProxy(t, strings.TrimPrefix(s.url, "nats://"))
+	cl := client.New(testutil.Conn(t, "nats://"+p.addr, testutil.CredsOptions(t, s.url, "admin")...))
+	defer cl.Close()
+	var err error
+	// Three items, 3 s apart: beats every 250 ms in the gaps.
+	msg := streamMsg(t, 3)
+	if msg.Data, err = wire.MarshalArgs([]any{3, 3000}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := cl.OpenStream(context.Background(), "st", "", msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Next(); err != nil {
+		t.Fatal(err)
+	}
+	p.hold(wire.StreamDeadAfter * 5 / 2)
+	start := time.Now()
+	for want := 1; want < 3; want++ {
+		b, err := st.Next()
+		if err != nil {
+			t.Fatalf("item %d after the broker's frames were held %v: %v", want, wire.StreamDeadAfter*5/2, err)
+		}
+		var v int
+		if err := wire.UnmarshalValue(b, &v); err != nil || v != want {
+			t.Fatalf("item %d: %v %v", want, v, err)
+		}
+	}
+	if _, err := st.Next(); err != io.EOF {
+		t.Fatalf("end: %v", err)
+	}
+	t.Logf("frames held %v: the stream went on (items 1, 2 after %v)", wire.StreamDeadAfter*5/2, time.Since(start))
+}
+
+// holdProxy forwards TCP connections to a NATS server; hold keeps what the
+// server sends (not what the client sends) for a while.
+type holdProxy struct {
+	addr string
+	held atomic.Int64 // until (Unix nanoseconds)
+}
+
+func newHoldProxy(t *testing.T, target string) *holdProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &holdProxy{addr: ln.Addr().String()}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, u)
+			mu.Unlock()
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				_, _ = io.Copy(u, c)
+				_ = u.Close()
+			}()
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := u.Read(buf)
+					for time.Now().UnixNano() < p.held.Load() {
+						time.Sleep(5 * time.Millisecond)
+					}
+					if n > 0 {
+						if _, err := c.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return p
+}
+
+func (p *holdProxy) hold(d time.Duration) { p.held.Store(time.Now().Add(d).UnixNano()) }
