@@ -23,6 +23,18 @@ import (
 	"github.com/natserve/natserve/internal/testutil"
 )
 
+func TestUpRefusesNoAuthOffLoopback(t *testing.T) {
+	bin := testutil.Build(t, "./cmd/natserve")
+	data := filepath.Join(t.TempDir(), "data")
+	out, err := exec.Command(bin, "up", "-no-auth", "-data", data, "-nats-host", "0.0.0.0", "-nats-port", strconv.Itoa(e2e.FreePort(t))).CombinedOutput()
+	if err == nil || strings.Count(string(out), "\n") != 1 || !strings.Contains(string(out), "-no-auth is for measuring on loopback only") {
+		t.Fatalf("natserve up -no-auth -nats-host 0.0.0.0: %v, output %q; want a one-line refusal", err, out)
+	}
+	if _, err := os.Stat(data); !os.IsNotExist(err) {
+		t.Errorf("data dir %s exists: refused too late", data)
+	}
+}
+
 func TestUpRefusesOffLoopbackWithoutTLS(t *testing.T) {
 	bin := testutil.Build(t, "./cmd/natserve")
 	for _, host := range []string{"0.0.0.0", "::", ""} {

@@ -147,6 +147,9 @@ func parseUpFlags(args []string, stderr io.Writer) (*upFlags, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("up takes no arguments, got %q (flags go before them?)", fs.Args())
 	}
+	if f.noAuth && !isLoopback(f.natsHost) {
+		return nil, fmt.Errorf("-no-auth is for measuring on loopback only: drop it, or keep -nats-host 127.0.0.1")
+	}
 	if !isLoopback(f.natsHost) && !f.tls.Enabled() {
 		return nil, fmt.Errorf("-nats-host %s is off loopback and NATS would be plain TCP: pass -tls-cert FILE -tls-key FILE (and -tls-ca FILE) to serve it over TLS, or keep -nats-host 127.0.0.1", f.natsHost)
 	}
