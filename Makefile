@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: help check check-loaded fmt vet staticcheck tidy test fuzz build bench microbench fault scale
+.PHONY: help check check-loaded fmt vet staticcheck tidy test fuzz build bench microbench fault scale soak
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -64,3 +64,9 @@ microbench: ## hot-path micro benchmarks, each beside its baseline
 
 fault: ## the fault and bad-input suite with full-length outages
 	NATSERVE_FAULT_FULL=1 $(GO) test -count=1 -v -run TestFaultSuite ./internal/fault/
+
+SOAK_DURATION ?= 30m
+SOAK_RATE ?= 200
+SOAK_SEED ?= 1
+soak: ## the chaos soak on docker compose (SOAK_DURATION=30m SOAK_RATE=200 SOAK_SEED=1); report and plot in bench/results/soak
+	$(GO) run ./bench/cmd/soak -duration $(SOAK_DURATION) -rate $(SOAK_RATE) -seed $(SOAK_SEED) -out bench/results/soak

@@ -1,16 +1,12 @@
 package deploy_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,66 +20,7 @@ import (
 	"github.com/natserve/natserve/internal/testutil"
 )
 
-func TestMain(m *testing.M) { testutil.Main(m) }
-
-// compose runs docker compose (the plugin, or docker-compose v1).
-type compose struct {
-	t       *testing.T
-	cmd     []string
-	project string
-	env     []string
-	root    string
-}
-
-func (c *compose) run(args ...string) string {
-	c.t.Helper()
-	full := append(append(append([]string{}, c.cmd[1:]...), "-p", c.project), args...)
-	cmd := exec.Command(c.cmd[0], full...)
-	cmd.Dir = c.root
-	cmd.Env = append(os.Environ(), c.env...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		c.t.Fatalf("%s %s: %v\n%s", strings.Join(c.cmd, " "), strings.Join(args, " "), err, tail(string(out), 3000))
-	}
-	return string(out)
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "…" + s[len(s)-n:]
-	}
-	return s
-}
-
-func composeCommand() []string {
-	if exec.Command("docker", "compose", "version").Run() == nil {
-		return []string{"docker", "compose"}
-	}
-	if p, err := exec.LookPath("docker-compose"); err == nil {
-		return []string{p}
-	}
-	return nil
-}
-
-// goImage returns a builder base image that exists locally: the official
-// one if present, else one made from this machine's Go toolchain.
-func goImage(t *testing.T) string {
-	if img := os.Getenv("NATSERVE_GO_IMAGE"); img != "" {
-		return img
-	}
-	if exec.Command("docker", "image", "inspect", "golang:1.26-bookworm").Run() == nil {
-		return "golang:1.26-bookworm"
-	}
-	const local = "natserve-go:local"
-	if exec.Command("docker", "image", "inspect", local).Run() == nil {
-		return local
-	}
-	script := filepath.Join(testutil.ModuleRoot(t), "deploy", "go-image.sh")
-	if out, err := exec.Command("bash", script, local).CombinedOutput(); err != nil {
-		t.Fatalf("making %s: %v\n%s", local, err, out)
-	}
-	return local
-}
+func TestMain(m *testing.M) { testutil.Main(m, downSharedStack) }
 
 type traffic struct {
 	ok, failed atomic.Int64
@@ -144,59 +81,19 @@ func (tr *traffic) finish() (ratio float64, summary string) {
 }
 
 func TestDockerCompose(t *testing.T) {
-	if exec.Command("docker", "info").Run() != nil {
-		t.Skip("no Docker engine: the docker compose test needs one")
-	}
-	cmd := composeCommand()
-	if cmd == nil {
-		t.Skip("neither 'docker compose' nor docker-compose is installed")
-	}
-	httpPort, natsPort, nats2Port, dashPort := e2e.FreePort(t), e2e.FreePort(t), e2e.FreePort(t), e2e.FreePort(t)
-	c := &compose{t: t, cmd: cmd, project: fmt.Sprintf("natserve-e2e-%d", os.Getpid()), root: testutil.ModuleRoot(t), env: []string{
-		"NATSERVE_GO_IMAGE=" + goImage(t),
-		"NATSERVE_IMAGE=natserve:e2e",
-		"NATSERVE_NODE_IMAGE=natserve-node:e2e",
-		"NATSERVE_HTTP_PORT=" + strconv.Itoa(httpPort),
-		"NATSERVE_NATS_PORT=" + strconv.Itoa(natsPort),
-		"NATSERVE_NATS2_PORT=" + strconv.Itoa(nats2Port),
-		"NATSERVE_DASHBOARD_PORT=" + strconv.Itoa(dashPort),
-	}}
-	start := time.Now()
-	c.run("build", "nats1", "worker1") // the servers' image and the nodes' (a user program)
-	t.Logf("images built in %v", time.Since(start).Round(time.Second))
-	t.Cleanup(func() {
-		if t.Failed() {
-			out, _ := exec.Command(c.cmd[0], append(c.cmd[1:], "-p", c.project, "logs", "--tail=40")...).CombinedOutput()
-			t.Logf("compose logs:\n%s", tail(string(out), 20000))
+	c := sharedStack(t)
+	base, natsURL := c.BaseURL(), fmt.Sprintf("nats://127.0.0.1:%d", c.NATSPort)
+	nats2Port := c.NATS2Port
+	run := func(args ...string) {
+		t.Helper()
+		if _, err := c.Compose(e2e.Ctx(2*time.Minute), args...); err != nil {
+			t.Fatal(err)
 		}
-		c.run("down", "--timeout", "5")
-		out, _ := exec.Command("docker", "ps", "-q", "--filter", "label=com.docker.compose.project="+c.project).Output()
-		if len(bytes.TrimSpace(out)) != 0 {
-			t.Errorf("docker compose down left containers running: %s", out)
-		}
-	})
+	}
 
-	// Up from a clean state: the example deployments serve on the HTTP port within 60 s.
-	start = time.Now()
-	c.run("up", "-d")
-	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
-	testutil.Eventually(t, 3*time.Minute, func() error { // correctness, not timing: a loaded machine starts slowly
-		resp, err := http.Get(base + "/rep-1?data=0.3")
-		if err != nil {
-			return err
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || !strings.Contains(string(b), "path: /model/rep-1.pkl") {
-			return fmt.Errorf("%d %s", resp.StatusCode, b)
-		}
-		return nil
-	})
-	t.Logf("serving on port %d %v after docker compose up", httpPort, time.Since(start).Round(100*time.Millisecond))
 	// controller1's dashboard is published, behind its login token.
 	testutil.Eventually(t, 30*time.Second, func() error {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", dashPort))
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", c.DashboardPort))
 		if err != nil {
 			return err
 		}
@@ -255,11 +152,11 @@ func TestDockerCompose(t *testing.T) {
 	// Replicas are spread over both workers.
 	nodesOf := func() map[string]int {
 		nodes := map[string]int{}
-		for _, name := range []string{"rep-1", "rep-2", "http_deployment", "MyFirstDeployment"} {
-			d, err := cl.Get(e2e.Ctx(5*time.Second), name)
-			if err != nil {
-				t.Fatal(err)
-			}
+		ds, err := cl.List(e2e.Ctx(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
 			for _, r := range d.Replicas {
 				if r.State == client.ReplicaRunning {
 					nodes[r.Node]++
@@ -268,18 +165,20 @@ func TestDockerCompose(t *testing.T) {
 		}
 		return nodes
 	}
-	if n := nodesOf(); n["worker1"] == 0 || n["worker2"] == 0 {
+	n := nodesOf()
+	if n["worker1"] == 0 || n["worker2"] == 0 {
 		t.Fatalf("replicas per node: %v", n)
 	}
+	total := n["worker1"] + n["worker2"]
 
 	// Stopping a worker moves its replicas to the other within 10 s; HTTP keeps answering.
 	tr := startTraffic(base+"/rep-1?data=0.3", 8)
 	time.Sleep(time.Second) // traffic before the event, measured with it
-	start = time.Now()
-	c.run("stop", "worker1")
+	start := time.Now()
+	run("stop", "worker1")
 	testutil.Eventually(t, 10*time.Second, func() error {
 		n := nodesOf()
-		if n["worker1"] != 0 || n["worker2"] != 6 {
+		if n["worker1"] != 0 || n["worker2"] != total {
 			return fmt.Errorf("replicas per node %v", n)
 		}
 		return nil
@@ -291,12 +190,12 @@ func TestDockerCompose(t *testing.T) {
 	if ratio < 0.99 {
 		t.Errorf("success ratio %.4f while a worker stopped, want ≥ 0.99", ratio)
 	}
-	c.run("start", "worker1")
+	run("start", "worker1")
 
 	// Stopping a NATS node under load: traffic continues, KV takes writes, the node rejoins.
 	tr = startTraffic(base+"/rep-2?data=0.3", 8)
 	time.Sleep(time.Second)
-	c.run("stop", "nats2")
+	run("stop", "nats2")
 	if err := cl.Scale(e2e.Ctx(20*time.Second), "rep-2", 3); err != nil {
 		t.Fatalf("scale with nats2 down: %v", err)
 	}
@@ -309,7 +208,7 @@ func TestDockerCompose(t *testing.T) {
 	if ratio < 0.99 {
 		t.Errorf("success ratio %.4f while a NATS node stopped, want ≥ 0.99", ratio)
 	}
-	c.run("start", "nats2")
+	run("start", "nats2")
 	testutil.Eventually(t, 30*time.Second, func() error {
 		nc, err := client.Connect(e2e.Ctx(2*time.Second), fmt.Sprintf("nats://127.0.0.1:%d", nats2Port), client.WithCreds(creds))
 		if err != nil {
@@ -334,7 +233,7 @@ func TestDockerCompose(t *testing.T) {
 	}
 	leader := st.Leader
 	start = time.Now()
-	c.run("kill", leader)
+	run("kill", leader)
 	testutil.Eventually(t, 10*time.Second, func() error {
 		st, err := cl.Status(e2e.Ctx(time.Second))
 		if err != nil {

@@ -16,9 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/natserve/natserve/examples/chat"
-	"github.com/natserve/natserve/examples/seed"
-	"github.com/natserve/natserve/examples/stream"
+	"github.com/natserve/natserve/examples/quickstart"
 	"github.com/natserve/natserve/internal/wire"
 	"github.com/natserve/natserve/worker"
 	"github.com/prometheus/client_golang/prometheus"
@@ -325,7 +323,6 @@ func main() {
 	reg.Class("Probe", NewProbe)
 	reg.Func("double", func(x int) int { return 2 * x })
 	reg.HTTPHandler("Router", NewRouter)
-	chat.Register(&reg) // Chat: WebSockets
 	// A user handler that serves http.DefaultServeMux: natserve must have
 	// registered nothing on it (no /debug/pprof/).
 	reg.HTTPHandler("DefaultMux", func() http.Handler { return http.DefaultServeMux })
@@ -333,7 +330,6 @@ func main() {
 	reg.Class("Tally", NewTally)
 	reg.Class("LateStream", func() LateStream { return LateStream{} })
 	reg.Func("combine", func(a, b int) int { return a + b })
-	seed.Register(&reg)
-	stream.Register(&reg)
+	quickstart.Register(&reg) // the quick start's classes, Chat among them (docker compose's tests run this program)
 	worker.Main(&reg)
 }

@@ -20,9 +20,13 @@ var (
 	built    = map[string]string{}
 )
 
-// Main runs the tests of a package and removes the binaries Build made.
-func Main(m *testing.M) {
+// Main runs the tests of a package and removes the binaries Build made;
+// then it runs after (e.g. to tear down what the package's tests shared).
+func Main(m *testing.M, after ...func()) {
 	code := m.Run()
+	for _, f := range after {
+		f()
+	}
 	buildMu.Lock()
 	if buildDir != "" {
 		_ = os.RemoveAll(buildDir)
