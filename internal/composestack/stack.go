@@ -234,27 +234,49 @@ func (s *Stack) Logs(lines int) string {
 	return out
 }
 
+// Containers returns the project's containers by service: id and state
+// ("running", "exited", …), from one docker command.
+func (s *Stack) Containers(ctx context.Context) (map[string]Container, error) {
+	out, err := Docker(ctx, "ps", "-a", "--no-trunc", "--filter", "label=com.docker.compose.project="+s.Project,
+		"--format", `{{.Label "com.docker.compose.service"}} {{.ID}} {{.State}}`)
+	if err != nil {
+		return nil, err
+	}
+	cs := map[string]Container{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.Fields(line); len(f) == 3 {
+			if _, dup := cs[f[0]]; dup {
+				return nil, fmt.Errorf("service %s has more than one container", f[0])
+			}
+			cs[f[0]] = Container{ID: f[1], State: f[2]}
+		}
+	}
+	return cs, nil
+}
+
+// Container is one service's container.
+type Container struct {
+	ID    string
+	State string
+}
+
 // Container returns the id of service's container.
 func (s *Stack) Container(ctx context.Context, service string) (string, error) {
-	out, err := s.Compose(ctx, "ps", "-q", service)
+	cs, err := s.Containers(ctx)
 	if err != nil {
 		return "", err
 	}
-	id := strings.TrimSpace(out)
-	if id == "" || strings.Contains(id, "\n") {
-		return "", fmt.Errorf("service %s: containers %q", service, id)
+	c, ok := cs[service]
+	if !ok {
+		return "", fmt.Errorf("service %s has no container", service)
 	}
-	return id, nil
+	return c.ID, nil
 }
 
 // Running reports whether service's container runs.
 func (s *Stack) Running(ctx context.Context, service string) bool {
-	id, err := s.Container(ctx, service)
-	if err != nil {
-		return false
-	}
-	out, err := Docker(ctx, "inspect", "-f", "{{.State.Running}}", id)
-	return err == nil && strings.TrimSpace(out) == "true"
+	cs, err := s.Containers(ctx)
+	return err == nil && cs[service].State == "running"
 }
 
 // Proc is a process inside a container.

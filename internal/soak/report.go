@@ -63,7 +63,7 @@ func (r *runner) report() *Report {
 	faults := slices.Clone(r.faults)
 	r.mu.Unlock()
 	sort.Slice(results, func(i, j int) bool { return results[i].at < results[j].at })
-	rep := &Report{Rate: r.cfg.Rate, Duration: r.cfg.Duration, Seed: r.cfg.Seed, Deadline: r.cfg.Deadline, Slack: r.cfg.Slack, Failed: map[string]int{}, Faults: faults}
+	rep := &Report{Rate: r.cfg.Rate, Duration: r.loadTime.Round(time.Second), Seed: r.cfg.Seed, Deadline: r.cfg.Deadline, Slack: r.cfg.Slack, Failed: map[string]int{}, Faults: faults}
 	rep.Duplicates, rep.Executed = r.duplicates()
 	for _, x := range results {
 		rep.Sent++
@@ -279,7 +279,7 @@ func (rep *Report) gnuplot() string {
 			}
 		}
 	}
-	fmt.Fprintf(&b, "set xrange [0:%d]\nset grid\nset key bottom right\n", int(rep.Duration.Seconds())+1)
+	fmt.Fprintf(&b, "set xrange [0:%d]\nset lmargin 12\nset grid\nset key bottom right\n", len(rep.Seconds))
 	objects(true)
 	fmt.Fprintf(&b, "set ylabel 'success rate per second (%%)'\nset yrange [0:105]\n")
 	fmt.Fprintf(&b, "plot 'soak.dat' using 1:2 with lines lw 1.5 lc rgb '#222222' title 'success %%'\n")

@@ -167,7 +167,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, fmt.Errorf("waiting for %s: %w", Deployment, err)
 	}
 	r := &runner{cfg: cfg, cl: cl, rng: rand.New(rand.NewSource(cfg.Seed)), execs: map[string]int{}}
-	if err := r.converged(ctx); err != nil {
+	if err := composestack.WaitFor(ctx, time.Minute, func() error { return r.converged(ctx) }); err != nil {
 		return nil, fmt.Errorf("before the soak: %w", err)
 	}
 	sub, err := cl.Conn().Subscribe("fault.exec", func(m *nats.Msg) {
@@ -196,6 +196,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	stopLoad()
+	r.loadTime = r.since()
 	loadWG.Wait()
 	// Executions published just before the end still travel.
 	_ = cl.Conn().Flush()
@@ -208,6 +209,9 @@ type runner struct {
 	cl    *client.Client
 	rng   *rand.Rand
 	start time.Time
+	// loadTime is how long the load ran: Duration, or longer when the
+	// last fault's convergence took it past.
+	loadTime time.Duration
 
 	mu      sync.Mutex
 	results []result
@@ -493,17 +497,25 @@ var Services = []string{"nats1", "nats2", "nats3", "controller1", "controller2",
 // more replica processes than the control plane counts.
 func (r *runner) converged(ctx context.Context) error {
 	s := r.cfg.Stack
+	cs, err := s.Containers(ctx)
+	if err != nil {
+		return err
+	}
 	for _, svc := range Services {
-		if !s.Running(ctx, svc) {
-			return fmt.Errorf("%s is not running", svc)
+		if cs[svc].State != "running" {
+			return fmt.Errorf("%s is %s", svc, cs[svc].State)
 		}
 	}
-	st, err := r.cl.Status(ctx)
+	ds, err := r.cl.List(ctx)
 	if err != nil {
 		return err
 	}
 	running := 0
-	for _, d := range st.Deployments {
+	for _, d := range ds {
+		d, err := r.cl.Get(ctx, d.Spec.Name) // with its replicas
+		if err != nil {
+			return err
+		}
 		if d.Spec.Name == Deployment {
 			n := 0
 			for _, rep := range d.Replicas {

@@ -15,6 +15,8 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,7 +31,16 @@ func main() {
 	perKind := flag.Int("per-kind", 0, "faults of each kind (default: 3 per 30 minutes, at least 1)")
 	out := flag.String("out", "bench/results/soak", "directory for report.md, report.json and soak.png")
 	keep := flag.Bool("keep", false, "leave the stack running afterwards")
+	kinds := flag.String("kinds", "", "comma-separated faults to inject (default all): "+kindNames())
+	tag := flag.String("tag", "soak", "tag of the images (natserve:TAG, natserve-testnode:TAG)")
+	build := flag.Bool("build", true, "build the images (false: use the ones tagged -tag)")
 	flag.Parse()
+	for _, k := range strings.Split(*kinds, ",") {
+		if k = strings.TrimSpace(k); k != "" && !slices.Contains(soak.Kinds, soak.Kind(k)) {
+			fmt.Fprintf(os.Stderr, "soak: -kinds: unknown fault %q (known: %s)\n", k, kindNames())
+			os.Exit(2)
+		}
+	}
 	if *duration < 30*time.Second || *rate < 1 {
 		fmt.Fprintln(os.Stderr, "soak: -duration must be at least 30s and -rate at least 1")
 		os.Exit(2)
@@ -38,15 +49,17 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	s, err := composestack.New(fmt.Sprintf("natserve-soak-%d", os.Getpid()), "soak")
+	s, err := composestack.New(fmt.Sprintf("natserve-soak-%d", os.Getpid()), *tag)
 	if err != nil {
 		log.Fatalf("soak: %v", err)
 	}
-	start := time.Now()
-	if err := s.Build(ctx); err != nil {
-		log.Fatalf("soak: %v", err)
+	if *build {
+		start := time.Now()
+		if err := s.Build(ctx); err != nil {
+			log.Fatalf("soak: %v", err)
+		}
+		log.Printf("images built in %v", time.Since(start).Round(time.Second))
 	}
-	log.Printf("images built in %v", time.Since(start).Round(time.Second))
 	code := 0
 	defer func() {
 		if !*keep {
@@ -67,7 +80,13 @@ func main() {
 		return
 	}
 	log.Printf("stack up (ingress on port %d); soak: %d req/s for %v, seed %d", s.HTTPPort, *rate, *duration, *seed)
-	rep, err := soak.Run(ctx, soak.Config{Stack: s, Rate: *rate, Duration: *duration, Seed: *seed, PerKind: *perKind, Logf: log.Printf})
+	var ks []soak.Kind
+	for _, k := range strings.Split(*kinds, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			ks = append(ks, soak.Kind(k))
+		}
+	}
+	rep, err := soak.Run(ctx, soak.Config{Stack: s, Rate: *rate, Duration: *duration, Seed: *seed, Kinds: ks, PerKind: *perKind, Logf: log.Printf})
 	if rep == nil {
 		log.Printf("soak: %v\n%s", err, composestack.Tail(s.Logs(40), 10000))
 		code = 1
@@ -86,4 +105,12 @@ func main() {
 		log.Printf("FAIL: %d requests never answered, %d executed twice", rep.Unanswered, rep.Duplicates)
 		code = 1
 	}
+}
+
+func kindNames() string {
+	var names []string
+	for _, k := range soak.Kinds {
+		names = append(names, string(k))
+	}
+	return strings.Join(names, ", ")
 }
