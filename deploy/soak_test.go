@@ -16,7 +16,7 @@ import (
 // partitioned node's replicas replaced) and prints the timing targets.
 func TestChaosSoak(t *testing.T) {
 	s := sharedStack(t)
-	d := 80 * time.Second
+	d := 60 * time.Second
 	if v := os.Getenv("NATSERVE_SOAK_DURATION"); v != "" {
 		var err error
 		if d, err = time.ParseDuration(v); err != nil {
@@ -45,7 +45,7 @@ func TestChaosSoak(t *testing.T) {
 // no request lost and none run twice.
 func TestNetworkPartition(t *testing.T) {
 	s := sharedStack(t)
-	rep, err := soak.Run(e2e.Ctx(5*time.Minute), soak.Config{Stack: s, Rate: 200, Duration: 30 * time.Second, Seed: 2, Kinds: []soak.Kind{soak.Partition}, PerKind: 1, Warmup: 3 * time.Second, Logf: t.Logf})
+	rep, err := soak.Run(e2e.Ctx(5*time.Minute), soak.Config{Stack: s, Rate: 200, Duration: 25 * time.Second, Seed: 2, Kinds: []soak.Kind{soak.Partition}, PerKind: 1, Warmup: 3 * time.Second, Logf: t.Logf})
 	if rep == nil {
 		t.Fatal(err)
 	}
@@ -56,6 +56,9 @@ func TestNetworkPartition(t *testing.T) {
 	checkSoak(t, rep)
 	if rep.Count(soak.Partition) != 1 {
 		t.Fatalf("%d partitions", rep.Count(soak.Partition))
+	}
+	if f := rep.Faults[0]; f.Moved == 0 {
+		t.Errorf("the partitioned node %s ran no replica of the deployment", f.Target)
 	}
 }
 

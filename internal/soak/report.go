@@ -189,8 +189,8 @@ func (rep *Report) Markdown() string {
 	}
 	fmt.Fprintf(&b, "%s.\n\n", strings.Join(per, ", "))
 	fmt.Fprintf(&b, "Fault-free baseline (first %v): %d requests, %s ok, p50 %s, p99 %s, max %s.\n\n", rep.firstFault().Round(time.Second), rep.Baseline.N, pct(rep.Baseline.OK, rep.Baseline.N), ms(rep.Baseline.P50), ms(rep.Baseline.P99), ms(rep.Baseline.Max))
-	fmt.Fprintf(&b, "Each window runs from its fault to the next. *Recovery*: when the window's last failed or slow (> 1 s) request was answered, after the fault (target: failures answered within %v). *p99 ×*: the window's p99 over the baseline's (target %.1f×). *Converged*: all services up, the deployment HEALTHY with exactly its replicas and no stray replica process. *Replaced*: a cut-off node's replicas running elsewhere.\n\n", TargetRecovery, TargetP99Ratio)
-	fmt.Fprintf(&b, "| # | at | fault | target | held | requests | ok | failed (by code) | p50 | p99 | p99 × | max | slowest failure | recovery | replaced | converged |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "Each window runs from its fault to the next. *Recovery*: when the window's last failed or slow (> 1 s) request was answered, after the fault (target: failures answered within %v). *p99 ×*: the window's p99 over the baseline's (target %.1f×). *Converged*: all services up, the deployment HEALTHY with exactly its replicas and no stray replica process. *Moved*: the deployment's replicas on a killed or cut-off node. *Replaced*: a cut-off node's replicas running elsewhere.\n\n", TargetRecovery, TargetP99Ratio)
+	fmt.Fprintf(&b, "| # | at | fault | target | held | requests | ok | failed (by code) | p50 | p99 | p99 × | max | slowest failure | recovery | moved | replaced | converged |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for i, f := range rep.Faults {
 		w := rep.Windows[i]
 		ratio := "–"
@@ -201,8 +201,12 @@ func (rep *Report) Markdown() string {
 		if f.Err != "" {
 			conv = "**" + f.Err + "**"
 		}
-		fmt.Fprintf(&b, "| %d | %v | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", i+1, f.At.Round(time.Second), f.Kind, f.Target, ms(f.Hold),
-			w.N, pct(w.OK, w.N), codes(w.Codes), ms(w.P50), ms(w.P99), ratio, ms(w.Max), ms(w.MaxFailLatency), ms(w.Recovery), ms(f.Replaced), conv)
+		moved := "–"
+		if f.Kind == KillAgent || f.Kind == Partition {
+			moved = fmt.Sprint(f.Moved)
+		}
+		fmt.Fprintf(&b, "| %d | %v | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", i+1, f.At.Round(time.Second), f.Kind, f.Target, ms(f.Hold),
+			w.N, pct(w.OK, w.N), codes(w.Codes), ms(w.P50), ms(w.P99), ratio, ms(w.Max), ms(w.MaxFailLatency), ms(w.Recovery), moved, ms(f.Replaced), conv)
 	}
 	return b.String()
 }

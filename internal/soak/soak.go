@@ -126,6 +126,9 @@ type Fault struct {
 	Target string        // the service or replica
 	At     time.Duration // since the load started
 	Hold   time.Duration // until restored (SIGCONT, start, reconnect); 0 for a replica kill
+	// Moved is, for a node agent's kill or a partition, how many of the
+	// deployment's replicas ran on the node.
+	Moved int
 	// Replaced is, for a partition, how long after the cut the deployment
 	// had its replicas again without the cut-off node (0: not measured).
 	Replaced time.Duration
@@ -371,7 +374,7 @@ func (r *runner) inject(ctx context.Context, k Kind) Fault {
 		svc := ""
 		switch k {
 		case KillAgent:
-			svc = fmt.Sprintf("worker%d", 1+r.rng.Intn(2))
+			svc, f.Moved = r.busiestNode(ctx)
 		case KillNATS:
 			svc = fmt.Sprintf("nats%d", 1+r.rng.Intn(3))
 		case KillLeader:
@@ -394,7 +397,8 @@ func (r *runner) inject(ctx context.Context, k Kind) Fault {
 		}
 		err = restoreAt(r.hold(3*time.Second, 10*time.Second), startContainer(id))
 	case Partition:
-		svc := fmt.Sprintf("worker%d", 1+r.rng.Intn(2))
+		var svc string
+		svc, f.Moved = r.busiestNode(ctx)
 		f.Target = svc
 		id, err := s.Container(ctx, svc)
 		if err != nil {
@@ -453,6 +457,24 @@ func (r *runner) inject(ctx context.Context, k Kind) Fault {
 		f.Converged = r.since() - f.At
 	}
 	return f
+}
+
+// busiestNode picks the node running the most replicas of the soak's
+// deployment (either on a tie), so that its fault moves some.
+func (r *runner) busiestNode(ctx context.Context) (string, int) {
+	n := map[string]int{}
+	if d, err := r.cl.Get(ctx, Deployment); err == nil {
+		for _, rep := range d.Replicas {
+			n[rep.Node]++
+		}
+	}
+	node := fmt.Sprintf("worker%d", 1+r.rng.Intn(2))
+	for _, w := range []string{"worker1", "worker2"} {
+		if n[w] > n[node] {
+			node = w
+		}
+	}
+	return node, n[node]
 }
 
 // pickReplica picks a running replica of the soak's deployment and finds its process.
