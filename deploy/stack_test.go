@@ -34,6 +34,9 @@ func sharedStack(t *testing.T) *composestack.Stack {
 			return
 		}
 		s.Logf = t.Logf
+		// Requests stuck on a replica that died wait for the deadline: 10 s
+		// keeps the soak's tail short.
+		s.RequestTimeout = 10 * time.Second
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
 		start := time.Now()

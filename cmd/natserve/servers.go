@@ -212,7 +212,12 @@ func ingressFlags(fs *flag.FlagSet) *ingress.Config {
 	d := ingress.DefaultConfig()
 	cfg := &ingress.Config{}
 	fs.StringVar(&cfg.Addr, "addr", d.Addr, "HTTP listen address")
-	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", d.RequestTimeout, "deadline of each request (request_timeout_s)")
+	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", d.RequestTimeout, "deadline of each request (request_timeout_s) ($NATSERVE_REQUEST_TIMEOUT)")
+	if v := os.Getenv("NATSERVE_REQUEST_TIMEOUT"); v != "" {
+		if err := fs.Set("request-timeout", v); err != nil {
+			cfg.RequestTimeout = -1 // the ingress refuses it: "request timeout must be positive"
+		}
+	}
 	fs.IntVar(&cfg.MaxBusyRetries, "max-busy-retries", 0, "retries while every replica is busy before 503 (0: until the deadline)")
 	fs.IntVar(&cfg.MaxRequestBodySize, "max-body-size", 0, "request body limit in bytes (default and cap: the broker's max payload less headers)")
 	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", d.MaxHeaderBytes, "request line and headers limit (431 above)")

@@ -40,7 +40,10 @@ type Stack struct {
 	NATSPort      int      // nats1, on 127.0.0.1
 	NATS2Port     int      // nats2, on 127.0.0.1
 	DashboardPort int      // controller1's dashboard, on 127.0.0.1
-	Logf          func(format string, args ...any)
+	// RequestTimeout is the ingress's request deadline (default 60s), set
+	// before Up.
+	RequestTimeout time.Duration
+	Logf           func(format string, args ...any)
 }
 
 // Available reports why docker compose cannot run here, or nil.
@@ -164,6 +167,9 @@ func (s *Stack) Compose(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, s.Cmd[0], full...)
 	cmd.Dir = s.Root
 	cmd.Env = append(os.Environ(), s.Env...)
+	if s.RequestTimeout > 0 {
+		cmd.Env = append(cmd.Env, "NATSERVE_REQUEST_TIMEOUT="+s.RequestTimeout.String())
+	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("%s %s: %v\n%s", strings.Join(s.Cmd, " "), strings.Join(args, " "), err, Tail(string(out), 3000))

@@ -68,8 +68,8 @@ type Config struct {
 	PerKind int
 	// Warmup is the fault-free start, the baseline (default min(Duration/10, 30s)).
 	Warmup time.Duration
-	// Deadline is the ingress's request timeout (its -request-timeout, 60s by
-	// default); a request not answered by Deadline+Slack is never answered.
+	// Deadline is the ingress's request timeout (default: the stack's,
+	// 60s unless set); a request not answered by Deadline+Slack is never answered.
 	Deadline, Slack time.Duration
 	// Replicas of the soak's deployment (default 4, spread over both nodes).
 	Replicas int
@@ -99,6 +99,9 @@ func (c *Config) defaults() {
 	}
 	if c.Warmup == 0 {
 		c.Warmup = min(c.Duration/10, 30*time.Second)
+	}
+	if c.Deadline == 0 {
+		c.Deadline = c.Stack.RequestTimeout
 	}
 	if c.Deadline == 0 {
 		c.Deadline = 60 * time.Second
