@@ -28,7 +28,7 @@ func sharedStack(t *testing.T) *composestack.Stack {
 		t.Skipf("%v: the docker compose tests need one", err)
 	}
 	shared.once.Do(func() {
-		s, err := composestack.New(fmt.Sprintf("natserve-e2e-%d", os.Getpid()), "e2e")
+		s, err := composestack.New(fmt.Sprintf("natserve-e2e-%d", os.Getpid()), fmt.Sprintf("e2e-%d", os.Getpid()))
 		if err != nil {
 			shared.err = err
 			return
@@ -78,5 +78,8 @@ func downSharedStack() {
 	if err := shared.stack.Down(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "docker compose down:", err)
 		os.Exit(1)
+	}
+	if err := shared.stack.RemoveImages(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 	}
 }

@@ -44,6 +44,8 @@ type Stack struct {
 	// before Up.
 	RequestTimeout time.Duration
 	Logf           func(format string, args ...any)
+
+	tag string
 }
 
 // Available reports why docker compose cannot run here, or nil.
@@ -95,7 +97,9 @@ func freePort() (int, error) {
 }
 
 // New prepares a stack named project on free ports; tag names its images
-// (natserve:TAG, natserve-testnode:TAG). Nothing runs until Build and Up.
+// (natserve:TAG, natserve-testnode:TAG): make it unique to the run (other
+// checkouts on the machine build the same names), and RemoveImages after
+// Down. Nothing runs until Build and Up.
 func New(project, tag string) (*Stack, error) {
 	if err := Available(); err != nil {
 		return nil, err
@@ -104,7 +108,7 @@ func New(project, tag string) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Stack{Project: project, Root: root, Cmd: composeCommand(), Logf: func(string, ...any) {}}
+	s := &Stack{Project: project, Root: root, Cmd: composeCommand(), Logf: func(string, ...any) {}, tag: tag}
 	for _, p := range []*int{&s.HTTPPort, &s.NATSPort, &s.NATS2Port, &s.DashboardPort} {
 		if *p, err = freePort(); err != nil {
 			return nil, err
@@ -232,6 +236,12 @@ func (s *Stack) Down(ctx context.Context) error {
 		return fmt.Errorf("docker compose down left containers: %s", out)
 	}
 	return nil
+}
+
+// RemoveImages removes the images Build tagged (the build cache stays).
+func (s *Stack) RemoveImages(ctx context.Context) error {
+	_, err := Docker(ctx, "rmi", "natserve:"+s.tag, "natserve-testnode:"+s.tag)
+	return err
 }
 
 // Logs returns the last lines of every service's log.

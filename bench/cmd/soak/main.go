@@ -32,7 +32,7 @@ func main() {
 	out := flag.String("out", "bench/results/soak", "directory for report.md, report.json and soak.png")
 	keep := flag.Bool("keep", false, "leave the stack running afterwards")
 	kinds := flag.String("kinds", "", "comma-separated faults to inject (default all): "+kindNames())
-	tag := flag.String("tag", "soak", "tag of the images (natserve:TAG, natserve-testnode:TAG)")
+	tag := flag.String("tag", "", "tag of the images (natserve:TAG, natserve-testnode:TAG; default soak-PID, removed at the end)")
 	build := flag.Bool("build", true, "build the images (false: use the ones tagged -tag)")
 	flag.Parse()
 	for _, k := range strings.Split(*kinds, ",") {
@@ -49,6 +49,14 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	removeImages := *tag == ""
+	if *tag == "" {
+		*tag = fmt.Sprintf("soak-%d", os.Getpid())
+	}
+	if !*build && removeImages {
+		fmt.Fprintln(os.Stderr, "soak: -build=false needs -tag")
+		os.Exit(2)
+	}
 	s, err := composestack.New(fmt.Sprintf("natserve-soak-%d", os.Getpid()), *tag)
 	if err != nil {
 		log.Fatalf("soak: %v", err)
@@ -67,6 +75,11 @@ func main() {
 			if err := s.Down(dctx); err != nil {
 				log.Printf("docker compose down: %v", err)
 				code = 1
+			}
+			if removeImages {
+				if err := s.RemoveImages(dctx); err != nil {
+					log.Printf("soak: %v", err)
+				}
 			}
 			cancel()
 		} else {
