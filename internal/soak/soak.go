@@ -391,8 +391,8 @@ func (r *runner) inject(ctx context.Context, k Kind) Fault {
 			svc = st.Leader
 		}
 		f.Target = svc
-		id, err := s.Container(ctx, svc)
-		if err != nil {
+		var id string
+		if id, err = s.Container(ctx, svc); err != nil {
 			return fail(err)
 		}
 		if _, err := composestack.Docker(ctx, "kill", "--signal", "KILL", id); err != nil {
@@ -403,8 +403,8 @@ func (r *runner) inject(ctx context.Context, k Kind) Fault {
 		var svc string
 		svc, f.Moved = r.busiestNode(ctx)
 		f.Target = svc
-		id, err := s.Container(ctx, svc)
-		if err != nil {
+		var id string
+		if id, err = s.Container(ctx, svc); err != nil {
 			return fail(err)
 		}
 		if _, err := composestack.Docker(ctx, "network", "disconnect", s.Network(), id); err != nil {
