@@ -1,12 +1,12 @@
 package deploy_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -104,13 +104,9 @@ func TestDockerCompose(t *testing.T) {
 		return nil
 	})
 
-	// The admin credentials, out of the one-shot auth service's volume; the
-	// brokers refuse anonymous clients.
-	creds := filepath.Join(t.TempDir(), "admin.creds")
-	authID := strings.TrimSpace(c.run("ps", "-q", "auth"))
-	if out, err := exec.Command("docker", "cp", authID+":/roles/admin/admin.creds", creds).CombinedOutput(); err != nil {
-		t.Fatalf("docker cp admin.creds: %v\n%s", err, out)
-	}
+	// The admin credentials, copied out of the one-shot auth service's
+	// volume (composestack); the brokers refuse anonymous clients.
+	creds := c.Creds
 	if anon, err := nats.Connect(natsURL, nats.Timeout(5*time.Second), nats.NoReconnect()); err == nil {
 		anon.Close()
 		t.Fatal("a client without credentials connected to nats1")
@@ -255,5 +251,4 @@ func TestDockerCompose(t *testing.T) {
 	if got, err := client.Call[string](e2e.Ctx(5*time.Second), cl.Handle("after-failover"), "x"); err != nil || got != "still here" {
 		t.Fatalf("after failover: %q %v", got, err)
 	}
-	_ = context.Background
 }

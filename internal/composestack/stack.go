@@ -11,7 +11,8 @@
 // The nodes run internal/testprog (deploy/compose.testnode.yml, added to
 // docker-compose.yml), a user program that registers the quick start's
 // classes and Counter, which publishes the id of every request it runs on
-// fault.exec so that executions are counted from outside.
+// the fault-exec deployment's subject so that executions are counted
+// from outside.
 package composestack
 
 import (
@@ -43,9 +44,13 @@ type Stack struct {
 	// RequestTimeout is the ingress's request deadline (default 60s), set
 	// before Up.
 	RequestTimeout time.Duration
-	Logf           func(format string, args ...any)
+	// Creds is the admin's credentials file (copied out of the one-shot
+	// auth service's volume by Up): the brokers refuse anonymous clients.
+	Creds string
+	Logf  func(format string, args ...any)
 
-	tag string
+	tag     string
+	tempDir string // holds Creds; removed by Down
 }
 
 // Available reports why docker compose cannot run here, or nil.
@@ -204,14 +209,40 @@ func (s *Stack) Build(ctx context.Context) error {
 	return err
 }
 
-// Up starts every service that is not running (idempotent: it also
-// restarts what a test stopped or killed) and waits until the ingress
-// serves the quick start's rep-1.
+// Up brings the stack up: the first time with docker compose up (the
+// one-shot auth service writes the credentials, setup applies the quick
+// start), afterwards by starting whichever long-running service a test
+// stopped or killed (the one-shot services are not run again). It waits
+// until the ingress serves the quick start's rep-1 and copies the admin's
+// credentials out (Creds).
 func (s *Stack) Up(ctx context.Context) error {
-	if _, err := s.Compose(ctx, "up", "-d"); err != nil {
+	cs, err := s.Containers(ctx)
+	if err != nil {
 		return err
 	}
-	return WaitFor(ctx, 90*time.Second, func() error {
+	if len(cs) == 0 {
+		if _, err := s.Compose(ctx, "up", "-d"); err != nil {
+			return err
+		}
+	} else {
+		var stopped []string
+		for _, svc := range Services {
+			if cs[svc].State != "running" {
+				stopped = append(stopped, svc)
+			}
+		}
+		if len(stopped) > 0 {
+			if _, err := s.Compose(ctx, append([]string{"start"}, stopped...)...); err != nil {
+				return err
+			}
+		}
+	}
+	if s.Creds == "" {
+		if err := s.copyCreds(ctx); err != nil {
+			return err
+		}
+	}
+	return WaitFor(ctx, 3*time.Minute, func() error { // correctness, not timing: a loaded machine starts slowly
 		resp, err := http.Get(s.BaseURL() + "/rep-1?data=0.3")
 		if err != nil {
 			return err
@@ -225,9 +256,47 @@ func (s *Stack) Up(ctx context.Context) error {
 	})
 }
 
-// Down removes the project's containers and network.
+// Services are the stack's long-running services (auth and setup run once).
+var Services = []string{"nats1", "nats2", "nats3", "controller1", "controller2", "ingress", "worker1", "worker2"}
+
+// copyCreds copies admin.creds out of the auth service's container (it has
+// exited; its volumes stay) into a private temporary directory.
+func (s *Stack) copyCreds(ctx context.Context) error {
+	var id string
+	if err := WaitFor(ctx, 2*time.Minute, func() error {
+		cs, err := s.Containers(ctx)
+		if err != nil {
+			return err
+		}
+		c := cs["auth"]
+		if c.ID == "" || c.State != "exited" {
+			return fmt.Errorf("auth service: %q", c.State)
+		}
+		id = c.ID
+		return nil
+	}); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "natserve-compose-")
+	if err != nil {
+		return err
+	}
+	creds := filepath.Join(dir, "admin.creds")
+	if _, err := Docker(ctx, "cp", id+":/roles/admin/admin.creds", creds); err != nil {
+		os.RemoveAll(dir)
+		return err
+	}
+	s.tempDir, s.Creds = dir, creds
+	return nil
+}
+
+// Down removes the project's containers, network and volumes.
 func (s *Stack) Down(ctx context.Context) error {
-	_, err := s.Compose(ctx, "down", "--timeout", "5")
+	if s.tempDir != "" {
+		os.RemoveAll(s.tempDir)
+		s.tempDir, s.Creds = "", ""
+	}
+	_, err := s.Compose(ctx, "down", "-v", "--timeout", "5")
 	if err != nil {
 		return err
 	}

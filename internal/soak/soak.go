@@ -5,7 +5,7 @@
 // replicas, node agents, the leading controller and NATS nodes, SIGSTOPs
 // replicas (and SIGCONTs them), and cuts a node off the network and back.
 // Executions are counted from outside: the Counter class publishes the id
-// of each request it runs on fault.exec.
+// of each request it runs on the fault-exec deployment's subject.
 //
 // The report: requests sent, succeeded, failed by code, never answered
 // (must be 0), executed twice (must be 0: nothing is declared idempotent,
@@ -35,6 +35,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/composestack"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // Kind is a kind of fault.
@@ -156,7 +157,7 @@ type result struct {
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.defaults()
 	s := cfg.Stack
-	cl, err := client.Connect(ctx, s.NATSURL(), client.WithTimeout(20*time.Second))
+	cl, err := client.Connect(ctx, s.NATSURL(), client.WithTimeout(20*time.Second), client.WithCreds(s.Creds))
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +177,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := composestack.WaitFor(ctx, time.Minute, func() error { return r.converged(ctx) }); err != nil {
 		return nil, fmt.Errorf("before the soak: %w", err)
 	}
-	sub, err := cl.Conn().Subscribe("fault.exec", func(m *nats.Msg) {
+	sub, err := cl.Conn().Subscribe(wire.DeploymentSubject("fault-exec"), func(m *nats.Msg) {
 		r.mu.Lock()
 		r.execs[string(m.Data)]++
 		r.mu.Unlock()
@@ -514,9 +515,6 @@ func (e strayError) Error() string {
 	return fmt.Sprintf("%d replica processes more than running replicas", int(e))
 }
 
-// Services are the stack's, all of which run between faults.
-var Services = []string{"nats1", "nats2", "nats3", "controller1", "controller2", "ingress", "worker1", "worker2"}
-
 // converged checks that every service runs, the soak's deployment is
 // HEALTHY with exactly its replicas, all running, and that the nodes run no
 // more replica processes than the control plane counts.
@@ -526,7 +524,7 @@ func (r *runner) converged(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, svc := range Services {
+	for _, svc := range composestack.Services {
 		if cs[svc].State != "running" {
 			return fmt.Errorf("%s is %s", svc, cs[svc].State)
 		}
