@@ -17,9 +17,10 @@ import (
 // Each test calls sharedStack, which also restarts whatever an earlier test
 // left stopped; TestMain takes the stack down.
 var shared struct {
-	once  sync.Once
-	stack *composestack.Stack
-	err   error
+	once         sync.Once
+	stack        *composestack.Stack
+	err          error
+	removeImages bool
 }
 
 func sharedStack(t *testing.T) *composestack.Stack {
@@ -28,24 +29,38 @@ func sharedStack(t *testing.T) *composestack.Stack {
 		t.Skipf("%v: the docker compose tests need one", err)
 	}
 	shared.once.Do(func() {
-		s, err := composestack.New(fmt.Sprintf("natserve-e2e-%d", os.Getpid()), fmt.Sprintf("e2e-%d", os.Getpid()))
+		// $NATSERVE_COMPOSE_TAG: use images already built with that tag
+		// (natserve:TAG, natserve-testnode:TAG) and keep them; by default
+		// the images are built for this run and removed after it.
+		tag, build := os.Getenv("NATSERVE_COMPOSE_TAG"), false
+		if tag == "" {
+			tag, build = fmt.Sprintf("e2e-%d", os.Getpid()), true
+		}
+		s, err := composestack.New(fmt.Sprintf("natserve-e2e-%d", os.Getpid()), tag)
 		if err != nil {
 			shared.err = err
 			return
 		}
 		s.Logf = t.Logf
-		// Requests stuck on a replica that died wait for the deadline: 10 s
-		// keeps the soak's tail short.
+		// The ingress's request deadline: no request should wait for it
+		// (admission acknowledgments fail or resend at once); 10 s keeps
+		// the soak's tail short if one does.
 		s.RequestTimeout = 10 * time.Second
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		if build {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute) // a loaded machine took 9m42s
+			start := time.Now()
+			shared.err = s.Build(ctx)
+			cancel()
+			if shared.err != nil {
+				return
+			}
+			t.Logf("images built in %v", time.Since(start).Round(time.Second))
+			shared.removeImages = true
+		}
+		shared.stack = s
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		start := time.Now()
-		if shared.err = s.Build(ctx); shared.err != nil {
-			return
-		}
-		t.Logf("images built in %v", time.Since(start).Round(time.Second))
-		shared.stack = s
-		start = time.Now()
 		if shared.err = s.Up(ctx); shared.err != nil {
 			return
 		}
@@ -79,7 +94,9 @@ func downSharedStack() {
 		fmt.Fprintln(os.Stderr, "docker compose down:", err)
 		os.Exit(1)
 	}
-	if err := shared.stack.RemoveImages(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
+	if shared.removeImages {
+		if err := shared.stack.RemoveImages(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
 	}
 }
