@@ -75,9 +75,17 @@ func checkSoak(t *testing.T, rep *soak.Report) {
 		t.Errorf("%d requests executed twice", rep.Duplicates)
 	}
 	const nodeTimeout = 5 * time.Second
+	// Issue 16's targets are printed in the report (a failed request is
+	// answered within 1 s; p99 within 1.5× the baseline's); asserted here is
+	// only a bound a loaded machine meets: no failed request waited more than
+	// 3 s (the deadline is 10 s: nobody waited for it).
+	const failBound = 3 * time.Second
 	for i, f := range rep.Faults {
 		if f.Err != "" {
 			t.Errorf("fault %d (%s %s): %s", i+1, f.Kind, f.Target, f.Err)
+		}
+		if w := rep.Windows[i]; w.MaxFailLatency > failBound {
+			t.Errorf("fault %d (%s %s): a failed request waited %v, want ≤ %v (target %v); failures %v", i+1, f.Kind, f.Target, w.MaxFailLatency, failBound, soak.TargetRecovery, w.Codes)
 		}
 		if f.Kind == soak.Partition && (f.Replaced == 0 || f.Replaced > 3*nodeTimeout) {
 			t.Errorf("partition of %s: replicas replaced after %v, want within 3× the node timeout (%v)", f.Target, f.Replaced, nodeTimeout)
