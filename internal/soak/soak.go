@@ -173,6 +173,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("waiting for %s: %w", Deployment, err)
 	}
+	// Replicas on both nodes: a node's fault then leaves the other's to
+	// serve. An earlier soak on the same stack may have left them all on
+	// one (nothing rebalances after a node's fault): deploy afresh.
+	if err := spread(ctx, cl, spec); err != nil {
+		return nil, err
+	}
 	r := &runner{cfg: cfg, cl: cl, rng: rand.New(rand.NewSource(cfg.Seed)), execs: map[string]int{}}
 	if err := composestack.WaitFor(ctx, time.Minute, func() error { return r.converged(ctx) }); err != nil {
 		return nil, fmt.Errorf("before the soak: %w", err)
@@ -209,6 +215,49 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	_ = cl.Conn().Flush()
 	time.Sleep(time.Second)
 	return r.report(), ctx.Err()
+}
+
+// spread deploys spec afresh (delete, then deploy) until its running
+// replicas are on both nodes.
+func spread(ctx context.Context, cl *client.Client, spec client.DeploymentSpec) error {
+	for attempt := 0; ; attempt++ {
+		d, err := cl.Get(ctx, spec.Name)
+		if err != nil {
+			return err
+		}
+		nodes := map[string]bool{}
+		for _, rep := range d.Replicas {
+			if rep.State == client.ReplicaRunning {
+				nodes[rep.Node] = true
+			}
+		}
+		if len(nodes) >= 2 {
+			return nil
+		}
+		if attempt == 3 {
+			return fmt.Errorf("%s: replicas on %d node(s) after deploying it afresh %d times", spec.Name, len(nodes), attempt)
+		}
+		if err := cl.Delete(ctx, spec.Name); err != nil && !errors.Is(err, client.ErrNotFound) {
+			return err
+		}
+		if err := composestack.WaitFor(ctx, time.Minute, func() error {
+			if _, err := cl.Get(ctx, spec.Name); !errors.Is(err, client.ErrNotFound) {
+				return fmt.Errorf("%s not deleted yet (%v)", spec.Name, err)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if _, err := cl.Deploy(ctx, spec); err != nil {
+			return fmt.Errorf("deploying %s: %w", spec.Name, err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		_, err = cl.WaitHealthy(wctx, spec.Name, nil)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("waiting for %s: %w", spec.Name, err)
+		}
+	}
 }
 
 type runner struct {
