@@ -43,6 +43,8 @@ type Report struct {
 	Failed     map[string]int // by code
 	Unanswered int            // must be 0
 	Duplicates int            // ids executed more than once: must be 0
+	// DuplicateRuns describes each: "<id> sent at <t> (<outcome>, <latency>) ran N times".
+	DuplicateRuns []string
 	Executed   int            // distinct ids seen executing
 	Baseline   Window
 	Faults     []Fault
@@ -65,6 +67,14 @@ func (r *runner) report() *Report {
 	sort.Slice(results, func(i, j int) bool { return results[i].at < results[j].at })
 	rep := &Report{Rate: r.cfg.Rate, Duration: r.loadTime.Round(time.Second), Seed: r.cfg.Seed, Deadline: r.cfg.Deadline, Slack: r.cfg.Slack, Failed: map[string]int{}, Faults: faults}
 	rep.Duplicates, rep.Executed = r.duplicates()
+	r.mu.Lock()
+	for i, id := range r.ids {
+		if n := r.execs[id]; n > 1 {
+			x := r.results[i]
+			rep.DuplicateRuns = append(rep.DuplicateRuns, fmt.Sprintf("%s sent at %v (%s after %v) ran %d times", id, x.at.Round(time.Millisecond), x.code, x.latency.Round(time.Millisecond), n))
+		}
+	}
+	r.mu.Unlock()
 	for _, x := range results {
 		rep.Sent++
 		switch x.code {
@@ -182,6 +192,9 @@ func (rep *Report) Markdown() string {
 	failed := maps.Clone(rep.Failed)
 	delete(failed, "unanswered")
 	fmt.Fprintf(&b, "| %d | %d (%s) | %s | **%d** | **%d** | %d |\n\n", rep.Sent, rep.OK, pct(rep.OK, rep.Sent), codes(failed), rep.Unanswered, rep.Duplicates, rep.Executed)
+	for _, d := range rep.DuplicateRuns {
+		fmt.Fprintf(&b, "Executed twice: %s.\n\n", d)
+	}
 	fmt.Fprintf(&b, "Faults: ")
 	var per []string
 	for _, k := range Kinds {

@@ -217,26 +217,29 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	return r.report(), ctx.Err()
 }
 
-// spread deploys spec afresh (delete, then deploy) until its running
-// replicas are on both nodes.
+// spread deploys spec afresh (delete, then deploy) until its replicas
+// all run, on both nodes.
 func spread(ctx context.Context, cl *client.Client, spec client.DeploymentSpec) error {
-	for attempt := 0; ; attempt++ {
+	check := func() error {
 		d, err := cl.Get(ctx, spec.Name)
 		if err != nil {
 			return err
 		}
-		nodes := map[string]bool{}
+		nodes := map[string]int{}
+		running := 0
 		for _, rep := range d.Replicas {
 			if rep.State == client.ReplicaRunning {
-				nodes[rep.Node] = true
+				nodes[rep.Node]++
+				running++
 			}
 		}
-		if len(nodes) >= 2 {
-			return nil
+		if running != spec.NumReplicas || len(d.Replicas) != spec.NumReplicas || len(nodes) < 2 {
+			return fmt.Errorf("%s: %d replicas listed, %d running, by node %v", spec.Name, len(d.Replicas), running, nodes)
 		}
-		if attempt == 3 {
-			return fmt.Errorf("%s: replicas on %d node(s) after deploying it afresh %d times", spec.Name, len(nodes), attempt)
-		}
+		return nil
+	}
+	err := check()
+	for attempt := 0; err != nil && attempt < 3; attempt++ {
 		if err := cl.Delete(ctx, spec.Name); err != nil && !errors.Is(err, client.ErrNotFound) {
 			return err
 		}
@@ -251,13 +254,12 @@ func spread(ctx context.Context, cl *client.Client, spec client.DeploymentSpec) 
 		if _, err := cl.Deploy(ctx, spec); err != nil {
 			return fmt.Errorf("deploying %s: %w", spec.Name, err)
 		}
-		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		_, err = cl.WaitHealthy(wctx, spec.Name, nil)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("waiting for %s: %w", spec.Name, err)
-		}
+		err = composestack.WaitFor(ctx, time.Minute, check)
 	}
+	if err != nil {
+		return fmt.Errorf("deployed afresh 3 times: %w", err)
+	}
+	return nil
 }
 
 type runner struct {
