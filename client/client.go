@@ -683,6 +683,7 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 	// timeout.
 	holdUntil := now.Add(holdLine)
 	var diedSeen time.Time // when the exit event of the replica holding it came
+	flushed := false       // the ack-by time passed and the connection was flushed once
 	for {
 		replica, flags, seen, reply, died := x.state(p)
 		if reply != nil {
@@ -716,6 +717,17 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 		switch {
 		case !t.Before(k.deadline):
 			return outcome{kind: outDeadline, replica: replica, waited: t.Sub(now)}
+		case !acked && !t.Before(ackBy.Add(wire.AckGrace)) && !flushed:
+			// An acknowledgment the server already sent may wait unread in
+			// this connection or undelivered in the inbox's queue (a
+			// starved process): a round trip to the server reads what it
+			// sent before, and the inbox handles what is queued, so that a
+			// request that was acknowledged is not sent again (at most
+			// once). Only on this slow path: nothing on the hot path.
+			flushed = true
+			_ = c.nc.FlushTimeout(max(time.Until(k.deadline), time.Millisecond))
+			x.drain(100 * time.Millisecond)
+			continue
 		case !acked && !t.Before(ackBy.Add(wire.AckGrace)):
 			return outcome{kind: outNotAcked}
 		case acked && t.Sub(seen) >= c.opts.HeartbeatTimeout:

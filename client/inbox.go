@@ -54,6 +54,21 @@ func (c *pending) wake() {
 	}
 }
 
+// drain waits up to max until the inbox's subscription has handled every
+// message it has received.
+func (x *inbox) drain(max time.Duration) {
+	if len(x.subs) == 0 {
+		return
+	}
+	end := time.Now().Add(max)
+	for time.Now().Before(end) {
+		if n, _, err := x.subs[0].Pending(); err != nil || n == 0 {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // start subscribes the inbox and the exit events, once.
 func (c *Client) startInbox() error {
 	x := &c.inbox

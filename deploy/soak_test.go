@@ -45,7 +45,7 @@ func TestChaosSoak(t *testing.T) {
 // no request lost and none run twice.
 func TestNetworkPartition(t *testing.T) {
 	s := sharedStack(t)
-	rep, err := soak.Run(e2e.Ctx(5*time.Minute), soak.Config{Stack: s, Rate: 200, Duration: 20 * time.Second, Seed: 2, Kinds: []soak.Kind{soak.Partition}, PerKind: 1, Warmup: 3 * time.Second, Logf: t.Logf})
+	rep, err := soak.Run(e2e.Ctx(5*time.Minute), soak.Config{Stack: s, Deployment: "partition", Rate: 200, Duration: 20 * time.Second, Seed: 2, Kinds: []soak.Kind{soak.Partition}, PerKind: 1, Warmup: 3 * time.Second, Logf: t.Logf})
 	if rep == nil {
 		t.Fatal(err)
 	}

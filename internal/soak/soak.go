@@ -54,7 +54,7 @@ const (
 // Kinds lists every kind of fault, in the report's order.
 var Kinds = []Kind{KillReplica, StopReplica, KillAgent, KillLeader, KillNATS, Partition}
 
-// Deployment is the soak's deployment, at /soak.
+// Deployment is the soak's deployment by default, at /soak.
 const Deployment = "soak"
 
 // Config is one soak.
@@ -63,6 +63,9 @@ type Config struct {
 	Rate     int                 // requests per second (default 200)
 	Duration time.Duration       // of the load (default 30m)
 	Seed     int64               // of the fault schedule (default 1)
+	// Deployment is the name (and route, /NAME) of the deployment the load
+	// goes to (default Deployment). A new one is placed on both nodes.
+	Deployment string
 	// Kinds are the faults to inject (default: all of Kinds).
 	Kinds []Kind
 	// PerKind is how many faults of each kind (default: 3 per 30 minutes, at least 1).
@@ -91,6 +94,9 @@ func (c *Config) defaults() {
 	}
 	if c.Seed == 0 {
 		c.Seed = 1
+	}
+	if c.Deployment == "" {
+		c.Deployment = Deployment
 	}
 	if len(c.Kinds) == 0 {
 		c.Kinds = Kinds
@@ -162,20 +168,19 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	defer cl.Close()
-	prefix := "/" + Deployment
-	spec := client.DeploymentSpec{Name: Deployment, Class: "Counter", NumReplicas: cfg.Replicas, RoutePrefix: &prefix, MaxOngoingRequests: 50}
+	dep := cfg.Deployment
+	prefix := "/" + dep
+	spec := client.DeploymentSpec{Name: dep, Class: "Counter", NumReplicas: cfg.Replicas, RoutePrefix: &prefix, MaxOngoingRequests: 50}
 	if _, err := cl.Deploy(ctx, spec); err != nil {
-		return nil, fmt.Errorf("deploying %s: %w", Deployment, err)
+		return nil, fmt.Errorf("deploying %s: %w", dep, err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	_, err = cl.WaitHealthy(wctx, Deployment, nil)
+	_, err = cl.WaitHealthy(wctx, dep, nil)
 	cancel()
 	if err != nil {
-		return nil, fmt.Errorf("waiting for %s: %w", Deployment, err)
+		return nil, fmt.Errorf("waiting for %s: %w", dep, err)
 	}
-	// Replicas on both nodes: a node's fault then leaves the other's to
-	// serve. An earlier soak on the same stack may have left them all on
-	// one (nothing rebalances after a node's fault): deploy afresh.
+	// Replicas on both nodes: a node's fault then leaves the other's to serve.
 	if err := spread(ctx, cl, spec); err != nil {
 		return nil, err
 	}
@@ -217,10 +222,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	return r.report(), ctx.Err()
 }
 
-// spread deploys spec afresh (delete, then deploy) until its replicas
-// all run, on both nodes.
+// spread waits until spec's replicas all run, on both nodes. A fresh
+// deployment is placed on both; one an earlier soak on the same stack
+// left on a single node is not rebalanced (use another Deployment).
 func spread(ctx context.Context, cl *client.Client, spec client.DeploymentSpec) error {
-	check := func() error {
+	return composestack.WaitFor(ctx, time.Minute, func() error {
 		d, err := cl.Get(ctx, spec.Name)
 		if err != nil {
 			return err
@@ -234,32 +240,10 @@ func spread(ctx context.Context, cl *client.Client, spec client.DeploymentSpec) 
 			}
 		}
 		if running != spec.NumReplicas || len(d.Replicas) != spec.NumReplicas || len(nodes) < 2 {
-			return fmt.Errorf("%s: %d replicas listed, %d running, by node %v", spec.Name, len(d.Replicas), running, nodes)
+			return fmt.Errorf("%s: %d replicas listed, %d running, by node %v; want them on both nodes", spec.Name, len(d.Replicas), running, nodes)
 		}
 		return nil
-	}
-	err := check()
-	for attempt := 0; err != nil && attempt < 3; attempt++ {
-		if err := cl.Delete(ctx, spec.Name); err != nil && !errors.Is(err, client.ErrNotFound) {
-			return err
-		}
-		if err := composestack.WaitFor(ctx, time.Minute, func() error {
-			if _, err := cl.Get(ctx, spec.Name); !errors.Is(err, client.ErrNotFound) {
-				return fmt.Errorf("%s not deleted yet (%v)", spec.Name, err)
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		if _, err := cl.Deploy(ctx, spec); err != nil {
-			return fmt.Errorf("deploying %s: %w", spec.Name, err)
-		}
-		err = composestack.WaitFor(ctx, time.Minute, check)
-	}
-	if err != nil {
-		return fmt.Errorf("deployed afresh 3 times: %w", err)
-	}
-	return nil
+	})
 }
 
 type runner struct {
@@ -286,7 +270,7 @@ func (r *runner) load(ctx context.Context) {
 	tr := &http.Transport{MaxIdleConnsPerHost: 1024, MaxIdleConns: 1024}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: r.cfg.Deadline + r.cfg.Slack}
-	url := fmt.Sprintf("%s/%s?ms=%d", r.cfg.Stack.BaseURL(), Deployment, r.cfg.WorkMS)
+	url := fmt.Sprintf("%s/%s?ms=%d", r.cfg.Stack.BaseURL(), r.cfg.Deployment, r.cfg.WorkMS)
 	interval := time.Second / time.Duration(r.cfg.Rate)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -466,7 +450,7 @@ func (r *runner) inject(ctx context.Context, k Kind) Fault {
 		hold := r.hold(r.cfg.NodeTimeout+3*time.Second, 2*r.cfg.NodeTimeout+5*time.Second)
 		// The controller replaces the node's replicas on the other one within the node timeout.
 		_ = composestack.WaitFor(ctx, hold-100*time.Millisecond, func() error {
-			d, err := r.cl.Get(ctx, Deployment)
+			d, err := r.cl.Get(ctx, r.cfg.Deployment)
 			if err != nil {
 				return err
 			}
@@ -518,7 +502,7 @@ func (r *runner) inject(ctx context.Context, k Kind) Fault {
 // deployment (either on a tie), so that its fault moves some.
 func (r *runner) busiestNode(ctx context.Context) (string, int) {
 	n := map[string]int{}
-	if d, err := r.cl.Get(ctx, Deployment); err == nil {
+	if d, err := r.cl.Get(ctx, r.cfg.Deployment); err == nil {
 		for _, rep := range d.Replicas {
 			n[rep.Node]++
 		}
@@ -534,7 +518,7 @@ func (r *runner) busiestNode(ctx context.Context) (string, int) {
 
 // pickReplica picks a running replica of the soak's deployment and finds its process.
 func (r *runner) pickReplica(ctx context.Context) (string, composestack.Proc, error) {
-	d, err := r.cl.Get(ctx, Deployment)
+	d, err := r.cl.Get(ctx, r.cfg.Deployment)
 	if err != nil {
 		return "", composestack.Proc{}, err
 	}
@@ -590,7 +574,7 @@ func (r *runner) converged(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if d.Spec.Name == Deployment {
+		if d.Spec.Name == r.cfg.Deployment {
 			n := 0
 			for _, rep := range d.Replicas {
 				if rep.State == client.ReplicaRunning {
