@@ -45,11 +45,11 @@ type Report struct {
 	Duplicates int            // ids executed more than once: must be 0
 	// DuplicateRuns describes each: "<id> sent at <t> (<outcome>, <latency>) ran N times".
 	DuplicateRuns []string
-	Executed   int            // distinct ids seen executing
-	Baseline   Window
-	Faults     []Fault
-	Windows    []Window // one per fault
-	Seconds    []Second
+	Executed      int // distinct ids seen executing
+	Baseline      Window
+	Faults        []Fault
+	Windows       []Window // one per fault
+	Seconds       []Second
 }
 
 // Second is one second of the load, for the plot.
