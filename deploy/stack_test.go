@@ -62,6 +62,7 @@ func sharedStack(t *testing.T) *composestack.Stack {
 		defer cancel()
 		start := time.Now()
 		if shared.err = s.Up(ctx); shared.err != nil {
+			shared.err = fmt.Errorf("%w\ncompose ps:\n%s\ncompose logs:\n%s", shared.err, psOf(s), composestack.Tail(s.Logs(60), 30000))
 			return
 		}
 		t.Logf("serving on port %d %v after docker compose up", s.HTTPPort, time.Since(start).Round(100*time.Millisecond))
@@ -99,4 +100,9 @@ func downSharedStack() {
 			fmt.Fprintln(os.Stderr, err)
 		}
 	}
+}
+
+func psOf(s *composestack.Stack) string {
+	out, _ := s.Compose(context.Background(), "ps")
+	return out
 }
