@@ -1,7 +1,7 @@
 set terminal pngcairo size 1600,900 font 'sans,10'
 set output 'soak.png'
-set multiplot layout 2,1 title 'natserve chaos soak: 200 req/s, 30m0s, seed 1 (360001 sent, 0 never answered, 0 executed twice)'
-set xrange [0:1801]
+set multiplot layout 2,1 title 'natserve chaos soak: 200 req/s, 30m0s, seed 1 (360000 sent, 0 never answered, 64 executed twice)'
+set xrange [0:1800]
 set lmargin 12
 set grid
 set key bottom right
@@ -27,8 +27,8 @@ set object 9 rect from 815.2, graph 0 to 823.2, graph 1 fc rgb '#9467bd' fs tran
 set label 9 'kill agent' at 815.2, graph 0.05 rotate by 90 font 'sans,8' tc rgb '#9467bd'
 set object 10 rect from 900.9, graph 0 to 910.7, graph 1 fc rgb '#8c564b' fs transparent solid 0.3 noborder behind
 set label 10 'partition' at 900.9, graph 0.05 rotate by 90 font 'sans,8' tc rgb '#8c564b'
-set object 11 rect from 1000.0, graph 0 to 1005.2, graph 1 fc rgb '#ff7f0e' fs transparent solid 0.3 noborder behind
-set label 11 'STOP replica' at 1000.0, graph 0.05 rotate by 90 font 'sans,8' tc rgb '#ff7f0e'
+set object 11 rect from 999.9, graph 0 to 1005.1, graph 1 fc rgb '#ff7f0e' fs transparent solid 0.3 noborder behind
+set label 11 'STOP replica' at 999.9, graph 0.05 rotate by 90 font 'sans,8' tc rgb '#ff7f0e'
 set object 12 rect from 1106.1, graph 0 to 1108.1, graph 1 fc rgb '#d62728' fs transparent solid 0.3 noborder behind
 set label 12 'kill replica' at 1106.1, graph 0.05 rotate by 90 font 'sans,8' tc rgb '#d62728'
 set object 13 rect from 1201.4, graph 0 to 1208.6, graph 1 fc rgb '#9467bd' fs transparent solid 0.3 noborder behind
@@ -58,7 +58,7 @@ set object 7 rect from 627.1, graph 0 to 634.9, graph 1 fc rgb '#ff7f0e' fs tran
 set object 8 rect from 720.5, graph 0 to 724.6, graph 1 fc rgb '#1f77b4' fs transparent solid 0.3 noborder behind
 set object 9 rect from 815.2, graph 0 to 823.2, graph 1 fc rgb '#9467bd' fs transparent solid 0.3 noborder behind
 set object 10 rect from 900.9, graph 0 to 910.7, graph 1 fc rgb '#8c564b' fs transparent solid 0.3 noborder behind
-set object 11 rect from 1000.0, graph 0 to 1005.2, graph 1 fc rgb '#ff7f0e' fs transparent solid 0.3 noborder behind
+set object 11 rect from 999.9, graph 0 to 1005.1, graph 1 fc rgb '#ff7f0e' fs transparent solid 0.3 noborder behind
 set object 12 rect from 1106.1, graph 0 to 1108.1, graph 1 fc rgb '#d62728' fs transparent solid 0.3 noborder behind
 set object 13 rect from 1201.4, graph 0 to 1208.6, graph 1 fc rgb '#9467bd' fs transparent solid 0.3 noborder behind
 set object 14 rect from 1295.0, graph 0 to 1304.8, graph 1 fc rgb '#8c564b' fs transparent solid 0.3 noborder behind
