@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natserve/natserve/ingress"
+	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/testutil"
 )
 
@@ -81,7 +83,7 @@ func refused(ip, addr string, status int) error {
 // returns its address.
 func startLimited(t *testing.T, nofile int, flags ...string) (string, *testutil.Proc) {
 	t.Helper()
-	b := testutil.Broker(t)
+	b := brokerWithBuckets(t)
 	bin := testutil.Build(t, "./cmd/natserve")
 	args := append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile), bin, "ingress", "-nats", b.ClientURL(), "-creds", testutil.Creds(t, b.ClientURL(), "ingress"), "-addr", "127.0.0.1:0"}, flags...)
 	p := testutil.Start(t, nil, "sh", args...)
@@ -105,6 +107,22 @@ func startLimited(t *testing.T, nofile int, flags ...string) (string, *testutil.
 // address gets at most half of it: a client holding every connection it
 // may from 127.0.0.2 leaves 127.0.0.3 served, and after it lets go,
 // /-/healthz answers at once.
+// brokerWithBuckets is a broker with the control plane's buckets, as a
+// controller leaves them: an ingress is ready (/-/healthz 200) only once it
+// has loaded the routes bucket.
+func brokerWithBuckets(t *testing.T) interface{ ClientURL() string } {
+	t.Helper()
+	b := testutil.Broker(t)
+	js, err := jetstream.New(testutil.Conn(t, b.ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Open(context.Background(), js, store.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func TestDefaultLimitsUnderLowFileLimit(t *testing.T) {
 	const nofile = 256 // cap 256-64 = 192, per address 96
 	addr, p := startLimited(t, nofile)
@@ -160,7 +178,7 @@ func TestRecoversFromDescriptorExhaustion(t *testing.T) {
 // An HTTP server that stops for any reason but Shutdown is reported, and
 // `natserve ingress` exits non-zero on it.
 func TestServerStopIsReported(t *testing.T) {
-	b := testutil.Broker(t)
+	b := brokerWithBuckets(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -175,9 +193,7 @@ func TestServerStopIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = g.Shutdown(context.Background()) }()
-	if err := healthz(http.DefaultClient, "http://"+g.Addr()); err != nil {
-		t.Fatal(err)
-	}
+	testutil.Eventually(t, 10*time.Second, func() error { return healthz(http.DefaultClient, "http://"+g.Addr()) }) // routes loaded
 	select {
 	case <-g.Done():
 		t.Fatal("done before anything stopped it")

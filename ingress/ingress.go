@@ -170,10 +170,14 @@ type Ingress struct {
 	routes   atomic.Pointer[table]
 	limits   atomic.Pointer[map[string]int] // deployment → max_queued_requests
 	draining atomic.Bool
-	streams  sync.Map // deployment → true: its default method streams
-	wsMu     sync.Mutex
-	ws       map[*wsRelay]struct{} // open WebSocket relays; Shutdown closes them
-	wsWG     sync.WaitGroup
+	// loaded: the route table holds the routes bucket's initial values;
+	// until then /-/healthz answers 503 (a load balancer or Kubernetes
+	// readiness probe must not send traffic that would all be 404).
+	loaded  atomic.Bool
+	streams sync.Map // deployment → true: its default method streams
+	wsMu    sync.Mutex
+	ws      map[*wsRelay]struct{} // open WebSocket relays; Shutdown closes them
+	wsWG    sync.WaitGroup
 
 	tracer trace.Tracer // nil: tracing off
 	alog   *accessLog   // nil: no access log
@@ -480,6 +484,7 @@ func (g *Ingress) watchRoutes(js jetstream.JetStream) []*kvwatch.Watcher {
 			gs = append(gs, gr)
 		}
 		g.storeTable(newTable(routes, gs...))
+		g.loaded.Store(true)
 	}
 	return []*kvwatch.Watcher{
 		g.watchBucket(js, wire.BucketRoutes, func() { mu.Lock(); clear(graphs); clear(specs); mu.Unlock() }, func(key string, val []byte) {
@@ -543,6 +548,7 @@ func (g *Ingress) setRoutes(specs map[string]client.DeploymentSpec) {
 		}
 	}
 	g.storeTable(newTable(routes))
+	g.loaded.Store(true)
 }
 
 // storeTable resolves the new table's metric children and swaps it in.

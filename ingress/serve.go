@@ -222,6 +222,10 @@ func (g *Ingress) serveInternal(ctx *fasthttp.RequestCtx, path []byte) {
 			ctx.Error("This node is being drained.\n", fasthttp.StatusServiceUnavailable)
 			return
 		}
+		if !g.loaded.Load() {
+			ctx.Error("The route table is not loaded yet.\n", fasthttp.StatusServiceUnavailable)
+			return
+		}
 		ctx.SetContentType("text/plain; charset=utf-8")
 		ctx.SetBodyString("success")
 	default:
