@@ -230,17 +230,26 @@ func (s *jscan) array(depth int) {
 		if s.err != nil {
 			return
 		}
-		if s.off < len(s.b) && s.b[s.off] == ',' {
-			s.off++
-			s.ws()
-			continue
-		}
-		if s.off < len(s.b) && s.b[s.off] == ']' {
-			s.off++
+		if !s.more(']', "in an array") {
 			return
 		}
-		s.fail("in an array")
 	}
+}
+
+// more reads what follows a container's element: a comma (true: another
+// element follows) or the closer (false), anything else fails (false).
+func (s *jscan) more(closer byte, where string) bool {
+	if s.off < len(s.b) && s.b[s.off] == ',' {
+		s.off++
+		s.ws()
+		return true
+	}
+	if s.off < len(s.b) && s.b[s.off] == closer {
+		s.off++
+		return false
+	}
+	s.fail(where)
+	return false
 }
 
 func (s *jscan) object(depth int) {
@@ -275,16 +284,9 @@ func (s *jscan) object(depth int) {
 		if s.err != nil {
 			return
 		}
-		if s.off < len(s.b) && s.b[s.off] == ',' {
-			s.off++
-			s.ws()
-			continue
-		}
-		if s.off < len(s.b) && s.b[s.off] == '}' {
-			s.off++
+		if !s.more('}', "in an object") {
 			return
 		}
-		s.fail("in an object")
 	}
 }
 
