@@ -690,8 +690,19 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 			if !acked && replica != nil {
 				k.admitted(replica)
 			}
-			if reply.Header != nil && len(reply.Data) == 0 && reply.Header.Get("Status") == "503" {
-				return outcome{kind: outNoResponders}
+			if reply.Header != nil {
+				if len(reply.Data) == 0 && reply.Header.Get("Status") == "503" {
+					return outcome{kind: outNoResponders}
+				}
+				if wire.Code(reply.Header.Get(wire.HeaderCode)) == wire.CodeNotRun {
+					// The replica could not confirm its acknowledgment
+					// with the broker in time and did not run it: as if
+					// not acknowledged, and not back to that replica.
+					if replica != nil {
+						k.tried = replica
+					}
+					return outcome{kind: outNotAcked}
+				}
 			}
 			return outcome{kind: outReply, reply: reply, replica: replica}
 		}

@@ -266,6 +266,82 @@ func TestStoppedReplicaHoldsNothing(t *testing.T) {
 	}
 }
 
+// TestUnconfirmedAcknowledgmentNeverRuns: a replica whose outbound frames
+// reach the broker late (a TCP proxy holds everything the replica sends for
+// longer than the ack timeout: its acknowledgment, its executions, its
+// reply; as a starved replica, an unscheduled flusher or a reconnect buffer
+// would) must not run a request it acknowledged, since the caller, seeing
+// no acknowledgment in time, sends it to the other replica. Executions are
+// counted at method entry: each request runs exactly once, every caller
+// gets its answer, and the held replica counts the requests it did not run.
+func TestUnconfirmedAcknowledgmentNeverRuns(t *testing.T) {
+	s := newStack(t)
+	p := newHoldProxy(t, strings.TrimPrefix(s.url, "nats://"))
+	held := s.replicaAt(t, "nats://"+p.addr, "ack-6", "Counter", ``, 8)
+	s.replica(t, "ack-6", "Counter", ``, 8)
+	execs := make(chan string, 256)
+	sub, err := s.cl.Conn().Subscribe(execSubject, func(m *nats.Msg) { execs <- string(m.Data) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := s.cl.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	const calls = 16
+	hold := 4 * (wire.DefaultAckTimeout + wire.AckGrace)
+	p.holdClient(hold)
+	errs := make(chan error, calls)
+	ids := map[string]bool{}
+	for i := 0; i < calls; i++ {
+		id := nuid.Next()
+		ids[id] = true
+		go func() {
+			_, err := client.Call[int](client.WithRequestID(testCtx(t, 30*time.Second), id), s.cl.Handle("ack-6"), 0)
+			errs <- err
+		}()
+	}
+	for i := 0; i < calls; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("call failed: %v", err)
+		}
+	}
+	// Everything the held replica sent reaches the broker before its answer
+	// to a ping (one connection keeps its order); then the executions it
+	// reported are here after a flush of ours.
+	var st worker.ReplicaStatus
+	testutil.Eventually(t, 20*time.Second, func() error {
+		m, err := s.cl.Conn().Request(wire.ReplicaSubject("ack-6", held.id, wire.VerbPing), nil, time.Second)
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(m.Data, &st)
+	})
+	// Our own marker comes after them on the same subscription.
+	if err := s.cl.Conn().Publish(execSubject, []byte("end")); err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	for id := range execs {
+		if id == "end" {
+			break
+		}
+		if ids[id] {
+			counts[id]++
+		}
+	}
+	t.Logf("replica frames held %v: %d requests ran %d distinct ids; the held replica did not run %d", hold, calls, len(counts), st.NotRun)
+	for id := range ids {
+		if counts[id] != 1 {
+			t.Errorf("request %s ran %d times, want exactly once", id, counts[id])
+		}
+	}
+	if st.NotRun == 0 {
+		t.Errorf("the held replica reports no request not run: none reached it (%+v)", st)
+	}
+}
+
 // execSubject is where the Counter class reports each execution at method
 // entry (a deployment subject: a replica may publish there).
 var execSubject = wire.DeploymentSubject("fault-exec")

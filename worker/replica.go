@@ -56,6 +56,7 @@ type Replica struct {
 	// method declared idempotent and for the others, built once.
 	ackPlain, ackIdem []byte
 	idempotent        map[string]bool // method names; "*" for all
+	acks              *ackRounds      // confirms acknowledgments with the broker (confirm.go); set by Run
 	// calls holds the reply subject of each running call, one slot per
 	// receiver (more calls run on goroutines of their own and are kept in
 	// extra), so that heartbeats reach the callers of long calls.
@@ -158,6 +159,12 @@ func (r *Replica) Run(ctx context.Context) error {
 	}
 	defer nc.Close()
 	r.nc = nc
+	r.acks = newAckRounds(nc)
+	acksDone := make(chan struct{})
+	go r.acks.run(acksDone, func(n int, err error) {
+		r.log.Warn("acknowledgments not confirmed by the broker before their ack-by time: requests not run", "requests", n, "err", err)
+	})
+	defer close(acksDone) // the flusher ends; nc.Close ends a flush under way
 	if err := r.startTracing(); err != nil {
 		return fmt.Errorf("replica %s: %w", r.spec.Replica, err)
 	}
@@ -517,6 +524,12 @@ type ackTarget struct {
 // sent it elsewhere, and the request is dropped without running. It
 // reports whether to run the request. Callers that set no ack-by (they do
 // not speak acknowledgments) get none.
+//
+// The request runs only once the broker has the acknowledgment, confirmed
+// before ack-by (confirm.go); otherwise it is answered wire.CodeNotRun
+// (the caller, if it still waits, sends it elsewhere at once). A method
+// declared idempotent skips the confirmation: running it twice is allowed,
+// and its caller sends it again anyway when its replica dies.
 func (r *Replica) acknowledge(m *nats.Msg, oc *outcome, method string, slot *callSlot) bool {
 	v := m.Header.Get(wire.HeaderAckBy)
 	if v == "" || m.Reply == "" {
@@ -535,12 +548,17 @@ func (r *Replica) acknowledge(m *nats.Msg, oc *outcome, method string, slot *cal
 		r.log.Debug("request dropped: its ack-by time passed", "late", now.Sub(by), "request_id", m.Header.Get(wire.HeaderRequestID))
 		return false
 	}
+	idem := r.idempotent[method] || r.idempotent["*"]
 	ack := r.ackPlain
-	if r.idempotent[method] || r.idempotent["*"] {
+	if idem {
 		ack = r.ackIdem
 	}
 	if err := r.nc.Publish(m.Reply, ack); err != nil {
 		r.log.Warn("acknowledgment failed", "err", err)
+		return false
+	}
+	if !idem && !r.acks.confirmed(r.acks.join(by), by) {
+		r.fail(oc, m, wire.CodeNotRun, "not run: the broker did not confirm the acknowledgment before its ack-by time")
 		return false
 	}
 	if slot != nil {
@@ -991,7 +1009,16 @@ func (r *Replica) Status() ReplicaStatus {
 	return ReplicaStatus{
 		Replica: r.spec.Replica, Deployment: r.spec.Deployment, Class: r.spec.Class, Version: r.spec.Version,
 		Node: r.spec.Node, PID: r.pid, Ongoing: len(r.sem), MaxOngoing: cap(r.sem),
-		Draining: r.draining.Load(), Healthy: true,
+		Draining: r.draining.Load(), Healthy: true, NotRun: r.notRun(),
 		Batching: r.batchStats(), Models: r.modelStats(),
 	}
+}
+
+// notRun is how many acknowledged requests were not run because the broker
+// did not confirm their acknowledgment in time.
+func (r *Replica) notRun() uint64 {
+	if r.acks == nil {
+		return 0
+	}
+	return r.acks.notRun.Load()
 }

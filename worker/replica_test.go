@@ -46,10 +46,16 @@ type replicaProc struct {
 // replica starts a replica process and waits until it answers pings.
 func (s *stack) replica(t *testing.T, deployment, class, initArgs string, maxOngoing int) *replicaProc {
 	t.Helper()
+	return s.replicaAt(t, s.url, deployment, class, initArgs, maxOngoing)
+}
+
+// replicaAt is replica connecting to the broker through url (a proxy).
+func (s *stack) replicaAt(t *testing.T, url, deployment, class, initArgs string, maxOngoing int) *replicaProc {
+	t.Helper()
 	n := nuid.Next()
 	id := "r" + strings.ToLower(n[len(n)-12:]) // the sequence part: the first 12 characters are the same in one process
 	spec := worker.ReplicaSpec{
-		Deployment: deployment, Class: class, Replica: id, NATSURL: s.url,
+		Deployment: deployment, Class: class, Replica: id, NATSURL: url,
 		InitArgs: json.RawMessage(initArgs), MaxOngoingRequests: maxOngoing, GracefulShutdownTimeoutS: 10,
 		Creds: testutil.ReplicaCreds(t, s.url, deployment),
 	}

@@ -261,10 +261,11 @@ func TestStreamStarvedReader(t *testing.T) {
 }
 
 // holdProxy forwards TCP connections to a NATS server; hold keeps what the
-// server sends (not what the client sends) for a while.
+// server sends for a while, holdClient what the client sends.
 type holdProxy struct {
-	addr string
-	held atomic.Int64 // until (Unix nanoseconds)
+	addr       string
+	held       atomic.Int64 // server to client held until (Unix nanoseconds)
+	heldClient atomic.Int64 // client to server held until (Unix nanoseconds)
 }
 
 func newHoldProxy(t *testing.T, target string) *holdProxy {
@@ -286,6 +287,26 @@ func newHoldProxy(t *testing.T, target string) *holdProxy {
 		mu.Unlock()
 		wg.Wait()
 	})
+	// pump copies from src to dst, each read waiting while until is ahead.
+	pump := func(dst, src net.Conn, until *atomic.Int64) {
+		defer wg.Done()
+		defer dst.Close()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			for time.Now().UnixNano() < until.Load() {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if n > 0 {
+				if _, err := dst.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -303,33 +324,13 @@ func newHoldProxy(t *testing.T, target string) *holdProxy {
 			conns = append(conns, c, u)
 			mu.Unlock()
 			wg.Add(2)
-			go func() {
-				defer wg.Done()
-				_, _ = io.Copy(u, c)
-				_ = u.Close()
-			}()
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := u.Read(buf)
-					for time.Now().UnixNano() < p.held.Load() {
-						time.Sleep(5 * time.Millisecond)
-					}
-					if n > 0 {
-						if _, err := c.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
+			go pump(u, c, &p.heldClient)
+			go pump(c, u, &p.held)
 		}
 	}()
 	return p
 }
 
 func (p *holdProxy) hold(d time.Duration) { p.held.Store(time.Now().Add(d).UnixNano()) }
+
+func (p *holdProxy) holdClient(d time.Duration) { p.heldClient.Store(time.Now().Add(d).UnixNano()) }

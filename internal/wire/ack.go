@@ -29,9 +29,15 @@ const (
 // HeaderAckBy is the time (Unix microseconds, the caller's clock) by which
 // the replica must have acknowledged the request; a replica that takes it
 // later drops it without running it, so that a request the caller saw no
-// acknowledgment for never ran. Callers wait a little longer than this
-// (AckGrace) for the acknowledgment to travel. Clocks of callers and
-// replicas must agree within AckGrace (NTP does).
+// acknowledgment for never ran. "Acknowledged" means the replica's broker
+// has the acknowledgment: the replica publishes it, then a PING/PONG round
+// trip on its connection must end before ack-by (one round trip confirms
+// every acknowledgment published before it); a request whose confirmation
+// comes later is answered CodeNotRun and never runs. Callers wait AckGrace
+// longer than ack-by for the acknowledgment to travel from the replica's
+// broker to theirs, then flush their own connection before they decide it
+// never came. Clocks of callers and replicas must agree well within
+// AckGrace (NTP does).
 const HeaderAckBy = "Natserve-Ack-By"
 
 // Acknowledgment timing.
@@ -40,8 +46,14 @@ const (
 	// to acknowledge a request before it tries another replica.
 	DefaultAckTimeout = 250 * time.Millisecond
 	// AckGrace is how much longer than the ack-by time a caller waits for an
-	// acknowledgment that is on its way.
-	AckGrace = 50 * time.Millisecond
+	// acknowledgment that is on its way. The replica's broker had it by
+	// ack-by (confirmed); what is left is the route between NATS nodes
+	// when caller and replica use different ones, a starved broker's
+	// writer, and clock skew. 250 ms (was 50 ms) gives a starved cluster's
+	// route five times the old budget; it only delays the retry of a
+	// request nobody acknowledged (a stopped or dead replica): 500 ms after
+	// sending by default instead of 300 ms.
+	AckGrace = 250 * time.Millisecond
 	// HeartbeatInterval is how often a replica repeats the acknowledgment of
 	// a call still running. Idle replicas send nothing.
 	HeartbeatInterval = 250 * time.Millisecond

@@ -18,16 +18,20 @@ const (
 	CodeBackpressure  Code = "backpressure"   // too many queued requests at the caller
 	CodeReplicaDied   Code = "replica_died"   // the replica that acknowledged the request died before replying
 	CodeInternal      Code = "internal"       // anything else
+	// CodeNotRun: the replica acknowledged the request but the broker did
+	// not confirm the acknowledgment before its ack-by time, so it did not
+	// run it; safe to send again (the caller may already have).
+	CodeNotRun Code = "not_run"
 )
 
 // Retryable reports whether a reply with this code means the request was not
 // accepted by the replica, so sending it again cannot run it twice.
-func (c Code) Retryable() bool { return c == CodeBusy || c == CodeDraining }
+func (c Code) Retryable() bool { return c == CodeBusy || c == CodeDraining || c == CodeNotRun }
 
 // HTTPStatus maps an error code to the HTTP status the ingress answers with.
 func (c Code) HTTPStatus() int {
 	switch c {
-	case CodeBusy, CodeDraining, CodeNoReplicas, CodeBackpressure:
+	case CodeBusy, CodeDraining, CodeNoReplicas, CodeBackpressure, CodeNotRun:
 		return 503
 	case CodeDeadline:
 		return 504

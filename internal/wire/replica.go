@@ -31,6 +31,10 @@ type ReplicaStatus struct {
 	Draining   bool   `json:"draining,omitempty"`
 	Healthy    bool   `json:"healthy"`
 	Error      string `json:"error,omitempty"`
+	// NotRun counts acknowledged requests the replica did not run because
+	// the broker did not confirm the acknowledgment before its ack-by time
+	// (answered CodeNotRun).
+	NotRun uint64 `json:"not_run,omitempty"`
 	// Batching describes the batched methods, by name.
 	Batching map[string]BatchStats `json:"batching,omitempty"`
 	// Models describes the models of a multiplexed replica.
