@@ -22,60 +22,63 @@ import (
 // acknowledgment published before it (NATS keeps a connection's order, so
 // the PONG means the broker read them all); admissions that come while a
 // round is out join the next one. Under load that is one PING per round,
-// not per request; an idle replica sends nothing and has no goroutine
-// awake (the flusher sleeps on its channel).
+// not per request; an idle replica sends nothing and runs nothing. There is
+// no flusher goroutine: the admission that finds no round out leads its
+// round (sends the PING and waits for the PONG itself, one wake-up), and
+// when its round ends it hands the next round, if admissions joined it, to
+// one of them.
 type ackRounds struct {
-	nc   *nats.Conn
-	kick chan struct{} // cap 1: a round is waiting to be flushed
-	quit chan struct{} // closed when the flusher stops: waiters give up
+	nc *nats.Conn
 
 	mu   sync.Mutex
+	out  bool      // a round's PING is out (its leader flushes)
 	next *ackRound // the round admissions join now; nil until one does
 
 	notRun atomic.Uint64 // requests not run: the confirmation came too late
+	rounds atomic.Uint64 // PING/PONG round trips made
+	failed func(n int, err error)
 }
 
 // ackRound is one PING/PONG round trip and the admissions it confirms.
 type ackRound struct {
 	done   chan struct{} // closed when the round ended; ok and at are set
+	lead   chan struct{} // cap 1: the admission that takes it leads the round
 	latest time.Time     // the latest ack-by of its admissions
 	n      int           // admissions that joined it
 	ok     bool          // the broker answered the PING
 	at     time.Time     // when its PONG was seen (the replica's clock)
 }
 
-func newAckRounds(nc *nats.Conn) *ackRounds {
-	return &ackRounds{nc: nc, kick: make(chan struct{}, 1), quit: make(chan struct{})}
+// newAckRounds confirms acknowledgments published on nc; failed is told of
+// each round whose confirmation did not come by its latest ack-by.
+func newAckRounds(nc *nats.Conn, failed func(n int, err error)) *ackRounds {
+	return &ackRounds{nc: nc, failed: failed}
 }
 
-// join adds an admission whose acknowledgment was published (before this
-// call) to the next round; its ack-by is by.
-func (a *ackRounds) join(by time.Time) *ackRound {
+// confirm reports whether the broker had an acknowledgment published (on
+// nc, before this call) by its ack-by time by.
+func (a *ackRounds) confirm(by time.Time) bool {
 	a.mu.Lock()
 	rd := a.next
 	if rd == nil {
-		rd = &ackRound{done: make(chan struct{})}
+		rd = &ackRound{done: make(chan struct{}), lead: make(chan struct{}, 1)}
 		a.next = rd
-		select {
-		case a.kick <- struct{}{}:
-		default:
-		}
 	}
 	rd.n++
 	if by.After(rd.latest) {
 		rd.latest = by
 	}
-	a.mu.Unlock()
-	return rd
-}
-
-// confirmed waits for the round an admission joined and reports whether
-// the broker had its acknowledgment by its ack-by time.
-func (a *ackRounds) confirmed(rd *ackRound, by time.Time) bool {
-	select {
-	case <-rd.done:
-	case <-a.quit:
-		return false
+	if !a.out { // no round out: lead this one
+		a.out, a.next = true, nil
+		a.mu.Unlock()
+		a.flush(rd)
+	} else {
+		a.mu.Unlock()
+		select {
+		case <-rd.done:
+		case <-rd.lead: // handed over: the round before it ended
+			a.flush(rd)
+		}
 	}
 	if rd.ok && !rd.at.After(by) {
 		return true
@@ -84,35 +87,27 @@ func (a *ackRounds) confirmed(rd *ackRound, by time.Time) bool {
 	return false
 }
 
-// run flushes rounds until done is closed; failed reports a round whose
-// confirmation did not come by its latest ack-by.
-func (a *ackRounds) run(done <-chan struct{}, failed func(n int, err error)) {
-	defer close(a.quit)
-	for {
-		select {
-		case <-done:
-			return
-		case <-a.kick:
-		}
-		for {
-			a.mu.Lock()
-			rd := a.next
-			a.next = nil
-			a.mu.Unlock()
-			if rd == nil {
-				break
-			}
-			// The PING follows every acknowledgment of the round in the
-			// connection's buffer; nobody waits past the latest ack-by.
-			err := nats.ErrTimeout
-			if wait := time.Until(rd.latest); wait > 0 {
-				err = a.nc.FlushTimeout(wait)
-			}
-			rd.ok, rd.at = err == nil, time.Now()
-			close(rd.done)
-			if err != nil || rd.at.After(rd.latest) {
-				failed(rd.n, err)
-			}
-		}
+// flush runs round rd (taken from next) and hands the next one on.
+func (a *ackRounds) flush(rd *ackRound) {
+	// The PING follows every acknowledgment of the round in the
+	// connection's buffer; nobody waits past the latest ack-by.
+	err := nats.ErrTimeout
+	if wait := time.Until(rd.latest); wait > 0 {
+		a.rounds.Add(1)
+		err = a.nc.FlushTimeout(wait)
+	}
+	rd.ok, rd.at = err == nil, time.Now()
+	close(rd.done)
+	a.mu.Lock()
+	next := a.next
+	if next != nil {
+		a.next = nil // out stays true: its leader flushes it
+		next.lead <- struct{}{}
+	} else {
+		a.out = false
+	}
+	a.mu.Unlock()
+	if (err != nil || rd.at.After(rd.latest)) && a.failed != nil {
+		a.failed(rd.n, err)
 	}
 }

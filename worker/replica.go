@@ -159,12 +159,9 @@ func (r *Replica) Run(ctx context.Context) error {
 	}
 	defer nc.Close()
 	r.nc = nc
-	r.acks = newAckRounds(nc)
-	acksDone := make(chan struct{})
-	go r.acks.run(acksDone, func(n int, err error) {
+	r.acks = newAckRounds(nc, func(n int, err error) {
 		r.log.Warn("acknowledgments not confirmed by the broker before their ack-by time: requests not run", "requests", n, "err", err)
 	})
-	defer close(acksDone) // the flusher ends; nc.Close ends a flush under way
 	if err := r.startTracing(); err != nil {
 		return fmt.Errorf("replica %s: %w", r.spec.Replica, err)
 	}
@@ -557,7 +554,7 @@ func (r *Replica) acknowledge(m *nats.Msg, oc *outcome, method string, slot *cal
 		r.log.Warn("acknowledgment failed", "err", err)
 		return false
 	}
-	if !idem && !r.acks.confirmed(r.acks.join(by), by) {
+	if !idem && !r.acks.confirm(by) {
 		r.fail(oc, m, wire.CodeNotRun, "not run: the broker did not confirm the acknowledgment before its ack-by time")
 		return false
 	}
