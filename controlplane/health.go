@@ -4,6 +4,8 @@ import (
 	"container/heap"
 	"context"
 	"encoding/json"
+	"errors"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -22,9 +24,36 @@ type healthState struct {
 	fails    int
 	next     time.Time
 	inflight bool
-	lastPong time.Time // last successful ping
-	orphan   time.Time // when its node was first seen not heartbeating: pinged often since
+	lastPong time.Time     // last successful ping
+	orphan   time.Time     // when its node was first seen not heartbeating: pinged often since
+	period   time.Duration // its deployment's health_check_period_s when last scheduled
 }
+
+// earlyBy is how much sooner than due a check may run, so that its node's
+// batch (wire.HealthBatch) carries it along with one due now: a tenth of
+// the period, at most a second. Checks of one node fall into step and a
+// node gets about one batch a second instead of one per tick.
+func earlyBy(period time.Duration) time.Duration { return min(period/10, time.Second) }
+
+// healthItem is one replica in a batch.
+type healthItem struct {
+	key, deployment, replica string
+	period                   time.Duration
+}
+
+// batchKey groups the checks that go to one node agent in one message.
+type batchKey struct {
+	node    string
+	timeout time.Duration
+}
+
+// batchSlack is how long past the checks' timeout the controller waits for
+// a node agent's answer before it pings those replicas itself.
+const batchSlack = 2 * time.Second
+
+// maxBatch bounds the checks in one message: a ReplicaStatus answer is a
+// few hundred bytes, well under the broker's 1 MB payload limit at 256.
+const maxBatch = 256
 
 // answering reports whether a replica answered a ping within d: a replica
 // whose node agent died but that still answers keeps serving and is adopted
@@ -76,7 +105,13 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 	rescan := time.NewTicker(5 * time.Second)
 	defer rescan.Stop()
 	type due struct{ key, replica string }
+	type cand struct {
+		replica string
+		at      time.Time
+		node    string
+	}
 	var dues []due
+	var cands []cand
 	for {
 		scan := false
 		select {
@@ -95,12 +130,16 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 		if scan {
 			c.watchRunning(st, now)
 		}
-		dues = dues[:0]
+		batches := map[batchKey][]healthItem{}
+		dues, cands = dues[:0], cands[:0]
 		st.mu.Lock()
 		// The checks due now, from the queue: no walk over every replica
-		// (1,000 replicas checked every 10 s were 20 walks a second).
+		// (1,000 replicas checked every 10 s were 20 walks a second); and
+		// those due within a second, which go along with a check of their
+		// node due now if they are due within earlyBy (else back in the queue).
+		nodesDue := map[string]bool{}
 		for {
-			replica, at, ok := st.healthQ.pop(now)
+			replica, at, ok := st.healthQ.pop(now.Add(time.Second))
 			if !ok {
 				break
 			}
@@ -108,7 +147,19 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 			if !ok || h.inflight || h.key == "" || !h.next.Equal(at) {
 				continue // gone, running, or due at another time (queued again then)
 			}
-			dues = append(dues, due{h.key, replica})
+			node, _, _ := strings.Cut(h.key, ".")
+			if !at.After(now) {
+				nodesDue[node] = true
+			}
+			cands = append(cands, cand{replica, at, node})
+		}
+		for _, c := range cands {
+			h := st.health[c.replica]
+			if c.at.After(now) && (!nodesDue[c.node] || !h.orphan.IsZero() || c.at.Sub(now) > earlyBy(h.period)) {
+				st.healthQ.due(c.replica, c.at) // not yet
+				continue
+			}
+			dues = append(dues, due{h.key, c.replica})
 		}
 		st.mu.Unlock()
 		later := func(replica string) { // not checkable now: look again at the next tick
@@ -142,7 +193,8 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 			if ok && !h.orphan.IsZero() {
 				period, timeout = min(period, 300*time.Millisecond), min(timeout, 300*time.Millisecond)
 			}
-			start := ok && !h.inflight && !now.Before(h.next)
+			start := ok && !h.inflight && !now.Add(earlyBy(period)).Before(h.next)
+			direct := ok && !h.orphan.IsZero() // its node agent is gone: ask the replica
 			if start {
 				h.inflight = true
 			}
@@ -150,10 +202,71 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 			if !start {
 				continue
 			}
-			if start {
+			if direct {
 				st.spawn(func() { c.check(ctx, st, d.key, a.Deployment, d.replica, period, timeout) })
+				continue
 			}
+			k := batchKey{a.Node, timeout}
+			batches[k] = append(batches[k], healthItem{d.key, a.Deployment, d.replica, period})
 		}
+		for k, items := range batches {
+			for len(items) > 0 { // at most maxBatch a message (the answer's size)
+				n := min(len(items), maxBatch)
+				part := items[:n:n]
+				items = items[n:]
+				st.spawn(func() { c.checkBatch(ctx, st, k.node, k.timeout, part) })
+			}
+			delete(batches, k)
+		}
+	}
+}
+
+// checkBatch asks a node agent to check items in one message. Without an
+// answer (no agent, credentials from before batching, or none within the
+// timeout and batchSlack) it pings each replica itself.
+func (c *Controller) checkBatch(ctx context.Context, st *state, node string, timeout time.Duration, items []healthItem) {
+	start := time.Now()
+	b := wire.HealthBatch{TimeoutUS: timeout.Microseconds(), Checks: make([]wire.HealthCheck, len(items))}
+	for i, it := range items {
+		b.Checks[i] = wire.HealthCheck{Deployment: it.deployment, Replica: it.replica}
+	}
+	body, _ := json.Marshal(b)
+	rctx, cancel := context.WithTimeout(ctx, timeout+batchSlack)
+	m, err := c.nc.RequestWithContext(rctx, wire.AgentSubject(node, wire.AgentVerbHealth), body)
+	cancel()
+	var res wire.HealthResults
+	if err == nil {
+		err = wire.UnmarshalJSON(m.Data, &res)
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		if !errors.Is(err, nats.ErrNoResponders) {
+			c.log.Warn("node agent did not answer a health check; pinging its replicas", "node", node, "replicas", len(items), "err", err)
+		}
+		for _, it := range items {
+			st.spawn(func() { c.check(ctx, st, it.key, it.deployment, it.replica, it.period, timeout) })
+		}
+		return
+	}
+	got := make(map[string]*wire.HealthResult, len(res.Results))
+	for i := range res.Results {
+		got[res.Results[i].Replica] = &res.Results[i]
+	}
+	for _, it := range items {
+		reason := ""
+		switch r := got[it.replica]; {
+		case r == nil:
+			reason = "health check: its node agent did not check it"
+		case r.Error != "":
+			reason = "health check: " + r.Error
+		case r.Status == nil:
+			reason = "health check: bad reply: no status"
+		case !r.Status.Healthy:
+			reason = "check_health failed: " + r.Status.Error
+		}
+		c.checked(ctx, st, it.key, it.replica, start, it.period, reason)
 	}
 }
 
@@ -182,7 +295,7 @@ func (c *Controller) watchRunning(st *state, now time.Time) {
 		period := time.Duration(spec.HealthCheckPeriodS * float64(time.Second))
 		st.mu.Lock()
 		if _, ok := st.health[a.Replica]; !ok {
-			st.health[a.Replica] = &healthState{key: key, next: now.Add(period)}
+			st.health[a.Replica] = &healthState{key: key, next: now.Add(period), period: period}
 			st.healthQ.due(a.Replica, now.Add(period))
 		}
 		st.mu.Unlock()
@@ -210,6 +323,13 @@ func (c *Controller) check(ctx context.Context, st *state, key, deployment, repl
 	if ctx.Err() != nil {
 		return
 	}
+	c.checked(ctx, st, key, replica, start, period, reason)
+}
+
+// checked records one check's result (reason is "" when it passed): the
+// next check one period after this one started; a replica that failed
+// UnhealthyThreshold in a row is killed.
+func (c *Controller) checked(ctx context.Context, st *state, key, replica string, start time.Time, period time.Duration, reason string) {
 	st.mu.Lock()
 	h, ok := st.health[replica]
 	if !ok {
@@ -217,7 +337,7 @@ func (c *Controller) check(ctx context.Context, st *state, key, deployment, repl
 		return
 	}
 	h.inflight = false
-	h.next = start.Add(period)
+	h.next, h.period = start.Add(period), period
 	st.healthQ.due(replica, h.next)
 	wasHealthy := h.fails == 0
 	if reason == "" {

@@ -224,6 +224,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.spawner(ctx)
 	}
 
+	// The controller's batched health checks of this node's replicas
+	// (agent_health.go). Credentials from before batching refuse this
+	// subscription; the controller then pings each replica itself.
+	hsub, err := nc.Subscribe(wire.AgentSubject(a.cfg.Name, wire.AgentVerbHealth), a.onHealth)
+	if err != nil {
+		return fmt.Errorf("node agent %s: subscribing to health checks: %w", a.cfg.Name, err)
+	}
+	defer func() { _ = hsub.Unsubscribe() }()
+
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	a.adopt(runCtx)
@@ -491,7 +500,8 @@ type proc struct {
 	cmd     *exec.Cmd
 	pid     int
 	stopped bool
-	ready   bool // it answered a ping
+	ready   bool       // it answered a ping
+	link    *agentLink // nil when adopted (or the socket pair failed)
 
 	done     chan struct{} // closed when the process has exited
 	stopping chan struct{} // closed by the first stop
@@ -530,6 +540,14 @@ func (p *proc) run(ctx context.Context) {
 		NATSCAFile: p.a.cfg.TLSCAFile, NATSCertFile: p.a.cfg.TLSCertFile, NATSKeyFile: p.a.cfg.TLSKeyFile,
 		AgentPID: os.Getpid(), OrphanTimeoutS: p.a.cfg.OrphanTimeout.Seconds(), IdempotentMethods: p.asg.IdempotentMethods,
 	}
+	// The agent link (link.go): readiness and health pings without the broker.
+	link, theirs, err := newLinkPair()
+	if err != nil {
+		p.a.log.Warn("no agent link; pinging the replica over NATS", "replica", p.asg.Replica, "err", err)
+	} else {
+		spec.AgentLinkFD = linkFD
+		defer link.close()
+	}
 	specJSON, _ := json.Marshal(spec)
 	tail := &tailWriter{max: 8 << 10}
 	out := io.MultiWriter(tail, &prefixWriter{w: p.a.cfg.ReplicaOutput, prefix: "[" + p.asg.Deployment + " " + p.asg.Replica + "] "})
@@ -546,6 +564,9 @@ func (p *proc) run(ctx context.Context) {
 	// The spec (with the credentials) travels on an inherited pipe.
 	cmd.Stdin = bytes.NewReader(specJSON)
 	cmd.Stdout, cmd.Stderr = out, out
+	if theirs != nil {
+		cmd.ExtraFiles = []*os.File{theirs} // fd 3 = linkFD
+	}
 	if p.a.cfg.KillReplicasWithAgent {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	}
@@ -558,12 +579,15 @@ func (p *proc) run(ctx context.Context) {
 		startErr = cmd.Start()
 	}
 	started := time.Now()
+	if theirs != nil {
+		theirs.Close() // the child's copy is its own
+	}
 	if startErr != nil {
 		p.state(client.ReplicaFailed, 0, -1, "starting "+p.a.cfg.Program+": "+startErr.Error(), started)
 		return
 	}
 	p.mu.Lock()
-	p.cmd, p.pid = cmd, cmd.Process.Pid
+	p.cmd, p.pid, p.link = cmd, cmd.Process.Pid, link
 	stopped := p.stopped
 	p.mu.Unlock()
 	if stopped {
@@ -579,9 +603,15 @@ func (p *proc) run(ctx context.Context) {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
-	// Ready when it answers a ping.
+	// Ready when it says so on its link or, until it said hello there (a
+	// program built with an older SDK never does), when it answers a ping.
 	ready := time.NewTicker(25 * time.Millisecond)
 	readyBy := time.After(p.a.cfg.ReadyTimeout)
+	var hello, readyLink <-chan struct{} // nil without a link: never
+	if link != nil {
+		hello, readyLink = link.hello, link.readyCh
+	}
+	tick := ready.C
 	var waitErr error
 wait:
 	for {
@@ -590,7 +620,12 @@ wait:
 			ready.Stop()
 			p.exit(waitErr, tail, started)
 			return
-		case <-ready.C:
+		case <-hello:
+			hello, tick = nil, nil // it will say ready: no pings
+			ready.Stop()
+		case <-readyLink:
+			break wait
+		case <-tick:
 			if p.a.ping(p.asg.Deployment, p.asg.Replica, 250*time.Millisecond) == nil {
 				break wait
 			}
@@ -767,6 +802,12 @@ func (pw *prefixWriter) Write(p []byte) (int, error) {
 var replicaEnvKeep = []string{"PATH", "HOME", "LANG", "TZ", "GORACE", "GOCOVERDIR", "NATSERVE_REPLICA_PPROF"}
 
 // replicaEnv is the minimal, explicit environment of a replica process.
+//
+// GODEBUG=updatemaxprocs=0: the Go runtime (1.25+) otherwise rereads the
+// cgroup CPU limit every second to adjust GOMAXPROCS, which woke every idle
+// replica once a second; a replica keeps the GOMAXPROCS it started with.
+// A GODEBUG of the agent's own environment is kept, with this setting
+// first so that the agent's may override it.
 func replicaEnv(dir, level string) []string {
 	env := []string{"TMPDIR=" + dir}
 	for _, k := range replicaEnvKeep {
@@ -774,6 +815,11 @@ func replicaEnv(dir, level string) []string {
 			env = append(env, k+"="+v)
 		}
 	}
+	godebug := "updatemaxprocs=0"
+	if v := os.Getenv("GODEBUG"); v != "" {
+		godebug += "," + v
+	}
+	env = append(env, "GODEBUG="+godebug)
 	if level != "" {
 		env = append(env, LogLevelEnv+"="+level)
 	}

@@ -24,51 +24,58 @@ const (
 
 // healthChecks runs the class's CheckHealth on a goroutine of its own, one
 // at a time, so that a slow or hung check never holds the control
-// subscription (reconfigure, stop). Pings that arrive while a check runs
-// wait for its result; once it has run past its timeout they are answered
-// at once as unhealthy.
+// subscription (reconfigure, stop) or the agent link. Pings that arrive
+// while a check runs wait for its result; once it has run past its timeout
+// they are answered at once as unhealthy.
 type healthChecks struct {
 	mu      sync.Mutex // guards running, started, timeout, waiters, closed
 	running bool
 	started time.Time
 	timeout time.Duration
-	waiters []*nats.Msg // pings the running check answers
-	closed  bool        // Run is returning: no check starts
+	waiters []func(ReplicaStatus) // pings the running check answers
+	closed  bool                  // Run is returning: no check starts
 	wg      sync.WaitGroup
 }
 
-// ping answers a ping with the replica's status and, when the class has
-// one, the result of CheckHealth.
+// ping answers a ping over NATS (the controller's fallback, the agent's
+// readiness probe of a replica without a link) with the replica's status
+// and, when the class has one, the result of CheckHealth.
 func (r *Replica) ping(m *nats.Msg) {
-	st := r.Status()
-	hm := r.cls.methods[HealthMethod]
-	if hm == nil || st.Draining {
-		respondStatus(m, st)
-		return
-	}
 	timeout := defaultHealthCheckTimeout
 	if d, err := wire.ParseTimeout(m.Header.Get(wire.HeaderTimeout)); err == nil && d > 0 {
 		timeout = d
+	}
+	r.checkPing(timeout, func(st ReplicaStatus) { respondStatus(m, st) })
+}
+
+// checkPing answers one ping, from NATS or the agent link, through respond
+// (called once, perhaps from another goroutine).
+func (r *Replica) checkPing(timeout time.Duration, respond func(ReplicaStatus)) {
+	st := r.Status()
+	hm := r.cls.methods[HealthMethod]
+	if hm == nil || st.Draining {
+		respond(st)
+		return
 	}
 	h := &r.health
 	h.mu.Lock()
 	switch {
 	case h.closed:
 		h.mu.Unlock()
-		respondStatus(m, st)
+		respond(st)
 		return
 	case h.running:
 		if since := time.Since(h.started); since > h.timeout {
 			h.mu.Unlock()
 			st.Healthy, st.Error = false, fmt.Sprintf("%s has not returned after %v", HealthMethod, since.Round(time.Millisecond))
-			respondStatus(m, st)
+			respond(st)
 			return
 		}
-		h.waiters = append(h.waiters, m)
+		h.waiters = append(h.waiters, respond)
 		h.mu.Unlock()
 		return
 	}
-	h.running, h.started, h.timeout, h.waiters = true, time.Now(), timeout, []*nats.Msg{m}
+	h.running, h.started, h.timeout, h.waiters = true, time.Now(), timeout, []func(ReplicaStatus){respond}
 	h.wg.Add(1)
 	h.mu.Unlock()
 	go func() {
@@ -91,8 +98,8 @@ func (r *Replica) checkHealth(hm *method, timeout time.Duration) {
 	if err != nil {
 		st.Healthy, st.Error = false, err.Error()
 	}
-	for _, m := range waiters {
-		respondStatus(m, st)
+	for _, respond := range waiters {
+		respond(st)
 	}
 }
 

@@ -83,6 +83,12 @@ type adoption struct {
 // startWatchdog records the agent from the spec and the NATS connection's
 // state, then checks them until done is closed; when the replica has been
 // an orphan, or cut off from NATS, for the orphan timeout it calls Stop.
+//
+// A replica linked to the agent that started it (link.go), connected to
+// NATS and not orphaned sets no timer at all: the link's end (the agent
+// exited) and a NATS disconnect wake the watchdog. Otherwise (no link, an
+// adopting agent, an agent found gone, NATS down) it checks every 5 s (a
+// quarter of the timeout if that is shorter).
 func (r *Replica) startWatchdog(done <-chan struct{}) {
 	timeout := r.spec.orphanTimeout()
 	r.agentMu.Lock()
@@ -94,15 +100,22 @@ func (r *Replica) startWatchdog(done <-chan struct{}) {
 		}
 	}
 	r.agentMu.Unlock()
-	every := min(5*time.Second, timeout/4) // an idle replica wakes rarely; a 5-minute timeout may run 5 s late
+	every := min(5*time.Second, timeout/4) // a 5-minute timeout may run 5 s late
 	go func() {
-		t := time.NewTicker(every)
+		t := time.NewTimer(every)
+		t.Stop() // armed only when it polls
 		defer t.Stop()
 		for {
+			var tick <-chan time.Time
+			if r.watchPolls() {
+				t.Reset(every)
+				tick = t.C
+			}
 			select {
 			case <-done:
 				return
-			case <-t.C:
+			case <-tick:
+			case <-r.wakeWatch:
 			}
 			if why := r.orphaned(time.Now(), timeout); why != "" {
 				r.log.Warn("replica orphaned; draining", "reason", why, "orphan_timeout", timeout)
@@ -111,6 +124,25 @@ func (r *Replica) startWatchdog(done <-chan struct{}) {
 			}
 		}
 	}()
+}
+
+// watchPolls reports whether the watchdog must look on a timer: anything
+// but a replica linked to its starting agent, connected and not orphaned.
+func (r *Replica) watchPolls() bool {
+	if r.link == nil || r.linkGone.Load() || r.disconnected.Load() != 0 {
+		return true
+	}
+	r.agentMu.Lock()
+	defer r.agentMu.Unlock()
+	return !r.orphanSince.IsZero() || r.agent.pid != r.spec.AgentPID
+}
+
+// wakeWatchdog makes the watchdog look now.
+func (r *Replica) wakeWatchdog() {
+	select {
+	case r.wakeWatch <- struct{}{}:
+	default:
+	}
 }
 
 // orphaned says why the replica should end, or "".

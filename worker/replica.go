@@ -71,8 +71,14 @@ type Replica struct {
 	life       context.Context // Run's: ends on its ctx or Stop
 	cancelLife context.CancelFunc
 
-	health healthChecks // CheckHealth runs, one at a time
-	stored stored       // stored requests (durable.go)
+	health  healthChecks // CheckHealth runs, one at a time
+	link    *replicaLink // to the node agent that started it (link.go); nil without one
+	serving atomic.Bool  // subscribed and flushed: pings on the link run CheckHealth
+	// linkGone: the agent link ended (its agent exited); wakeWatch wakes
+	// the orphan watchdog (link gone, NATS disconnected).
+	linkGone  atomic.Bool
+	wakeWatch chan struct{}
+	stored    stored // stored requests (durable.go)
 
 	agentMu      sync.Mutex         // guards agent, orphanSince
 	agent        agentRef           // the node agent this replica answers to
@@ -109,7 +115,7 @@ func NewReplica(reg *Registry, spec ReplicaSpec, log *slog.Logger) (*Replica, er
 	}
 	return &Replica{
 		spec: spec, reg: reg, log: log, pid: os.Getpid(), id: []byte(spec.Replica), cls: cls,
-		sem: make(chan struct{}, spec.MaxOngoingRequests), wakeLoad: make(chan struct{}, 1), wakeBeat: make(chan struct{}, 1), inbox: make(chan *nats.Msg, inboxSize), stop: make(chan struct{}),
+		sem: make(chan struct{}, spec.MaxOngoingRequests), wakeLoad: make(chan struct{}, 1), wakeBeat: make(chan struct{}, 1), wakeWatch: make(chan struct{}, 1), inbox: make(chan *nats.Msg, inboxSize), stop: make(chan struct{}),
 		ackPlain: wire.AppendAck(nil, spec.Replica, 0), ackIdem: wire.AppendAck(nil, spec.Replica, wire.AckIdempotent),
 		idempotent: idem, calls: make([]callSlot, min(spec.MaxOngoingRequests, maxReceivers)+1), extra: map[*callSlot]struct{}{},
 	}, nil
@@ -132,11 +138,15 @@ func (r *Replica) Stop() {
 // called, then drains: it leaves the queue group, lets in-flight calls
 // finish for up to graceful_shutdown_timeout_s, and returns.
 func (r *Replica) Run(ctx context.Context) error {
+	r.openLink()
 	opts := append([]nats.Option{
 		nats.Name("replica " + r.spec.Replica + " of " + r.spec.Deployment),
 		// Reconnect for ever: the orphan timeout bounds a replica cut off from NATS.
 		nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
-		nats.DisconnectErrHandler(func(*nats.Conn, error) { r.disconnected.CompareAndSwap(0, time.Now().UnixNano()) }),
+		nats.DisconnectErrHandler(func(*nats.Conn, error) {
+			r.disconnected.CompareAndSwap(0, time.Now().UnixNano())
+			r.wakeWatchdog()
+		}),
 		nats.ReconnectHandler(func(*nats.Conn) {
 			r.disconnected.Store(0)
 			r.stored.reconnected() // a pull request waiting at the old server is gone: pull again
@@ -250,6 +260,8 @@ func (r *Replica) Run(ctx context.Context) error {
 		return fmt.Errorf("replica %s: %w", r.spec.Replica, err)
 	}
 	r.log.Info("replica serving", "class", r.spec.Class, "pid", r.pid, "max_ongoing_requests", r.spec.MaxOngoingRequests)
+	r.serving.Store(true)
+	r.link.ready()
 
 	storedDone := make(chan struct{})
 	go func() { defer close(storedDone); r.runStored(life) }()

@@ -53,6 +53,10 @@ type ReplicaSpec struct {
 	// and no agent adopts the replica for OrphanTimeoutS, the replica drains
 	// and exits. 0: no agent watched. Default: 0.
 	AgentPID int `json:"agent_pid,omitempty"`
+	// AgentLinkFD is the file descriptor of the replica's end of its
+	// agent link (link.go): health pings and readiness without the broker.
+	// Default: 0 (none).
+	AgentLinkFD int `json:"agent_link_fd,omitempty"`
 	// OrphanTimeoutS is how long the replica outlives its agent (unadopted)
 	// or its NATS connection. Default: 300.
 	OrphanTimeoutS float64 `json:"orphan_timeout_s,omitempty"`

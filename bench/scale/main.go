@@ -276,7 +276,7 @@ func run() error {
 
 	// A killed replica is replaced.
 	for i := 0; i < 3; i++ {
-		name := fmt.Sprintf("d%04d", 100+i)
+		name := fmt.Sprintf("d%04d", (n/10+i)%n) // d0100… at 1,000
 		d, err := c.Get(ctx, name)
 		if err != nil || len(d.Replicas) == 0 {
 			return fmt.Errorf("get %s: %v", name, err)

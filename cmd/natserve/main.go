@@ -79,6 +79,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "agent", "worker": // worker: the older name, kept for scripts
 		return worker.Run(ctx, registry(), append([]string{"agent"}, rest...), stdout, stderr)
 	case "replica", "classes":
+		if cmd == "replica" {
+			stopPSE()
+		}
 		return worker.Run(ctx, registry(), args, stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)

@@ -107,6 +107,7 @@ func ControllerPerms() Perms {
 			AsyncCancelSubject("*"),             // the requests service's cancels (internal/durable)
 			inboxRoot + ">", callbackRoot + ">", // stored requests' NATS callbacks (NATSCallbackAllowed)
 			ReplicaExitSubject(ReplicaExitSenderController), // replicas it gave up (ack.go)
+			AgentSubject("*", AgentVerbHealth),              // batched health checks (health.go)
 		},
 		Sub: append([]string{
 			APISubject("*") + " natserve-controller",
@@ -121,7 +122,8 @@ func ControllerPerms() Perms {
 
 // NodePerms: a node agent writes only its own node's keys and reads only
 // its own assignments and replica states; it pings replicas to see them
-// ready.
+// ready, and answers the controller's batched health checks of its
+// replicas (health.go).
 func NodePerms(node string) Perms {
 	in := InboxPrefix(RoleNode, node)
 	pub := []string{kvInfo(BucketNodes), kvWrite(BucketNodes, node), kvWrite(BucketReplicas, node+".*")}
@@ -129,7 +131,7 @@ func NodePerms(node string) Perms {
 	pub = append(pub, kvRead(BucketReplicas, node+".*")...)
 	pub = append(pub, consumerDelete, ReplicaSubject("*", "*", VerbPing), ReplicaSubject("*", "*", VerbAdopt), ReplicaSubject("*", "*", VerbMetrics),
 		ReplicaExitSubject(node)) // its replicas' exits (ack.go)
-	return Perms{Pub: pub, Sub: []string{in + ".>"}, InboxPrefix: in}
+	return Perms{Pub: pub, Sub: []string{in + ".>", AgentSubject(node, AgentVerbHealth)}, Responses: true, InboxPrefix: in}
 }
 
 // callerPerms is what calling deployments takes: publishing to any

@@ -27,7 +27,7 @@ func TestPerms(t *testing.T) {
 	}{
 		{"admin", AdminPerms(), Perms{Pub: []string{">"}, Sub: []string{">"}, InboxPrefix: "_INBOX"}},
 		{"controller", ControllerPerms(), Perms{
-			Pub: []string{"$JS.API.>", "$JS.FC.>", "$KV.>", "natserve.rep.>", "natserve.api.*", "$SRV.*", "$O.>", "$JS.ACK.>", "natserve.acancel.*", "_INBOX.>", "natserve.cb.>", "natserve.evt.exit.controller"},
+			Pub: []string{"$JS.API.>", "$JS.FC.>", "$KV.>", "natserve.rep.>", "natserve.api.*", "$SRV.*", "$O.>", "$JS.ACK.>", "natserve.acancel.*", "_INBOX.>", "natserve.cb.>", "natserve.evt.exit.controller", "natserve.agent.*.health"},
 			Sub: []string{"natserve.api.* natserve-controller", "natserve.areq natserve-requests", "natserve.evt.>", "_INBOX.controller.>",
 				"$SRV.*", "$SRV.*.natserve-controller", "$SRV.*.natserve-controller.*"},
 			Responses: true, InboxPrefix: "_INBOX.controller",
@@ -45,7 +45,7 @@ func TestPerms(t *testing.T) {
 				"$JS.FC.KV_natserve_replicas.>",
 				"$JS.API.CONSUMER.DELETE.>", "natserve.rep.*.*.ping", "natserve.rep.*.*.adopt", "natserve.rep.*.*.metrics", "natserve.evt.exit.n1",
 			},
-			Sub: []string{"_INBOX.node.n1.>"}, InboxPrefix: "_INBOX.node.n1",
+			Sub: []string{"_INBOX.node.n1.>", "natserve.agent.n1.health"}, Responses: true, InboxPrefix: "_INBOX.node.n1",
 		}},
 		{"ingress", IngressPerms(), Perms{Pub: caller("ingress"), Sub: []string{"_INBOX.ingress.>", "natserve.evt.exit.>",
 			"$SRV.*", "$SRV.*.natserve-ingress", "$SRV.*.natserve-ingress.*"}, Responses: true, InboxPrefix: "_INBOX.ingress"}},

@@ -1,0 +1,81 @@
+package worker
+
+import (
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/internal/wire"
+)
+
+// maxHealthBatch bounds the checks of one batch (a node's replicas).
+const maxHealthBatch = 100_000
+
+// onHealth answers the controller's batched health check of this node's
+// replicas (wire.HealthBatch) in one message: each replica is pinged over
+// its agent link, or over NATS when it has none (adopted, or an older
+// program), each within the batch's timeout, all at once.
+func (a *Agent) onHealth(m *nats.Msg) {
+	var b wire.HealthBatch
+	if err := wire.UnmarshalJSON(m.Data, &b); err != nil || len(b.Checks) > maxHealthBatch || b.TimeoutUS <= 0 {
+		return // the controller's budget runs out and it pings the replicas itself
+	}
+	go func() {
+		res := a.checkHealth(b)
+		body, _ := json.Marshal(res)
+		if err := m.Respond(body); err != nil {
+			a.log.Warn("answering a health check failed", "err", err)
+		}
+	}()
+}
+
+// checkHealth runs a batch's checks concurrently.
+func (a *Agent) checkHealth(b wire.HealthBatch) wire.HealthResults {
+	timeout := b.Timeout()
+	res := wire.HealthResults{Results: make([]wire.HealthResult, len(b.Checks))}
+	var wg sync.WaitGroup
+	for i, c := range b.Checks {
+		res.Results[i].Replica = c.Replica
+		a.mu.Lock()
+		p := a.running[c.Replica]
+		a.mu.Unlock()
+		var link *agentLink
+		if p != nil && p.asg.Deployment == c.Deployment {
+			p.mu.Lock()
+			link = p.link
+			p.mu.Unlock()
+		}
+		wg.Add(1)
+		go func(r *wire.HealthResult) {
+			defer wg.Done()
+			st, err := a.pingReplica(link, c.Deployment, c.Replica, timeout)
+			if err != nil {
+				r.Error = err.Error()
+				return
+			}
+			r.Status = &st
+		}(&res.Results[i])
+	}
+	wg.Wait()
+	return res
+}
+
+// pingReplica pings one replica over its link or, without one, over NATS
+// (as the controller did before batching).
+func (a *Agent) pingReplica(link *agentLink, deployment, replica string, timeout time.Duration) (ReplicaStatus, error) {
+	if link.said() {
+		return link.ping(timeout)
+	}
+	var st ReplicaStatus
+	ping := &nats.Msg{Subject: wire.ReplicaSubject(deployment, replica, wire.VerbPing), Header: nats.Header{wire.HeaderTimeout: {wire.FormatTimeout(timeout)}}}
+	m, err := a.nc.RequestMsg(ping, timeout)
+	if err != nil {
+		return st, err
+	}
+	if err := wire.UnmarshalJSON(m.Data, &st); err != nil {
+		return st, errors.New("bad reply: " + err.Error())
+	}
+	return st, nil
+}
