@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -89,4 +90,37 @@ func TestAccessLogLines(t *testing.T) {
 		}
 		seen[v.RequestID] = true
 	}
+}
+
+// TestAppendAccessTime checks the cached-second timestamp against
+// time.AppendFormat, across seconds, zones and odd years.
+func TestAppendAccessTime(t *testing.T) {
+	base := time.Date(2026, 11, 27, 23, 59, 58, 0, time.UTC)
+	zone := time.FixedZone("x", -7*3600-30*60)
+	var times []time.Time
+	for _, d := range []time.Duration{0, 999 * time.Millisecond, time.Second, 1500 * time.Millisecond, 2*time.Second + 1, 3*time.Second - 1} {
+		times = append(times, base.Add(d), base.Add(d).In(zone), base.Add(-d))
+	}
+	times = append(times, time.Date(1969, 12, 31, 23, 59, 59, 999999999, time.UTC), time.Date(12000, 1, 1, 0, 0, 0, 5e6, time.UTC),
+		time.Date(-5, 1, 1, 0, 0, 0, 0, time.UTC), time.Unix(0, 0), time.Now())
+	for _, tm := range append(times, times...) { // the second pass reads the cache
+		want := tm.UTC().AppendFormat(nil, "2006-01-02T15:04:05.000Z")
+		if got := appendAccessTime([]byte("x"), tm); string(got) != "x"+string(want) {
+			t.Errorf("%v: got %s, want %s", tm, got[1:], want)
+		}
+	}
+}
+
+// FuzzAppendMillis checks the integer formatting of latency_ms against
+// strconv's float formatting it replaces.
+func FuzzAppendMillis(f *testing.F) {
+	for _, us := range []int64{0, 1, 10, 100, 412, 1000, 1500, 12000, 999999, 1e15 - 1, 1e15, -3, 1<<63 - 1} {
+		f.Add(us)
+	}
+	f.Fuzz(func(t *testing.T, us int64) {
+		want := strconv.AppendFloat(nil, float64(us)/1000, 'f', -1, 64)
+		if got := appendMillis(nil, us); string(got) != string(want) {
+			t.Fatalf("%d µs: got %s, want %s", us, got, want)
+		}
+	})
 }

@@ -75,7 +75,12 @@ func (g *Ingress) serveRoute(ctx *fasthttp.RequestCtx, path []byte, o *observati
 		if rt != nil {
 			m = rt.metrics
 		}
-		defer m.done(ctx, m.start())
+		if o != nil { // one clock read for the access log and the metrics
+			m.ongoing.Inc()
+			defer m.done(ctx, o.start)
+		} else {
+			defer m.done(ctx, m.start())
+		}
 	}
 	if rt == nil {
 		ctx.Error("no deployment serves "+string(path)+"\n", fasthttp.StatusNotFound)

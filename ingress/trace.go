@@ -25,6 +25,7 @@ const tracerName = "github.com/natserve/natserve/ingress"
 
 // observation is what serveRoute reports about a request being observed.
 type observation struct {
+	start      time.Time       // when serveObserved began (the metrics' start too)
 	ctx        context.Context // carries the server span when traced
 	id         string
 	deployment string
@@ -42,7 +43,7 @@ func (o *observation) failed(err error) {
 
 func (g *Ingress) serveObserved(ctx *fasthttp.RequestCtx, path []byte) {
 	start := time.Now()
-	o := observation{ctx: context.Background()}
+	o := observation{start: start, ctx: context.Background()}
 	var span trace.Span
 	if g.tracer != nil {
 		o.ctx = w3c.Extract(o.ctx, requestCarrier{&ctx.Request.Header})

@@ -62,7 +62,8 @@ type config struct {
 	nats      bool   // measure C and H too
 	profile   string // directory for CPU profiles of up and a replica under c64 load ("": none)
 	variants  []string
-	baseline  string // another natserve binary, measured as "D baseline" (e.g. built from main before a change)
+	baseline  string          // another natserve binary, measured as "D baseline" (e.g. built from main before a change)
+	configs   map[string]bool // which of A, E, N, D (and C, H with -nats) are measured; the variants and baseline always are
 }
 
 func intList(s string) ([]int, error) {
@@ -93,8 +94,15 @@ func main() {
 	flag.BoolVar(&cfg.tracing, "tracing", false, "natserve traces every request, exporting to -otlp-endpoint or to a receiver in the harness that drops the spans")
 	flag.StringVar(&cfg.otlp, "otlp-endpoint", "", "OTLP/HTTP endpoint for -tracing (default: the harness's own receiver)")
 	flag.StringVar(&cfg.baseline, "baseline", "", "path of another natserve binary (e.g. built from the commit before a change) run as one more natserve up with its defaults, row \"D baseline\" of the same interleave")
+	configs := flag.String("configs", "A,E,N,D", "configurations measured (A, E, N, D), comma-separated; -variants and -baseline rows are measured whatever this says, C and H with -nats and D")
 	variants := flag.String("variants", "", "more natserve up processes (one replica) measured as rows of the same interleave: metrics-off, log-off, obs-off (both), auth-off (natserve up -no-auth), comma-separated")
 	flag.Parse()
+	cfg.configs = map[string]bool{}
+	for _, c := range strings.Split(*configs, ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			cfg.configs[c] = true
+		}
+	}
 	for _, v := range strings.Split(*variants, ",") {
 		if v = strings.TrimSpace(v); v != "" {
 			cfg.variants = append(cfg.variants, v)
@@ -326,6 +334,7 @@ func run(ctx context.Context, cfg config) error {
 	// D variants: more natserve up processes (one replica each) measured in
 	// the same interleave, to price each feature on and off.
 	var variants []*upRun
+	variantPprof := map[string][2]string{} // variant → its up's and replica's pprof addresses (with -profile)
 	for _, v := range cfg.variants {
 		metrics, accessLog, noAuth := cfg.metrics, cfg.accessLog, false
 		switch v {
@@ -340,7 +349,14 @@ func run(ctx context.Context, cfg config) error {
 		default:
 			return fmt.Errorf("-variants: unknown variant %q (metrics-off, log-off, obs-off, auth-off)", v)
 		}
+		if cfg.profile != "" { // each variant's up and replica, profiled into a directory of its own
+			variantPprof[v] = [2]string{fmt.Sprintf("127.0.0.1:%d", freePort()), fmt.Sprintf("127.0.0.1:%d", freePort())}
+			os.Setenv("NATSERVE_PPROF", variantPprof[v][0])
+			os.Setenv("NATSERVE_REPLICA_PPROF", variantPprof[v][1])
+		}
 		u, err := startUp(ctx, &ps, bins["natserve"], filepath.Join(tmp, "data-"+v), cfg, metrics, accessLog, noAuth, 1)
+		os.Unsetenv("NATSERVE_PPROF")
+		os.Unsetenv("NATSERVE_REPLICA_PPROF")
 		if err != nil {
 			return fmt.Errorf("variant %s: %w", v, err)
 		}
@@ -397,12 +413,19 @@ func run(ctx context.Context, cfg config) error {
 					}
 					var runs []target
 					if n == 1 { // A has no replicas, N one responder: measured once per size
-						runs = append(runs, target{"A", urlA, []int{hello0.Process.Pid}}, target{"N", urlN, pidsN})
+						if cfg.configs["A"] {
+							runs = append(runs, target{"A", urlA, []int{hello0.Process.Pid}})
+						}
+						if cfg.configs["N"] {
+							runs = append(runs, target{"N", urlN, pidsN})
+						}
 					}
-					if errNginx == nil {
+					if errNginx == nil && cfg.configs["E"] {
 						runs = append(runs, target{"E", urlE(n), append(append([]int{nginx.Process.Pid}, childPIDs(nginx.Process.Pid)...), repPIDs[:n]...)})
 					}
-					runs = append(runs, target{"D", urlD(n), append([]int{up.Process.Pid}, childPIDs(up.Process.Pid)...)})
+					if cfg.configs["D"] {
+						runs = append(runs, target{"D", urlD(n), append([]int{up.Process.Pid}, childPIDs(up.Process.Pid)...)})
+					}
 					if n == 1 {
 						for _, v := range variants {
 							runs = append(runs, target{v.name, v.url(), append([]int{v.proc.Process.Pid}, childPIDs(v.proc.Process.Pid)...)})
@@ -448,7 +471,7 @@ func run(ctx context.Context, cfg config) error {
 					}
 					// C and H: raw NATS against handle calls, from this process.
 					for _, which := range []string{"C", "H"} {
-						if !cfg.nats {
+						if !cfg.nats || !cfg.configs["D"] {
 							break
 						}
 						m := natsLoad(ctx, which, natsURL, cl, fmt.Sprintf("hello%d", n), n, conc, size, cfg.duration)
@@ -464,8 +487,20 @@ func run(ctx context.Context, cfg config) error {
 		if err := profileUnderLoad(ctx, cfg.profile, load, urlD(1)+"?size=20", map[string]string{"up": pprofUp, "replica": pprofReplica}); err != nil {
 			return err
 		}
-		if err := profileUnderLoad(ctx, cfg.profile, load, urlN+"?size=20", map[string]string{"naive-ingress": pprofN["ingress"], "naive-responder": pprofN["responder"], "naive-nats-server": pprofN["nats-server"]}); err != nil {
-			return err
+		for _, v := range variants {
+			name := strings.TrimPrefix(v.name, "D ")
+			addrs, ok := variantPprof[name]
+			if !ok {
+				continue
+			}
+			if err := profileUnderLoad(ctx, filepath.Join(cfg.profile, name), load, v.url()+"?size=20", map[string]string{"up": addrs[0], "replica": addrs[1]}); err != nil {
+				return err
+			}
+		}
+		if cfg.configs["N"] {
+			if err := profileUnderLoad(ctx, cfg.profile, load, urlN+"?size=20", map[string]string{"naive-ingress": pprofN["ingress"], "naive-responder": pprofN["responder"], "naive-nats-server": pprofN["nats-server"]}); err != nil {
+				return err
+			}
 		}
 	}
 	res.Load += " → " + loadAvg()
