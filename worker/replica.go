@@ -818,7 +818,18 @@ func (r *Replica) replyResult(m *nats.Msg, oc *outcome, meth *method, ctx contex
 	if isHTTP {
 		rep := httpReply(result)
 		rep.Replica = r.id // for the ingress's access log
-		data = wire.AppendHTTPReply(make([]byte, 0, rep.MaxSize()), rep)
+		if m.Reply != "" { // published now (reply): a pooled buffer
+			bp := replyBufs.Get().(*[]byte)
+			data = wire.AppendHTTPReply((*bp)[:0], &rep)
+			r.free(slot)
+			r.reply(m, nil, data)
+			if cap(data) <= maxPooledReply {
+				*bp = data[:0]
+				replyBufs.Put(bp)
+			}
+			return
+		}
+		data = wire.AppendHTTPReply(make([]byte, 0, rep.MaxSize()), &rep)
 	} else if data, err = wire.MarshalValue(result); err != nil {
 		r.fail(oc, m, wire.CodeInternal, fmt.Sprintf("encoding the result of %s.%s: %v", r.cls.name, name, err))
 		return
@@ -933,15 +944,15 @@ func (r *Replica) httpArgs(data []byte, id string, m *method) ([]reflect.Value, 
 // httpReply turns a method's result into an HTTP reply: a *Response as it
 // is, a string as text/plain, bytes as application/octet-stream, nothing as
 // 204, anything else as JSON.
-func httpReply(v any) *wire.HTTPReply {
+func httpReply(v any) wire.HTTPReply {
 	switch x := v.(type) {
 	case nil:
-		return &wire.HTTPReply{Status: http.StatusNoContent}
+		return wire.HTTPReply{Status: http.StatusNoContent}
 	case *Response:
 		if x == nil {
-			return &wire.HTTPReply{Status: http.StatusNoContent}
+			return wire.HTTPReply{Status: http.StatusNoContent}
 		}
-		rep := &wire.HTTPReply{Status: x.Status, Body: x.Body}
+		rep := wire.HTTPReply{Status: x.Status, Body: x.Body}
 		for k, vs := range x.Header {
 			for _, v := range vs {
 				rep.Headers = append(rep.Headers, k, v)
@@ -949,16 +960,32 @@ func httpReply(v any) *wire.HTTPReply {
 		}
 		return rep
 	case string:
-		return &wire.HTTPReply{Status: 200, Headers: []string{"Content-Type", "text/plain; charset=utf-8"}, Body: []byte(x)}
+		return wire.HTTPReply{Status: 200, Headers: textHeaders, Body: []byte(x)}
 	case []byte:
-		return &wire.HTTPReply{Status: 200, Headers: []string{"Content-Type", "application/octet-stream"}, Body: x}
+		return wire.HTTPReply{Status: 200, Headers: octetHeaders, Body: x}
 	}
 	b, err := json.Marshal(v)
 	if err != nil {
-		return &wire.HTTPReply{Status: 500, Headers: []string{"Content-Type", "text/plain; charset=utf-8"}, Body: []byte("encoding the result as JSON: " + err.Error())}
+		return wire.HTTPReply{Status: 500, Headers: textHeaders, Body: []byte("encoding the result as JSON: " + err.Error())}
 	}
-	return &wire.HTTPReply{Status: 200, Headers: []string{"Content-Type", "application/json"}, Body: b}
+	return wire.HTTPReply{Status: 200, Headers: jsonHeaders, Body: b}
 }
+
+// The headers of replies made from a method's result: shared and read
+// only (wire.AppendHTTPReply reads them), so a reply allocates none.
+var (
+	textHeaders  = []string{"Content-Type", "text/plain; charset=utf-8"}[0:2:2]
+	octetHeaders = []string{"Content-Type", "application/octet-stream"}[0:2:2]
+	jsonHeaders  = []string{"Content-Type", "application/json"}[0:2:2]
+)
+
+// replyBufs holds the buffers HTTP replies are encoded into: a reply is
+// published at once, and nats.go copies it into its write buffer before
+// PublishMsg returns, so the buffer is free again right after.
+var replyBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledReply is the largest reply buffer kept for reuse.
+const maxPooledReply = 64 << 10
 
 // onControl answers ping (status and the class's CheckHealth), reconfigure
 // (user_config, in place) and stop.

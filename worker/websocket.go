@@ -98,7 +98,7 @@ func (r *Replica) serveWebSocket(m *nats.Msg, oc *outcome, req *Request, id stri
 		}
 		rep := httpReply(&Response{Status: w.status, Header: w.header, Body: w.body.Bytes()})
 		rep.Replica = r.id
-		r.reply(m, nil, wire.AppendHTTPReply(make([]byte, 0, rep.MaxSize()), rep))
+		r.reply(m, nil, wire.AppendHTTPReply(make([]byte, 0, rep.MaxSize()), &rep))
 		return
 	}
 	if pe != nil {
