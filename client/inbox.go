@@ -108,9 +108,12 @@ func (x *inbox) stop() {
 	}
 }
 
-// open registers a new call.
+// open registers a new call. Its token carries wire.AckTokenMark: this
+// inbox takes a replica's acknowledgments of one confirmation round
+// together, on the token wire.AckBatchToken (onAcks).
 func (x *inbox) open(wakeOnAck bool) *pending {
-	token := strconv.FormatUint(x.seq.Add(1), 36)
+	var buf [16]byte
+	token := string(strconv.AppendUint(append(buf[:0], wire.AckTokenMark), x.seq.Add(1), 36))
 	cl := &pending{token: token, subject: x.prefix + token, sig: make(chan struct{}, 1), wakeOnAck: wakeOnAck}
 	x.mu.Lock()
 	x.calls[token] = cl
@@ -134,6 +137,10 @@ func (x *inbox) state(cl *pending) (replica *string, flags byte, seen time.Time,
 
 func (x *inbox) onMsg(m *nats.Msg) {
 	token := m.Subject[len(x.prefix):]
+	if token == wire.AckBatchToken {
+		x.onAcks(m)
+		return
+	}
 	x.mu.Lock()
 	cl := x.calls[token]
 	if cl == nil {
@@ -142,20 +149,7 @@ func (x *inbox) onMsg(m *nats.Msg) {
 	}
 	wake := true
 	if m.Header == nil && wire.IsAck(m.Data) {
-		wake = cl.wakeOnAck && cl.replica == nil
-		if cl.replica == nil {
-			id, ok := x.replicas[string(m.Data[2:])]
-			if !ok {
-				s := string(m.Data[2:])
-				id = &s
-				if len(x.replicas) > 4096 {
-					clear(x.replicas)
-				}
-				x.replicas[s] = id
-			}
-			cl.replica, cl.flags = id, m.Data[1]
-		}
-		cl.seen = time.Now()
+		wake = x.acked(cl, m.Data[2:], m.Data[1], time.Now())
 	} else if cl.reply == nil {
 		cl.reply = m
 	}
@@ -163,6 +157,43 @@ func (x *inbox) onMsg(m *nats.Msg) {
 	if wake {
 		cl.wake()
 	}
+}
+
+// acked records an acknowledgment or heartbeat of cl from replica (x.mu
+// held) and reports whether to wake its caller.
+func (x *inbox) acked(cl *pending, replica []byte, flags byte, now time.Time) (wake bool) {
+	wake = cl.wakeOnAck && cl.replica == nil
+	if cl.replica == nil {
+		id, ok := x.replicas[string(replica)]
+		if !ok {
+			s := string(replica)
+			id = &s
+			if len(x.replicas) > 4096 {
+				clear(x.replicas)
+			}
+			x.replicas[s] = id
+		}
+		cl.replica, cl.flags = id, flags
+	}
+	cl.seen = now
+	return wake
+}
+
+// onAcks handles a replica's coalesced acknowledgments (or heartbeats) of
+// several calls (wire.ParseAcks).
+func (x *inbox) onAcks(m *nats.Msg) {
+	replica, flags, tokens, ok := wire.ParseAcks(m.Data)
+	if m.Header != nil || !ok {
+		return
+	}
+	now := time.Now()
+	x.mu.Lock()
+	for tok, rest := wire.NextAckToken(tokens); len(tok) > 0; tok, rest = wire.NextAckToken(rest) {
+		if cl := x.calls[string(tok)]; cl != nil && x.acked(cl, replica, flags, now) {
+			cl.wake() // a non-blocking send
+		}
+	}
+	x.mu.Unlock()
 }
 
 func (x *inbox) onExit(m *nats.Msg) {

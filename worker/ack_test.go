@@ -342,6 +342,74 @@ func TestUnconfirmedAcknowledgmentNeverRuns(t *testing.T) {
 	}
 }
 
+// TestAcknowledgmentsCoalescePerCaller: a caller whose call tokens carry
+// wire.AckTokenMark gets the acknowledgments (and heartbeats) of calls
+// admitted together as one message per confirmation round on its inbox's
+// wire.AckBatchToken; each call is acknowledged once before it runs, then
+// beats while it runs, and is answered on its own token.
+func TestAcknowledgmentsCoalescePerCaller(t *testing.T) {
+	s := newStack(t)
+	r := s.replica(t, "ack-7", "Counter", ``, 64)
+	nc := s.cl.Conn()
+	prefix := nats.NewInbox() + "."
+	ch := make(chan *nats.Msg, 1024)
+	sub, err := nc.ChanSubscribe(prefix+">", ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	const calls = 32
+	args, _ := wire.MarshalValue([]any{600}) // long enough for two heartbeats
+	for i := 0; i < calls; i++ {
+		if err := nc.PublishMsg(&nats.Msg{Subject: wire.DeploymentSubject("ack-7"), Reply: fmt.Sprintf("%s-%d", prefix, i), Data: args, Header: nats.Header{
+			wire.HeaderProto: {wire.ProtoVersion}, wire.HeaderKind: {wire.KindCall}, wire.HeaderRequestID: {nuid.Next()},
+			wire.HeaderTimeout: {wire.FormatTimeout(20 * time.Second)}, wire.HeaderAckBy: {wire.FormatAckBy(time.Now().Add(10 * time.Second))},
+		}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acks := map[string]int{}    // token → acknowledgments and heartbeats
+	replied := map[string]int{} // token → replies
+	var batches, singles int
+	for len(replied) < calls {
+		select {
+		case m := <-ch:
+			token := m.Subject[len(prefix):]
+			switch {
+			case token == wire.AckBatchToken:
+				rid, _, toks, ok := wire.ParseAcks(m.Data)
+				if !ok || string(rid) != r.id {
+					t.Fatalf("coalesced acknowledgment % x", m.Data)
+				}
+				batches++
+				for tok, rest := wire.NextAckToken(toks); len(tok) > 0; tok, rest = wire.NextAckToken(rest) {
+					if replied[string(tok)] > 0 {
+						t.Fatalf("%s acknowledged after its reply", tok)
+					}
+					acks[string(tok)]++
+				}
+			case m.Header == nil && wire.IsAck(m.Data):
+				singles++
+				acks[token]++
+			default:
+				if acks[token] < 2 {
+					t.Fatalf("%s answered after %d acknowledgments and heartbeats, want the acknowledgment and at least one heartbeat first", token, acks[token])
+				}
+				if m.Header != nil {
+					t.Fatalf("%s: error reply %v", token, m.Header)
+				}
+				replied[token]++
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%d of %d calls answered", len(replied), calls)
+		}
+	}
+	t.Logf("%d calls: %d coalesced and %d single acknowledgment or heartbeat messages", calls, batches, singles)
+	if batches == 0 || batches+singles >= 2*calls {
+		t.Fatalf("%d coalesced and %d single messages for %d calls' acknowledgments and heartbeats: not coalesced", batches, singles, calls)
+	}
+}
+
 // execSubject is where the Counter class reports each execution at method
 // entry (a deployment subject: a replica may publish there).
 var execSubject = wire.DeploymentSubject("fault-exec")

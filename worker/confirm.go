@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 // Confirmed admission. A replica runs an acknowledged request only once the
@@ -28,7 +29,9 @@ import (
 // when its round ends it hands the next round, if admissions joined it, to
 // one of them.
 type ackRounds struct {
-	nc *nats.Conn
+	nc      *nats.Conn
+	replica string // the replica's id, for coalesced acknowledgments
+	plain   []byte // its plain acknowledgment (wire.AppendAck, no flags)
 
 	mu   sync.Mutex
 	out  bool      // a round's PING is out (its leader flushes)
@@ -47,17 +50,36 @@ type ackRound struct {
 	n      int           // admissions that joined it
 	ok     bool          // the broker answered the PING
 	at     time.Time     // when its PONG was seen (the replica's clock)
+	// groups are the acknowledgments its leader publishes before the PING,
+	// one message per caller (wire.SplitAckReply); byPrefix indexes them
+	// once there are many callers.
+	groups   []ackGroup
+	byPrefix map[string]int
 }
 
-// newAckRounds confirms acknowledgments published on nc; failed is told of
-// each round whose confirmation did not come by its latest ack-by.
-func newAckRounds(nc *nats.Conn, failed func(n int, err error)) *ackRounds {
-	return &ackRounds{nc: nc, failed: failed}
+// ackGroup is one caller's acknowledgments in a round.
+type ackGroup struct {
+	prefix string // the caller's inbox prefix, ending with "."
+	first  string // the first call's token
+	b      []byte // the coalesced acknowledgment, once a second call joins
 }
 
-// confirm reports whether the broker had an acknowledgment published (on
-// nc, before this call) by its ack-by time by.
-func (a *ackRounds) confirm(by time.Time) bool {
+// groupIndexAbove: a round looks its callers up in a map beyond this many.
+const groupIndexAbove = 8
+
+// newAckRounds confirms acknowledgments of replica published on nc; failed
+// is told of each round whose confirmation did not come by its latest
+// ack-by.
+func newAckRounds(nc *nats.Conn, replica string, failed func(n int, err error)) *ackRounds {
+	return &ackRounds{nc: nc, replica: replica, plain: wire.AppendAck(nil, replica, 0), failed: failed}
+}
+
+// confirm reports whether the broker had an admission's acknowledgment by
+// its ack-by time by. With prefix empty the acknowledgment was published
+// (on nc, before this call); otherwise the round's leader publishes it, one
+// message for all the round's calls of the caller whose inbox prefix is
+// prefix (token: the call's).
+func (a *ackRounds) confirm(by time.Time, prefix, token string) bool {
 	a.mu.Lock()
 	rd := a.next
 	if rd == nil {
@@ -67,6 +89,9 @@ func (a *ackRounds) confirm(by time.Time) bool {
 	rd.n++
 	if by.After(rd.latest) {
 		rd.latest = by
+	}
+	if prefix != "" {
+		rd.add(a.replica, prefix, token)
 	}
 	if !a.out { // no round out: lead this one
 		a.out, a.next = true, nil
@@ -87,10 +112,60 @@ func (a *ackRounds) confirm(by time.Time) bool {
 	return false
 }
 
+// add puts a call's token in its caller's group.
+func (rd *ackRound) add(replica, prefix, token string) {
+	i := -1
+	if rd.byPrefix != nil {
+		if j, ok := rd.byPrefix[prefix]; ok {
+			i = j
+		}
+	} else {
+		for j := range rd.groups {
+			if rd.groups[j].prefix == prefix {
+				i = j
+				break
+			}
+		}
+	}
+	if i < 0 {
+		rd.groups = append(rd.groups, ackGroup{prefix: prefix, first: token})
+		switch n := len(rd.groups); {
+		case n == groupIndexAbove+1:
+			rd.byPrefix = make(map[string]int, 2*n)
+			for j, g := range rd.groups {
+				rd.byPrefix[g.prefix] = j
+			}
+		case n > groupIndexAbove+1:
+			rd.byPrefix[prefix] = n - 1
+		}
+		return
+	}
+	g := &rd.groups[i]
+	if g.b == nil {
+		g.b = wire.AppendAckToken(wire.AppendAcksHeader(make([]byte, 0, 64), replica, 0), g.first)
+	}
+	g.b = wire.AppendAckToken(g.b, token)
+}
+
+// publish sends the round's coalesced acknowledgments: a caller with one
+// call in the round gets the plain acknowledgment on its reply subject.
+func (rd *ackRound) publish(nc *nats.Conn, plain []byte) {
+	for _, g := range rd.groups {
+		if g.b == nil {
+			_ = nc.Publish(g.prefix+g.first, plain)
+		} else {
+			_ = nc.Publish(g.prefix+wire.AckBatchToken, g.b)
+		}
+	}
+}
+
 // flush runs round rd (taken from next) and hands the next one on.
 func (a *ackRounds) flush(rd *ackRound) {
 	// The PING follows every acknowledgment of the round in the
 	// connection's buffer; nobody waits past the latest ack-by.
+	if len(rd.groups) > 0 {
+		rd.publish(a.nc, a.plain)
+	}
 	err := nats.ErrTimeout
 	if wait := time.Until(rd.latest); wait > 0 {
 		a.rounds.Add(1)

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -12,28 +13,40 @@ import (
 // BenchmarkAckConfirm prices the confirmation of an admission: publish an
 // acknowledgment, then wait until the broker confirmed it (group-committed
 // PING/PONG rounds), serially (c1) and with 64 admissions at once (c64),
-// beside its baseline, the acknowledgment alone. pings/op is the PING/PONG
-// round trips per admission (1 at c1; well under 1 under load).
+// beside its baseline, the acknowledgment alone; "coalesced": the round's
+// leader publishes the acknowledgments, one message per caller (here one
+// caller). pings/op is the PING/PONG round trips per admission (1 at c1;
+// well under 1 under load), msgs/op the acknowledgment messages.
 func BenchmarkAckConfirm(b *testing.B) {
 	br := testutil.Broker(b)
 	nc := testutil.Conn(b, br.ClientURL())
 	ack := []byte{0xc1, 0, 'r'}
 	for _, conc := range []int{1, 64} {
-		for _, confirm := range []bool{false, true} {
-			name := map[int]string{1: "c1", 64: "c64"}[conc] + map[bool]string{false: "/ack-only", true: "/confirmed"}[confirm]
-			b.Run(name, func(b *testing.B) {
-				a := newAckRounds(nc, nil)
+		for _, mode := range []string{"ack-only", "confirmed", "coalesced"} {
+			b.Run(map[int]string{1: "c1", 64: "c64"}[conc]+"/"+mode, func(b *testing.B) {
+				a := newAckRounds(nc, "r", nil)
 				b.ReportAllocs()
 				var wg sync.WaitGroup
 				per := (b.N + conc - 1) / conc
+				out0 := nc.Stats().OutMsgs
 				b.ResetTimer()
 				for g := 0; g < conc; g++ {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
+						token := "-" + strconv.Itoa(g)
 						for i := 0; i < per; i++ {
-							_ = nc.Publish("bench.ack", ack)
-							if confirm && !a.confirm(time.Now().Add(time.Second)) {
+							ok := true
+							switch mode {
+							case "ack-only":
+								_ = nc.Publish("bench.ack", ack)
+							case "confirmed":
+								_ = nc.Publish("bench.ack", ack)
+								ok = a.confirm(time.Now().Add(time.Second), "", "")
+							case "coalesced":
+								ok = a.confirm(time.Now().Add(time.Second), "bench.inbox.", token)
+							}
+							if !ok {
 								b.Error("not confirmed")
 								return
 							}
@@ -42,10 +55,12 @@ func BenchmarkAckConfirm(b *testing.B) {
 				}
 				wg.Wait()
 				b.StopTimer()
-				if !confirm {
+				if mode == "ack-only" {
 					_ = nc.Flush()
 				}
-				b.ReportMetric(float64(a.rounds.Load())/float64(per*conc), "pings/op")
+				n := float64(per * conc)
+				b.ReportMetric(float64(a.rounds.Load())/n, "pings/op")
+				b.ReportMetric(float64(nc.Stats().OutMsgs-out0)/n, "msgs/op")
 			})
 		}
 	}
@@ -60,15 +75,15 @@ func TestAckConfirmUnanswered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := newAckRounds(nc, nil)
-	if !a.confirm(time.Now().Add(5 * time.Second)) {
+	a := newAckRounds(nc, "r", nil)
+	if !a.confirm(time.Now().Add(5*time.Second), "", "") {
 		t.Fatal("a live broker did not confirm")
 	}
-	if a.confirm(time.Now().Add(-time.Millisecond)) {
+	if a.confirm(time.Now().Add(-time.Millisecond), "", "") {
 		t.Fatal("confirmed after its ack-by time")
 	}
 	nc.Close()
-	if a.confirm(time.Now().Add(5 * time.Second)) {
+	if a.confirm(time.Now().Add(5*time.Second), "", "") {
 		t.Fatal("confirmed on a closed connection")
 	}
 	if n := a.notRun.Load(); n != 2 {
@@ -82,7 +97,7 @@ func TestAckConfirmUnanswered(t *testing.T) {
 func TestAckConfirmConcurrent(t *testing.T) {
 	br := testutil.Broker(t)
 	nc := testutil.Conn(t, br.ClientURL())
-	a := newAckRounds(nc, nil)
+	a := newAckRounds(nc, "r", nil)
 	const goroutines, each = 64, 200
 	var wg sync.WaitGroup
 	for g := 0; g < goroutines; g++ {
@@ -91,7 +106,7 @@ func TestAckConfirmConcurrent(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < each; i++ {
 				_ = nc.Publish("test.ack", []byte{0xc1, 0, 'r'})
-				if !a.confirm(time.Now().Add(10 * time.Second)) {
+				if !a.confirm(time.Now().Add(10*time.Second), "", "") {
 					t.Error("not confirmed")
 					return
 				}

@@ -169,7 +169,7 @@ func (r *Replica) Run(ctx context.Context) error {
 	}
 	defer nc.Close()
 	r.nc = nc
-	r.acks = newAckRounds(nc, func(n int, err error) {
+	r.acks = newAckRounds(nc, r.spec.Replica, func(n int, err error) {
 		r.log.Warn("acknowledgments not confirmed by the broker before their ack-by time: requests not run", "requests", n, "err", err)
 	})
 	if err := r.startTracing(); err != nil {
@@ -526,6 +526,9 @@ type ackTarget struct {
 	subject string
 	ack     []byte
 	since   time.Time
+	// prefix and token: the caller takes coalesced acknowledgments
+	// (wire.SplitAckReply), so heartbeats are too; empty otherwise.
+	prefix, token string
 }
 
 // acknowledge tells m's caller that this replica holds the request, unless
@@ -562,16 +565,22 @@ func (r *Replica) acknowledge(m *nats.Msg, oc *outcome, method string, slot *cal
 	if idem {
 		ack = r.ackIdem
 	}
-	if err := r.nc.Publish(m.Reply, ack); err != nil {
-		r.log.Warn("acknowledgment failed", "err", err)
-		return false
+	// A caller that takes coalesced acknowledgments gets this one with the
+	// others of its confirmation round, from the round's leader.
+	prefix, token, coalesced := wire.SplitAckReply(m.Reply)
+	if !coalesced || idem || !wire.CoalescesAcks(r.spec.Replica) {
+		prefix, token = "", ""
+		if err := r.nc.Publish(m.Reply, ack); err != nil {
+			r.log.Warn("acknowledgment failed", "err", err)
+			return false
+		}
 	}
-	if !idem && !r.acks.confirm(by) {
+	if !idem && !r.acks.confirm(by, prefix, token) {
 		r.fail(oc, m, wire.CodeNotRun, "not run: the broker did not confirm the acknowledgment before its ack-by time")
 		return false
 	}
 	if slot != nil {
-		slot.reply.Store(&ackTarget{id: m.Header.Get(wire.HeaderRequestID), subject: m.Reply, ack: ack, since: now})
+		slot.reply.Store(&ackTarget{id: m.Header.Get(wire.HeaderRequestID), subject: m.Reply, ack: ack, since: now, prefix: prefix, token: token})
 	}
 	return true
 }
@@ -582,10 +591,31 @@ func (r *Replica) acknowledge(m *nats.Msg, oc *outcome, method string, slot *cal
 func (r *Replica) heartbeats(done <-chan struct{}) {
 	t := time.NewTimer(wire.HeartbeatInterval)
 	defer t.Stop()
+	// One heartbeat per caller (and flags) that takes them coalesced,
+	// one per call for the others.
+	type batchKey struct {
+		prefix string
+		flags  byte
+	}
+	var batch map[batchKey][]byte
 	beat := func(s *callSlot, now time.Time) {
-		if a := s.reply.Load(); a != nil && now.Sub(a.since) >= wire.HeartbeatInterval {
-			_ = r.nc.Publish(a.subject, a.ack)
+		a := s.reply.Load()
+		if a == nil || now.Sub(a.since) < wire.HeartbeatInterval {
+			return
 		}
+		if a.prefix == "" {
+			_ = r.nc.Publish(a.subject, a.ack)
+			return
+		}
+		k := batchKey{a.prefix, a.ack[1]}
+		if batch == nil {
+			batch = map[batchKey][]byte{}
+		}
+		b := batch[k]
+		if b == nil {
+			b = wire.AppendAcksHeader(nil, r.spec.Replica, k.flags)
+		}
+		batch[k] = wire.AppendAckToken(b, a.token)
 	}
 	for {
 		if len(r.sem) == 0 { // idle: sleep until a call is admitted
@@ -613,6 +643,10 @@ func (r *Replica) heartbeats(done <-chan struct{}) {
 			beat(s, now)
 		}
 		r.extraMu.Unlock()
+		for k, b := range batch {
+			_ = r.nc.Publish(k.prefix+wire.AckBatchToken, b)
+		}
+		clear(batch)
 	}
 }
 

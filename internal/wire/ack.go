@@ -3,6 +3,7 @@ package wire
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -25,6 +26,77 @@ const (
 	// send it again if the replica dies while holding it.
 	AckIdempotent = 1
 )
+
+// Coalesced acknowledgments. A caller whose call tokens begin with
+// AckTokenMark (client/inbox.go: "<prefix>.-<base36>") takes the
+// acknowledgments of one replica's confirmation round together: one message
+// per caller per round, on "<prefix>." + AckBatchToken, whose payload is
+//
+//	0xc1 flags len(replica-id) replica-id token ' ' token ' ' …
+//
+// (the tokens with their mark). A caller with other tokens (older clients,
+// raw inboxes) gets one acknowledgment per request on its reply subject, as
+// does every caller of a method declared idempotent. Heartbeats coalesce the
+// same way.
+const (
+	// AckTokenMark begins the call tokens of callers that take coalesced
+	// acknowledgments; NUIDs and base36 numbers never contain it.
+	AckTokenMark = '-'
+	// AckBatchToken is the inbox token coalesced acknowledgments go to.
+	AckBatchToken = "-"
+)
+
+// SplitAckReply returns the inbox prefix (ending with ".") and the token of a
+// reply subject whose caller takes coalesced acknowledgments; ok is false
+// for any other reply subject.
+func SplitAckReply(reply string) (prefix, token string, ok bool) {
+	i := strings.LastIndexByte(reply, '.')
+	if i <= 0 || i+2 >= len(reply) || reply[i+1] != AckTokenMark {
+		return "", "", false
+	}
+	return reply[:i+1], reply[i+1:], true
+}
+
+// AppendAcksHeader starts a coalesced acknowledgment from replica, whose id
+// is at most 255 bytes (CoalescesAcks).
+func AppendAcksHeader(b []byte, replica string, flags byte) []byte {
+	b = append(b, ackMarker, flags, byte(len(replica)))
+	return append(b, replica...)
+}
+
+// CoalescesAcks reports whether acknowledgments from replica can be
+// coalesced (its id fits the header's length byte).
+func CoalescesAcks(replica string) bool { return len(replica) <= 255 }
+
+// AppendAckToken adds a call's token to a coalesced acknowledgment.
+func AppendAckToken(b []byte, token string) []byte {
+	b = append(b, token...)
+	return append(b, ' ')
+}
+
+// ParseAcks splits a coalesced acknowledgment: the replica, the flags and
+// the tokens (NextAckToken walks them).
+func ParseAcks(data []byte) (replica []byte, flags byte, tokens []byte, ok bool) {
+	if len(data) < 3 || data[0] != ackMarker || len(data) < 3+int(data[2]) {
+		return nil, 0, nil, false
+	}
+	n := int(data[2])
+	return data[3 : 3+n], data[1], data[3+n:], true
+}
+
+// NextAckToken returns the first token of tokens (empty when none is left)
+// and the rest.
+func NextAckToken(tokens []byte) (token, rest []byte) {
+	for len(tokens) > 0 && tokens[0] == ' ' {
+		tokens = tokens[1:]
+	}
+	for i, c := range tokens {
+		if c == ' ' {
+			return tokens[:i], tokens[i+1:]
+		}
+	}
+	return tokens, nil
+}
 
 // HeaderAckBy is the time (Unix microseconds, the caller's clock) by which
 // the replica must have acknowledged the request; a replica that takes it

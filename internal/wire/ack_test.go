@@ -68,3 +68,46 @@ func FuzzParseAckBy(f *testing.F) {
 		}
 	})
 }
+
+func TestCoalescedAcks(t *testing.T) {
+	for _, tc := range []struct {
+		reply, prefix, token string
+		ok                   bool
+	}{
+		{"_INBOX.client.Abc123.-1k", "_INBOX.client.Abc123.", "-1k", true},
+		{"_INBOX.client.Abc123.1k", "", "", false}, // an older client's token
+		{"_INBOX.client.Abc123.-", "", "", false},  // the batch token itself
+		{"_INBOX.Kq9-x2", "", "", false},           // a raw inbox
+		{"-1k", "", "", false},                     // no prefix
+		{"_INBOX.a.-b.c", "", "", false},           // the mark is not in the last token
+		{"_INBOX.client.Abc123.-", "", "", false},  // empty token after the mark
+		{"x.--", "x.", "--", true},                 // any token after the mark
+		{"", "", "", false},
+	} {
+		p, tok, ok := SplitAckReply(tc.reply)
+		if p != tc.prefix || tok != tc.token || ok != tc.ok {
+			t.Errorf("SplitAckReply(%q) = %q, %q, %v; want %q, %q, %v", tc.reply, p, tok, ok, tc.prefix, tc.token, tc.ok)
+		}
+	}
+	b := AppendAcksHeader(nil, "rabc", AckIdempotent)
+	for _, tok := range []string{"-1", "-2z", "-zz9"} {
+		b = AppendAckToken(b, tok)
+	}
+	if !IsAck(b) {
+		t.Fatal("a coalesced acknowledgment is not an acknowledgment")
+	}
+	r, f, toks, ok := ParseAcks(b)
+	if !ok || string(r) != "rabc" || f != AckIdempotent {
+		t.Fatalf("ParseAcks: %q %d %v", r, f, ok)
+	}
+	var got []string
+	for tok, rest := NextAckToken(toks); len(tok) > 0; tok, rest = NextAckToken(rest) {
+		got = append(got, string(tok))
+	}
+	if len(got) != 3 || got[0] != "-1" || got[1] != "-2z" || got[2] != "-zz9" {
+		t.Fatalf("tokens %q", got)
+	}
+	if _, _, _, ok := ParseAcks([]byte{0xc1, 0, 9, 'r'}); ok {
+		t.Fatal("a truncated coalesced acknowledgment parsed")
+	}
+}
