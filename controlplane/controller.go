@@ -422,9 +422,9 @@ type state struct {
 	seen   map[string]time.Time
 	dep    map[string]*depState
 	health map[string]*healthState
-	// healthQ orders the health checks by when they are due (see
-	// dueQueue); guarded by mu like health.
-	healthQ dueQueue
+	// healthQ orders each node's health checks by when they are due
+	// (see dueQueue); guarded by mu like health.
+	healthQ map[string]*dueQueue
 	busy    map[string]bool // replicas with a reconfigure in flight
 	wakes   map[string]bool // deployments a caller asked to wake
 }
@@ -433,7 +433,7 @@ func newState() *state {
 	st := &state{
 		deps: newTable[client.DeploymentSpec](), asgs: newTable[store.Assignment](),
 		reps: newTable[store.ReplicaState](), nodes: newTable[store.Node](), graphs: newTable[client.GraphSpec](), routes: newTable[json.RawMessage](),
-		seen: map[string]time.Time{}, dep: map[string]*depState{}, health: map[string]*healthState{}, busy: map[string]bool{},
+		seen: map[string]time.Time{}, dep: map[string]*depState{}, health: map[string]*healthState{}, healthQ: map[string]*dueQueue{}, busy: map[string]bool{},
 		metrics: newMetrics(), ch: newChanges(),
 	}
 	st.ch.hook(st)

@@ -68,7 +68,7 @@ func (s *state) answering(replica string, d time.Duration) bool {
 	if h.orphan.IsZero() {
 		h.orphan = time.Now()
 		h.next = time.Now() // ping now
-		s.healthQ.due(replica, h.next)
+		s.queueCheck(h, replica)
 	}
 	// Probing for a second decides; a recent answer keeps it.
 	return time.Since(h.lastPong) < d || time.Since(h.orphan) < time.Second
@@ -105,13 +105,8 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 	rescan := time.NewTicker(5 * time.Second)
 	defer rescan.Stop()
 	type due struct{ key, replica string }
-	type cand struct {
-		replica string
-		at      time.Time
-		node    string
-	}
 	var dues []due
-	var cands []cand
+	var back []dueEntry
 	for {
 		scan := false
 		select {
@@ -130,43 +125,48 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 		if scan {
 			c.watchRunning(st, now)
 		}
-		batches := map[batchKey][]healthItem{}
-		dues, cands = dues[:0], cands[:0]
+		var batches map[batchKey][]healthItem
+		dues = dues[:0]
 		st.mu.Lock()
-		// The checks due now, from the queue: no walk over every replica
-		// (1,000 replicas checked every 10 s were 20 walks a second); and
-		// those due within a second, which go along with a check of their
-		// node due now if they are due within earlyBy (else back in the queue).
-		nodesDue := map[string]bool{}
-		for {
-			replica, at, ok := st.healthQ.pop(now.Add(time.Second))
-			if !ok {
-				break
-			}
-			h, ok := st.health[replica]
-			if !ok || h.inflight || h.key == "" || !h.next.Equal(at) {
-				continue // gone, running, or due at another time (queued again then)
-			}
-			node, _, _ := strings.Cut(h.key, ".")
-			if !at.After(now) {
-				nodesDue[node] = true
-			}
-			cands = append(cands, cand{replica, at, node})
-		}
-		for _, c := range cands {
-			h := st.health[c.replica]
-			if c.at.After(now) && (!nodesDue[c.node] || !h.orphan.IsZero() || c.at.Sub(now) > earlyBy(h.period)) {
-				st.healthQ.due(c.replica, c.at) // not yet
+		// The checks due now, from each node's queue: no walk over every
+		// replica (1,000 replicas checked every 10 s were 20 walks a
+		// second), one look at the head of each node's queue when none is
+		// due. A node with a check due takes along those due within their
+		// earlyBy; the others go back in its queue.
+		for node, q := range st.healthQ {
+			if len(*q) == 0 {
+				delete(st.healthQ, node)
 				continue
 			}
-			dues = append(dues, due{h.key, c.replica})
+			if (*q)[0].at.After(now) {
+				continue
+			}
+			back = back[:0]
+			for {
+				replica, at, ok := q.pop(now.Add(time.Second))
+				if !ok {
+					break
+				}
+				h, ok := st.health[replica]
+				if !ok || h.inflight || h.key == "" || !h.next.Equal(at) {
+					continue // gone, running, or due at another time (queued again then)
+				}
+				if at.After(now) && (!h.orphan.IsZero() || at.Sub(now) > earlyBy(h.period)) {
+					back = append(back, dueEntry{at, replica}) // not yet
+					continue
+				}
+				dues = append(dues, due{h.key, replica})
+			}
+			for _, e := range back {
+				q.due(e.replica, e.at)
+			}
 		}
 		st.mu.Unlock()
 		later := func(replica string) { // not checkable now: look again at the next tick
 			st.mu.Lock()
 			if h, ok := st.health[replica]; ok && !h.inflight {
 				h.next = now.Add(tick)
-				st.healthQ.due(replica, h.next)
+				st.queueCheck(h, replica)
 			}
 			st.mu.Unlock()
 		}
@@ -205,6 +205,9 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 			if direct {
 				st.spawn(func() { c.check(ctx, st, d.key, a.Deployment, d.replica, period, timeout) })
 				continue
+			}
+			if batches == nil {
+				batches = map[batchKey][]healthItem{}
 			}
 			k := batchKey{a.Node, timeout}
 			batches[k] = append(batches[k], healthItem{d.key, a.Deployment, d.replica, period})
@@ -259,12 +262,10 @@ func (c *Controller) checkBatch(ctx context.Context, st *state, node string, tim
 		switch r := got[it.replica]; {
 		case r == nil:
 			reason = "health check: its node agent did not check it"
-		case r.Error != "":
+		case !r.Answered:
 			reason = "health check: " + r.Error
-		case r.Status == nil:
-			reason = "health check: bad reply: no status"
-		case !r.Status.Healthy:
-			reason = "check_health failed: " + r.Status.Error
+		case !r.Healthy:
+			reason = "check_health failed: " + r.Error
 		}
 		c.checked(ctx, st, it.key, it.replica, start, it.period, reason)
 	}
@@ -295,8 +296,9 @@ func (c *Controller) watchRunning(st *state, now time.Time) {
 		period := time.Duration(spec.HealthCheckPeriodS * float64(time.Second))
 		st.mu.Lock()
 		if _, ok := st.health[a.Replica]; !ok {
-			st.health[a.Replica] = &healthState{key: key, next: now.Add(period), period: period}
-			st.healthQ.due(a.Replica, now.Add(period))
+			h := &healthState{key: key, next: now.Add(period), period: period}
+			st.health[a.Replica] = h
+			st.queueCheck(h, a.Replica)
 		}
 		st.mu.Unlock()
 	}
@@ -338,7 +340,7 @@ func (c *Controller) checked(ctx context.Context, st *state, key, replica string
 	}
 	h.inflight = false
 	h.next, h.period = start.Add(period), period
-	st.healthQ.due(replica, h.next)
+	st.queueCheck(h, replica)
 	wasHealthy := h.fails == 0
 	if reason == "" {
 		h.fails = 0
@@ -456,6 +458,17 @@ func (q *dueQueue) Pop() any {
 	e := old[len(old)-1]
 	*q = old[:len(old)-1]
 	return e
+}
+
+// queueCheck queues replica's check at h.next in its node's queue.
+func (s *state) queueCheck(h *healthState, replica string) {
+	node, _, _ := strings.Cut(h.key, ".")
+	q := s.healthQ[node]
+	if q == nil {
+		q = &dueQueue{}
+		s.healthQ[node] = q
+	}
+	q.due(replica, h.next)
 }
 
 // due queues replica's check at at.

@@ -50,12 +50,12 @@ func (a *Agent) checkHealth(b wire.HealthBatch) wire.HealthResults {
 		wg.Add(1)
 		go func(r *wire.HealthResult) {
 			defer wg.Done()
-			st, err := a.pingReplica(link, c.Deployment, c.Replica, timeout)
+			healthy, why, err := a.pingReplica(link, c.Deployment, c.Replica, timeout)
 			if err != nil {
 				r.Error = err.Error()
 				return
 			}
-			r.Status = &st
+			r.Answered, r.Healthy, r.Error = true, healthy, why
 		}(&res.Results[i])
 	}
 	wg.Wait()
@@ -64,7 +64,7 @@ func (a *Agent) checkHealth(b wire.HealthBatch) wire.HealthResults {
 
 // pingReplica pings one replica over its link or, without one, over NATS
 // (as the controller did before batching).
-func (a *Agent) pingReplica(link *agentLink, deployment, replica string, timeout time.Duration) (ReplicaStatus, error) {
+func (a *Agent) pingReplica(link *agentLink, deployment, replica string, timeout time.Duration) (healthy bool, why string, err error) {
 	if link.said() {
 		return link.ping(timeout)
 	}
@@ -72,10 +72,10 @@ func (a *Agent) pingReplica(link *agentLink, deployment, replica string, timeout
 	ping := &nats.Msg{Subject: wire.ReplicaSubject(deployment, replica, wire.VerbPing), Header: nats.Header{wire.HeaderTimeout: {wire.FormatTimeout(timeout)}}}
 	m, err := a.nc.RequestMsg(ping, timeout)
 	if err != nil {
-		return st, err
+		return false, "", err
 	}
 	if err := wire.UnmarshalJSON(m.Data, &st); err != nil {
-		return st, errors.New("bad reply: " + err.Error())
+		return false, "", errors.New("bad reply: " + err.Error())
 	}
-	return st, nil
+	return st.Healthy, st.Error, nil
 }

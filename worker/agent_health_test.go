@@ -110,11 +110,11 @@ func TestAgentBatchedHealth(t *testing.T) {
 
 	got := batch(2*time.Second, append(replicas, "rnone")...)
 	for _, r := range replicas {
-		if g := got[r]; g.Status == nil || !g.Status.Healthy || g.Status.Replica != r {
+		if g := got[r]; !g.Answered || !g.Healthy {
 			t.Errorf("%s: %+v, want healthy", r, g)
 		}
 	}
-	if g := got["rnone"]; g.Status != nil || g.Error == "" {
+	if g := got["rnone"]; g.Answered || g.Error == "" {
 		t.Errorf("a replica the node does not run: %+v, want an error", g)
 	}
 	// rnone was pinged over NATS (it has no link): that one only.
@@ -132,13 +132,13 @@ func TestAgentBatchedHealth(t *testing.T) {
 	sick := 0
 	for _, r := range replicas {
 		g := got[r]
-		if g.Status == nil {
+		if !g.Answered {
 			t.Fatalf("%s: %+v", r, g)
 		}
-		if !g.Status.Healthy {
+		if !g.Healthy {
 			sick++
-			if g.Status.Error != "sick of it" {
-				t.Errorf("%s: error %q, want CheckHealth's", r, g.Status.Error)
+			if g.Error != "sick of it" {
+				t.Errorf("%s: error %q, want CheckHealth's", r, g.Error)
 			}
 		}
 	}
@@ -153,7 +153,7 @@ func TestAgentBatchedHealth(t *testing.T) {
 	got = batch(300*time.Millisecond, replicas...)
 	hung := 0
 	for _, r := range replicas {
-		if g := got[r]; g.Status == nil || !g.Status.Healthy {
+		if g := got[r]; !g.Healthy {
 			hung++
 		}
 	}

@@ -21,7 +21,7 @@ import (
 //	replica → agent  {"hello":true}           the replica reads the link (first thing it does)
 //	replica → agent  {"ready":true}           it serves (its subscriptions are at the broker)
 //	agent → replica  {"id":7,"timeout_us":N}  a health ping: status and CheckHealth within N µs
-//	replica → agent  {"id":7,"status":{…}}    its answer
+//	replica → agent  {"id":7,"answer":true,"healthy":false,"error":"…"}  its answer
 //
 // The agent answers the controller's batched health checks (one message
 // per node, wire.HealthBatch) by pinging its replicas over their links, and
@@ -35,11 +35,19 @@ const linkFD = 3
 
 // linkMsg is one line on the link.
 type linkMsg struct {
-	Hello     bool           `json:"hello,omitempty"`
-	Ready     bool           `json:"ready,omitempty"`
-	ID        uint64         `json:"id,omitempty"`
-	TimeoutUS int64          `json:"timeout_us,omitempty"`
-	Status    *ReplicaStatus `json:"status,omitempty"`
+	Hello     bool   `json:"hello,omitempty"`
+	Ready     bool   `json:"ready,omitempty"`
+	ID        uint64 `json:"id,omitempty"`
+	TimeoutUS int64  `json:"timeout_us,omitempty"`
+	Answer    bool   `json:"answer,omitempty"`
+	Healthy   bool   `json:"healthy,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
+
+// answer is a ping's answer on the link: health only (the controller
+// reads nothing else of a status).
+func answer(id uint64, st ReplicaStatus) linkMsg {
+	return linkMsg{ID: id, Answer: true, Healthy: st.Healthy, Error: st.Error}
 }
 
 // maxLinkLine bounds one line read from the link.
@@ -90,12 +98,10 @@ func (r *Replica) openLink() {
 			}
 			id := m.ID
 			if !r.serving.Load() { // the agent pings only running replicas; this is a guard
-				st := r.Status()
-				st.Healthy, st.Error = false, "not serving yet"
-				l.send(linkMsg{ID: id, Status: &st})
+				l.send(linkMsg{ID: id, Answer: true, Error: "not serving yet"})
 				continue
 			}
-			r.checkPing(timeout, func(st ReplicaStatus) { l.send(linkMsg{ID: id, Status: &st}) })
+			r.checkPing(timeout, func(st ReplicaStatus) { l.send(answer(id, st)) })
 		}
 	}()
 }
@@ -124,7 +130,7 @@ type agentLink struct {
 
 	mu      sync.Mutex // guards next, pending, writes
 	next    uint64
-	pending map[uint64]chan ReplicaStatus
+	pending map[uint64]chan linkMsg
 }
 
 // newLinkPair makes a link: the agent's end, and the replica's as a file
@@ -141,7 +147,7 @@ func newLinkPair() (*agentLink, *os.File, error) {
 		theirs.Close()
 		return nil, nil, err
 	}
-	l := &agentLink{c: c, hello: make(chan struct{}), readyCh: make(chan struct{}), closed: make(chan struct{}), pending: map[uint64]chan ReplicaStatus{}}
+	l := &agentLink{c: c, hello: make(chan struct{}), readyCh: make(chan struct{}), closed: make(chan struct{}), pending: map[uint64]chan linkMsg{}}
 	go l.read()
 	return l, theirs, nil
 }
@@ -168,13 +174,13 @@ func (l *agentLink) read() {
 		case m.Ready && !ready:
 			ready = true
 			close(l.readyCh)
-		case m.ID != 0 && m.Status != nil:
+		case m.ID != 0 && m.Answer:
 			l.mu.Lock()
 			ch := l.pending[m.ID]
 			delete(l.pending, m.ID)
 			l.mu.Unlock()
 			if ch != nil {
-				ch <- *m.Status // buffered
+				ch <- m // buffered
 			}
 		}
 	}
@@ -200,14 +206,15 @@ func (l *agentLink) close() {
 	}
 }
 
-// ping asks the replica for its status and CheckHealth, within timeout.
-func (l *agentLink) ping(timeout time.Duration) (ReplicaStatus, error) {
-	ch := make(chan ReplicaStatus, 1)
+// ping asks the replica for its health (CheckHealth) within timeout: an
+// error when it did not answer.
+func (l *agentLink) ping(timeout time.Duration) (healthy bool, why string, err error) {
+	ch := make(chan linkMsg, 1)
 	l.mu.Lock()
 	select {
 	case <-l.closed:
 		l.mu.Unlock()
-		return ReplicaStatus{}, errLinkClosed
+		return false, "", errLinkClosed
 	default:
 	}
 	l.next++
@@ -215,7 +222,7 @@ func (l *agentLink) ping(timeout time.Duration) (ReplicaStatus, error) {
 	l.pending[id] = ch
 	b, _ := json.Marshal(linkMsg{ID: id, TimeoutUS: timeout.Microseconds()})
 	_ = l.c.SetWriteDeadline(time.Now().Add(timeout))
-	_, err := l.c.Write(append(b, '\n'))
+	_, err = l.c.Write(append(b, '\n'))
 	l.mu.Unlock()
 	forget := func() {
 		l.mu.Lock()
@@ -224,18 +231,18 @@ func (l *agentLink) ping(timeout time.Duration) (ReplicaStatus, error) {
 	}
 	if err != nil {
 		forget()
-		return ReplicaStatus{}, fmt.Errorf("writing to the replica's agent link: %w", err)
+		return false, "", fmt.Errorf("writing to the replica's agent link: %w", err)
 	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
-	case st := <-ch:
-		return st, nil
+	case m := <-ch:
+		return m.Healthy, m.Error, nil
 	case <-l.closed:
 		forget()
-		return ReplicaStatus{}, errLinkClosed
+		return false, "", errLinkClosed
 	case <-t.C:
 		forget()
-		return ReplicaStatus{}, fmt.Errorf("no answer within %v", timeout)
+		return false, "", fmt.Errorf("no answer within %v", timeout)
 	}
 }

@@ -30,12 +30,14 @@ type HealthCheck struct {
 	Replica    string `json:"replica"`
 }
 
-// HealthResult is one replica's result: its status as its ping answered,
-// or Error when it did not answer in time (or could not be asked).
+// HealthResult is one replica's result: what its ping answered (Healthy,
+// and CheckHealth's error if not), or, when it did not answer in time (or
+// could not be asked), Answered false and why in Error.
 type HealthResult struct {
-	Replica string         `json:"replica"`
-	Status  *ReplicaStatus `json:"status,omitempty"`
-	Error   string         `json:"error,omitempty"`
+	Replica  string `json:"replica"`
+	Answered bool   `json:"answered,omitempty"`
+	Healthy  bool   `json:"healthy,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // HealthResults is the body of the answer: one result per check asked.
