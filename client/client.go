@@ -241,7 +241,7 @@ func (c *Client) Close() {
 		c.cancel()
 		c.graphs.stop()
 		c.inbox.once.Do(func() {}) // no inbox starts after this
-		c.inbox.stop()
+		c.inbox.stop(c.nc)
 		if c.own {
 			c.nc.Close()
 		}
@@ -349,6 +349,9 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 				return nil, err
 			}
 			continue
+		case outLost:
+			k.wq.releaseHead()
+			return nil, k.fail(wire.CodeConnectionLost, "the connection to NATS was lost while the request waited for its acknowledgment; it may have run, so it is not sent again", "")
 		case outDied:
 			if out.flags&wire.AckIdempotent != 0 {
 				continue // declared idempotent: running it again is allowed
@@ -644,6 +647,7 @@ const (
 	outNotAcked            // no acknowledgment in time: the request never ran
 	outNoResponders        // nobody subscribed
 	outDied                // acknowledged, then the replica died
+	outLost                // not acknowledged, and the connection dropped messages meanwhile
 	outDeadline            // the deadline passed
 	outCanceled            // ctx ended
 	outClosed              // the connection is closed
@@ -669,6 +673,7 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 	vals := []string{wire.FormatTimeout(k.deadline.Sub(now)), wire.FormatAckBy(ackBy)} // one allocation for both
 	msg.Header[wire.HeaderTimeout] = vals[0:1:1]
 	msg.Header[wire.HeaderAckBy] = vals[1:2:2]
+	epoch := x.epoch.Load()
 	if err := c.nc.PublishMsg(&m); err != nil {
 		if errors.Is(err, nats.ErrConnectionClosed) {
 			return outcome{kind: outClosed}
@@ -676,6 +681,7 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 		return outcome{kind: outError, err: err}
 	}
 	acked := false
+	lost := false // the connection dropped messages while it waited for its acknowledgment
 	// A queued call holds the line while its attempt is out, so that calls
 	// are admitted in order; one neither refused nor acknowledged within
 	// holdLine went to a replica that does not answer (a stopped process):
@@ -735,11 +741,22 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 			// sent before, and the inbox handles what is queued, so that a
 			// request that was acknowledged is not sent again (at most
 			// once). Only on this slow path: nothing on the hot path.
+			//
+			// A connection that dropped in between may have lost the
+			// acknowledgment (its NATS server died with it): the request
+			// may have run, and is not sent again.
 			flushed = true
-			_ = c.nc.FlushTimeout(max(time.Until(k.deadline), time.Millisecond))
-			x.drain(100 * time.Millisecond)
+			if err := c.nc.FlushTimeout(max(time.Until(k.deadline), time.Millisecond)); err != nil || x.lost(c.nc, epoch) {
+				lost = true
+			}
 			continue
 		case !acked && !t.Before(ackBy.Add(wire.AckGrace)):
+			if !x.drain(100 * time.Millisecond) {
+				continue // still handling what came in: decide once it is read
+			}
+			if lost || x.lost(c.nc, epoch) {
+				return outcome{kind: outLost}
+			}
 			return outcome{kind: outNotAcked}
 		case acked && t.Sub(seen) >= c.opts.HeartbeatTimeout:
 			return outcome{kind: outDied, replica: replica, flags: flags, reason: fmt.Sprintf("no heartbeat for %v", t.Sub(seen).Round(time.Millisecond))}

@@ -36,6 +36,10 @@ var (
 	// replica exit event or missing heartbeats), never after the deadline.
 	// Methods declared idempotent are sent again instead.
 	ErrReplicaDied = errors.New("replica died")
+	// ErrConnectionLost: the connection to NATS was lost while the request
+	// was out and not yet acknowledged; it may or may not have run, so it
+	// is not sent again.
+	ErrConnectionLost = errors.New("connection to NATS lost")
 	// ErrClosed: the client was closed.
 	ErrClosed = errors.New("client closed")
 )
@@ -80,6 +84,8 @@ func (e *Error) sentinel() error {
 		return ErrProtocol
 	case wire.CodeReplicaDied:
 		return ErrReplicaDied
+	case wire.CodeConnectionLost:
+		return ErrConnectionLost
 	}
 	return errors.New(e.Code)
 }

@@ -23,6 +23,14 @@ type inbox struct {
 	subs   []*nats.Subscription // Close unsubscribes them
 	closed atomic.Bool          // set by Close
 
+	// Connection changes (status listener): epoch counts disconnections
+	// and reconnections seen, reconnects is the connection's reconnect
+	// count when the listener last looked. A call whose acknowledgment may
+	// have been lost with the connection is not sent again (lost).
+	epoch      atomic.Uint64
+	reconnects atomic.Uint64
+	status     chan nats.Status
+
 	mu       sync.Mutex          // guards calls, replicas
 	calls    map[string]*pending // token → call waiting for messages
 	replicas map[string]*string  // replica ids seen, interned
@@ -55,15 +63,18 @@ func (c *pending) wake() {
 }
 
 // drain waits up to max until the inbox's subscription has handled every
-// message it has received.
-func (x *inbox) drain(max time.Duration) {
+// message it has received, and reports whether it has.
+func (x *inbox) drain(max time.Duration) bool {
 	if len(x.subs) == 0 {
-		return
+		return true
 	}
 	end := time.Now().Add(max)
-	for time.Now().Before(end) {
+	for {
 		if n, _, err := x.subs[0].Pending(); err != nil || n == 0 {
-			return
+			return true
+		}
+		if !time.Now().Before(end) {
+			return false
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -93,6 +104,17 @@ func (c *Client) startInbox() error {
 			}
 			x.subs = append(x.subs, sub)
 		}
+		x.reconnects.Store(c.nc.Stats().Reconnects)
+		x.status = c.nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CONNECTED, nats.CLOSED)
+		nc, ch := c.nc, x.status
+		c.wg.Add(1) // c.mu is held: Close waits for it (RemoveStatusListener closes ch)
+		go func() {
+			defer c.wg.Done()
+			for range ch {
+				x.epoch.Add(1)
+				x.reconnects.Store(nc.Stats().Reconnects)
+			}
+		}()
 	})
 	if x.closed.Load() {
 		return nats.ErrConnectionClosed
@@ -100,9 +122,19 @@ func (c *Client) startInbox() error {
 	return x.err
 }
 
+// lost reports whether the connection may have dropped messages since
+// epoch was read (a disconnection, a reconnection the listener has not
+// seen yet, or no connection now).
+func (x *inbox) lost(nc *nats.Conn, epoch uint64) bool {
+	return x.epoch.Load() != epoch || !nc.IsConnected() || nc.Stats().Reconnects != x.reconnects.Load()
+}
+
 // stop unsubscribes the inbox; Close calls it once no call starts.
-func (x *inbox) stop() {
+func (x *inbox) stop(nc *nats.Conn) {
 	x.closed.Store(true)
+	if x.status != nil {
+		nc.RemoveStatusListener(x.status)
+	}
 	for _, s := range x.subs {
 		_ = s.Unsubscribe()
 	}

@@ -264,6 +264,8 @@ func TestStreamStarvedReader(t *testing.T) {
 // server sends for a while, holdClient what the client sends.
 type holdProxy struct {
 	addr       string
+	mu         sync.Mutex
+	conns      []net.Conn   // open connections, both sides
 	held       atomic.Int64 // server to client held until (Unix nanoseconds)
 	heldClient atomic.Int64 // client to server held until (Unix nanoseconds)
 }
@@ -276,15 +278,9 @@ func newHoldProxy(t *testing.T, target string) *holdProxy {
 	}
 	p := &holdProxy{addr: ln.Addr().String()}
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
 	t.Cleanup(func() {
 		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
+		p.drop()
 		wg.Wait()
 	})
 	// pump copies from src to dst, each read waiting while until is ahead.
@@ -320,15 +316,26 @@ func newHoldProxy(t *testing.T, target string) *holdProxy {
 				_ = c.Close()
 				continue
 			}
-			mu.Lock()
-			conns = append(conns, c, u)
-			mu.Unlock()
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
 			wg.Add(2)
 			go pump(u, c, &p.heldClient)
 			go pump(c, u, &p.held)
 		}
 	}()
 	return p
+}
+
+// drop closes every connection open through the proxy (new ones are
+// still accepted): a client sees its server go away and reconnects.
+func (p *holdProxy) drop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns = nil
 }
 
 func (p *holdProxy) hold(d time.Duration) { p.held.Store(time.Now().Add(d).UnixNano()) }

@@ -22,6 +22,11 @@ const (
 	// not confirm the acknowledgment before its ack-by time, so it did not
 	// run it; safe to send again (the caller may already have).
 	CodeNotRun Code = "not_run"
+	// CodeConnectionLost: the caller's connection to NATS was lost while
+	// its request was out and not yet acknowledged, so the caller cannot
+	// tell whether a replica ran it (the acknowledgment may have gone down
+	// with the connection); it is not sent again (at most once).
+	CodeConnectionLost Code = "connection_lost"
 )
 
 // Retryable reports whether a reply with this code means the request was not
@@ -39,7 +44,7 @@ func (c Code) HTTPStatus() int {
 		return 400
 	case CodeUnknownMethod:
 		return 404
-	case CodeProto, CodeReplicaDied:
+	case CodeProto, CodeReplicaDied, CodeConnectionLost:
 		return 502
 	default: // CodeUser, CodePanic, CodeInternal and unknown codes
 		return 500
