@@ -55,12 +55,13 @@ type ackRound struct {
 	// once there are many callers.
 	groups   []ackGroup
 	byPrefix map[string]int
+	group0   [1]ackGroup // groups' first backing array (one caller: no allocation)
 }
 
 // ackGroup is one caller's acknowledgments in a round.
 type ackGroup struct {
 	prefix string // the caller's inbox prefix, ending with "."
-	first  string // the first call's token
+	first  string // the first call's reply subject (prefix + token)
 	b      []byte // the coalesced acknowledgment, once a second call joins
 }
 
@@ -78,12 +79,13 @@ func newAckRounds(nc *nats.Conn, replica string, failed func(n int, err error)) 
 // its ack-by time by. With prefix empty the acknowledgment was published
 // (on nc, before this call); otherwise the round's leader publishes it, one
 // message for all the round's calls of the caller whose inbox prefix is
-// prefix (token: the call's).
-func (a *ackRounds) confirm(by time.Time, prefix, token string) bool {
+// prefix (reply: the call's reply subject, prefix and token).
+func (a *ackRounds) confirm(by time.Time, prefix, reply string) bool {
 	a.mu.Lock()
 	rd := a.next
 	if rd == nil {
 		rd = &ackRound{done: make(chan struct{}), lead: make(chan struct{}, 1)}
+		rd.groups = rd.group0[:0]
 		a.next = rd
 	}
 	rd.n++
@@ -91,7 +93,7 @@ func (a *ackRounds) confirm(by time.Time, prefix, token string) bool {
 		rd.latest = by
 	}
 	if prefix != "" {
-		rd.add(a.replica, prefix, token)
+		rd.add(a.replica, prefix, reply)
 	}
 	if !a.out { // no round out: lead this one
 		a.out, a.next = true, nil
@@ -112,8 +114,8 @@ func (a *ackRounds) confirm(by time.Time, prefix, token string) bool {
 	return false
 }
 
-// add puts a call's token in its caller's group.
-func (rd *ackRound) add(replica, prefix, token string) {
+// add puts a call's token (reply minus prefix) in its caller's group.
+func (rd *ackRound) add(replica, prefix, reply string) {
 	i := -1
 	if rd.byPrefix != nil {
 		if j, ok := rd.byPrefix[prefix]; ok {
@@ -128,7 +130,7 @@ func (rd *ackRound) add(replica, prefix, token string) {
 		}
 	}
 	if i < 0 {
-		rd.groups = append(rd.groups, ackGroup{prefix: prefix, first: token})
+		rd.groups = append(rd.groups, ackGroup{prefix: prefix, first: reply})
 		switch n := len(rd.groups); {
 		case n == groupIndexAbove+1:
 			rd.byPrefix = make(map[string]int, 2*n)
@@ -142,9 +144,9 @@ func (rd *ackRound) add(replica, prefix, token string) {
 	}
 	g := &rd.groups[i]
 	if g.b == nil {
-		g.b = wire.AppendAckToken(wire.AppendAcksHeader(make([]byte, 0, 64), replica, 0), g.first)
+		g.b = wire.AppendAckToken(wire.AppendAcksHeader(make([]byte, 0, 64), replica, 0), g.first[len(prefix):])
 	}
-	g.b = wire.AppendAckToken(g.b, token)
+	g.b = wire.AppendAckToken(g.b, reply[len(prefix):])
 }
 
 // publish sends the round's coalesced acknowledgments: a caller with one
@@ -152,7 +154,7 @@ func (rd *ackRound) add(replica, prefix, token string) {
 func (rd *ackRound) publish(nc *nats.Conn, plain []byte) {
 	for _, g := range rd.groups {
 		if g.b == nil {
-			_ = nc.Publish(g.prefix+g.first, plain)
+			_ = nc.Publish(g.first, plain)
 		} else {
 			_ = nc.Publish(g.prefix+wire.AckBatchToken, g.b)
 		}

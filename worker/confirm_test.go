@@ -34,7 +34,7 @@ func BenchmarkAckConfirm(b *testing.B) {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						token := "-" + strconv.Itoa(g)
+						reply := "bench.inbox.-" + strconv.Itoa(g)
 						for i := 0; i < per; i++ {
 							ok := true
 							switch mode {
@@ -44,7 +44,7 @@ func BenchmarkAckConfirm(b *testing.B) {
 								_ = nc.Publish("bench.ack", ack)
 								ok = a.confirm(time.Now().Add(time.Second), "", "")
 							case "coalesced":
-								ok = a.confirm(time.Now().Add(time.Second), "bench.inbox.", token)
+								ok = a.confirm(time.Now().Add(time.Second), "bench.inbox.", reply)
 							}
 							if !ok {
 								b.Error("not confirmed")

@@ -575,7 +575,7 @@ func (r *Replica) acknowledge(m *nats.Msg, oc *outcome, method string, slot *cal
 			return false
 		}
 	}
-	if !idem && !r.acks.confirm(by, prefix, token) {
+	if !idem && !r.acks.confirm(by, prefix, m.Reply) {
 		r.fail(oc, m, wire.CodeNotRun, "not run: the broker did not confirm the acknowledgment before its ack-by time")
 		return false
 	}
