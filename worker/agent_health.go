@@ -31,13 +31,26 @@ func (a *Agent) onHealth(m *nats.Msg) {
 	}()
 }
 
-// checkHealth runs a batch's checks concurrently.
+// checkHealth runs a batch's checks at once: the pings over the links
+// first, then one deadline for all their answers; replicas without a link
+// are pinged over NATS, each on a goroutine.
 func (a *Agent) checkHealth(b wire.HealthBatch) wire.HealthResults {
 	timeout := b.Timeout()
+	expired := make(chan struct{})
+	deadline := time.AfterFunc(timeout, func() { close(expired) })
+	defer deadline.Stop()
 	res := wire.HealthResults{Results: make([]wire.HealthResult, len(b.Checks))}
+	type asked struct {
+		r    *wire.HealthResult
+		link *agentLink
+		id   uint64
+		ch   chan linkMsg
+	}
+	var links []asked
 	var wg sync.WaitGroup
 	for i, c := range b.Checks {
-		res.Results[i].Replica = c.Replica
+		r := &res.Results[i]
+		r.Replica = c.Replica
 		a.mu.Lock()
 		p := a.running[c.Replica]
 		a.mu.Unlock()
@@ -47,27 +60,42 @@ func (a *Agent) checkHealth(b wire.HealthBatch) wire.HealthResults {
 			link = p.link
 			p.mu.Unlock()
 		}
+		if link.said() {
+			id, ch, err := link.ask(timeout)
+			if err != nil {
+				r.Error = err.Error()
+				continue
+			}
+			links = append(links, asked{r, link, id, ch})
+			continue
+		}
 		wg.Add(1)
-		go func(r *wire.HealthResult) {
+		go func() {
 			defer wg.Done()
-			healthy, why, err := a.pingReplica(link, c.Deployment, c.Replica, timeout)
+			healthy, why, err := a.pingNATS(c.Deployment, c.Replica, timeout)
 			if err != nil {
 				r.Error = err.Error()
 				return
 			}
 			r.Answered, r.Healthy, r.Error = true, healthy, why
-		}(&res.Results[i])
+		}()
+	}
+	for _, q := range links {
+		healthy, why, err := q.link.wait(q.id, q.ch, expired, timeout)
+		if err != nil {
+			q.r.Error = err.Error()
+			continue
+		}
+		q.r.Answered, q.r.Healthy, q.r.Error = true, healthy, why
 	}
 	wg.Wait()
 	return res
 }
 
-// pingReplica pings one replica over its link or, without one, over NATS
-// (as the controller did before batching).
-func (a *Agent) pingReplica(link *agentLink, deployment, replica string, timeout time.Duration) (healthy bool, why string, err error) {
-	if link.said() {
-		return link.ping(timeout)
-	}
+// pingNATS pings one replica over NATS (one without a link: adopted, or
+// a program built with an older SDK), as the controller did before
+// batching.
+func (a *Agent) pingNATS(deployment, replica string, timeout time.Duration) (healthy bool, why string, err error) {
 	var st ReplicaStatus
 	ping := &nats.Msg{Subject: wire.ReplicaSubject(deployment, replica, wire.VerbPing), Header: nats.Header{wire.HeaderTimeout: {wire.FormatTimeout(timeout)}}}
 	m, err := a.nc.RequestMsg(ping, timeout)

@@ -206,43 +206,47 @@ func (l *agentLink) close() {
 	}
 }
 
-// ping asks the replica for its health (CheckHealth) within timeout: an
-// error when it did not answer.
-func (l *agentLink) ping(timeout time.Duration) (healthy bool, why string, err error) {
+// ask sends a health ping with timeout; the answer comes on the channel
+// (wait reads it). A write does not block: the socket's buffer holds
+// thousands of pings, and a replica that reads none fails its checks and
+// is killed long before it fills.
+func (l *agentLink) ask(timeout time.Duration) (uint64, chan linkMsg, error) {
 	ch := make(chan linkMsg, 1)
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	select {
 	case <-l.closed:
-		l.mu.Unlock()
-		return false, "", errLinkClosed
+		return 0, nil, errLinkClosed
 	default:
 	}
 	l.next++
 	id := l.next
-	l.pending[id] = ch
 	b, _ := json.Marshal(linkMsg{ID: id, TimeoutUS: timeout.Microseconds()})
-	_ = l.c.SetWriteDeadline(time.Now().Add(timeout))
-	_, err = l.c.Write(append(b, '\n'))
-	l.mu.Unlock()
-	forget := func() {
-		l.mu.Lock()
-		delete(l.pending, id)
-		l.mu.Unlock()
+	if _, err := l.c.Write(append(b, '\n')); err != nil {
+		return 0, nil, fmt.Errorf("writing to the replica's agent link: %w", err)
 	}
-	if err != nil {
-		forget()
-		return false, "", fmt.Errorf("writing to the replica's agent link: %w", err)
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
+	l.pending[id] = ch
+	return id, ch, nil
+}
+
+// wait waits for the answer to ask's id until expired fires: an error when
+// the replica did not answer.
+func (l *agentLink) wait(id uint64, ch chan linkMsg, expired <-chan struct{}, timeout time.Duration) (healthy bool, why string, err error) {
 	select {
 	case m := <-ch:
 		return m.Healthy, m.Error, nil
 	case <-l.closed:
-		forget()
-		return false, "", errLinkClosed
-	case <-t.C:
-		forget()
-		return false, "", fmt.Errorf("no answer within %v", timeout)
+		err = errLinkClosed
+	case <-expired:
+		err = fmt.Errorf("no answer within %v", timeout)
 	}
+	l.mu.Lock()
+	delete(l.pending, id)
+	l.mu.Unlock()
+	select { // answered as it expired
+	case m := <-ch:
+		return m.Healthy, m.Error, nil
+	default:
+	}
+	return false, "", err
 }
