@@ -271,7 +271,17 @@ func RequestID(ctx context.Context) string {
 }
 
 // NewRequestID returns a fresh request id.
-func NewRequestID() string { return nuid.Next() }
+func NewRequestID() string {
+	n := requestIDs.Get().(*nuid.NUID)
+	id := n.Next()
+	requestIDs.Put(n)
+	return id
+}
+
+// requestIDs are NUID generators, each with its own random prefix: the
+// package's global one takes a lock that every request of the ingress
+// contended for (issue 18's profile of natserve up).
+var requestIDs = sync.Pool{New: func() any { return nuid.New() }}
 
 // RequestMsg sends msg (subject, headers and payload already set) to the
 // deployment and returns the successful reply, by the earlier of deadline

@@ -468,6 +468,13 @@ func run(ctx context.Context, cfg config) error {
 						if x.name == "D" && conc == 64 && size == 20 && n == 1 {
 							res.Memory["replica_loaded_max"] = max(res.Memory["replica_loaded_max"], maxRSS(replicaPIDs))
 						}
+						if strings.HasPrefix(x.name, "D") && conc == 64 && n == 1 { // natserve up's RSS after c64 load (its heap grows with GOGC)
+							key := "up_loaded_max"
+							if x.name != "D" {
+								key = strings.ReplaceAll(strings.TrimPrefix(x.name, "D "), "-", "_") + "_up_loaded_max"
+							}
+							res.Memory[key] = max(res.Memory[key], rss(x.pids[0]))
+						}
 					}
 					// C and H: raw NATS against handle calls, from this process.
 					for _, which := range []string{"C", "H"} {
