@@ -118,6 +118,7 @@ type accessEntry struct {
 	id         string
 	deployment string
 	replica    string
+	replicaRaw []byte // the replica, when it came as bytes (then replica is "")
 	traceID    string // "" unless traced
 	method     []byte
 	path       []byte
@@ -144,7 +145,11 @@ func appendAccessLine(b []byte, e *accessEntry, latency time.Duration) []byte {
 	b = append(b, `,"latency_ms":`...)
 	b = appendMillis(b, latency.Microseconds())
 	b = append(b, `,"replica":`...)
-	b = appendJSONString(b, e.replica)
+	if e.replicaRaw != nil {
+		b = appendJSONString(b, e.replicaRaw)
+	} else {
+		b = appendJSONString(b, e.replica)
+	}
 	if e.traceID != "" {
 		b = append(b, `,"trace_id":`...)
 		b = appendJSONString(b, e.traceID)

@@ -170,15 +170,15 @@ func (g *Ingress) serveRoute(ctx *fasthttp.RequestCtx, path []byte, o *observati
 		g.writeError(ctx, rt.deployment, err)
 		return
 	}
-	rep, err := wire.DecodeHTTPReply(reply.Data)
-	if err != nil {
+	var rep wire.HTTPReply // on the stack: its parts are copied into the response below
+	if err := rep.Decode(reply.Data); err != nil {
 		g.log.Warn("bad reply from replica", "deployment", rt.deployment, "replica", reply.Header.Get(wire.HeaderReplica), "err", err)
 		rt.metrics.failedCode("bad_reply", err.Error())
 		ctx.Error("bad reply from deployment "+rt.deployment+"\n", fasthttp.StatusBadGateway)
 		return
 	}
 	if o != nil {
-		o.replica = string(rep.Replica)
+		o.replicaRaw = rep.Replica // aliases reply.Data, which nothing reuses
 	}
 	ctx.SetStatusCode(rep.Status)
 	for i := 0; i+1 < len(rep.Headers); i += 2 {

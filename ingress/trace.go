@@ -31,6 +31,15 @@ type observation struct {
 	deployment string
 	route      string // the route prefix matched
 	replica    string
+	replicaRaw []byte // the replica of a successful reply, from its envelope (no copy unless traced)
+}
+
+// replicaName is the replica that answered, or "".
+func (o *observation) replicaName() string {
+	if o.replicaRaw != nil {
+		return string(o.replicaRaw)
+	}
+	return o.replica
 }
 
 // failed records the replica of a failed call, if one answered.
@@ -56,7 +65,7 @@ func (g *Ingress) serveObserved(ctx *fasthttp.RequestCtx, path []byte) {
 	if !ctx.Response.IsBodyStream() { // Body() would read a stream to its end before it is sent
 		n = len(ctx.Response.Body())
 	}
-	e := accessEntry{start: start, id: o.id, deployment: o.deployment, replica: o.replica, method: ctx.Method(), path: path,
+	e := accessEntry{start: start, id: o.id, deployment: o.deployment, replica: o.replica, replicaRaw: o.replicaRaw, method: ctx.Method(), path: path,
 		status: status, bytes: n}
 	if span != nil {
 		if o.route != "" {
@@ -64,7 +73,7 @@ func (g *Ingress) serveObserved(ctx *fasthttp.RequestCtx, path []byte) {
 			span.SetAttributes(attribute.String("http.route", o.route))
 		}
 		span.SetAttributes(attribute.Int("http.response.status_code", status), tracectx.AttrRequestID.String(o.id),
-			tracectx.AttrDeployment.String(o.deployment), tracectx.AttrReplica.String(o.replica))
+			tracectx.AttrDeployment.String(o.deployment), tracectx.AttrReplica.String(o.replicaName()))
 		if status >= 500 {
 			span.SetStatus(codes.Error, "")
 		}

@@ -181,20 +181,32 @@ func DecodeHTTPRequest(b []byte) (*HTTPRequest, error) {
 	return req, nil
 }
 
-// DecodeHTTPReply decodes a reply envelope. Body and Replica alias b.
+// DecodeHTTPReply decodes a reply envelope. Body and Replica alias b;
+// the header strings are cut from one copy of the bytes they span.
 func DecodeHTTPReply(b []byte) (*HTTPReply, error) {
+	rep := &HTTPReply{}
+	if err := rep.Decode(b); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// Decode is DecodeHTTPReply into rep, which the caller may keep on its
+// stack (the ingress decodes one reply per HTTP request); after an error
+// rep holds nothing useful.
+func (rep *HTTPReply) Decode(b []byte) error {
 	r := reader{b: b}
 	n := r.arrayLen()
 	if r.err == nil && n < 3 {
 		r.fail("reply envelope has %d fields, want 3", n)
 	}
-	rep := &HTTPReply{}
+	*rep = HTTPReply{}
 	st := r.uint()
 	if r.err == nil && (st < 100 || st > 999) {
 		r.fail("status %d out of range", st)
 	}
 	rep.Status = int(st)
-	rep.Headers = r.headers()
+	rep.Headers = r.headersOneCopy()
 	rep.Body = r.rawStr()
 	fields := 3
 	if n > 3 {
@@ -203,7 +215,32 @@ func DecodeHTTPReply(b []byte) (*HTTPReply, error) {
 	}
 	r.tail(n, fields)
 	if r.err != nil {
-		return nil, fmt.Errorf("http reply envelope: %w", r.err)
+		return fmt.Errorf("http reply envelope: %w", r.err)
 	}
-	return rep, nil
+	return nil
+}
+
+// headersOneCopy is headers with one string allocation for all of them:
+// a first pass checks the array and finds its span, a second cuts it.
+func (r *reader) headersOneCopy() []string {
+	n := r.headerLen()
+	if n == 0 {
+		return nil
+	}
+	c := *r
+	start := r.off
+	for i := 0; i < n; i++ {
+		r.rawStr()
+	}
+	if r.err != nil {
+		return nil
+	}
+	all := string(r.b[start:r.off])
+	h := make([]string, n)
+	for i := range h {
+		v := c.rawStr()
+		o := c.off - len(v) - start
+		h[i] = all[o : o+len(v)]
+	}
+	return h
 }
