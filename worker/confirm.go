@@ -44,12 +44,15 @@ type ackRounds struct {
 
 // ackRound is one PING/PONG round trip and the admissions it confirms.
 type ackRound struct {
-	done   chan struct{} // closed when the round ended; ok and at are set
-	lead   chan struct{} // cap 1: the admission that takes it leads the round
-	latest time.Time     // the latest ack-by of its admissions
-	n      int           // admissions that joined it
-	ok     bool          // the broker answered the PING
-	at     time.Time     // when its PONG was seen (the replica's clock)
+	// done (cap 1) is closed when the round ended (ok and at are set);
+	// before that, one value in it hands the round to the admission that
+	// receives it, which leads it (a plain receive, no select: the one
+	// value is taken before the close, which only its taker does).
+	done   chan struct{}
+	latest time.Time // the latest ack-by of its admissions
+	n      int       // admissions that joined it
+	ok     bool      // the broker answered the PING
+	at     time.Time // when its PONG was seen (the replica's clock)
 	// groups are the acknowledgments its leader publishes before the PING,
 	// one message per caller (wire.SplitAckReply); byPrefix indexes them
 	// once there are many callers.
@@ -84,7 +87,7 @@ func (a *ackRounds) confirm(by time.Time, prefix, reply string) bool {
 	a.mu.Lock()
 	rd := a.next
 	if rd == nil {
-		rd = &ackRound{done: make(chan struct{}), lead: make(chan struct{}, 1)}
+		rd = &ackRound{done: make(chan struct{}, 1)}
 		rd.groups = rd.group0[:0]
 		a.next = rd
 	}
@@ -101,9 +104,7 @@ func (a *ackRounds) confirm(by time.Time, prefix, reply string) bool {
 		a.flush(rd)
 	} else {
 		a.mu.Unlock()
-		select {
-		case <-rd.done:
-		case <-rd.lead: // handed over: the round before it ended
+		if _, lead := <-rd.done; lead { // handed over: the round before it ended
 			a.flush(rd)
 		}
 	}
@@ -179,7 +180,7 @@ func (a *ackRounds) flush(rd *ackRound) {
 	next := a.next
 	if next != nil {
 		a.next = nil // out stays true: its leader flushes it
-		next.lead <- struct{}{}
+		next.done <- struct{}{}
 	} else {
 		a.out = false
 	}
