@@ -365,7 +365,14 @@ func run(ctx context.Context, cfg config) error {
 		variants = append(variants, u)
 	}
 	if cfg.baseline != "" {
+		if cfg.profile != "" { // profiled like a variant, into DIR/baseline
+			variantPprof["baseline"] = [2]string{fmt.Sprintf("127.0.0.1:%d", freePort()), fmt.Sprintf("127.0.0.1:%d", freePort())}
+			os.Setenv("NATSERVE_PPROF", variantPprof["baseline"][0])
+			os.Setenv("NATSERVE_REPLICA_PPROF", variantPprof["baseline"][1])
+		}
 		u, err := startUp(ctx, &ps, cfg.baseline, filepath.Join(tmp, "data-baseline"), cfg, cfg.metrics, cfg.accessLog, false, 1)
+		os.Unsetenv("NATSERVE_PPROF")
+		os.Unsetenv("NATSERVE_REPLICA_PPROF")
 		if err != nil {
 			return fmt.Errorf("baseline %s: %w", cfg.baseline, err)
 		}
