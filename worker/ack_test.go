@@ -342,6 +342,75 @@ func TestUnconfirmedAcknowledgmentNeverRuns(t *testing.T) {
 	}
 }
 
+// TestIdempotentSkipsConfirmation: a method declared idempotent runs as
+// soon as it is acknowledged, without waiting for the broker's
+// confirmation (running twice is what the declaration allows): behind the
+// same frame-holding proxy as TestUnconfirmedAcknowledgmentNeverRuns, the
+// held replica runs what reaches it and counts nothing as not run, the
+// callers, seeing no acknowledgment in time, send those calls to the other
+// replica too, and every caller gets its answer.
+func TestIdempotentSkipsConfirmation(t *testing.T) {
+	s := newStack(t)
+	p := newHoldProxy(t, strings.TrimPrefix(s.url, "nats://"))
+	spec := worker.ReplicaSpec{Deployment: "ack-8", Class: "Counter", MaxOngoingRequests: 8, IdempotentMethods: []string{"Call"}}
+	s.replicaWith(t, spec)
+	spec.NATSURL = "nats://" + p.addr
+	held := s.replicaWith(t, spec)
+	execs := make(chan string, 256)
+	sub, err := s.cl.Conn().Subscribe(execSubject, func(m *nats.Msg) { execs <- string(m.Data) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := s.cl.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	const calls = 16
+	p.holdClient(4 * (wire.DefaultAckTimeout + wire.AckGrace))
+	errs := make(chan error, calls)
+	ids := map[string]bool{}
+	for i := 0; i < calls; i++ {
+		id := nuid.Next()
+		ids[id] = true
+		go func() {
+			_, err := client.Call[int](client.WithRequestID(testCtx(t, 30*time.Second), id), s.cl.Handle("ack-8"), 0)
+			errs <- err
+		}()
+	}
+	for i := 0; i < calls; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("call failed: %v", err)
+		}
+	}
+	var st worker.ReplicaStatus
+	testutil.Eventually(t, 20*time.Second, func() error {
+		m, err := s.cl.Conn().Request(wire.ReplicaSubject("ack-8", held.id, wire.VerbPing), nil, time.Second)
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(m.Data, &st)
+	})
+	if err := s.cl.Conn().Publish(execSubject, []byte("end")); err != nil {
+		t.Fatal(err)
+	}
+	twice := 0
+	counts := map[string]int{}
+	for id := range execs {
+		if id == "end" {
+			break
+		}
+		if ids[id] {
+			if counts[id]++; counts[id] == 2 {
+				twice++
+			}
+		}
+	}
+	t.Logf("%d idempotent calls ran %d distinct ids, %d twice; the held replica did not run %d", calls, len(counts), twice, st.NotRun)
+	if st.NotRun != 0 || twice == 0 || len(counts) != calls {
+		t.Fatalf("idempotent calls behind a held replica: %d not run (want 0: no confirmation), %d ran twice (want some), %d of %d ran", st.NotRun, twice, len(counts), calls)
+	}
+}
+
 // TestAcknowledgmentsCoalescePerCaller: a caller whose call tokens carry
 // wire.AckTokenMark gets the acknowledgments (and heartbeats) of calls
 // admitted together as one message per confirmation round on its inbox's

@@ -234,12 +234,16 @@ func TestAgentExportsItsReplicas(t *testing.T) {
 	})
 }
 
-// replicaWith starts a replica process of spec (id, URL and timeouts
-// filled in) and waits until it answers pings.
+// replicaWith starts a replica process of spec (id, URL unless set and
+// timeouts filled in) and waits until it answers pings.
 func (s *stack) replicaWith(t *testing.T, spec worker.ReplicaSpec) *replicaProc {
 	t.Helper()
-	spec.Replica = "r" + strings.ToLower(nuid.Next()[:12])
-	spec.NATSURL, spec.GracefulShutdownTimeoutS = s.url, 10
+	n := nuid.Next()
+	spec.Replica = "r" + strings.ToLower(n[len(n)-12:]) // the sequence part: the first 12 characters are the same in one process
+	if spec.NATSURL == "" {
+		spec.NATSURL = s.url
+	}
+	spec.GracefulShutdownTimeoutS = 10
 	spec.Creds = testutil.ReplicaCreds(t, s.url, spec.Deployment)
 	b, _ := json.Marshal(spec)
 	p := testutil.StartWith(t, "", b, nil, s.bin, "replica")
