@@ -21,9 +21,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
 )
 
@@ -42,6 +44,7 @@ var (
 	port        = flag.Int("nats-port", 14222, "NATS port of natserve up")
 	httpAddr    = flag.String("addr", "127.0.0.1:18000", "ingress address of natserve up")
 	pprofAddr   = flag.String("pprof", "", "serve natserve up's profiles here (NATSERVE_PPROF) and save CPU profiles of the deploy and idle phases in -profile-dir")
+	subjects    = flag.Duration("subjects", 0, "after the idle window, count the messages the broker carries by subject (first three tokens) over this long")
 	profileDir  = flag.String("profile-dir", ".", "where -pprof's profiles go (scale-deploy.pprof, scale-idle.pprof)")
 )
 
@@ -210,6 +213,11 @@ func run() error {
 		wall, la0, loadavg(), upCPU, agCPU, repCPU, repCPU/float64(max(len(reps), 1)))
 	fmt.Printf("memory (PSS): natserve up %.1f MB; replicas %.1f MB in all, %.2f MB each\n",
 		pss(up.Process.Pid)/1024, sumPSS(reps)/1024, sumPSS(reps)/1024/float64(max(len(reps), 1)))
+	if *subjects > 0 { // what the broker carries at idle (this subscription adds one delivery each)
+		if err := countSubjects(c.Conn(), *subjects); err != nil {
+			return err
+		}
+	}
 
 	if *pprofAddr != "" { // what natserve up's memory holds
 		if resp, err := http.Get("http://" + *pprofAddr + "/debug/pprof/heap"); err == nil {
@@ -428,4 +436,37 @@ func sumPSS(pids []int) float64 {
 		t += pss(p)
 	}
 	return t
+}
+
+// countSubjects prints the messages a second on each subject prefix (first
+// three tokens) seen on ">" over d.
+func countSubjects(nc *nats.Conn, d time.Duration) error {
+	var mu sync.Mutex
+	n := map[string]int{}
+	sub, err := nc.Subscribe(">", func(m *nats.Msg) {
+		t := strings.SplitN(m.Subject, ".", 4)
+		k := strings.Join(t[:min(3, len(t))], ".")
+		mu.Lock()
+		n[k]++
+		mu.Unlock()
+	})
+	if err != nil {
+		return err
+	}
+	time.Sleep(d)
+	_ = sub.Unsubscribe()
+	mu.Lock()
+	defer mu.Unlock()
+	keys := make([]string, 0, len(n))
+	total := 0
+	for k, v := range n {
+		keys = append(keys, k)
+		total += v
+	}
+	sort.Slice(keys, func(i, j int) bool { return n[keys[i]] > n[keys[j]] })
+	fmt.Printf("messages at idle over %v: %.1f/s in all\n", d, float64(total)/d.Seconds())
+	for _, k := range keys {
+		fmt.Printf("  %8.2f/s  %s\n", float64(n[k])/d.Seconds(), k)
+	}
+	return nil
 }
