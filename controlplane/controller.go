@@ -427,15 +427,18 @@ type state struct {
 	healthQ map[string]*dueQueue
 	// healthWake (cap 1) wakes the health loop when a check was queued.
 	healthWake chan struct{}
-	busy       map[string]bool // replicas with a reconfigure in flight
-	wakes      map[string]bool // deployments a caller asked to wake
+	// noBatch: nodes whose agent left a health batch unanswered, until when
+	// their replicas are pinged directly; guarded by mu.
+	noBatch map[string]time.Time
+	busy    map[string]bool // replicas with a reconfigure in flight
+	wakes   map[string]bool // deployments a caller asked to wake
 }
 
 func newState() *state {
 	st := &state{
 		deps: newTable[client.DeploymentSpec](), asgs: newTable[store.Assignment](),
 		reps: newTable[store.ReplicaState](), nodes: newTable[store.Node](), graphs: newTable[client.GraphSpec](), routes: newTable[json.RawMessage](),
-		seen: map[string]time.Time{}, dep: map[string]*depState{}, health: map[string]*healthState{}, healthQ: map[string]*dueQueue{}, healthWake: make(chan struct{}, 1), busy: map[string]bool{},
+		seen: map[string]time.Time{}, dep: map[string]*depState{}, health: map[string]*healthState{}, healthQ: map[string]*dueQueue{}, healthWake: make(chan struct{}, 1), noBatch: map[string]time.Time{}, busy: map[string]bool{},
 		metrics: newMetrics(), ch: newChanges(),
 	}
 	st.ch.hook(st)

@@ -51,6 +51,10 @@ type batchKey struct {
 // a node agent's answer before it pings those replicas itself.
 const batchSlack = 2 * time.Second
 
+// noBatchFor is how long the controller pings a node's replicas itself
+// after a batch of that node went unanswered.
+const noBatchFor = time.Minute
+
 // maxBatch bounds the checks in one message: a ReplicaStatus answer is a
 // few hundred bytes, well under the broker's 1 MB payload limit at 256.
 const maxBatch = 256
@@ -226,7 +230,8 @@ func (c *Controller) healthLoop(ctx context.Context, st *state) {
 				period, timeout = min(period, 300*time.Millisecond), min(timeout, 300*time.Millisecond)
 			}
 			start := ok && !h.inflight && !now.Add(earlyBy(period)).Before(h.next)
-			direct := ok && !h.orphan.IsZero() // its node agent is gone: ask the replica
+			// Its node agent is gone, or did not answer a batch lately: ask the replica.
+			direct := ok && (!h.orphan.IsZero() || now.Before(st.noBatch[a.Node]))
 			if start {
 				h.inflight = true
 			}
@@ -280,6 +285,12 @@ func (c *Controller) checkBatch(ctx context.Context, st *state, node string, tim
 		if !errors.Is(err, nats.ErrNoResponders) {
 			c.log.Warn("node agent did not answer a health check; pinging its replicas", "node", node, "replicas", len(items), "err", err)
 		}
+		// Ping this node's replicas directly for a while: a check that
+		// waited for a silent agent (or was refused by credentials from
+		// before batching) is not delayed again each period.
+		st.mu.Lock()
+		st.noBatch[node] = time.Now().Add(noBatchFor)
+		st.mu.Unlock()
 		for _, it := range items {
 			st.spawn(func() { c.check(ctx, st, it.key, it.deployment, it.replica, it.period, timeout) })
 		}
