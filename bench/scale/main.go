@@ -45,6 +45,7 @@ var (
 	httpAddr    = flag.String("addr", "127.0.0.1:18000", "ingress address of natserve up")
 	pprofAddr   = flag.String("pprof", "", "serve natserve up's profiles here (NATSERVE_PPROF) and save CPU profiles of the deploy and idle phases in -profile-dir")
 	subjects    = flag.Duration("subjects", 0, "after the idle window, count the messages the broker carries by subject (first three tokens) over this long")
+	spawnRate   = flag.Float64("spawn-rate", 0, "natserve up's -spawn-rate (replica starts per second); 0: its default")
 	profileDir  = flag.String("profile-dir", ".", "where -pprof's profiles go (scale-deploy.pprof, scale-idle.pprof)")
 )
 
@@ -99,6 +100,9 @@ func run() error {
 	}
 	url := fmt.Sprintf("nats://127.0.0.1:%d", *port)
 	up := exec.Command(bin+"/natserve", "up", "-data", filepath.Join(dir, "data"), "-nats-port", strconv.Itoa(*port), "-addr", *httpAddr, "-metrics-addr", "127.0.0.1:0")
+	if *spawnRate > 0 {
+		up.Args = append(up.Args, "-spawn-rate", strconv.FormatFloat(*spawnRate, 'f', -1, 64))
+	}
 	up.Stderr, up.Stdout = os.Stderr, nil
 	up.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if *pprofAddr != "" {
