@@ -142,7 +142,8 @@ func (x *inbox) stop(nc *nats.Conn) {
 
 // open registers a new call. Its token carries wire.AckTokenMark: this
 // inbox takes a replica's acknowledgments of one confirmation round
-// together, on the token wire.AckBatchToken (onAcks).
+// together, and its replies, on the token wire.AckBatchToken (onAcks,
+// onReply).
 func (x *inbox) open(wakeOnAck bool) *pending {
 	var buf [16]byte
 	token := string(strconv.AppendUint(append(buf[:0], wire.AckTokenMark), x.seq.Add(1), 36))
@@ -170,6 +171,10 @@ func (x *inbox) state(cl *pending) (replica *string, flags byte, seen time.Time,
 func (x *inbox) onMsg(m *nats.Msg) {
 	token := m.Subject[len(x.prefix):]
 	if token == wire.AckBatchToken {
+		if tok, data, ok := wire.ParseReply(m.Data); ok {
+			x.onReply(tok, data, m)
+			return
+		}
 		x.onAcks(m)
 		return
 	}
@@ -189,6 +194,22 @@ func (x *inbox) onMsg(m *nats.Msg) {
 	if wake {
 		cl.wake()
 	}
+}
+
+// onReply handles a reply that came on the repeating subject
+// (wire.ParseReply): the caller sees it as if it came on its call's subject.
+// A token whose call is gone is dropped.
+func (x *inbox) onReply(token, data []byte, m *nats.Msg) {
+	x.mu.Lock()
+	cl := x.calls[string(token)]
+	if cl == nil || cl.reply != nil {
+		x.mu.Unlock()
+		return
+	}
+	m.Subject, m.Data = cl.subject, data
+	cl.reply = m
+	x.mu.Unlock()
+	cl.wake()
 }
 
 // acked records an acknowledgment or heartbeat of cl from replica (x.mu

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -415,7 +416,8 @@ func TestIdempotentSkipsConfirmation(t *testing.T) {
 // wire.AckTokenMark gets the acknowledgments (and heartbeats) of calls
 // admitted together as one message per confirmation round on its inbox's
 // wire.AckBatchToken; each call is acknowledged once before it runs, then
-// beats while it runs, and is answered on its own token.
+// beats while it runs, and is answered on the same repeating subject, its
+// token in the reply's payload (wire.ParseReply).
 func TestAcknowledgmentsCoalescePerCaller(t *testing.T) {
 	s := newStack(t)
 	r := s.replica(t, "ack-7", "Counter", ``, 64)
@@ -446,6 +448,16 @@ func TestAcknowledgmentsCoalescePerCaller(t *testing.T) {
 			token := m.Subject[len(prefix):]
 			switch {
 			case token == wire.AckBatchToken:
+				if tok, data, ok := wire.ParseReply(m.Data); ok { // replies come on the repeating subject too
+					if acks[string(tok)] < 2 {
+						t.Fatalf("%s answered after %d acknowledgments and heartbeats, want the acknowledgment and at least one heartbeat first", tok, acks[string(tok)])
+					}
+					if m.Header != nil || len(data) == 0 {
+						t.Fatalf("%s: reply %v % x", tok, m.Header, data)
+					}
+					replied[string(tok)]++
+					continue
+				}
 				rid, _, toks, ok := wire.ParseAcks(m.Data)
 				if !ok || string(rid) != r.id {
 					t.Fatalf("coalesced acknowledgment % x", m.Data)
@@ -464,10 +476,7 @@ func TestAcknowledgmentsCoalescePerCaller(t *testing.T) {
 				if acks[token] < 2 {
 					t.Fatalf("%s answered after %d acknowledgments and heartbeats, want the acknowledgment and at least one heartbeat first", token, acks[token])
 				}
-				if m.Header != nil {
-					t.Fatalf("%s: error reply %v", token, m.Header)
-				}
-				replied[token]++
+				t.Fatalf("%s: a reply on the call's own subject (%v % x), want it on %s", token, m.Header, m.Data, prefix+wire.AckBatchToken)
 			}
 		case <-time.After(20 * time.Second):
 			t.Fatalf("%d of %d calls answered", len(replied), calls)
@@ -482,3 +491,80 @@ func TestAcknowledgmentsCoalescePerCaller(t *testing.T) {
 // execSubject is where the Counter class reports each execution at method
 // entry (a deployment subject: a replica may publish there).
 var execSubject = wire.DeploymentSubject("fault-exec")
+
+// TestRepliesOnRepeatingSubject: the client's calls (tokens with
+// wire.AckTokenMark) are answered on their inbox's repeating subject, the
+// token in the payload, and each of many concurrent calls gets its own
+// reply: results, error replies (with their code, text and replica) and busy
+// replies (the calls outnumber max_ongoing_requests).
+// Nothing is answered on a call's own subject.
+func TestRepliesOnRepeatingSubject(t *testing.T) {
+	s := newStack(t)
+	r := s.replica(t, "rep-co", "Probe", `["c"]`, 64)
+	spy := testutil.Conn(t, s.url)
+	ch := make(chan *nats.Msg, 4096)
+	sub, err := spy.ChanSubscribe("_INBOX.>", ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	const calls = 256
+	var wg sync.WaitGroup
+	errs := make(chan error, calls)
+	for i := 0; i < calls; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := testCtx(t, 30*time.Second)
+			if i%4 == 0 { // an error reply: headers travel with it
+				_, err := client.Call[int](ctx, s.cl.Handle("rep-co").Method("Fail"), fmt.Sprintf("no %d", i))
+				var ce *client.Error
+				if !errors.As(err, &ce) || ce.Code != string(wire.CodeUser) || ce.Message != fmt.Sprintf("no %d", i) || ce.Replica != r.id {
+					errs <- fmt.Errorf("Fail(no %d): %#v (%v), want user error %q from %s", i, ce, err, fmt.Sprintf("no %d", i), r.id)
+				}
+				return
+			}
+			got, err := client.Call[float64](ctx, s.cl.Handle("rep-co").Method("Add"), i, 0.25)
+			if err != nil || got != float64(i)+0.25 {
+				errs <- fmt.Errorf("Add(%d, 0.25) = %v, %v", i, got, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var coalesced, direct int
+	tokens := map[string]bool{}
+	for done := false; !done; {
+		select {
+		case m := <-ch:
+			i := strings.LastIndexByte(m.Subject, '.')
+			token := m.Subject[i+1:]
+			switch {
+			case token == wire.AckBatchToken:
+				if tok, _, ok := wire.ParseReply(m.Data); ok {
+					coalesced++
+					tokens[string(tok)] = true
+				}
+			case strings.HasPrefix(token, "-") && (m.Header != nil || !wire.IsAck(m.Data)):
+				direct++
+			}
+		default: // the spy flushed after every reply was in: it has them all
+			done = true
+		}
+	}
+	// Busy replies (64 at a time) are replies too: a call sent again has a
+	// new token.
+	t.Logf("%d calls: %d replies on the repeating subject (%d tokens), %d on a call's own subject", calls, coalesced, len(tokens), direct)
+	if coalesced < calls || len(tokens) != coalesced || direct != 0 {
+		t.Fatalf("%d calls: %d replies on the repeating subject for %d tokens, %d on a call's own subject; want at least %d, one per token, and 0", calls, coalesced, len(tokens), direct, calls)
+	}
+}

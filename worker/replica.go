@@ -874,7 +874,10 @@ func (r *Replica) replyResult(m *nats.Msg, oc *outcome, meth *method, ctx contex
 
 // reply answers m. A successful reply carries no headers (the cheapest
 // message NATS has); an error reply carries the code, the message, the
-// protocol version and the replica.
+// protocol version and the replica. A caller that takes coalesced
+// acknowledgments takes its replies on its repeating subject too, the call's
+// token in the payload (wire.ReplySubject): a subject per request missed the
+// broker's publish-permission cache once per request.
 func (r *Replica) reply(m *nats.Msg, h nats.Header, data []byte) {
 	if m.Reply == "" {
 		r.storedReply(m, h, data) // a stored request (durable.go), else nothing
@@ -884,7 +887,21 @@ func (r *Replica) reply(m *nats.Msg, h nats.Header, data []byte) {
 		h[wire.HeaderProto] = []string{wire.ProtoVersion}
 		h[wire.HeaderReplica] = []string{r.spec.Replica}
 	}
-	if err := r.nc.PublishMsg(&nats.Msg{Subject: m.Reply, Header: h, Data: data}); err != nil {
+	subject, token, coalesced := wire.ReplySubject(m.Reply)
+	if !coalesced { // a caller without the mark: its reply subject
+		subject = m.Reply
+	} else { // the caller's repeating subject, the token in the payload
+		bp := replyBufs.Get().(*[]byte)
+		b := append(wire.AppendReplyHeader((*bp)[:0], token), data...)
+		defer func() {
+			if cap(b) <= maxPooledReply {
+				*bp = b[:0]
+				replyBufs.Put(bp)
+			}
+		}()
+		data = b
+	}
+	if err := r.nc.PublishMsg(&nats.Msg{Subject: subject, Header: h, Data: data}); err != nil {
 		r.log.Warn("reply failed", "err", err)
 	}
 }

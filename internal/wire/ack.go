@@ -57,6 +57,48 @@ func SplitAckReply(reply string) (prefix, token string, ok bool) {
 	return reply[:i+1], reply[i+1:], true
 }
 
+// Coalesced replies. A caller that takes coalesced acknowledgments takes its
+// replies on the same repeating subject, "<prefix>." + AckBatchToken, so that
+// the broker's per-connection publish-permission cache and its sublist cache
+// hit for them (a subject per request missed both, once per request). The
+// message keeps the reply's own headers (none for a success; code, error,
+// protocol and replica for an error); its payload is
+//
+//	'R' len(token) token reply
+//
+// 'R' is not the acknowledgments' 0xc1, so a message on AckBatchToken is one
+// or the other (ParseReply, ParseAcks).
+const replyMarker = 'R'
+
+// ReplySubject returns the subject to publish the reply to a reply subject
+// of a caller that takes coalesced replies ("<prefix>." + AckBatchToken) and
+// the call's token for AppendReplyHeader; ok is false for any other reply
+// subject (answer on it directly).
+func ReplySubject(reply string) (subject, token string, ok bool) {
+	i := strings.LastIndexByte(reply, '.')
+	if i <= 0 || i+2 >= len(reply) || reply[i+1] != AckTokenMark || len(reply)-i-1 > 255 {
+		return "", "", false
+	}
+	return reply[:i+2], reply[i+1:], true
+}
+
+// AppendReplyHeader starts a coalesced reply to token (ReplySubject); the
+// reply's payload follows.
+func AppendReplyHeader(b []byte, token string) []byte {
+	b = append(b, replyMarker, byte(len(token)))
+	return append(b, token...)
+}
+
+// ParseReply splits a coalesced reply into the call's token and the reply's
+// payload; ok is false for anything else (coalesced acknowledgments).
+func ParseReply(data []byte) (token, reply []byte, ok bool) {
+	if len(data) < 2 || data[0] != replyMarker || len(data) < 2+int(data[1]) {
+		return nil, nil, false
+	}
+	n := int(data[1])
+	return data[2 : 2+n], data[2+n:], true
+}
+
 // AppendAcksHeader starts a coalesced acknowledgment from replica, whose id
 // is at most 255 bytes (CoalescesAcks).
 func AppendAcksHeader(b []byte, replica string, flags byte) []byte {

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -109,5 +110,45 @@ func TestCoalescedAcks(t *testing.T) {
 	}
 	if _, _, _, ok := ParseAcks([]byte{0xc1, 0, 9, 'r'}); ok {
 		t.Fatal("a truncated coalesced acknowledgment parsed")
+	}
+}
+
+func TestCoalescedReplies(t *testing.T) {
+	for _, tc := range []struct {
+		reply, subject, token string
+		ok                    bool
+	}{
+		{"_INBOX.client.Abc123.-1k", "_INBOX.client.Abc123.-", "-1k", true},
+		{"_INBOX.client.Abc123.1k", "", "", false},             // an older client's token
+		{"_INBOX.client.Abc123.-", "", "", false},              // the batch token itself
+		{"_INBOX.Kq9-x2", "", "", false},                       // a raw inbox
+		{"_INBOX.a.-b.c", "", "", false},                       // the mark is not in the last token
+		{"x." + "-" + strings.Repeat("a", 255), "", "", false}, // too long for the length byte
+		{"", "", "", false},
+	} {
+		s, tok, ok := ReplySubject(tc.reply)
+		if s != tc.subject || tok != tc.token || ok != tc.ok {
+			t.Errorf("ReplySubject(%q) = %q, %q, %v; want %q, %q, %v", tc.reply, s, tok, ok, tc.subject, tc.token, tc.ok)
+		}
+		if p, _, ok := SplitAckReply(tc.reply); ok && tc.ok && s != p+AckBatchToken {
+			t.Errorf("ReplySubject(%q) = %q, not the acknowledgments' subject %q", tc.reply, s, p+AckBatchToken)
+		}
+	}
+	for _, body := range [][]byte{nil, {0xc1, 0}, []byte("\x82\xa1s\xcc\xc8")} {
+		b := append(AppendReplyHeader(nil, "-2z"), body...)
+		tok, data, ok := ParseReply(b)
+		if !ok || string(tok) != "-2z" || string(data) != string(body) {
+			t.Fatalf("ParseReply(% x) = %q, % x, %v", b, tok, data, ok)
+		}
+		if _, _, _, ok := ParseAcks(b); ok {
+			t.Fatalf("a coalesced reply % x parsed as acknowledgments", b)
+		}
+	}
+	acks := AppendAckToken(AppendAcksHeader(nil, "rabc", 0), "-1")
+	if _, _, ok := ParseReply(acks); ok {
+		t.Fatal("coalesced acknowledgments parsed as a reply")
+	}
+	if _, _, ok := ParseReply([]byte{'R', 9, '-'}); ok {
+		t.Fatal("a truncated coalesced reply parsed")
 	}
 }
