@@ -286,16 +286,16 @@ func (r *Replica) Run(ctx context.Context) error {
 }
 
 // Load reporting: while calls run, ongoing requests are sampled every
-// loadSample and their mean is published every loadReport. An idle replica
-// (nothing in flight, last report zero) sleeps until a call is admitted
-// (admitted wakes it) and reports zero every loadIdleReport as a
-// keep-alive, so a thousand idle replicas cost next to nothing: the
+// loadSample and their mean is published every loadReport. When the load
+// falls to zero the replica reports zero once, then (nothing in flight,
+// last report zero) sleeps until a call is admitted (admitted wakes it) and
+// publishes nothing: a thousand idle replicas cost the broker nothing. The
 // autoscaler counts a replica without reports in its look-back window as
-// idle, which is what the keep-alive says.
+// idle, which is what its last report (zero) said; a replica that dies is
+// removed by its exit, its node's heartbeat and health checks, not by load.
 const (
-	loadSample     = 100 * time.Millisecond
-	loadReport     = time.Second
-	loadIdleReport = 30 * time.Second
+	loadSample = 100 * time.Millisecond
+	loadReport = time.Second
 )
 
 // admitted is called after a call took a token of sem: the first call into
@@ -319,7 +319,7 @@ func (r *Replica) reportLoad(done <-chan struct{}) {
 	defer t.Stop()
 	var sum float64
 	var n int
-	start, lastSent, lastValue := time.Now(), time.Time{}, -1.0
+	start, lastValue := time.Now(), -1.0
 	for {
 		select {
 		case <-done:
@@ -327,21 +327,12 @@ func (r *Replica) reportLoad(done <-chan struct{}) {
 		case <-t.C:
 		}
 		ongoing := len(r.sem)
-		if n == 0 && ongoing == 0 && lastValue == 0 { // idle: sleep until a call or the keep-alive
-			wait := loadIdleReport - time.Since(lastSent)
-			if wait <= 0 {
-				r.publishLoad(0, time.Since(start))
-				lastSent, wait = time.Now(), loadIdleReport
-			}
-			idle := time.NewTimer(wait)
+		if n == 0 && ongoing == 0 && lastValue == 0 { // idle: sleep until a call
 			select {
 			case <-done:
-				idle.Stop()
 				return
 			case <-r.wakeLoad:
-			case <-idle.C:
 			}
-			idle.Stop()
 			start = time.Now()
 			t.Reset(loadSample)
 			continue
@@ -353,9 +344,9 @@ func (r *Replica) reportLoad(done <-chan struct{}) {
 			continue
 		}
 		avg := sum / float64(n)
-		if avg != 0 || lastValue != 0 || time.Since(lastSent) >= loadIdleReport {
+		if avg != 0 || lastValue != 0 {
 			r.publishLoad(avg, time.Since(start))
-			lastSent, lastValue = time.Now(), avg
+			lastValue = avg
 		}
 		sum, n, start = 0, 0, time.Now()
 	}
