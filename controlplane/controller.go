@@ -92,7 +92,15 @@ type Controller struct {
 	mu      sync.Mutex // guards leading, st
 	leading bool
 	st      *state // the leader's view; nil when not leading
+
+	// A pass's new assignments are written concurrently (createSlots at
+	// a time) and the pass waits for all of them (creating) before it ends.
+	creating    sync.WaitGroup
+	createSlots chan struct{}
 }
+
+// createParallel bounds the assignment writes in flight in one pass.
+const createParallel = 32
 
 // New returns a controller for cfg; it does no I/O.
 func New(cfg Config) (*Controller, error) {
@@ -121,7 +129,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	c := &Controller{cfg: cfg, log: cfg.Logger.With("controller", cfg.ID)}
+	c := &Controller{cfg: cfg, log: cfg.Logger.With("controller", cfg.ID), createSlots: make(chan struct{}, createParallel)}
 	if cfg.Metrics != nil {
 		c.m = newCtlMetrics()
 	}

@@ -108,6 +108,7 @@ func (c *Controller) reconcile(ctx context.Context, st *state, names, reps []str
 			st.ch.mark(name) // not settled: look again at the next pass
 		}
 	}
+	c.creating.Wait() // this pass's new assignments are stored (or failed)
 	st.ch.countPass(full, len(present))
 	c.syncRoutes(ctx, st)
 	// Forget what is gone.
@@ -490,14 +491,23 @@ func (c *Controller) createAssignment(ctx context.Context, st *state, spec *clie
 			return
 		}
 	}
-	rev, err := store.Update(ctx, c.kv.Assignments, a.Key(), a, 0)
-	if err != nil {
-		c.log.Warn("creating an assignment failed", "deployment", spec.Name, "node", node, "err", err)
-		return
-	}
-	st.asgs.put(a.Key(), rev, a)
-	c.m.started(spec.Name)
-	c.log.Info("replica assigned", "deployment", spec.Name, "replica", a.Replica, "node", node)
+	// The write is one broker round trip: a pass that starts a thousand
+	// deployments writes createParallel at a time instead of one by one
+	// (reconcile waits for them before the pass ends).
+	c.createSlots <- struct{}{}
+	c.creating.Add(1)
+	go func() {
+		defer c.creating.Done()
+		defer func() { <-c.createSlots }()
+		rev, err := store.Update(ctx, c.kv.Assignments, a.Key(), a, 0)
+		if err != nil {
+			c.log.Warn("creating an assignment failed", "deployment", a.Deployment, "node", node, "err", err)
+			return
+		}
+		st.asgs.put(a.Key(), rev, a)
+		c.m.started(a.Deployment)
+		c.log.Info("replica assigned", "deployment", a.Deployment, "replica", a.Replica, "node", node)
+	}()
 }
 
 func (c *Controller) setDesired(ctx context.Context, st *state, v view, desired string) {

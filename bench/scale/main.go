@@ -26,7 +26,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/store"
+	"github.com/natserve/natserve/internal/wire"
 )
 
 func main() {
@@ -176,8 +179,14 @@ func run() error {
 		return fmt.Errorf("apply: %w", err)
 	}
 	applied := time.Since(start)
+	seen := map[string]time.Duration{} // deployment → when a poll first saw it HEALTHY
 	for {
 		ds, err := c.List(ctx)
+		for _, d := range ds {
+			if _, ok := seen[d.Spec.Name]; !ok && d.Status == client.StatusHealthy {
+				seen[d.Spec.Name] = time.Since(start)
+			}
+		}
 		if err == nil && healthy(ds) == n {
 			break
 		}
@@ -189,6 +198,9 @@ func run() error {
 	allHealthy := time.Since(start)
 	fmt.Printf("apply: %v; all %d HEALTHY after %v (load average %s)\n", applied.Round(time.Millisecond), n, allHealthy.Round(time.Millisecond), loadavg())
 	<-deployProf
+	if err := traceBringUp(ctx, c.Conn(), start, seen); err != nil {
+		fmt.Println("bring-up trace:", err)
+	}
 
 	// Idle.
 	time.Sleep(5 * time.Second) // let the starts settle
@@ -472,5 +484,66 @@ func countSubjects(nc *nats.Conn, d time.Duration) error {
 	for _, k := range keys {
 		fmt.Printf("  %8.2f/s  %s\n", float64(n[k])/d.Seconds(), k)
 	}
+	return nil
+}
+
+// traceBringUp prints, over every replica, how long each stage of the
+// bring-up took: apply → assignment stored (controller), assignment →
+// process started (agent: watch, spawn limiter, fork/exec), started → ready
+// said and running state written (replica start-up, link, KV write), running
+// stored → first poll that saw the deployment HEALTHY (controller's watch
+// and pass, plus up to one 200 ms poll).
+func traceBringUp(ctx context.Context, nc *nats.Conn, start time.Time, seen map[string]time.Duration) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	asg, err := js.KeyValue(ctx, wire.BucketAssignments)
+	if err != nil {
+		return err
+	}
+	reps, err := js.KeyValue(ctx, wire.BucketReplicas)
+	if err != nil {
+		return err
+	}
+	keys, err := reps.Keys(ctx)
+	if err != nil {
+		return err
+	}
+	var assigned, spawned, ready, marked []time.Duration
+	for _, k := range keys {
+		e, err := reps.Get(ctx, k)
+		if err != nil {
+			continue
+		}
+		var st store.ReplicaState
+		if json.Unmarshal(e.Value(), &st) != nil || st.State != client.ReplicaRunning {
+			continue
+		}
+		a, err := asg.Get(ctx, k)
+		if err != nil {
+			continue
+		}
+		at := a.Created().Sub(start)
+		if h, ok := seen[st.Deployment]; ok {
+			assigned = append(assigned, at)
+			spawned = append(spawned, st.Started.Sub(a.Created()))
+			ready = append(ready, e.Created().Sub(st.Started))
+			marked = append(marked, h-e.Created().Sub(start))
+		}
+	}
+	q := func(name string, ds []time.Duration) {
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		if len(ds) == 0 {
+			return
+		}
+		p := func(f float64) time.Duration { return ds[int(f*float64(len(ds)-1))].Round(time.Millisecond) }
+		fmt.Printf("  %-44s p50 %v  p90 %v  max %v\n", name, p(0.5), p(0.9), p(1))
+	}
+	fmt.Printf("bring-up per replica (%d replicas):\n", len(assigned))
+	q("apply → assignment stored", assigned)
+	q("assignment → process started", spawned)
+	q("started → running state stored", ready)
+	q("running stored → HEALTHY seen (poll 200 ms)", marked)
 	return nil
 }
