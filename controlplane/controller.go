@@ -411,12 +411,13 @@ func applyEntry[T any](t *table[T], e jetstream.KeyValueEntry) {
 
 // state is the leader's view of the store plus what it keeps in memory.
 type state struct {
-	deps   *table[client.DeploymentSpec]
-	asgs   *table[store.Assignment]
-	reps   *table[store.ReplicaState]
-	nodes  *table[store.Node]
-	graphs *table[client.GraphSpec]
-	routes *table[json.RawMessage] // what callers may read (routes.go)
+	creates inflight // assignments being written (placement counts them)
+	deps    *table[client.DeploymentSpec]
+	asgs    *table[store.Assignment]
+	reps    *table[store.ReplicaState]
+	nodes   *table[store.Node]
+	graphs  *table[client.GraphSpec]
+	routes  *table[json.RawMessage] // what callers may read (routes.go)
 
 	metrics *metrics
 	ch      *changes // what changed since the last pass; indexes

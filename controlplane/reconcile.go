@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -449,6 +450,7 @@ func place(class, deployment string, alive map[string]store.Node, load map[strin
 			perDep[a.Node]++
 		}
 	}
+	st.creates.count(deployment, perDep)
 	for name, n := range alive {
 		provides := false
 		for _, c := range n.Classes {
@@ -461,7 +463,7 @@ func place(class, deployment string, alive map[string]store.Node, load map[strin
 			continue
 		}
 		// Every assignment is a process until dropped.
-		if n.MaxReplicas > 0 && st.ch.nodeProcs(name) >= n.MaxReplicas {
+		if n.MaxReplicas > 0 && st.ch.nodeProcs(name)+st.creates.onNode(name) >= n.MaxReplicas {
 			full++
 			continue
 		}
@@ -496,10 +498,12 @@ func (c *Controller) createAssignment(ctx context.Context, st *state, spec *clie
 	// (reconcile waits for them before the pass ends).
 	c.createSlots <- struct{}{}
 	c.creating.Add(1)
+	st.creates.add(a.Deployment, node, 1)
 	go func() {
 		defer c.creating.Done()
 		defer func() { <-c.createSlots }()
 		rev, err := store.Update(ctx, c.kv.Assignments, a.Key(), a, 0)
+		defer st.creates.add(a.Deployment, node, -1) // after the put: counted twice for a moment, never missed
 		if err != nil {
 			c.log.Warn("creating an assignment failed", "deployment", a.Deployment, "node", node, "err", err)
 			return
@@ -539,4 +543,52 @@ func (c *Controller) deleteKey(ctx context.Context, t interface{ del(string, uin
 		return
 	}
 	t.del(key, rev)
+}
+
+// inflight counts the assignments a pass is still writing, per node and per
+// deployment and node, so that placement (node caps, spreading) sees them
+// before they are in the assignments table.
+type inflight struct {
+	mu    sync.Mutex
+	node  map[string]int
+	byDep map[string]map[string]int // deployment → node → writes
+}
+
+func (f *inflight) add(dep, node string, d int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.node == nil {
+		f.node, f.byDep = map[string]int{}, map[string]map[string]int{}
+	}
+	f.node[node] += d
+	if f.node[node] == 0 {
+		delete(f.node, node)
+	}
+	m := f.byDep[dep]
+	if m == nil {
+		m = map[string]int{}
+		f.byDep[dep] = m
+	}
+	m[node] += d
+	if m[node] == 0 {
+		delete(m, node)
+	}
+	if len(m) == 0 {
+		delete(f.byDep, dep)
+	}
+}
+
+func (f *inflight) onNode(node string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.node[node]
+}
+
+// count adds a deployment's writes in flight to perDep (node → count).
+func (f *inflight) count(dep string, perDep map[string]int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for n, k := range f.byDep[dep] {
+		perDep[n] += k
+	}
 }
