@@ -3,6 +3,7 @@ package controlplane
 import (
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/store"
@@ -33,6 +34,9 @@ type changes struct {
 	passes     uint64 // deployment passes run
 	fullPasses uint64 // full passes run
 	ticks      uint64 // control loop wake-ups
+
+	due     map[string]time.Time // deployment → when to pass over it again without a change
+	nextDue time.Time            // the earliest of due (zero: none)
 }
 
 // specHash caches hashes(spec) for one spec revision.
@@ -45,7 +49,7 @@ func newChanges() *changes {
 	return &changes{
 		healthKick: make(chan struct{}, 1), dirty: map[string]bool{}, reps: map[string]bool{},
 		byDep: map[string]map[string]struct{}{}, depOf: map[string]string{},
-		procs: map[string]int{}, run: map[string]int{}, hashes: map[string]specHash{},
+		procs: map[string]int{}, run: map[string]int{}, hashes: map[string]specHash{}, due: map[string]time.Time{},
 	}
 }
 
@@ -75,6 +79,40 @@ func (ch *changes) markReplica(replica string) {
 		ch.dirty[d] = true
 	}
 	ch.mu.Unlock()
+}
+
+// wakeAt asks for a pass over a deployment at t even if nothing changes
+// by then (a rebalancing move waiting for a settle time or a cooldown).
+// Only the earliest wake-up is compared at each tick: idle, it costs one
+// time comparison.
+func (ch *changes) wakeAt(name string, t time.Time) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if d, ok := ch.due[name]; ok && !t.Before(d) {
+		return
+	}
+	ch.due[name] = t
+	if ch.nextDue.IsZero() || t.Before(ch.nextDue) {
+		ch.nextDue = t
+	}
+}
+
+// wakeDue marks the deployments whose wake-up is due; ch.mu is held.
+func (ch *changes) wakeDue(now time.Time) {
+	if ch.nextDue.IsZero() || now.Before(ch.nextDue) {
+		return
+	}
+	ch.nextDue = time.Time{}
+	for name, t := range ch.due {
+		if now.Before(t) {
+			if ch.nextDue.IsZero() || t.Before(ch.nextDue) {
+				ch.nextDue = t
+			}
+			continue
+		}
+		ch.dirty[name] = true
+		delete(ch.due, name)
+	}
 }
 
 // markAll asks for a full pass.
@@ -155,6 +193,7 @@ func (ch *changes) take() (deps, reps []string, full bool) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	ch.ticks++
+	ch.wakeDue(time.Now())
 	full = ch.full
 	if !full {
 		for d := range ch.dirty {
@@ -241,6 +280,7 @@ func (ch *changes) forget(name string) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	delete(ch.hashes, name)
+	delete(ch.due, name)
 }
 
 func (ch *changes) countPass(full bool, deps int) {

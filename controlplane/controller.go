@@ -72,6 +72,21 @@ type Config struct {
 	// deployment, changed or not: the safety net of the event-driven loop.
 	// Default: 15s.
 	FullPassInterval time.Duration
+	// DisableRebalance turns rebalancing off: replicas stay where placement
+	// put them until they end, however unevenly a lost and returned node
+	// leaves them (see rebalance.go). Default: false.
+	DisableRebalance bool
+	// RebalanceCooldown is the least time between two rebalancing moves of
+	// one deployment. Default: 10s.
+	RebalanceCooldown time.Duration
+	// RebalanceSettle is how long a node must have been alive (heartbeating
+	// without a gap longer than NodeTimeout) before replicas move onto it,
+	// so a flapping node draws none. Default: 10s.
+	RebalanceSettle time.Duration
+	// RebalanceMaxMoves bounds the rebalancing moves in flight over all
+	// deployments (each starts one replica before it stops another).
+	// Default: 8.
+	RebalanceMaxMoves int
 	// AsyncRetention is how long stored requests' records and results are
 	// kept. Default: 24h.
 	AsyncRetention time.Duration
@@ -122,6 +137,15 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.FullPassInterval == 0 {
 		cfg.FullPassInterval = 15 * time.Second
+	}
+	if cfg.RebalanceCooldown <= 0 {
+		cfg.RebalanceCooldown = 10 * time.Second
+	}
+	if cfg.RebalanceSettle <= 0 {
+		cfg.RebalanceSettle = 10 * time.Second
+	}
+	if cfg.RebalanceMaxMoves <= 0 {
+		cfg.RebalanceMaxMoves = 8
 	}
 	if cfg.AsyncRetention == 0 {
 		cfg.AsyncRetention = DefaultAsyncRetention
@@ -324,6 +348,7 @@ func (c *Controller) lead(parent context.Context, rev uint64) {
 			// deployment; the heartbeats themselves concern none.
 			if alive := st.alive(c.cfg.NodeTimeout); !sameKeys(alive, lastAlive) {
 				st.ch.markAll()
+				st.mv.nodesChanged(alive, time.Now())
 				lastAlive = alive
 			}
 			if names, reps, full := st.ch.take(); full || len(names) > 0 || len(reps) > 0 {
@@ -421,6 +446,7 @@ type state struct {
 
 	metrics *metrics
 	ch      *changes // what changed since the last pass; indexes
+	mv      *moves   // rebalancing moves in flight; when nodes joined
 
 	// wg counts the goroutines of this leadership term (watches, health
 	// checks, reconfigures); lead cancels them and waits for them before
@@ -448,7 +474,7 @@ func newState() *state {
 		deps: newTable[client.DeploymentSpec](), asgs: newTable[store.Assignment](),
 		reps: newTable[store.ReplicaState](), nodes: newTable[store.Node](), graphs: newTable[client.GraphSpec](), routes: newTable[json.RawMessage](),
 		seen: map[string]time.Time{}, dep: map[string]*depState{}, health: map[string]*healthState{}, healthQ: map[string]*dueQueue{}, healthWake: make(chan struct{}, 1), noBatch: map[string]time.Time{}, busy: map[string]bool{},
-		metrics: newMetrics(), ch: newChanges(),
+		metrics: newMetrics(), ch: newChanges(), mv: newMoves(),
 	}
 	st.ch.hook(st)
 	return st
@@ -502,6 +528,12 @@ type depState struct {
 	status     string
 	message    string
 	ready      int
+
+	// Rebalancing (rebalance.go): the replacement a move started and the
+	// node it relieves ("" when no move is in flight); when the last move ended.
+	moveReplica string
+	moveFrom    string
+	lastMove    time.Time
 
 	// Autoscaling (autoTarget < 0 until first decided).
 	autoTarget  int

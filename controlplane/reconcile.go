@@ -99,6 +99,7 @@ func (c *Controller) reconcile(ctx context.Context, st *state, names, reps []str
 		delete(st.dep, name)
 		st.mu.Unlock()
 		st.ch.forget(name)
+		st.mv.end(name)
 	}
 	for _, name := range present {
 		spec, rev, ok := st.deps.get(name)
@@ -201,9 +202,20 @@ func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.D
 		p.ds.failHash, p.ds.failures, p.ds.lastErr = p.code, 0, ""
 	}
 	cur, old := p.sortReplicas(vs)
+	cur, surge, moving := p.takeSurge(cur)
 	target, readyCur := p.target(cur)
 	limit := min(max(target, 1)*3, spec.MaxConstructorRetryCount)
 	failed := p.ds.failures >= limit && readyCur == 0
+	autoscaling := spec.Autoscaled() && p.ds.decision.Want != p.ds.autoTarget
+	if moving {
+		cur = p.finishMove(cur, surge, target, readyCur, len(old) == 0 && !failed && !autoscaling)
+		readyCur = 0
+		for _, v := range cur {
+			if v.ready {
+				readyCur++
+			}
+		}
+	}
 
 	cur = p.scaleDown(cur, target)
 	placeMsg := ""
@@ -213,8 +225,9 @@ func (c *Controller) reconcileOne(ctx context.Context, st *state, spec *client.D
 	p.retireOld(old, target, readyCur, failed)
 	cfgCurrent := p.reconfigure(cur)
 	p.setStatus(specRev, limit, failed, target, readyCur, len(cur), len(old), cfgCurrent, placeMsg)
+	p.maybeMove(cur, len(old) > 0, autoscaling)
 	st.storeDep(spec.Name, p.ds)
-	return p.ds.status == client.StatusHealthy && !spec.Autoscaled() && !p.orphans
+	return p.ds.status == client.StatusHealthy && !spec.Autoscaled() && !p.orphans && p.ds.moveReplica == ""
 }
 
 // depPass is one reconcile pass over one deployment: what the steps of
@@ -478,7 +491,10 @@ func place(class, deployment string, alive map[string]store.Node, load map[strin
 	return best, full
 }
 
-func (c *Controller) createAssignment(ctx context.Context, st *state, spec *client.DeploymentSpec, node, code, cfg string) {
+// createAssignment writes a new assignment of spec on node (in the
+// background: the pass waits for it before it ends) and returns its
+// replica's name, "" if none could be made.
+func (c *Controller) createAssignment(ctx context.Context, st *state, spec *client.DeploymentSpec, node, code, cfg string) string {
 	a := store.Assignment{
 		Replica: strings.ToLower(nuid.Next()), Node: node, Deployment: spec.Name, Class: spec.Class,
 		InitArgs: spec.InitArgs, UserConfig: spec.UserConfig, Batching: spec.Batching, Version: spec.Version, CodeHash: code, ConfigHash: cfg,
@@ -490,7 +506,7 @@ func (c *Controller) createAssignment(ctx context.Context, st *state, spec *clie
 		var err error
 		if a.Creds, err = c.cfg.Signer.Replica(spec.Name); err != nil {
 			c.log.Error("minting the replica identity failed", "deployment", spec.Name, "err", err)
-			return
+			return ""
 		}
 	}
 	// The write is one broker round trip: a pass that starts a thousand
@@ -512,6 +528,7 @@ func (c *Controller) createAssignment(ctx context.Context, st *state, spec *clie
 		c.m.started(a.Deployment)
 		c.log.Info("replica assigned", "deployment", a.Deployment, "replica", a.Replica, "node", node)
 	}()
+	return a.Replica
 }
 
 func (c *Controller) setDesired(ctx context.Context, st *state, v view, desired string) {

@@ -146,6 +146,10 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 	kvReplicas := fs.Int("kv-replicas", 1, "replication of the control-plane buckets (3 in a cluster)")
 	nodeTimeout := fs.Duration("node-timeout", 5*time.Second, "how long a node may miss heartbeats before its replicas move")
 	leaseTTL := fs.Duration("lease-ttl", 6*time.Second, "how long the leader's lease outlives it")
+	rebalance := fs.Bool("rebalance", true, "move replicas of an unevenly spread deployment, one at a time, onto the emptiest node (false: replicas stay where they were placed)")
+	cooldown := fs.Duration("rebalance-cooldown", 10*time.Second, "least time between two rebalancing moves of one deployment")
+	settle := fs.Duration("rebalance-settle", 10*time.Second, "how long a node must have been alive before replicas move onto it")
+	maxMoves := fs.Int("rebalance-max-moves", 8, "rebalancing moves in flight at once over all deployments")
 	retention := fs.Duration("async-retention", controlplane.DefaultAsyncRetention, "how long stored (asynchronous) requests' statuses and results are kept")
 	tlsFiles := tlsClientFlags(fs)
 	level := fs.String("log-level", "info", "debug, info, warn or error")
@@ -168,7 +172,8 @@ func runController(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	reg := mf.registry()
-	cfg := controlplane.Config{NATSURL: *url, NATSOptions: tlsFiles.Options(), ID: *id, KVReplicas: *kvReplicas, NodeTimeout: *nodeTimeout, LeaseTTL: *leaseTTL, AsyncRetention: *retention, Logger: log, Metrics: registerer(reg)}
+	cfg := controlplane.Config{NATSURL: *url, NATSOptions: tlsFiles.Options(), ID: *id, KVReplicas: *kvReplicas, NodeTimeout: *nodeTimeout, LeaseTTL: *leaseTTL, AsyncRetention: *retention, Logger: log, Metrics: registerer(reg),
+		DisableRebalance: !*rebalance, RebalanceCooldown: *cooldown, RebalanceSettle: *settle, RebalanceMaxMoves: *maxMoves}
 	if *creds != "" {
 		copts, err := client.CredsOptions(*creds)
 		if err != nil {
