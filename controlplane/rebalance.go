@@ -199,18 +199,20 @@ func (p *depPass) endMove(why string) {
 }
 
 // finishMove acts on the move in flight once its replacement is out of
-// cur: when the replacement is ready and the deployment still wants
-// exactly cur's replicas, all ready, it joins cur and one replica on the
-// node the move relieves stops (draining); if anything else changed
-// meanwhile, the move ends and the replacement joins cur as it is, for
-// the usual steps (scale down, rolling update) to deal with.
+// cur. While the deployment still wants exactly cur's replicas, all ready,
+// the move waits for its replacement, then the replacement joins cur and
+// one replica on the node the move relieves stops (draining). If anything
+// else changed meanwhile (a spec, the target, a replica not ready), the
+// move ends at once and the replacement joins cur as it is, for the usual
+// steps (scale down, rolling update, replacing a failed replica) to deal
+// with: it may well be what replaces the replica that failed.
 func (p *depPass) finishMove(cur []view, surge view, target, readyCur int, steady bool) []view {
-	if steady && !surge.ready {
-		return cur // still starting
-	}
 	if !steady || len(cur) != target || readyCur != len(cur) {
 		p.endMove("the deployment changed meanwhile")
 		return append(cur, surge)
+	}
+	if !surge.ready {
+		return cur // still starting
 	}
 	var on []view
 	for _, v := range cur {

@@ -224,7 +224,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // spread waits until spec's replicas all run, on both nodes. A fresh
 // deployment is placed on both; one an earlier soak on the same stack
-// left on a single node is not rebalanced (use another Deployment).
+// left on a single node is rebalanced by the controller once the nodes
+// have settled (-rebalance-settle, then one move per -rebalance-cooldown),
+// well within the minute waited.
 func spread(ctx context.Context, cl *client.Client, spec client.DeploymentSpec) error {
 	return composestack.WaitFor(ctx, time.Minute, func() error {
 		d, err := cl.Get(ctx, spec.Name)
