@@ -43,16 +43,35 @@ import (
 const (
 	// storedProgress is the interval of in-progress acknowledgments.
 	storedProgress = 3 * time.Second
-	// storedFetchMax is how long a pull request waits at the server, and
-	// storedFetchBeat the server's idle heartbeat on it (under half of the
-	// pull's expiry, 90% of storedFetchMax). An idle replica costs the
-	// broker one pull per storedFetchMax and one heartbeat per
-	// storedFetchBeat: at 1,000 idle replicas, 8 + 17 messages a second
-	// (the former 5 s pulls: 200). A reconnect ends the wait at once (the
-	// pull was lost with the old connection); a deleted consumer or a
-	// leader change ends it with a status from the server.
-	storedFetchMax  = 2 * time.Minute
-	storedFetchBeat = 50 * time.Second
+	// storedFetchMax is how long an idle replica's pull request waits at
+	// the server, and storedFetchBeat the server's idle heartbeat on it
+	// (under half of storedFetchMax, as nats.go requires). An idle replica
+	// sends nothing but this pull: after one that expired with nothing it
+	// pulls again without a consumer lookup or a no-wait pull first. So it
+	// costs the broker, per storedFetchMax, the pull, its expiry status and
+	// one heartbeat per storedFetchBeat: 6 messages per 10 min, at 1,000
+	// idle replicas ~10 a second (bench/cmd/pullcost; 2 min pulls with a
+	// lookup and a no-wait pull each time, heartbeat 50 s: 83; 5 s pulls
+	// before those: 200+).
+	//
+	// What ends a waiting pull at once, so that a stored request does not
+	// wait for the heartbeat: a reconnect (the pull was lost with the old
+	// connection: Run's reconnect handler calls repull); a deleted consumer;
+	// a replicated consumer's leader change (the new leader answers the
+	// pulls whose registration reached it with a 409); and that consumer's
+	// leader-elected advisory (wire.AsyncLeaderSubject), for a pull whose
+	// registration had not been replicated when the leader went. The
+	// heartbeat is left to find what none of these says, within
+	// 2 × storedFetchBeat: an R1 consumer in a cluster whose server is
+	// killed and comes back (no status, and the broker sends no advisory
+	// for an R1 consumer; clusters run -kv-replicas 3). The durable tests
+	// (internal/durable/idle_test.go) time each case.
+	storedFetchMax  = 10 * time.Minute
+	storedFetchBeat = 2 * time.Minute
+	// storedRefresh is how often a replica that keeps pulling looks its
+	// consumer up again (max_attempts may change); an idle one reads it
+	// when a long pull that waited longer brings a request.
+	storedRefresh = time.Minute
 	// storedPublishFor bounds the retries of storing a result while the
 	// broker is unreachable; the request is redelivered after that.
 	storedPublishFor = 2 * time.Minute
@@ -118,8 +137,8 @@ func (r *Replica) wasCancelled(id string) bool {
 	return ok
 }
 
-// fetchCtx returns the context of the next fetch: ctx, ended by the next
-// reconnect as well.
+// fetchCtx returns the context of the next fetch round: ctx, ended by the
+// next reconnect or leader-elected advisory as well (repull).
 func (s *stored) fetchCtx(ctx context.Context) context.Context {
 	s.genMu.Lock()
 	defer s.genMu.Unlock()
@@ -130,14 +149,23 @@ func (s *stored) fetchCtx(ctx context.Context) context.Context {
 	return s.gen
 }
 
-// reconnected ends the fetch under way (see fetchCtx).
-func (s *stored) reconnected() {
+// repull ends the fetch round under way (see fetchCtx): its pull request
+// may be gone at the server, so the replica looks the consumer up again
+// and pulls anew.
+func (s *stored) repull() {
 	s.genMu.Lock()
 	defer s.genMu.Unlock()
 	if s.genCancel != nil {
 		s.genCancel()
 	}
 }
+
+// reconnected: a pull request waiting at the old server is gone.
+func (s *stored) reconnected() { s.repull() }
+
+// errRepull ends pullStored when a reconnect or the consumer's
+// leader-elected advisory ended its round (see repull).
+var errRepull = errors.New("pulling again: reconnected, or the consumer elected a leader")
 
 // runStored pulls and runs stored requests until ctx ends (Stop or the
 // end of Run); the requests it started finish (they are in r.inflight).
@@ -151,6 +179,20 @@ func (r *Replica) runStored(ctx context.Context) {
 		return
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	// A clustered broker announces each leader a replicated consumer
+	// elects; the long pull waiting at the former leader may be gone without
+	// a status (the 409 the new leader sends to the pulls it knows of misses
+	// one whose registration had not been replicated yet). Costs nothing at
+	// idle: the broker publishes it only on an election.
+	lsub, err := r.nc.Subscribe(wire.AsyncLeaderSubject(r.spec.Deployment), func(*nats.Msg) {
+		r.log.Debug("stored requests' consumer elected a leader; pulling again")
+		r.stored.repull()
+	})
+	if err != nil {
+		r.log.Warn("subscribing to the stored requests' leader advisories failed; a lost pull is found by its heartbeat", "err", err)
+	} else {
+		defer func() { _ = lsub.Unsubscribe() }()
+	}
 	js, err := jetstream.New(r.nc)
 	if err != nil {
 		return
@@ -167,11 +209,9 @@ func (r *Replica) runStored(ctx context.Context) {
 			}
 			continue
 		}
-		maxAttempts := client.DefaultMaxAttempts
-		if n, err := strconv.Atoi(cons.CachedInfo().Config.Metadata[wire.AsyncMetaMaxAttempts]); err == nil && n > 0 {
-			maxAttempts = n
-		}
-		if err := r.pullStored(ctx, js, cons, maxAttempts, &wg); err != nil && ctx.Err() == nil {
+		if err := r.pullStored(ctx, js, cons, &wg); err != nil && ctx.Err() == nil {
+			// After a reconnect or an election, the pause also lets the new
+			// leader take its pull subject before the next pull reaches it.
 			r.log.Debug("pulling stored requests", "err", err)
 			select {
 			case <-ctx.Done():
@@ -179,6 +219,17 @@ func (r *Replica) runStored(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// consumerMaxAttempts reads the deployment's max_attempts from the consumer's
+// metadata (the controller keeps it there).
+func consumerMaxAttempts(info *jetstream.ConsumerInfo) int {
+	if info != nil {
+		if n, err := strconv.Atoi(info.Config.Metadata[wire.AsyncMetaMaxAttempts]); err == nil && n > 0 {
+			return n
+		}
+	}
+	return client.DefaultMaxAttempts
 }
 
 // pullStored fetches while the share has room; it returns on a fetch
@@ -197,16 +248,24 @@ func (r *Replica) runStored(ctx context.Context) {
 // for are given back when the pull ends. A request gives its token back when its method returns (its
 // slot is free), not after its result is stored and acknowledged, so the
 // next pull overlaps with those round trips.
-func (r *Replica) pullStored(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, maxAttempts int, wg *sync.WaitGroup) error {
-	refresh := time.Now().Add(time.Minute) // max_attempts may change
+//
+// An idle replica sends only its long pulls: a long pull that ended with
+// nothing means nothing was stored meanwhile, so the next round skips the
+// no-wait pull and the consumer lookup (max_attempts is read again when a
+// long pull that waited more than storedRefresh brings a request).
+func (r *Replica) pullStored(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, wg *sync.WaitGroup) error {
+	attempts := consumerMaxAttempts(cons.CachedInfo())
+	refresh := time.Now().Add(storedRefresh) // max_attempts may change
+	idle := false                            // the last long pull ended with nothing
 	for ctx.Err() == nil && time.Now().Before(refresh) {
 		select {
 		case r.stored.running <- struct{}{}:
 		case <-ctx.Done():
 			return nil
 		}
+		round := r.stored.fetchCtx(ctx) // ended by a reconnect or an election from now on
 		n := 1
-		for free := cap(r.sem) - len(r.sem); n < free; n++ {
+		for free := cap(r.sem) - len(r.sem); !idle && n < free; n++ {
 			select {
 			case r.stored.running <- struct{}{}:
 				continue
@@ -214,9 +273,17 @@ func (r *Replica) pullStored(ctx context.Context, js jetstream.JetStream, cons j
 			}
 			break
 		}
-		run := func(batch jetstream.MessageBatch) int {
+		run := func(batch jetstream.MessageBatch, since time.Time) int {
 			got := 0
 			for msg := range batch.Messages() {
+				if got == 0 && time.Since(since) > storedRefresh {
+					// The first request after a long wait: max_attempts as it is now.
+					ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+					if info, err := cons.Info(ictx); err == nil {
+						attempts = consumerMaxAttempts(info)
+					}
+					cancel()
+				}
 				got++
 				wg.Add(1)
 				go func() {
@@ -224,38 +291,56 @@ func (r *Replica) pullStored(ctx context.Context, js jetstream.JetStream, cons j
 					var once sync.Once
 					release := func() { once.Do(func() { <-r.stored.running }) }
 					defer release()
-					r.runStoredMsg(ctx, js, msg, maxAttempts, release)
+					r.runStoredMsg(ctx, js, msg, attempts, release)
 				}()
 			}
 			return got
 		}
 		// What is stored now, up to n, without waiting: the slots counted
-		// are free now.
+		// are free now. Skipped after a long pull that found nothing.
 		got := 0
-		batch, err := cons.FetchNoWait(n)
-		if err == nil {
-			got = run(batch)
-			err = batch.Error()
+		var err error
+		if !idle {
+			var batch jetstream.MessageBatch
+			batch, err = cons.FetchNoWait(n)
+			if err == nil {
+				got = run(batch, time.Now())
+				err = batch.Error()
+			}
 		}
-		if got == 0 && ctx.Err() == nil {
+		idle = false
+		if got == 0 && ctx.Err() == nil && round.Err() == nil {
 			// Nothing waiting: one long pull for one request (the free
 			// slots may be taken by the time one arrives; the request then
 			// waits for a slot, kept alive by in-progress acknowledgments).
 			for ; n > 1; n-- {
 				<-r.stored.running
 			}
-			fctx, cancel := context.WithTimeout(r.stored.fetchCtx(ctx), storedFetchMax)
-			batch, err = cons.Fetch(1, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(storedFetchBeat))
-			if err == nil {
-				got = run(batch)
-				err = batch.Error()
+			start := time.Now()
+			fctx, cancel := context.WithTimeout(round, storedFetchMax)
+			batch, ferr := cons.Fetch(1, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(storedFetchBeat))
+			if ferr == nil {
+				got = run(batch, start)
+				ferr = batch.Error()
 			}
 			cancel()
+			err = ferr
+			if got == 0 && (err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) && round.Err() == nil {
+				// Expired with nothing: the consumer is as it was.
+				idle, err = true, nil
+				refresh = time.Now().Add(storedRefresh)
+			}
 		}
 		for i := got; i < n; i++ {
 			<-r.stored.running
 		}
-		if got == 0 && err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if round.Err() != nil && got == 0 {
+			return errRepull
+		}
+		if got == 0 && err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
 			return err
 		}
 	}

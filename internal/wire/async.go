@@ -98,6 +98,16 @@ func AsyncResultDeployment(subject string) (deployment, id string, ok bool) {
 // deployment's replicas.
 func AsyncCancelSubject(deployment string) string { return acancelRoot + deployment }
 
+// AsyncLeaderSubject is the JetStream advisory a clustered broker
+// publishes when deployment's request consumer elects a leader: a pull
+// request waiting at the former leader may be gone without a status, so
+// the replicas pull again when they see it (worker/durable.go). The
+// broker publishes it in the account of the consumer; a replica only
+// subscribes to it.
+func AsyncLeaderSubject(deployment string) string {
+	return "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED." + AsyncStream(deployment) + "." + AsyncConsumer
+}
+
 // AsyncRecordKey is a request's key in BucketRequests.
 func AsyncRecordKey(id string) string { return "req." + id }
 

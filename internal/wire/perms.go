@@ -204,7 +204,10 @@ func ReplicaPerms(deployment string) Perms {
 		"$JS.API.CONSUMER.INFO."+stream+"."+AsyncConsumer, "$JS.API.CONSUMER.MSG.NEXT."+stream+"."+AsyncConsumer,
 		"$JS.ACK."+stream+".>", aresRoot+deployment+".*",
 		"$JS.API.STREAM.INFO."+AsyncResultsStream, "$JS.API.DIRECT.GET."+AsyncResultsStream+"."+aresRoot+deployment+".*")
-	p.Sub = append(p.Sub, AsyncCancelSubject(deployment))
+	// The request consumer's leader-elected advisory: an idle replica's
+	// long pull may be lost at a former leader without a status; the
+	// advisory makes it pull again at once (worker/durable.go).
+	p.Sub = append(p.Sub, AsyncCancelSubject(deployment), AsyncLeaderSubject(deployment))
 	p.Sub = append([]string{
 		DeploymentSubject(deployment) + " " + QueueGroup(deployment),
 		muxSubjects(deployment) + " " + QueueGroup(deployment),

@@ -56,7 +56,7 @@ func TestPerms(t *testing.T) {
 				"$JS.ACK.natserve_req_A.>", "natserve.ares.A.*",
 				"$JS.API.STREAM.INFO.natserve_results", "$JS.API.DIRECT.GET.natserve_results.natserve.ares.A.*"),
 			Sub: []string{"natserve.dep.A A", "natserve.mux.A.* A", "natserve.rep.A.*.*", "_INBOX.replica.A.>", "natserve.evt.exit.>",
-				"natserve.acancel.A", "$SRV.*", "$SRV.*.A", "$SRV.*.A.*"},
+				"natserve.acancel.A", "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.natserve_req_A.replicas", "$SRV.*", "$SRV.*.A", "$SRV.*.A.*"},
 			Responses: false, InboxPrefix: "_INBOX.replica.A",
 		}},
 	} {
