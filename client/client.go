@@ -297,21 +297,65 @@ var requestIDs = sync.Pool{New: func() any { return nuid.New() }}
 // dies (an exit event, or no heartbeat for Options.HeartbeatTimeout) fails
 // at once with ErrReplicaDied, or is sent again when the replica said the
 // method is idempotent.
+//
+// The Natserve-* headers of msg (wire.IsRequestHeader) travel inside the
+// payload's envelope (wire.RequestMeta), not as NATS headers; other
+// headers stay headers. msg is not changed.
 func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment, method string, msg *nats.Msg) (*nats.Msg, error) {
+	var md wire.RequestMeta
+	extra, err := metaFromHeader(msg.Header, &md)
+	if err != nil {
+		return nil, &Error{Deployment: deployment, Method: method, Code: string(wire.CodeBadRequest), Message: err.Error()}
+	}
+	return c.request(ctx, deadline, deployment, method, &md, msg, extra)
+}
+
+// Send is RequestMsg for natserve's own callers (the ingress, handles):
+// md says what the request's Natserve-* headers would (its Timeout and
+// AckBy are set per attempt; a ModelID routes the call as RequestModel
+// does), msg gives the subject and the payload, and msg's headers, if any,
+// travel as NATS headers (trace context). Neither md nor msg is changed.
+func (c *Client) Send(ctx context.Context, deadline time.Time, deployment string, md *wire.RequestMeta, msg *nats.Msg) (*nats.Msg, error) {
+	if md.ModelID != "" {
+		return c.requestModel(ctx, deadline, deployment, md.Method, md, msg, msg.Header)
+	}
+	return c.request(ctx, deadline, deployment, md.Method, md, msg, msg.Header)
+}
+
+// metaFromHeader reads the request headers of h into md and returns the
+// other headers (nil when none are left); h is not changed.
+func metaFromHeader(h nats.Header, md *wire.RequestMeta) (nats.Header, error) {
+	if err := wire.ParseRequestHeaders(h.Get, md); err != nil {
+		return nil, err
+	}
+	var rest nats.Header
+	for k, v := range h {
+		if !wire.IsRequestHeader(k) {
+			if rest == nil {
+				rest = nats.Header{}
+			}
+			rest[k] = v
+		}
+	}
+	return rest, nil
+}
+
+// request sends msg's payload with md in front of it (msg's own headers
+// are ignored; extra, when not nil, travels as NATS headers).
+func (c *Client) request(ctx context.Context, deadline time.Time, deployment, method string, md *wire.RequestMeta, msg *nats.Msg, extra nats.Header) (*nats.Msg, error) {
 	if dl, ok := ctx.Deadline(); ok && (deadline.IsZero() || dl.Before(deadline)) {
 		deadline = dl
 	}
 	if deadline.IsZero() {
 		deadline = time.Now().Add(c.opts.Timeout)
 	}
-	if msg.Header == nil {
-		msg.Header = nats.Header{}
-	}
-	msg.Header[wire.HeaderProto] = protoValue
 	if c.tracer != nil {
-		tracectx.Inject(ctx, msg.Header)
+		if extra == nil {
+			extra = nats.Header{}
+		}
+		tracectx.Inject(ctx, extra)
 	}
-	k := call{c: c, ctx: ctx, deployment: deployment, method: method, deadline: deadline, backoff: time.Millisecond, wq: c.queue.get(deployment)}
+	k := call{c: c, ctx: ctx, deployment: deployment, method: method, deadline: deadline, backoff: time.Millisecond, wq: c.queue.get(deployment), meta: *md, extra: extra}
 	defer k.leave()
 	if err := c.startInbox(); err != nil {
 		if errors.Is(err, nats.ErrConnectionClosed) {
@@ -412,9 +456,13 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 	}
 }
 
-// protoValue is the protocol header's value, shared by every request
-// (read only; its capacity is its length, so an append copies it).
-var protoValue = []string{wire.ProtoVersion}[0:1:1]
+// sendBufs hold a request's envelope and payload while it is published
+// (nats.go copies a publish into its write buffer before PublishMsg
+// returns).
+var sendBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// maxPooledSend bounds the buffers sendBufs keeps.
+const maxPooledSend = 64 << 10
 
 // timers are the calls' wait timers, stopped, reused across calls (a
 // stopped timer's channel holds no stale value since Go 1.23).
@@ -452,6 +500,8 @@ type call struct {
 	direct     *string    // send the next try to this replica alone
 	tried      *string    // the replica the last try went to alone
 	queued     trace.Span // the wait for a free replica, when traced
+	meta       wire.RequestMeta
+	extra      nats.Header // headers that travel as NATS headers (trace context); usually nil
 }
 
 func (k *call) fail(code wire.Code, text, replica string) error {
@@ -680,11 +730,19 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 	}
 	now := time.Now()
 	ackBy := now.Add(min(c.opts.AckTimeout, k.deadline.Sub(now)))
-	vals := []string{wire.FormatTimeout(k.deadline.Sub(now)), wire.FormatAckBy(ackBy)} // one allocation for both
-	msg.Header[wire.HeaderTimeout] = vals[0:1:1]
-	msg.Header[wire.HeaderAckBy] = vals[1:2:2]
+	k.meta.Timeout = max(k.deadline.Sub(now), time.Microsecond)
+	k.meta.AckBy = ackBy
+	bp := sendBufs.Get().(*[]byte)
+	m.Data = append(wire.AppendRequestMeta((*bp)[:0], &k.meta), msg.Data...)
+	m.Header = k.extra
 	epoch := x.epoch.Load()
-	if err := c.nc.PublishMsg(&m); err != nil {
+	err := c.nc.PublishMsg(&m)
+	if cap(m.Data) <= maxPooledSend {
+		*bp = m.Data[:0]
+		sendBufs.Put(bp)
+	}
+	m.Data = nil
+	if err != nil {
 		if errors.Is(err, nats.ErrConnectionClosed) {
 			return outcome{kind: outClosed}
 		}
@@ -795,7 +853,7 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 			if replica != nil {
 				// The replica holding it cancels the call's context (its
 				// slot frees as soon as the method returns).
-				_ = c.nc.Publish(wire.ReplicaSubject(k.deployment, *replica, wire.VerbCancel), []byte(m.Reply+" "+msg.Header.Get(wire.HeaderRequestID)))
+				_ = c.nc.Publish(wire.ReplicaSubject(k.deployment, *replica, wire.VerbCancel), []byte(m.Reply+" "+k.meta.RequestID))
 			}
 			return outcome{kind: outCanceled, err: ctx.Err()}
 		}

@@ -429,13 +429,7 @@ func (c *Client) callRaw(ctx context.Context, deployment, method, model string, 
 	if id == "" {
 		id = NewRequestID()
 	}
-	hdr := nats.Header{
-		wire.HeaderKind:      []string{wire.KindCall},
-		wire.HeaderRequestID: []string{id},
-	}
-	if method != "" {
-		hdr[wire.HeaderMethod] = []string{method}
-	}
+	md := wire.RequestMeta{Kind: wire.KindCall, RequestID: id, Method: method, ModelID: model}
 	if obs := c.opts.CallObserver; obs != nil {
 		start := time.Now()
 		defer func() {
@@ -450,13 +444,8 @@ func (c *Client) callRaw(ctx context.Context, deployment, method, model string, 
 			obs(deployment, method, code, time.Since(start))
 		}()
 	}
-	msg := &nats.Msg{Subject: wire.DeploymentSubject(deployment), Header: hdr, Data: payload}
-	var reply *nats.Msg
-	if model != "" {
-		reply, err = c.RequestModel(ctx, time.Time{}, deployment, method, model, msg)
-	} else {
-		reply, err = c.RequestMsg(ctx, time.Time{}, deployment, method, msg)
-	}
+	msg := &nats.Msg{Subject: wire.DeploymentSubject(deployment), Data: payload}
+	reply, err := c.Send(ctx, time.Time{}, deployment, &md, msg)
 	if err != nil {
 		return nil, err
 	}

@@ -56,17 +56,25 @@ func probeOf(ctx context.Context) *probe {
 // thrash between replicas, then any replica of the deployment, which
 // evicts its least recently used model to load this one.
 func (c *Client) RequestModel(ctx context.Context, deadline time.Time, deployment, method, model string, msg *nats.Msg) (*nats.Msg, error) {
+	var md wire.RequestMeta
+	extra, err := metaFromHeader(msg.Header, &md)
+	if err != nil {
+		return nil, &Error{Deployment: deployment, Method: method, Code: string(wire.CodeBadRequest), Message: err.Error()}
+	}
+	md.ModelID = model
+	return c.requestModel(ctx, deadline, deployment, method, &md, msg, extra)
+}
+
+// requestModel is RequestModel for md.ModelID; it sets msg's subject.
+func (c *Client) requestModel(ctx context.Context, deadline time.Time, deployment, method string, md *wire.RequestMeta, msg *nats.Msg, extra nats.Header) (*nats.Msg, error) {
+	model := md.ModelID
 	if err := wire.ValidateModelID(model); err != nil {
 		return nil, &Error{Deployment: deployment, Method: method, Code: string(wire.CodeBadRequest), Message: err.Error()}
 	}
-	if msg.Header == nil {
-		msg.Header = nats.Header{}
-	}
-	msg.Header[wire.HeaderModelID] = []string{model}
 	st := c.muxStats(deployment)
 	for i, subject := range []string{wire.ModelSubject(deployment, model), wire.FreeSlotSubject(deployment)} {
 		msg.Subject = subject
-		reply, err := c.RequestMsg(context.WithValue(ctx, probeKey, &probe{until: time.Now().Add(MultiplexMatchTimeout)}), deadline, deployment, method, msg)
+		reply, err := c.request(context.WithValue(ctx, probeKey, &probe{until: time.Now().Add(MultiplexMatchTimeout)}), deadline, deployment, method, md, msg, extra)
 		var ce *Error
 		if err != nil && errors.As(err, &ce) && (ce.Code == string(wire.CodeNoReplicas) || ce.Code == string(wire.CodeBusy) && ce.Replica == probeGaveUp) {
 			continue
@@ -80,7 +88,7 @@ func (c *Client) RequestModel(ctx context.Context, deadline time.Time, deploymen
 	}
 	st.Fallback.Add(1)
 	msg.Subject = wire.DeploymentSubject(deployment)
-	return c.RequestMsg(ctx, deadline, deployment, method, msg)
+	return c.request(ctx, deadline, deployment, method, md, msg, extra)
 }
 
 // probeGaveUp marks the busy error of a probe that ran out of time.

@@ -83,7 +83,9 @@ func WithItemTimeout(d time.Duration) StreamOption {
 
 // OpenStream sends msg (subject, headers and payload set) to the deployment
 // as a stream request and waits for the stream to start. Busy replicas are
-// retried as RequestMsg does. The caller must Close the stream.
+// retried as RequestMsg does. The caller must Close the stream. As with
+// RequestMsg, msg's Natserve-* headers travel inside the payload's envelope
+// (wire.RequestMeta); msg's reply subject is set.
 func (c *Client) OpenStream(ctx context.Context, deployment, method string, msg *nats.Msg, opts ...StreamOption) (*ItemStream, error) {
 	s := &ItemStream{c: c, deployment: deployment, method: method, ctx: ctx, gap: c.opts.Timeout, window: wire.DefaultStreamWindow}
 	for _, o := range opts {
@@ -95,18 +97,22 @@ func (c *Client) OpenStream(ctx context.Context, deployment, method string, msg 
 	if s.sub, err = c.nc.ChanSubscribe(inbox, s.ch); err != nil {
 		return nil, s.fail(wire.CodeInternal, "subscribing: "+err.Error())
 	}
-	if msg.Header == nil {
-		msg.Header = nats.Header{}
+	var md wire.RequestMeta
+	extra, err := metaFromHeader(msg.Header, &md)
+	if err != nil {
+		s.Close()
+		return nil, s.fail(wire.CodeBadRequest, err.Error())
 	}
+	md.Stream, md.Timeout = s.window, max(s.gap, time.Microsecond)
+	md.AckBy = time.Time{} // a stream's caller takes no acknowledgments
 	msg.Reply = inbox
-	msg.Header[wire.HeaderProto] = []string{wire.ProtoVersion}
-	msg.Header[wire.HeaderStream] = []string{strconv.Itoa(s.window)}
-	msg.Header[wire.HeaderTimeout] = []string{wire.FormatTimeout(s.gap)}
+	send := &nats.Msg{Subject: msg.Subject, Reply: inbox, Header: extra,
+		Data: append(wire.AppendRequestMeta(make([]byte, 0, md.RequestMetaSize()+len(msg.Data)), &md), msg.Data...)}
 	deadline := time.Now().Add(s.gap)
 	k := call{c: c, ctx: ctx, deployment: deployment, method: method, deadline: deadline, backoff: time.Millisecond, wq: c.queue.get(deployment)}
 	defer k.leave()
 	for attempt := 0; ; attempt++ {
-		if err := c.nc.PublishMsg(msg); err != nil {
+		if err := c.nc.PublishMsg(send); err != nil {
 			s.Close()
 			if errors.Is(err, nats.ErrConnectionClosed) {
 				return nil, fmt.Errorf("%s: %w", deployment, ErrClosed)

@@ -130,23 +130,22 @@ func (g *Ingress) serveRoute(ctx *fasthttp.RequestCtx, path []byte, o *observati
 		return
 	}
 
-	msg := &nats.Msg{Subject: rt.subject, Data: buf, Header: nats.Header{
-		wire.HeaderKind:      kindHTTP,
-		wire.HeaderRequestID: []string{id},
-	}}
+	// The request's metadata travels in front of the envelope, not as
+	// NATS headers (wire.RequestMeta); streams take it as headers, which
+	// OpenStream moves there.
+	msg := &nats.Msg{Subject: rt.subject, Data: buf}
 	if g.wantsStream(rt.deployment, req) {
+		msg.Header = nats.Header{wire.HeaderKind: kindHTTP, wire.HeaderRequestID: []string{id}}
 		g.serveStream(ctx, rt, msg, rctx)
 		return
 	}
-	var reply *nats.Msg
-	var err error
-	dctx := watchClient(rctx, ctx.Conn()) // a client that leaves cancels it (depart.go)
+	md := wire.RequestMeta{Kind: wire.KindHTTP, RequestID: id}
 	if model := req.Header.Peek(wire.HTTPHeaderModelID); len(model) > 0 {
 		// A multiplexed model: routed to a replica that holds it.
-		reply, err = g.cl.RequestModel(dctx, time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", string(model), msg)
-	} else {
-		reply, err = g.cl.RequestMsg(dctx, time.Now().Add(g.cfg.RequestTimeout), rt.deployment, "", msg)
+		md.ModelID = string(model)
 	}
+	dctx := watchClient(rctx, ctx.Conn()) // a client that leaves cancels it (depart.go)
+	reply, err := g.cl.Send(dctx, time.Now().Add(g.cfg.RequestTimeout), rt.deployment, &md, msg)
 	gone := err != nil && dctx.departed()
 	dctx.release() // dctx may be reused from here
 	if gone {
@@ -159,6 +158,8 @@ func (g *Ingress) serveRoute(ctx *fasthttp.RequestCtx, path []byte, o *observati
 		// The replica said the method streams (before running it): send
 		// the request again as a stream, and every later one at once.
 		msg.Reply = ""
+		msg.Subject = rt.subject
+		msg.Header = nats.Header{wire.HeaderKind: kindHTTP, wire.HeaderRequestID: []string{id}}
 		g.serveStream(ctx, rt, msg, rctx)
 		return
 	}

@@ -441,12 +441,14 @@ func (r *Replica) runStoredMsg(ctx context.Context, js jetstream.JetStream, msg 
 		_ = r.nc.Publish(wire.AsyncResultSubject(r.spec.Deployment, id), b)
 	}
 
+	var rm wire.RequestMeta // stored requests keep the header form (wire.RequestMeta)
+	merr := readMeta(m, &rm)
 	if r.metrics == nil {
-		r.serve(cctx, m, nil, nil)
+		r.serve(cctx, m, &rm, merr, nil, nil)
 	} else {
 		var oc outcome
 		start := time.Now()
-		r.serve(cctx, m, &oc, nil)
+		r.serve(cctx, m, &rm, merr, &oc, nil)
 		r.metrics.observe(&oc, time.Since(start))
 	}
 

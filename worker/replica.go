@@ -462,10 +462,12 @@ func (r *Replica) receive(slot *callSlot) {
 }
 
 func (r *Replica) serveAndRelease(m *nats.Msg, slot *callSlot) {
+	var md wire.RequestMeta
+	merr := readMeta(m, &md)
 	if r.metrics == nil && r.tracer == nil {
-		r.serve(context.Background(), m, nil, slot)
+		r.serve(context.Background(), m, &md, merr, nil, slot)
 	} else {
-		r.serveObserved(m, slot)
+		r.serveObserved(m, &md, merr, slot)
 	}
 	r.free(slot)
 	slot.freed = false
@@ -474,15 +476,15 @@ func (r *Replica) serveAndRelease(m *nats.Msg, slot *callSlot) {
 
 // serveObserved serves m with metrics, tracing or both: the outcome
 // feeds the metrics and ends the server span.
-func (r *Replica) serveObserved(m *nats.Msg, slot *callSlot) {
+func (r *Replica) serveObserved(m *nats.Msg, md *wire.RequestMeta, merr error, slot *callSlot) {
 	var oc outcome
 	start := time.Now()
 	ctx := context.Background()
 	var span trace.Span
 	if r.tracer != nil {
-		ctx, span = r.startServe(m)
+		ctx, span = r.startServe(m, md)
 	}
-	r.serve(ctx, m, &oc, slot)
+	r.serve(ctx, m, md, merr, &oc, slot)
 	if span != nil {
 		endServe(span, &oc)
 	}
@@ -533,22 +535,17 @@ type ackTarget struct {
 // (the caller, if it still waits, sends it elsewhere at once). A method
 // declared idempotent skips the confirmation: running it twice is allowed,
 // and its caller sends it again anyway when its replica dies.
-func (r *Replica) acknowledge(m *nats.Msg, oc *outcome, method string, slot *callSlot) bool {
-	v := m.Header.Get(wire.HeaderAckBy)
-	if v == "" || m.Reply == "" {
+func (r *Replica) acknowledge(m *nats.Msg, md *wire.RequestMeta, oc *outcome, method string, slot *callSlot) bool {
+	by := md.AckBy
+	if by.IsZero() || m.Reply == "" {
 		return true
-	}
-	by, err := wire.ParseAckBy(v)
-	if err != nil {
-		r.fail(oc, m, wire.CodeBadRequest, err.Error())
-		return false
 	}
 	now := time.Now()
 	if now.After(by) {
 		if oc != nil { // counted as a deadline; nobody waits for a reply
 			oc.code, oc.text = wire.CodeDeadline, "ack-by time passed"
 		}
-		r.log.Debug("request dropped: its ack-by time passed", "late", now.Sub(by), "request_id", m.Header.Get(wire.HeaderRequestID))
+		r.log.Debug("request dropped: its ack-by time passed", "late", now.Sub(by), "request_id", md.RequestID)
 		return false
 	}
 	idem := r.idempotent[method] || r.idempotent["*"]
@@ -571,7 +568,7 @@ func (r *Replica) acknowledge(m *nats.Msg, oc *outcome, method string, slot *cal
 		return false
 	}
 	if slot != nil {
-		slot.reply.Store(&ackTarget{id: m.Header.Get(wire.HeaderRequestID), subject: m.Reply, ack: ack, since: now, prefix: prefix, token: token})
+		slot.reply.Store(&ackTarget{id: md.RequestID, subject: m.Reply, ack: ack, since: now, prefix: prefix, token: token})
 	}
 	return true
 }
@@ -673,23 +670,60 @@ func (r *Replica) onCallerGone(payload string) {
 	}
 }
 
-// serve runs the call m carries under base (Background, or the replica's
-// span when traced) and replies; oc, when not nil, records the outcome.
-func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome, slot *callSlot) {
+// errProto: a request in the header form without this replica's
+// protocol version.
+type errProto string
+
+func (e errProto) Error() string {
+	return fmt.Sprintf("protocol version %q not spoken; this replica speaks %q", string(e), wire.ProtoVersion)
+}
+
+// readMeta reads what request m says besides its payload into md, from the
+// envelope in front of its payload (leaving m.Data the payload alone) or,
+// for a request in the header form (older callers, the nats CLI, stored
+// requests), from its NATS headers; see wire.RequestMeta. An error is
+// answered by serve.
+func readMeta(m *nats.Msg, md *wire.RequestMeta) error {
+	if wire.HasRequestMeta(m.Data) {
+		payload, err := wire.DecodeRequestMeta(m.Data, md)
+		if err != nil {
+			return err
+		}
+		m.Data = payload
+		return nil
+	}
 	if v := m.Header.Get(wire.HeaderProto); v != wire.ProtoVersion {
-		r.fail(oc, m, wire.CodeProto, fmt.Sprintf("protocol version %q not spoken; this replica speaks %q", v, wire.ProtoVersion))
+		*md = wire.RequestMeta{}
+		return errProto(v)
+	}
+	return wire.ParseRequestHeaders(m.Header.Get, md)
+}
+
+// metaCode is the code a request whose metadata readMeta refused is
+// answered with: CodeProto for a version this replica does not speak.
+func metaCode(err error) wire.Code {
+	var ve *wire.MetaVersionError
+	var pe errProto
+	if errors.As(err, &ve) || errors.As(err, &pe) {
+		return wire.CodeProto
+	}
+	return wire.CodeBadRequest
+}
+
+// serve runs the call m carries (its metadata md, or readMeta's error merr)
+// under base (Background, or the replica's span when traced) and replies;
+// oc, when not nil, records the outcome.
+func (r *Replica) serve(base context.Context, m *nats.Msg, md *wire.RequestMeta, merr error, oc *outcome, slot *callSlot) {
+	if merr != nil {
+		r.fail(oc, m, metaCode(merr), merr.Error())
 		return
 	}
-	timeout, err := wire.ParseTimeout(m.Header.Get(wire.HeaderTimeout))
-	if err != nil {
-		r.fail(oc, m, wire.CodeBadRequest, err.Error())
-		return
-	}
-	id := m.Header.Get(wire.HeaderRequestID)
+	timeout := md.Timeout
+	id := md.RequestID
 	if !wire.ValidRequestID(id) {
 		id = client.NewRequestID()
 	}
-	name := m.Header.Get(wire.HeaderMethod)
+	name := md.Method
 	if err := wire.ValidateMethod(name); err != nil {
 		r.fail(oc, m, wire.CodeUnknownMethod, err.Error())
 		return
@@ -706,7 +740,8 @@ func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome, slot *ca
 		return
 	}
 
-	isHTTP := m.Header.Get(wire.HeaderKind) == wire.KindHTTP
+	isHTTP := md.Kind == wire.KindHTTP
+	var err error
 	var args []reflect.Value
 	var req *Request
 	dm := meth // the shape to decode: one call's element for a batched method
@@ -729,13 +764,13 @@ func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome, slot *ca
 		return
 	}
 
-	if !r.acknowledge(m, oc, name, slot) {
+	if !r.acknowledge(m, md, oc, name, slot) {
 		return
 	}
 
 	var model *modelEntry
 	if r.models != nil {
-		if model, err = r.acquireModel(m, timeout); err != nil {
+		if model, err = r.acquireModel(md.ModelID, timeout); err != nil {
 			var pe *PanicError
 			switch {
 			case errors.As(err, &pe):
@@ -750,19 +785,16 @@ func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome, slot *ca
 		}
 		defer r.models.release(model)
 	}
-	if m.Header.Get(wire.HeaderWebSocket) != "" {
+	if md.WebSocket != "" {
 		if req == nil || !isHTTP {
 			r.fail(oc, m, wire.CodeBadRequest, fmt.Sprintf("deployment %s does not accept WebSocket upgrades: only a net/http handler (reg.HTTPHandler) does", r.spec.Deployment))
 			return
 		}
-		r.serveWebSocket(m, oc, req, id)
+		r.serveWebSocket(m, md, oc, req, id)
 		return
 	}
 	if meth.stream != nil {
-		window, err := wire.ParseStreamWindow(m.Header.Get(wire.HeaderStream))
-		switch {
-		case err != nil:
-			r.fail(oc, m, wire.CodeBadRequest, err.Error())
+		switch window := md.Stream; {
 		case window == 0:
 			r.fail(oc, m, wire.CodeStreaming, fmt.Sprintf("%s.%s streams: call it as a stream", r.cls.name, name))
 		default:
@@ -783,7 +815,7 @@ func (r *Replica) serve(base context.Context, m *nats.Msg, oc *outcome, slot *ca
 		return
 	}
 	if meth.batch != nil {
-		r.serveBatched(m, oc, meth, model, args, req, timeout, isHTTP)
+		r.serveBatched(m, oc, meth, model, args, req, timeout, isHTTP, id)
 		return
 	}
 

@@ -20,8 +20,7 @@ import (
 var errNoModelID = errors.New("no model id")
 
 // acquireModel loads (or finds) the model a request asks for.
-func (r *Replica) acquireModel(m *nats.Msg, timeout time.Duration) (*modelEntry, error) {
-	id := m.Header.Get(wire.HeaderModelID)
+func (r *Replica) acquireModel(id string, timeout time.Duration) (*modelEntry, error) {
 	if id == "" {
 		return nil, fmt.Errorf("%w: deployment %s is multiplexed: name the model in the HTTP header %s, or with client.MultiplexedModelID on a handle", errNoModelID, r.spec.Deployment, wire.HTTPHeaderModelID)
 	}
@@ -40,7 +39,7 @@ func (r *Replica) acquireModel(m *nats.Msg, timeout time.Duration) (*modelEntry,
 
 // serveBatched hands one call to its method's batcher and answers with
 // the call's own result.
-func (r *Replica) serveBatched(m *nats.Msg, oc *outcome, meth *method, model *modelEntry, args []reflect.Value, req *Request, timeout time.Duration, isHTTP bool) {
+func (r *Replica) serveBatched(m *nats.Msg, oc *outcome, meth *method, model *modelEntry, args []reflect.Value, req *Request, timeout time.Duration, isHTTP bool, id string) {
 	it := &batchItem{model: model}
 	if model != nil {
 		it.key = model.id
@@ -62,7 +61,7 @@ func (r *Replica) serveBatched(m *nats.Msg, oc *outcome, meth *method, model *mo
 		it.deadline, _ = ctx.Deadline()
 	}
 	res, err := r.batchers[meth].submit(it)
-	r.replyResult(m, oc, meth, ctx, res, err, isHTTP, m.Header.Get(wire.HeaderRequestID), nil)
+	r.replyResult(m, oc, meth, ctx, res, err, isHTTP, id, nil)
 }
 
 // startBatchers starts one batcher per batched method, with the registered

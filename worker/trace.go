@@ -51,12 +51,12 @@ func (r *Replica) stopTracing() {
 }
 
 // startServe starts the server span of m; r.tracer is not nil.
-func (r *Replica) startServe(m *nats.Msg) (context.Context, trace.Span) {
-	method := m.Header.Get(wire.HeaderMethod)
+func (r *Replica) startServe(m *nats.Msg, md *wire.RequestMeta) (context.Context, trace.Span) {
+	method := md.Method
 	ctx := tracectx.Extract(context.Background(), m.Header)
 	return r.tracer.Start(ctx, tracectx.ServeSpan(r.spec.Deployment, method), trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(tracectx.AttrDeployment.String(r.spec.Deployment), tracectx.AttrReplica.String(r.spec.Replica),
-			tracectx.AttrMethod.String(method), tracectx.AttrRequestID.String(m.Header.Get(wire.HeaderRequestID))))
+			tracectx.AttrMethod.String(method), tracectx.AttrRequestID.String(md.RequestID)))
 }
 
 // endServe ends a server span with the call's outcome.

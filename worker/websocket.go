@@ -30,15 +30,14 @@ import (
 
 // serveWebSocket serves an upgrade request m for the handler of an HTTP
 // deployment.
-func (r *Replica) serveWebSocket(m *nats.Msg, oc *outcome, req *Request, id string) {
+func (r *Replica) serveWebSocket(m *nats.Msg, md *wire.RequestMeta, oc *outcome, req *Request, id string) {
 	app, _ := r.recvApp()
-	ingressCredit := m.Header.Get(wire.HeaderWebSocket)
-	window, err := wire.ParseStreamWindow(m.Header.Get(wire.HeaderStream))
+	ingressCredit, window := md.WebSocket, md.Stream
 	switch {
 	case app == nil:
 		r.fail(oc, m, wire.CodeBadRequest, fmt.Sprintf("deployment %s does not accept WebSocket upgrades: only a net/http handler (reg.HTTPHandler) does", r.spec.Deployment))
 		return
-	case err != nil || window == 0:
+	case window == 0:
 		r.fail(oc, m, wire.CodeBadRequest, "a WebSocket upgrade must be sent as a stream")
 		return
 	case !strings.HasPrefix(ingressCredit, "_INBOX.") || strings.ContainsAny(ingressCredit, " \t*>") || len(ingressCredit) > 256:

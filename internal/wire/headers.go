@@ -8,9 +8,15 @@ import (
 
 // ProtoVersion is the data-plane protocol version carried in HeaderProto.
 // A replica refuses requests of a version it does not speak with CodeProto.
+// Requests in the envelope form (meta.go) carry RequestMetaVersion instead.
 const ProtoVersion = "1"
 
-// Header names on NATS messages.
+// Header names on NATS messages. The request headers (HeaderProto to
+// HeaderTimeout here, HeaderAckBy, HeaderModelID, HeaderStream,
+// HeaderWebSocket: IsRequestHeader) are the header form of a request's
+// metadata: what stored requests, older callers and hand-made requests
+// (the nats CLI) send. Callers of this version send RequestMeta in front
+// of the payload instead (meta.go); replicas read both.
 const (
 	HeaderProto     = "Natserve-Proto"      // protocol version, request and reply
 	HeaderRequestID = "Natserve-Request-Id" // request id, taken from X-Request-Id or generated
