@@ -30,7 +30,12 @@ func FuzzServe(f *testing.F) {
 	b := testutil.Broker(f)
 	nc := testutil.Conn(f, b.ClientURL())
 	sub, err := nc.QueueSubscribe(wire.DeploymentSubject("echo"), "echo", func(m *nats.Msg) {
-		req, err := wire.DecodeHTTPRequest(m.Data)
+		var md wire.RequestMeta // the ingress sends its metadata in front of the envelope
+		data, err := wire.DecodeRequestMeta(m.Data, &md)
+		var req *wire.HTTPRequest
+		if err == nil {
+			req, err = wire.DecodeHTTPRequest(data)
+		}
 		h := nats.Header{wire.HeaderProto: {wire.ProtoVersion}}
 		if err != nil {
 			h[wire.HeaderCode] = []string{string(wire.CodeBadRequest)}
