@@ -425,6 +425,9 @@ func (c *Client) request(ctx context.Context, deadline time.Time, deployment, me
 			return nil, k.fail(wire.CodeInternal, out.err.Error(), "")
 		}
 		if final, err := k.outcome(out.reply); final {
+			if now, ok := k.wq.paced(); ok && out.replica != nil {
+				k.wq.paceWin.Store(int64(k.wq.pace.observe(now.Sub(out.sent))))
+			}
 			k.wq.releaseHead() // a slot of the deployment is free
 			if err != nil {
 				return nil, err
@@ -433,6 +436,7 @@ func (c *Client) request(ctx context.Context, deadline time.Time, deployment, me
 		}
 		// Busy: wait in the caller-side queue and try again.
 		k.wq.refused()
+		k.wq.pace.refusedBy(out.reply, time.Now())
 		k.busy++
 		if c.opts.MaxBusyRetries > 0 && k.busy > c.opts.MaxBusyRetries {
 			return nil, k.fail(wire.CodeBusy, fmt.Sprintf("every replica was busy after %d attempts", k.busy), "")
@@ -571,8 +575,38 @@ func (k *call) waitTurn(ctx context.Context) error {
 		}
 		if released || k.wq.head() == k.w {
 			k.backoff = min(2*k.backoff, 16*time.Millisecond)
-			return nil
+			return k.pace(ctx)
 		}
+	}
+}
+
+// pace holds the call, at the head of the queue and about to try, until
+// the pacer lets the next queued call start (pace.go). While it holds,
+// the line counts as refused: new calls queue behind it rather than take
+// the slot it leaves free for a moment.
+func (k *call) pace(ctx context.Context) error {
+	now, ok := k.wq.paced()
+	if !ok {
+		return nil
+	}
+	at, ok := k.wq.pace.next(now, time.Unix(0, k.wq.refusedAt.Load()))
+	if !ok || !now.Before(at) {
+		return nil
+	}
+	k.wq.refused()
+	d := min(at.Sub(now), time.Until(k.deadline))
+	if d <= 0 {
+		return nil // the caller's loop fails it
+	}
+	k.timer.Reset(d)
+	select {
+	case <-k.timer.C:
+		return nil
+	case <-ctx.Done():
+		if time.Now().After(k.deadline) {
+			return k.fail(wire.CodeDeadline, "deadline passed while waiting for a free replica", "")
+		}
+		return ctx.Err()
 	}
 }
 
@@ -607,10 +641,15 @@ func (k *call) sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// admitted runs when a replica acknowledges the call: it leaves the queue
-// (the next one may try: the replica may have more free slots), and the
-// replica becomes where unacknowledged calls of the deployment go next.
-func (k *call) admitted(replica *string) {
+// admitted runs when a replica acknowledges the call sent at sent: it
+// leaves the queue (the next one may try: the replica may have more free
+// slots), and the replica becomes where unacknowledged calls of the
+// deployment go next. The pacer counts the start from the send, so that
+// the round trip to the acknowledgment does not add to the pace.
+func (k *call) admitted(replica *string, sent time.Time) {
+	if _, ok := k.wq.paced(); ok {
+		k.wq.pace.started(*replica, sent)
+	}
 	k.leave()
 	if k.wq.recent.Load() != replica {
 		k.wq.recent.Store(replica)
@@ -692,6 +731,7 @@ type outcome struct {
 	flags   byte    // its acknowledgment's flags
 	reason  string  // why the replica is taken for dead
 	waited  time.Duration
+	sent    time.Time // when the attempt was sent
 	err     error
 }
 
@@ -762,7 +802,7 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 		replica, flags, seen, reply, died := x.state(p)
 		if reply != nil {
 			if !acked && replica != nil {
-				k.admitted(replica)
+				k.admitted(replica, now)
 			}
 			if reply.Header != nil {
 				if len(reply.Data) == 0 && reply.Header.Get("Status") == "503" {
@@ -778,11 +818,11 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 					return outcome{kind: outNotAcked}
 				}
 			}
-			return outcome{kind: outReply, reply: reply, replica: replica}
+			return outcome{kind: outReply, reply: reply, replica: replica, sent: now}
 		}
 		if replica != nil && !acked {
 			acked = true
-			k.admitted(replica)
+			k.admitted(replica, now)
 		}
 		t := time.Now()
 		if died != "" {

@@ -30,6 +30,9 @@ type waitQueue struct {
 
 	refusedAt atomic.Int64 // when a replica last refused a call as busy (Unix nanoseconds)
 
+	pace    pacer        // spreads queued calls' starts (pace.go)
+	paceWin atomic.Int64 // how recent a refusal keeps pacing on (nanoseconds; 0: paceWindow)
+
 	n  atomic.Int64 // len(q), read without the lock
 	mu sync.Mutex   // guards q
 	q  []*waiter
@@ -98,6 +101,18 @@ func (wq *waitQueue) refused() { wq.refusedAt.Store(time.Now().UnixNano()) }
 // refusedWithin reports whether a busy reply came within d.
 func (wq *waitQueue) refusedWithin(d time.Duration) bool {
 	return time.Now().UnixNano()-wq.refusedAt.Load() < int64(d)
+}
+
+// paced reports whether the deployment refused a call recently enough that
+// admissions and service times feed the pacer (pace.go): nothing to do,
+// beyond one atomic load, for a deployment that never refused a call.
+func (wq *waitQueue) paced() (now time.Time, ok bool) {
+	r := wq.refusedAt.Load()
+	if r == 0 {
+		return now, false
+	}
+	now = time.Now()
+	return now, now.UnixNano()-r < max(int64(paceWindow), wq.paceWin.Load())
 }
 
 // head returns the request at the head of the queue, or nil.

@@ -547,3 +547,46 @@ func TestRepliesOnRepeatingSubject(t *testing.T) {
 		t.Fatalf("%d calls: %d replies on the repeating subject for %d tokens, %d on a call's own subject; want at least %d, one per token, and 0", calls, coalesced, len(tokens), direct, calls)
 	}
 }
+
+// TestBusyReplySaysSlots: a replica at max_ongoing_requests refuses a call
+// with a busy reply that says how many slots it has (Natserve-Slots), which
+// a caller's pacing of queued calls counts (client/pace.go).
+func TestBusyReplySaysSlots(t *testing.T) {
+	s := newStack(t)
+	r := s.replica(t, "slots-1", "Counter", ``, 2)
+	var ids []string
+	var ch <-chan *nats.Msg
+	for range 2 {
+		var id string
+		ch, id = sendRaw(t, s.cl.Conn(), "slots-1", 3000, time.Now().Add(5*time.Second))
+		ids = append(ids, id)
+	}
+	// Both slots taken: the last channel sees both executions.
+	ran := map[string]bool{}
+	timeout := time.After(10 * time.Second)
+	for len(ran) < 2 {
+		select {
+		case m := <-ch:
+			if m.Subject == execSubject {
+				ran[string(m.Data)] = true
+			}
+		case <-timeout:
+			t.Fatalf("calls %v did not both start: %v", ids, ran)
+		}
+	}
+	busy, _ := sendRaw(t, s.cl.Conn(), "slots-1", 0, time.Now().Add(5*time.Second))
+	for {
+		select {
+		case m := <-busy:
+			if m.Subject == execSubject || m.Header == nil {
+				continue
+			}
+			if c, n, id := m.Header.Get(wire.HeaderCode), m.Header.Get(wire.HeaderSlots), m.Header.Get(wire.HeaderReplica); c != string(wire.CodeBusy) || n != "2" || id != r.id {
+				t.Fatalf("third call: code %q, slots %q, replica %q; want busy, 2, %s", c, n, id, r.id)
+			}
+			return
+		case <-timeout:
+			t.Fatal("no busy reply to the third call")
+		}
+	}
+}

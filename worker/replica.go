@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -440,7 +441,7 @@ func (r *Replica) receive(slot *callSlot) {
 			if r.metrics != nil {
 				r.metrics.busy.Inc()
 			}
-			r.replyError(m, wire.CodeBusy, "replica is at max_ongoing_requests")
+			r.replyBusy(m)
 			continue
 		}
 		r.inflight.Add(1)
@@ -927,6 +928,18 @@ func (r *Replica) reply(m *nats.Msg, h nats.Header, data []byte) {
 	if err := r.nc.PublishMsg(&nats.Msg{Subject: subject, Header: h, Data: data}); err != nil {
 		r.log.Warn("reply failed", "err", err)
 	}
+}
+
+// replyBusy refuses m: every max_ongoing_requests slot is taken. The reply
+// says how many slots the replica has (not for a replica that batches: its
+// calls are meant to start together), so that a caller whose calls queue
+// can spread their starts over them (client/pace.go).
+func (r *Replica) replyBusy(m *nats.Msg) {
+	h := nats.Header{wire.HeaderCode: {string(wire.CodeBusy)}, wire.HeaderError: {"replica is at max_ongoing_requests"}}
+	if len(r.batchers) == 0 {
+		h[wire.HeaderSlots] = []string{strconv.Itoa(cap(r.sem))}
+	}
+	r.reply(m, h, nil)
 }
 
 func (r *Replica) replyError(m *nats.Msg, code wire.Code, text string) {

@@ -26,6 +26,11 @@ const (
 	HeaderCode      = "Natserve-Code"       // reply: error code; absent on success
 	HeaderError     = "Natserve-Error"      // reply: error message
 	HeaderReplica   = "Natserve-Replica"    // reply: the replica that answered
+	// HeaderSlots: a busy reply's max_ongoing_requests of the replica that
+	// refused, for the caller's pacing of queued calls (client/pace.go);
+	// absent from a replica that batches, whose calls are meant to start
+	// together.
+	HeaderSlots = "Natserve-Slots"
 
 	// W3C trace context (https://www.w3.org/TR/trace-context/), set on a
 	// request only when the caller traces; optional, so not a protocol
