@@ -25,8 +25,8 @@ import (
 // within ~12 ms of the others'). Spread evenly, Q queued calls in front of C
 // slots wait about Q/C of a service time. Holding a freed slot for part of
 // a gap costs no throughput once the phases are spread (the gaps are then
-// at least the pace), and the pace is the measured service time over C, at
-// most the gap a full deployment frees slots at.
+// at least the pace), and the pace is the measured service time (less its
+// deviation) over C, under the gap a full deployment frees slots at.
 //
 // Service times that vary spread the phases by themselves, and there a
 // pace would only leave slots idle: pacing is off unless the service
@@ -141,5 +141,9 @@ func (p *pacer) next(now, refused time.Time) (at time.Time, ok bool) {
 	if slots == 0 {
 		return time.Time{}, false
 	}
-	return p.last.Add(p.svc / time.Duration(slots)), true
+	// The mean less its deviation: a pace a little shorter than the gaps a
+	// full deployment frees slots at, so that it never holds a slot its
+	// turn would have filled (a stall that lengthens a few samples must not
+	// slow every call after it).
+	return p.last.Add((p.svc - p.dev) / time.Duration(slots)), true
 }

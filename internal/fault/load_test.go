@@ -145,19 +145,24 @@ func (s stats) codeString() string {
 }
 
 // executions counts the request ids the Counter class published, at method
-// entry, and keeps their order.
+// entry, and keeps their order and when each first arrived.
 type executions struct {
 	mu    sync.Mutex
 	ids   map[string]int
 	order []string
+	first map[string]time.Time
 	nc    *nats.Conn
 }
 
 func countExecutions(nc *nats.Conn) (*executions, error) {
-	e := &executions{ids: map[string]int{}, nc: nc}
+	e := &executions{ids: map[string]int{}, first: map[string]time.Time{}, nc: nc}
 	_, err := nc.Subscribe(wire.DeploymentSubject("fault-exec"), func(m *nats.Msg) {
+		now := time.Now()
 		e.mu.Lock()
 		e.ids[string(m.Data)]++
+		if _, ok := e.first[string(m.Data)]; !ok {
+			e.first[string(m.Data)] = now
+		}
 		e.order = append(e.order, string(m.Data))
 		e.mu.Unlock()
 	})
@@ -176,8 +181,26 @@ func (e *executions) duplicates() int {
 		}
 	}
 	clear(e.ids)
+	clear(e.first)
 	e.order = e.order[:0]
 	return d
+}
+
+// waits returns, for the admitted requests of rs (code 200), how long each
+// waited from its sending to its method's entry (as seen here, one NATS hop
+// later): the queueing, apart from the run time that a loaded machine
+// stretches in both the loaded and the unloaded phase.
+func (e *executions) waits(rs []result) []time.Duration {
+	_ = e.nc.Flush()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var ws []time.Duration
+	for _, r := range rs {
+		if at, ok := e.first[r.id]; ok && r.code == "200" {
+			ws = append(ws, at.Sub(r.at))
+		}
+	}
+	return ws
 }
 
 // inversions counts the pairs of admitted requests (rs with code 200, in

@@ -311,11 +311,14 @@ func TestFaultSuite(t *testing.T) {
 		s.Deploy(spec)
 		time.Sleep(500 * time.Millisecond) // the ingress learns max_queued_requests from its watch
 		u := base + "/r12?ms=50"           // capacity: 4 / 50 ms = 80 req/s
-		unloaded := summarize(startHTTP(u, 40, requestTimeout).StopAfter(3 * time.Second))
+		execs.duplicates()
+		urs := startHTTP(u, 40, requestTimeout).StopAfter(3 * time.Second)
+		unloaded, uWaits := summarize(urs), execs.waits(urs)
 		rss0 := rss(ing.PID())
 		execs.duplicates()
 		rs := startHTTP(u, 240, requestTimeout).StopAfter(4 * time.Second)
 		inv, nAdm := execs.inversions(rs)
+		waits := execs.waits(rs)
 		rss1 := rss(ing.PID())
 		st := summarize(rs)
 		var admitted, rejected []time.Duration
@@ -344,6 +347,11 @@ func TestFaultSuite(t *testing.T) {
 			note: fmt.Sprintf("503 p99 %v; admitted p99 %v vs unloaded %v = %.2f× (target ≤ 1.5×: %s); %d of %d admitted ran out of arrival order; ingress RSS %.0f→%.0f MB; after: %.0f%% ok",
 				p99r.Round(time.Millisecond), p99a.Round(time.Millisecond), unloaded.p99.Round(time.Millisecond), float64(p99a)/float64(unloaded.p99), target, inv, nAdm, rss0, rss1, 100*after.ratio())})
 		t.Logf("R12 unloaded: codes %s p50 %v p99 %v max %v", unloaded.codeString(), unloaded.p50, unloaded.p99, unloaded.maxL)
+		// What the queue adds, apart from the run time a loaded machine
+		// stretches: sent → method entry of admitted requests (printed).
+		t.Logf("R12 wait to start: unloaded p50 %v p99 %v; admitted under overload p50 %v p90 %v p99 %v (a FIFO of 2 before 4 evenly spread 50 ms slots: ≤ 25 ms)",
+			pct(uWaits, 50).Round(100*time.Microsecond), pct(uWaits, 99).Round(100*time.Microsecond),
+			pct(waits, 50).Round(100*time.Microsecond), pct(waits, 90).Round(100*time.Microsecond), pct(waits, 99).Round(100*time.Microsecond))
 	}
 
 	// H1–H7: bad input while other clients are served.
