@@ -39,9 +39,9 @@ type pacer struct {
 	mu       sync.Mutex
 	svc, dev time.Duration // EWMA of an admitted call's send → reply, and of its absolute deviation
 	samples  int
-	last     time.Time               // the last admission while paced or refused
+	last     time.Time              // the last admission while paced or refused
 	replicas map[string]replicaSeen // replica id → its slots, when last seen
-	slots    int                     // the largest slots a replica said
+	slots    int                    // the largest slots a replica said
 }
 
 type replicaSeen struct {
