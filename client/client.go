@@ -314,7 +314,8 @@ func (c *Client) RequestMsg(ctx context.Context, deadline time.Time, deployment,
 // md says what the request's Natserve-* headers would (its Timeout and
 // AckBy are set per attempt; a ModelID routes the call as RequestModel
 // does), msg gives the subject and the payload, and msg's headers, if any,
-// travel as NATS headers (trace context). Neither md nor msg is changed.
+// travel as NATS headers (trace context). md is not changed; msg is not
+// either, except its subject for a model (RequestModel's subjects).
 func (c *Client) Send(ctx context.Context, deadline time.Time, deployment string, md *wire.RequestMeta, msg *nats.Msg) (*nats.Msg, error) {
 	if md.ModelID != "" {
 		return c.requestModel(ctx, deadline, deployment, md.Method, md, msg, msg.Header)

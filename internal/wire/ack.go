@@ -140,8 +140,8 @@ func NextAckToken(tokens []byte) (token, rest []byte) {
 	return tokens, nil
 }
 
-// HeaderAckBy is the time (Unix microseconds, the caller's clock) by which
-// the replica must have acknowledged the request; a replica that takes it
+// HeaderAckBy (RequestMeta.AckBy in the envelope form, meta.go) is the
+// time (Unix microseconds, the caller's clock) by which the replica must have acknowledged the request; a replica that takes it
 // later drops it without running it, so that a request the caller saw no
 // acknowledgment for never ran. "Acknowledged" means the replica's broker
 // has the acknowledgment: the replica publishes it, then a PING/PONG round
