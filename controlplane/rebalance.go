@@ -265,8 +265,7 @@ func (p *depPass) maybeMove(cur []view, rolling, autoscaling bool) {
 		if !slices.Contains(n.Classes, spec.Class) {
 			continue
 		}
-		room := n.MaxReplicas <= 0 || p.st.ch.nodeProcs(name)+p.st.creates.onNode(name) < n.MaxReplicas
-		in.nodes = append(in.nodes, moveNode{name: name, replicas: perNode[name], upSince: p.st.mv.since(name), room: room})
+		in.nodes = append(in.nodes, moveNode{name: name, replicas: perNode[name], upSince: p.st.mv.since(name), room: hasRoom(p.st, name, n)})
 	}
 	in.inFlight = p.st.mv.count()
 	out := decideMove(in)

@@ -465,18 +465,10 @@ func place(class, deployment string, alive map[string]store.Node, load map[strin
 	}
 	st.creates.count(deployment, perDep)
 	for name, n := range alive {
-		provides := false
-		for _, c := range n.Classes {
-			if c == class {
-				provides = true
-				break
-			}
-		}
-		if !provides {
+		if !slices.Contains(n.Classes, class) {
 			continue
 		}
-		// Every assignment is a process until dropped.
-		if n.MaxReplicas > 0 && st.ch.nodeProcs(name)+st.creates.onNode(name) >= n.MaxReplicas {
+		if !hasRoom(st, name, n) {
 			full++
 			continue
 		}
@@ -489,6 +481,12 @@ func place(class, deployment string, alive map[string]store.Node, load map[strin
 		full = 0
 	}
 	return best, full
+}
+
+// hasRoom reports whether node name (n) is below its replica cap: every
+// assignment is a process until dropped, the ones being written included.
+func hasRoom(st *state, name string, n store.Node) bool {
+	return n.MaxReplicas <= 0 || st.ch.nodeProcs(name)+st.creates.onNode(name) < n.MaxReplicas
 }
 
 // createAssignment writes a new assignment of spec on node (in the
