@@ -52,8 +52,8 @@ type Options struct {
 	// that). Default: 250ms (wire.DefaultAckTimeout).
 	AckTimeout time.Duration
 	// HeartbeatTimeout is how long a replica holding a request may stay
-	// silent (replicas repeat the acknowledgment every 250 ms while a call
-	// runs) before the request fails with ErrReplicaDied. Default: 1s
+	// silent (replicas repeat the acknowledgment every 200 ms while a call
+	// runs) before the request fails with ErrReplicaDied. Default: 800ms
 	// (wire.DefaultHeartbeatTimeout).
 	HeartbeatTimeout time.Duration
 	// TracerProvider traces calls (see WithTracerProvider). Default: nil, off.

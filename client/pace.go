@@ -37,7 +37,7 @@ import (
 // did.
 type pacer struct {
 	mu       sync.Mutex
-	svc, dev time.Duration // EWMA of an admitted call's send → reply, and of its absolute deviation
+	svc, dev time.Duration // EWMAs of an admitted call's send → reply and of its absolute deviation (clamped: observe)
 	samples  int
 	last     time.Time              // the last admission while paced or refused
 	replicas map[string]replicaSeen // replica id → its slots, when last seen
@@ -56,6 +56,13 @@ const (
 	paceWindow = time.Second
 	// paceShift: the EWMAs move by 1/2^paceShift of each sample.
 	paceShift = 3
+	// paceClamp: a sample moves the mean service time as if it were at
+	// most 1/paceClamp of it away, the deviation as if at most 2/paceClamp
+	// (observe).
+	paceClamp = 8
+	// paceDevShift: after paceWarm samples, the deviation's EWMA moves by
+	// 1/2^paceDevShift of each sample.
+	paceWarm, paceDevShift = 16, 6
 )
 
 // window is how recent a refusal or a sighting must be to count.
@@ -106,12 +113,27 @@ func (p *pacer) observe(d time.Duration) time.Duration {
 	if p.samples == 0 {
 		p.svc = d
 	} else {
-		dev := d - p.svc
-		if dev < 0 {
-			dev = -dev
+		// A stall (a pause of the replica or of this process) lengthens
+		// every call in flight at once: a few samples far off the mean.
+		// Unclamped, with the deviation as quick as the mean, they lifted
+		// it over a tenth of the mean and switched pacing off for a few
+		// service times, long enough for the stall's cluster of slot
+		// starts to stay (the fault suite's R12 saw queued calls wait
+		// 55–75 ms for ~400 ms after a stall, ~25 ms otherwise). So a
+		// sample moves the mean by at most an eighth of it and the
+		// deviation by at most a quarter, and once warmed up the
+		// deviation moves eight times slower than the mean: a stall of
+		// every call in flight leaves pacing on, service times that
+		// really vary still switch it off (within ~30 calls).
+		diff := d - p.svc
+		lim := p.svc / paceClamp
+		p.svc += min(max(diff, -lim), lim) >> paceShift
+		dev := min(max(diff, -diff), 2*lim)
+		shift := paceShift
+		if p.samples >= paceWarm {
+			shift = paceDevShift
 		}
-		p.svc += (d - p.svc) >> paceShift
-		p.dev += (dev - p.dev) >> paceShift
+		p.dev += (dev - p.dev) >> shift
 	}
 	p.samples++
 	return p.window()

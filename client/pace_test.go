@@ -64,6 +64,32 @@ func TestPacerSpreadsOverSlots(t *testing.T) {
 		t.Fatalf("paced calls of 20 and 80 ms (mean %v, deviation %v)", v.svc, v.dev)
 	}
 
+	// A stall: every call in flight (8 of them) takes 50 ms longer once.
+	// Still paced, and the pace barely moves.
+	var st pacer
+	st.refusedBy(busyReply("a", "8"), at(0))
+	for range 32 {
+		st.observe(100 * time.Millisecond)
+	}
+	for range 8 {
+		st.observe(150 * time.Millisecond)
+	}
+	st.started("a", at(10))
+	if next, ok := st.next(at(11), at(0)); !ok || next.Sub(at(10)) > 14*time.Millisecond {
+		t.Fatalf("after a 50 ms stall of 8 calls of 100 ms: next %v after the last start (ok %v; mean %v, deviation %v), want paced, ≤ 14 ms",
+			next.Sub(at(10)), ok, st.svc, st.dev)
+	}
+	// Service times spread ±20% around 100 ms: not paced.
+	var sp pacer
+	sp.refusedBy(busyReply("a", "8"), at(0))
+	for i := range 64 {
+		sp.observe(time.Duration(80+40*(i%2)) * time.Millisecond)
+	}
+	sp.started("a", at(10))
+	if _, ok := sp.next(at(11), at(0)); ok {
+		t.Fatalf("paced calls of 80 and 120 ms (mean %v, deviation %v)", sp.svc, sp.dev)
+	}
+
 	// A replica that batches says no slots: not paced.
 	var b pacer
 	b.refusedBy(busyReply("a", ""), at(0))

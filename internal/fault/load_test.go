@@ -206,6 +206,33 @@ func (e *executions) waits(rs []result) []time.Duration {
 // inversions counts the pairs of admitted requests (rs with code 200, in
 // sending order) that ran in the other order, comparing each with the
 // next one sent.
+// longestWaits lists the n longest waits of admitted requests in rs as
+// "+sent-offset wait" (offsets from the first request sent).
+func (e *executions) longestWaits(rs []result, n int) string {
+	_ = e.nc.Flush()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	type w struct{ off, wait time.Duration }
+	var ws []w
+	var start time.Time
+	for _, r := range rs {
+		if start.IsZero() || r.at.Before(start) {
+			start = r.at
+		}
+	}
+	for _, r := range rs {
+		if at, ok := e.first[r.id]; ok && r.code == "200" {
+			ws = append(ws, w{r.at.Sub(start), at.Sub(r.at)})
+		}
+	}
+	sort.Slice(ws, func(i, j int) bool { return ws[i].wait > ws[j].wait })
+	var b strings.Builder
+	for i := 0; i < n && i < len(ws); i++ {
+		fmt.Fprintf(&b, " +%v:%v", ws[i].off.Round(time.Millisecond), ws[i].wait.Round(100*time.Microsecond))
+	}
+	return b.String()
+}
+
 func (e *executions) inversions(rs []result) (inv, n int) {
 	_ = e.nc.Flush()
 	e.mu.Lock()
