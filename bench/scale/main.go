@@ -202,8 +202,12 @@ func run() error {
 		fmt.Println("bring-up trace:", err)
 	}
 
-	// Idle.
-	time.Sleep(5 * time.Second) // let the starts settle
+	// Idle: once the control plane's own work is done — every request
+	// stream made (the controller makes them one after another, and they
+	// trail all HEALTHY by up to a minute at 1,000) and every replica's
+	// consumer (one per deployment) — and the starts have settled.
+	waitStreams(ctx, c.Conn(), n, n, start)
+	time.Sleep(5 * time.Second)
 	reps := descendants(up.Process.Pid)
 	for _, a := range procs {
 		reps = append(reps, descendants(a.Process.Pid)...)
@@ -546,4 +550,33 @@ func traceBringUp(ctx context.Context, nc *nats.Conn, start time.Time, seen map[
 	q("started → running state stored", ready)
 	q("running stored → HEALTHY seen (poll 200 ms)", marked)
 	return nil
+}
+
+// waitStreams waits (at most 3 minutes) until the account holds at least
+// streams request streams (plus the KV buckets') and consumers consumers,
+// and says how long after the apply at start that was.
+func waitStreams(ctx context.Context, nc *nats.Conn, streams, consumers int, start time.Time) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		fmt.Println("streams:", err)
+		return
+	}
+	giveUp := time.Now().Add(3 * time.Minute)
+	for {
+		ai, err := js.AccountInfo(ctx)
+		if err == nil && ai.Streams >= streams && ai.Consumers >= consumers {
+			fmt.Printf("request streams and consumers all made %v after the apply (%d streams, %d consumers; load average %s)\n",
+				time.Since(start).Round(100*time.Millisecond), ai.Streams, ai.Consumers, loadavg())
+			return
+		}
+		if time.Now().After(giveUp) {
+			if err != nil {
+				fmt.Println("streams:", err)
+			} else {
+				fmt.Printf("streams: after 3 minutes %d streams and %d consumers, want %d and %d; measuring anyway\n", ai.Streams, ai.Consumers, streams, consumers)
+			}
+			return
+		}
+		time.Sleep(time.Second)
+	}
 }
