@@ -204,8 +204,8 @@ func run() error {
 
 	// Idle: once the control plane's own work is done — every request
 	// stream made (the controller makes them one after another, and they
-	// trail all HEALTHY by up to a minute at 1,000) and every replica's
-	// consumer (one per deployment) — and the starts have settled.
+	// trail all HEALTHY by up to a minute at 1,000) with its consumer —
+	// and the starts have settled.
 	waitStreams(ctx, c.Conn(), n, n, start)
 	time.Sleep(5 * time.Second)
 	reps := descendants(up.Process.Pid)
