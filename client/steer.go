@@ -24,8 +24,11 @@ import (
 
 const (
 	// steerFor is how long after the last unacknowledged request requests
-	// bypass the queue group.
-	steerFor = 5 * time.Second
+	// bypass the queue group, at first; a silence again within steerFor
+	// after steering ended doubles it, up to steerMax (a node cut off for
+	// longer than one round: each return to the queue group costs the
+	// requests it sends the silent replicas before the next round starts).
+	steerFor, steerMax = 5 * time.Second, 40 * time.Second
 	// steerFresh is how recent a replica's acknowledgment must be for it to
 	// be sent requests directly: under the default acknowledgment timeout
 	// plus grace (500 ms), so that by the time a request is known to be
@@ -35,6 +38,8 @@ const (
 	steerFresh = 400 * time.Millisecond
 	// steerRing is how many recent acknowledgments are remembered.
 	steerRing = 64
+	// steerPick bounds the distinct replicas requests are steered to.
+	steerPick = 16
 )
 
 // steering is a deployment's recent acknowledgments at this caller and
@@ -43,6 +48,7 @@ const (
 // the inbox).
 type steering struct {
 	until atomic.Int64 // Unix nanoseconds: until then requests bypass the queue group
+	span  atomic.Int64 // the current round's length (0: steerFor)
 	next  atomic.Uint64
 	pick  atomic.Uint64
 	ring  [steerRing]ackSeen
@@ -63,7 +69,17 @@ func (s *steering) acked(replica *string, now time.Time) {
 // silent records a request no replica acknowledged in time, or one whose
 // replica went silent holding it (gone: forgotten from the recent ones).
 func (s *steering) silent(gone *string, now time.Time) {
-	s.until.Store(now.Add(steerFor).UnixNano())
+	n := now.UnixNano()
+	until := s.until.Load()
+	span := s.span.Load()
+	switch {
+	case span == 0 || n-until >= int64(steerFor):
+		span = int64(steerFor) // a new silence
+	case n > until:
+		span = min(2*span, int64(steerMax)) // again, soon after the last round
+	}
+	s.span.Store(span)
+	s.until.Store(n + span)
 	s.forget(gone)
 }
 
@@ -79,20 +95,43 @@ func (s *steering) forget(replica *string) {
 }
 
 // target returns the replica the next request should go to directly, or
-// nil for the queue group: while steering, the recent acknowledgments in
-// turn, skipping those older than steerFresh and avoid.
+// nil for the queue group: while steering, the distinct replicas among the
+// recent acknowledgments (not older than steerFresh, not avoid) in turn —
+// in turn by replica, not by acknowledgment, so that none drifts out of the
+// set for want of requests.
 func (s *steering) target(now time.Time, avoid *string) *string {
 	n := now.UnixNano()
 	if n >= s.until.Load() {
 		return nil
 	}
-	start := s.pick.Add(1)
-	for i := range uint64(steerRing) {
-		e := &s.ring[(start+i)%steerRing]
+	var set [steerPick]*string
+	k := 0
+scan:
+	for i := range s.ring {
+		e := &s.ring[i]
 		r := e.replica.Load()
-		if r != nil && r != avoid && n-e.at.Load() < int64(steerFresh) {
-			return r
+		if r == nil || r == avoid || n-e.at.Load() >= int64(steerFresh) {
+			continue
+		}
+		for _, x := range set[:k] {
+			if x == r {
+				continue scan
+			}
+		}
+		set[k] = r
+		if k++; k == steerPick {
+			break
 		}
 	}
-	return nil
+	if k == 0 {
+		return nil
+	}
+	// The set's order is the ring's, which moves with every acknowledgment:
+	// sort it by id so that the turn goes round the same replicas.
+	for i := 1; i < k; i++ {
+		for j := i; j > 0 && *set[j] < *set[j-1]; j-- {
+			set[j], set[j-1] = set[j-1], set[j]
+		}
+	}
+	return set[s.pick.Add(1)%uint64(k)]
 }

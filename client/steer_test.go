@@ -49,6 +49,39 @@ func TestSteering(t *testing.T) {
 	if r := s.target(t0.Add(steerFor), nil); r != nil {
 		t.Fatalf("steered %v after the silence", steerFor)
 	}
+
+	// In turn by replica, however many acknowledgments each has.
+	var u steering
+	for range 63 {
+		u.acked(a, t0)
+	}
+	u.acked(b, t0)
+	u.silent(nil, t0)
+	seen = map[*string]int{}
+	for range 100 {
+		seen[u.target(t0, nil)]++
+	}
+	if seen[a] != 50 || seen[b] != 50 {
+		t.Fatalf("63 acknowledgments by a, 1 by b: steered a %d, b %d times of 100", seen[a], seen[b])
+	}
+
+	// A silence again soon after a round ended doubles the next round, up
+	// to steerMax; one long after starts again at steerFor.
+	var v steering
+	at := t0
+	want := steerFor
+	for range 6 {
+		v.silent(nil, at)
+		if got := time.Duration(v.until.Load() - at.UnixNano()); got != want {
+			t.Fatalf("round of %v, want %v", got, want)
+		}
+		at = at.Add(want + time.Second) // one second after the round ended
+		want = min(2*want, steerMax)
+	}
+	v.silent(nil, at.Add(steerFor))
+	if got := time.Duration(v.until.Load() - at.Add(steerFor).UnixNano()); got != steerFor {
+		t.Fatalf("a silence long after: round of %v, want %v", got, steerFor)
+	}
 }
 
 func BenchmarkSteeringAcked(b *testing.B) {

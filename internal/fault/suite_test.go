@@ -325,6 +325,7 @@ func TestFaultSuite(t *testing.T) {
 		unloaded, uWaits := summarize(urs), execs.waits(urs)
 		rss0 := rss(ing.PID())
 		execs.duplicates()
+		t.Logf("R12 overload from %s", time.Now().Format("15:04:05.000"))
 		rs := startHTTP(u, 240, requestTimeout).StopAfter(8 * time.Second)
 		inv, nAdm := execs.inversions(rs)
 		longest := execs.longestWaits(rs, 12)

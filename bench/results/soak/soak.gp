@@ -1,7 +1,7 @@
 set terminal pngcairo size 1600,900 font 'sans,10'
 set output 'soak.png'
-set multiplot layout 2,1 title 'natserve chaos soak: 200 req/s, 30m0s, seed 1 (360001 sent, 0 never answered, 0 executed twice)'
-set xrange [0:1801]
+set multiplot layout 2,1 title 'natserve chaos soak: 200 req/s, 30m0s, seed 1 (360000 sent, 0 never answered, 0 executed twice)'
+set xrange [0:1800]
 set lmargin 12
 set grid
 set key bottom right
