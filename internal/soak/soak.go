@@ -375,6 +375,9 @@ func (r *runner) hold(lo, hi time.Duration) time.Duration {
 
 // inject runs one fault through to its convergence.
 func (r *runner) inject(ctx context.Context, k Kind) Fault {
+	// At is set again just before the fault is issued: choosing its target
+	// (a status query, docker ps) took 0.1–0.5 s on a busy machine, and
+	// counted as the system's time to recover.
 	f := Fault{Kind: k, At: r.since()}
 	s := r.cfg.Stack
 	fail := func(err error) Fault {
@@ -405,6 +408,7 @@ func (r *runner) inject(ctx context.Context, k Kind) Fault {
 		if err != nil {
 			return fail(err)
 		}
+		f.At = r.since() // the fault is the signal, not the choosing of its target
 		if err := syscall.Kill(p.HostPID, sig); err != nil {
 			return fail(fmt.Errorf("kill -%d %d: %w", sig, p.HostPID, err))
 		}
@@ -433,6 +437,7 @@ func (r *runner) inject(ctx context.Context, k Kind) Fault {
 		if id, err = s.Container(ctx, svc); err != nil {
 			return fail(err)
 		}
+		f.At = r.since() // the kill lands during the docker command
 		if _, err := composestack.Docker(ctx, "kill", "--signal", "KILL", id); err != nil {
 			return fail(err)
 		}
@@ -445,6 +450,7 @@ func (r *runner) inject(ctx context.Context, k Kind) Fault {
 		if id, err = s.Container(ctx, svc); err != nil {
 			return fail(err)
 		}
+		f.At = r.since() // the cut lands during the docker command
 		if _, err := composestack.Docker(ctx, "network", "disconnect", s.Network(), id); err != nil {
 			return fail(err)
 		}
