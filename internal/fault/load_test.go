@@ -206,6 +206,17 @@ func (e *executions) waits(rs []result) []time.Duration {
 // inversions counts the pairs of admitted requests (rs with code 200, in
 // sending order) that ran in the other order, comparing each with the
 // next one sent.
+// firstSent is when the first request of rs was sent.
+func firstSent(rs []result) time.Time {
+	var start time.Time
+	for _, r := range rs {
+		if start.IsZero() || r.at.Before(start) {
+			start = r.at
+		}
+	}
+	return start
+}
+
 // longestWaits lists the n longest waits of admitted requests in rs as
 // "+sent-offset wait" (offsets from the first request sent).
 func (e *executions) longestWaits(rs []result, n int) string {
@@ -214,12 +225,7 @@ func (e *executions) longestWaits(rs []result, n int) string {
 	defer e.mu.Unlock()
 	type w struct{ off, wait time.Duration }
 	var ws []w
-	var start time.Time
-	for _, r := range rs {
-		if start.IsZero() || r.at.Before(start) {
-			start = r.at
-		}
-	}
+	start := firstSent(rs)
 	for _, r := range rs {
 		if at, ok := e.first[r.id]; ok && r.code == "200" {
 			ws = append(ws, w{r.at.Sub(start), at.Sub(r.at)})

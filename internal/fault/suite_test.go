@@ -333,12 +333,7 @@ func TestFaultSuite(t *testing.T) {
 		rss1 := rss(ing.PID())
 		st := summarize(rs)
 		var admitted, rejected, opening []time.Duration
-		var start time.Time
-		for _, r := range rs {
-			if start.IsZero() || r.at.Before(start) {
-				start = r.at
-			}
-		}
+		start := firstSent(rs)
 		for _, r := range rs {
 			if r.code == "200" {
 				admitted = append(admitted, r.latency)
