@@ -393,10 +393,8 @@ func (c *Client) request(ctx context.Context, deadline time.Time, deployment, me
 		case outNoResponders:
 			if k.tried != nil {
 				// The replica tried alone is gone (drained, exited): not a
-				// sign that the deployment has none. Back to the queue group
-				// (or another replica, while steering).
+				// sign that the deployment has none. Back to the queue group.
 				k.wq.recent.CompareAndSwap(k.tried, nil)
-				k.wq.steer.forget(k.tried)
 				continue
 			}
 			if probeOf(ctx) != nil { // a multiplexing probe falls back to the next subject
@@ -410,7 +408,6 @@ func (c *Client) request(ctx context.Context, deadline time.Time, deployment, me
 			k.wq.releaseHead()
 			return nil, k.fail(wire.CodeConnectionLost, "the connection to NATS was lost while the request waited for its acknowledgment; it may have run, so it is not sent again", "")
 		case outDied:
-			k.wq.steer.silent(out.replica, time.Now())
 			if out.flags&wire.AckIdempotent != 0 {
 				continue // declared idempotent: running it again is allowed
 			}
@@ -658,16 +655,13 @@ func (k *call) admitted(replica *string, sent time.Time) {
 	if k.wq.recent.Load() != replica {
 		k.wq.recent.Store(replica)
 	}
-	k.wq.steer.acked(replica, sent)
 }
 
-// notAcknowledged has the deployment's requests steered around the silent
-// replica for a while (steer.go) and picks where the next try goes. The
-// queue group may pick the same silent replica (a stopped process) again,
-// so it goes straight to the replica that last acknowledged a call of the
-// deployment here, unless that was the one just tried.
+// notAcknowledged picks where the next try goes. The queue group may pick
+// the same silent replica (a stopped process) again, so it goes straight to
+// the replica that last acknowledged a call of the deployment here, unless
+// that was the one just tried.
 func (k *call) notAcknowledged() {
-	k.wq.steer.silent(k.tried, time.Now())
 	r := k.wq.recent.Load()
 	switch {
 	case r != nil && r != k.tried:
@@ -771,18 +765,11 @@ func (k *call) attempt(ctx context.Context, msg *nats.Msg) outcome {
 	defer x.close(p)
 	m := *msg // the caller's subject and reply stay as they were
 	m.Reply = p.subject
-	now := time.Now()
 	k.tried, k.direct = k.direct, nil
-	if k.tried == nil {
-		// Steering around a silent replica (steer.go): plain requests to
-		// the deployment only, not a multiplexing probe's.
-		if r := k.wq.steer.target(now, nil); r != nil && probeOf(ctx) == nil && msg.Subject == wire.DeploymentSubject(k.deployment) {
-			k.tried = r
-		}
-	}
 	if k.tried != nil {
 		m.Subject = wire.ReplicaSubject(k.deployment, *k.tried, wire.VerbRequest)
 	}
+	now := time.Now()
 	ackBy := now.Add(min(c.opts.AckTimeout, k.deadline.Sub(now)))
 	k.meta.Timeout = max(k.deadline.Sub(now), time.Microsecond)
 	k.meta.AckBy = ackBy

@@ -30,8 +30,6 @@ type waitQueue struct {
 
 	refusedAt atomic.Int64 // when a replica last refused a call as busy (Unix nanoseconds)
 
-	steer steering // around a silent replica (steer.go)
-
 	pace    pacer        // spreads queued calls' starts (pace.go)
 	paceWin atomic.Int64 // how recent a refusal keeps pacing on (nanoseconds; 0: paceWindow)
 
