@@ -66,6 +66,11 @@ func TestStoredRequestsBench(t *testing.T) {
 		if _, err := store.Put(context.Background(), kv.Deployments, name, &spec); err != nil {
 			t.Fatal(err)
 		}
+		// Made on the first stored request otherwise (a client-role
+		// identity may ask, as Submit does).
+		if err := client.New(nc, client.WithTimeout(30*time.Second)).OpenRequestStream(context.Background(), name); err != nil {
+			t.Fatal(err)
+		}
 		testutil.Eventually(t, 20*time.Second, func() error {
 			_, err := js.Consumer(context.Background(), wire.AsyncStream(name), wire.AsyncConsumer)
 			return err

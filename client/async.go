@@ -280,6 +280,12 @@ func (c *Client) Submit(ctx context.Context, s Submission) (*RequestStatus, erro
 		msg.Header[wire.HeaderCallback] = []string{s.Callback}
 	}
 	ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(wire.AsyncStream(s.Deployment)))
+	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+		// The deployment's first stored request: its stream is made now.
+		if err = c.OpenRequestStream(ctx, s.Deployment); err == nil {
+			ack, err = js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(wire.AsyncStream(s.Deployment)))
+		}
+	}
 	if err != nil {
 		if idem != nil { // let a retry with the key store it again
 			idem.Op = wire.AsyncOpRelease
@@ -287,8 +293,10 @@ func (c *Client) Submit(ctx context.Context, s Submission) (*RequestStatus, erro
 		}
 		var apiErr *jetstream.APIError
 		switch {
+		case errors.Is(err, ErrNoAsync):
+			return nil, err
 		case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders):
-			return nil, fmt.Errorf("%s: %w (no such deployment?)", s.Deployment, ErrNoAsync)
+			return nil, fmt.Errorf("%s: %w (its request stream did not answer)", s.Deployment, ErrNoAsync)
 		case errors.As(err, &apiErr) && apiErr.ErrorCode == wire.JSStreamStoreFailed:
 			return nil, fmt.Errorf("%s: %w: %s", s.Deployment, ErrBacklogFull, apiErr.Description)
 		}
@@ -303,6 +311,27 @@ func (c *Client) Submit(ctx context.Context, s Submission) (*RequestStatus, erro
 		return c.status(ctx, rep)
 	}
 	return statusOf(&rec), nil
+}
+
+// OpenRequestStream makes deployment's stored-request stream and consumer
+// if they are not there. A deployment gets them on its first stored
+// request (Submit calls this when the broker has no stream for it), so
+// that deployments never sent one cost the broker nothing; call it ahead
+// to take that step off the first submission. It fails with ErrNoAsync
+// when there is no such deployment.
+func (c *Client) OpenRequestStream(ctx context.Context, deployment string) error {
+	if err := wire.ValidateName("deployment", deployment); err != nil {
+		return err
+	}
+	ctx, cancel := c.opCtx(ctx)
+	defer cancel()
+	if _, err := c.ask(ctx, &wire.AsyncServiceRequest{Op: wire.AsyncOpOpen, Deployment: deployment}); err != nil {
+		if errors.Is(err, ErrRequestNotFound) {
+			return fmt.Errorf("%s: %w (no such deployment)", deployment, ErrNoAsync)
+		}
+		return fmt.Errorf("%s: making its request stream: %w", deployment, err)
+	}
+	return nil
 }
 
 func (c *Client) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {

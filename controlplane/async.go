@@ -9,21 +9,29 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natserve/natserve/client"
+	"github.com/natserve/natserve/internal/durable"
+	"github.com/natserve/natserve/internal/store"
 	"github.com/natserve/natserve/internal/wire"
 )
 
 // Stored (asynchronous) requests, the controller's part: it creates the
-// requests bucket, the results stream and object store, and one request
-// stream with its consumer per deployment (deleting a deployment fails its
-// queued requests and removes the stream); it folds the replicas' events
-// from the results stream into the records; and it reports each
-// deployment's backlog to the autoscaler, which wakes a deployment scaled
-// to zero for stored work.
+// requests bucket, the results stream and object store; a deployment's
+// request stream with its consumer is made on its first stored request
+// (the requests service's open operation, from any controller process),
+// so that the many deployments that never get one cost the broker no
+// stream, consumer, files or timers. The leader keeps the streams that
+// exist in step with their specs (max_stored_requests, max_attempts),
+// deletes a deleted deployment's stream (failing its queued requests), and
+// reports each deployment's backlog to the autoscaler, which wakes a
+// deployment scaled to zero for stored work. It folds the replicas' events
+// from the results stream into the records.
 
 // DefaultAsyncRetention is how long records and results are kept.
 const DefaultAsyncRetention = 24 * time.Hour
@@ -53,7 +61,25 @@ func (c *Controller) asyncLoop(ctx context.Context, st *state) {
 		return
 	}
 	st.spawn(func() { c.fold(ctx, st, kv, obj) })
-	ss := &streamSync{made: map[string]madeStream{}}
+	ss := &streamSync{made: map[string]madeStream{}, found: make(chan string, 1024)}
+	// Request streams made on demand, by this or another controller
+	// process: the broker announces each creation.
+	sub, err := c.nc.Subscribe(wire.AsyncStreamCreatedSubjects, func(m *nats.Msg) {
+		dep := wire.AsyncStreamDeployment(m.Subject[strings.LastIndexByte(m.Subject, '.')+1:])
+		if dep == "" {
+			return
+		}
+		select {
+		case ss.found <- dep:
+		default: // a burst: the next listing finds them
+			ss.relist.Store(true)
+		}
+	})
+	if err != nil {
+		c.log.Warn("subscribing to stream creations failed; new request streams are found by listing, every minute", "err", err)
+	} else {
+		defer func() { _ = sub.Unsubscribe() }()
+	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -62,8 +88,28 @@ func (c *Controller) asyncLoop(ctx context.Context, st *state) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case dep := <-ss.found:
+			ss.add(dep)
 		}
 	}
+}
+
+// openStream makes deployment's request stream and consumer from its spec
+// as stored (the requests service's open operation: a caller's first
+// stored request to it). Any controller process may: the leader learns of
+// the new stream from the broker's advisory and keeps it in step.
+func (c *Controller) openStream(ctx context.Context, deployment string) error {
+	var spec client.DeploymentSpec
+	if _, err := store.Get(ctx, c.kv.Deployments, deployment, &spec); err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("%s: %w", deployment, durable.ErrNoDeployment)
+		}
+		return err
+	}
+	if err := spec.Normalize(); err != nil {
+		return fmt.Errorf("%s: %w: its spec is invalid: %v", deployment, durable.ErrNoDeployment, err)
+	}
+	return c.ensureRequestStream(ctx, &spec)
 }
 
 // ensureAsync creates (or updates to the retention) the requests bucket,
@@ -98,19 +144,21 @@ func (c *Controller) ensureAsync(ctx context.Context) (jetstream.KeyValue, jetst
 }
 
 // streamSync is what syncStreams remembers between its passes, so that an
-// idle pass over 1,000 deployments costs a map lookup each: no spec
-// normalized, no stream listed.
+// idle pass over 1,000 deployments costs nothing: no spec normalized, no
+// stream listed.
 type streamSync struct {
-	made    map[string]madeStream // deployment → its stream, as made
+	made    map[string]madeStream // deployment → its stream, as last made or updated
 	listed  time.Time             // last listing of the request streams
 	seen    uint64                // the deployments table's version last walked
 	walked  bool                  // seen is set
-	retries bool                  // a failed creation waits for its retry
+	retries bool                  // a failed update waits for its retry
 	live    map[string]bool       // the deployments at the last walk
+	found   chan string           // deployments whose stream the broker announced
+	relist  atomic.Bool           // announcements were dropped: list now
 }
 
-// madeStream is a deployment's request stream as made (or last tried) for
-// one spec revision.
+// madeStream is a deployment's request stream, known to exist, as made (or
+// last tried) for one spec revision; rev 0: found, not yet made by us.
 type madeStream struct {
 	rev        uint64
 	ok         bool      // made; false: retry at retry
@@ -118,29 +166,69 @@ type madeStream struct {
 	autoscaled bool
 }
 
-// streamListEvery is how often syncStreams lists the request streams to
-// find those of deployments it never saw (deleted while no controller
-// led); deletions it sees are handled at once.
+// add records that deployment's request stream exists (announced or
+// listed): the next pass brings it in step with the spec.
+func (ss *streamSync) add(deployment string) {
+	if _, ok := ss.made[deployment]; !ok {
+		ss.made[deployment] = madeStream{}
+		ss.walked = false
+	}
+}
+
+// streamListEvery is how often syncStreams lists the request streams, to
+// find those it was not told of (made while no controller led, or an
+// announcement lost) and those of deployments deleted while no controller
+// led; creations and deletions it sees are handled at once.
 const streamListEvery = time.Minute
 
-// streamRetry is how long a failed stream creation waits for its retry.
+// streamRetry is how long a failed stream update waits for its retry.
 const streamRetry = 10 * time.Second
 
-// syncStreams keeps one request stream per deployment (made once per spec
-// revision), removes the streams of deleted deployments (failing their
-// queued requests), and reports the backlogs of autoscaled deployments
-// (one consumer info each per second; the others need none).
+// syncStreams keeps the request streams that exist in step with their
+// deployments' specs (updated once per spec revision), removes the streams
+// of deleted deployments (failing their queued requests), and reports the
+// backlogs of autoscaled deployments (one consumer info each per second;
+// the others need none). It makes no stream: the first stored request to
+// a deployment does (openStream).
 func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.KeyValue, ss *streamSync) {
 	backlog := map[string]float64{}
 	now := time.Now()
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if now.Sub(ss.listed) >= streamListEvery || ss.relist.Swap(false) {
+		ss.listed = now
+		names := c.js.StreamNames(lctx, jetstream.WithStreamListSubject(wire.AsyncSubject("*")))
+		var listed []string
+		for n := range names.Name() {
+			if dep := wire.AsyncStreamDeployment(n); dep != "" {
+				listed = append(listed, dep)
+			}
+		}
+		if names.Err() == nil {
+			for _, dep := range listed {
+				ss.add(dep)
+			}
+		} else {
+			ss.listed = time.Time{} // try again on the next pass
+		}
+	}
+	for {
+		select {
+		case dep := <-ss.found:
+			ss.add(dep)
+			continue
+		default:
+		}
+		break
+	}
 	var todo []keyed[client.DeploymentSpec] // changed since made: no I/O under the table's lock
 	if !ss.walked || ss.retries || st.deps.version() != ss.seen {
-		// Walk the deployments only when one changed (or a retry waits):
-		// an idle second costs no walk over 1,000 specs.
+		// Walk the deployments only when one changed, a stream was found
+		// or a retry waits: an idle second costs no walk over 1,000 specs.
 		live := map[string]bool{}
 		ss.seen = st.deps.each(func(name string, spec client.DeploymentSpec, rev uint64) {
 			live[name] = true
-			if m, seen := ss.made[name]; !seen || m.rev != rev || (!m.ok && now.After(m.retry)) {
+			if m, exists := ss.made[name]; exists && (m.rev != rev || (!m.ok && now.After(m.retry))) {
 				todo = append(todo, keyed[client.DeploymentSpec]{name, spec, rev})
 			}
 		})
@@ -149,26 +237,24 @@ func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.Ke
 	live := ss.live
 	for _, d := range todo {
 		name, spec, rev := d.key, d.val, d.rev
-		if m, seen := ss.made[name]; !seen || m.rev != rev || (!m.ok && now.After(m.retry)) {
-			m := madeStream{rev: rev}
-			if spec.Normalize() != nil {
-				m.ok = true // never valid: nothing to make
-				ss.made[name] = m
-				continue
-			}
-			m.autoscaled = spec.Autoscaled()
-			if err := c.ensureRequestStream(ctx, &spec); err != nil {
-				c.log.Warn("creating a request stream failed", "deployment", name, "err", err)
-				m.retry = now.Add(streamRetry)
-			} else {
-				m.ok = true
-			}
+		m := madeStream{rev: rev}
+		if spec.Normalize() != nil {
+			m.ok = true // never valid: nothing to update
 			ss.made[name] = m
+			continue
 		}
+		m.autoscaled = spec.Autoscaled()
+		if err := c.ensureRequestStream(ctx, &spec); err != nil {
+			c.log.Warn("updating a request stream failed", "deployment", name, "err", err)
+			m.retry = now.Add(streamRetry)
+		} else {
+			m.ok = true
+		}
+		ss.made[name] = m
 	}
 	ss.retries = false
 	for _, m := range ss.made {
-		if !m.ok {
+		if !m.ok && m.rev != 0 {
 			ss.retries = true
 		}
 	}
@@ -183,8 +269,7 @@ func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.Ke
 				backlog[name] = float64(info.NumPending) + float64(info.NumAckPending)
 			}
 		} else if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-			delete(ss.made, name) // gone behind our back: make it again
-			ss.walked = false
+			delete(ss.made, name) // gone behind our back: made again on the next stored request
 		}
 		cancel()
 	}
@@ -194,31 +279,19 @@ func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.Ke
 			c.wake(st, name) // a no-op unless it is autoscaled and at zero
 		}
 	}
-	// Streams of deployments that are gone: those this controller made,
-	// at once; others (deleted while no controller led) from a listing
-	// now and then.
-	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	var gone []string
+	// Streams of deployments that are gone.
+	var listedGone []string
 	for dep := range ss.made {
 		if !live[dep] {
-			gone = append(gone, dep)
+			listedGone = append(listedGone, dep)
 		}
 	}
-	if now.Sub(ss.listed) >= streamListEvery {
-		ss.listed = now
-		names := c.js.StreamNames(lctx, jetstream.WithStreamListSubject(wire.AsyncSubject("*")))
-		for n := range names.Name() {
-			dep := wire.AsyncStreamDeployment(n)
-			if dep == "" || live[dep] {
-				continue
-			}
-			if _, ok := ss.made[dep]; !ok {
-				gone = append(gone, dep)
-			}
+	for _, dep := range listedGone {
+		if _, err := c.kv.Deployments.Get(lctx, dep); err == nil {
+			continue // stored but not in the table yet (a first request raced its deploy)
+		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // cannot tell now: the next pass asks again
 		}
-	}
-	for _, dep := range gone {
 		c.failQueued(lctx, st, kv, dep)
 		delete(ss.made, dep)
 	}

@@ -204,7 +204,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	swg.Add(1)
 	go func() {
 		defer swg.Done()
-		if err := durable.Serve(ctx, nc, c.log); err != nil {
+		if err := durable.Serve(ctx, nc, c.log, c.openStream); err != nil {
 			c.log.Error("the stored requests' service failed", "err", err)
 		}
 	}()

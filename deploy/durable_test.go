@@ -53,6 +53,11 @@ func TestDurableNATSNodeStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A deployment's request stream is made on its first stored request;
+	// make it now, to know its leader before the stop.
+	if err := cl.OpenRequestStream(e2e.Ctx(time.Minute), dep); err != nil {
+		t.Fatal(err)
+	}
 	var leader string
 	testutil.Eventually(t, time.Minute, func() error {
 		if _, err := js.Consumer(e2e.Ctx(2*time.Second), wire.AsyncStream(dep), wire.AsyncConsumer); err != nil {

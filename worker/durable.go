@@ -72,6 +72,11 @@ const (
 	// consumer up again (max_attempts may change); an idle one reads it
 	// when a long pull that waited longer brings a request.
 	storedRefresh = time.Minute
+	// storedAbsentRecheck is how often a replica whose deployment has no
+	// request stream yet looks for it again, should it miss the consumer's
+	// creation advisory and no reconnect follow (in a cluster, a
+	// subscription still spreading when the consumer is made elsewhere).
+	storedAbsentRecheck = storedFetchMax
 	// storedPublishFor bounds the retries of storing a result while the
 	// broker is unreachable; the request is redelivered after that.
 	storedPublishFor = 2 * time.Minute
@@ -193,6 +198,21 @@ func (r *Replica) runStored(ctx context.Context) {
 	} else {
 		defer func() { _ = lsub.Unsubscribe() }()
 	}
+	// The stream and consumer are made on the deployment's first stored
+	// request; a replica that finds none waits for the broker's
+	// announcement of the consumer instead of looking again and again.
+	created := make(chan struct{}, 1)
+	csub, err := r.nc.Subscribe(wire.AsyncConsumerCreatedSubject(r.spec.Deployment), func(*nats.Msg) {
+		select {
+		case created <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		r.log.Warn("subscribing to the stored requests' consumer creation failed; looking for it every "+storedAbsentRecheck.String(), "err", err)
+	} else {
+		defer func() { _ = csub.Unsubscribe() }()
+	}
 	js, err := jetstream.New(r.nc)
 	if err != nil {
 		return
@@ -200,9 +220,24 @@ func (r *Replica) runStored(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for ctx.Err() == nil {
+		round := r.stored.fetchCtx(ctx) // ended by a reconnect
 		cons, err := js.Consumer(ctx, wire.AsyncStream(r.spec.Deployment), wire.AsyncConsumer)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			// None yet: wait for its creation (or a reconnect, which may
+			// have lost the announcement; or, should both be missed, the
+			// slow recheck).
+			t := time.NewTimer(storedAbsentRecheck)
+			select {
+			case <-ctx.Done():
+			case <-created:
+			case <-round.Done():
+			case <-t.C:
+			}
+			t.Stop()
+			continue
+		}
 		if err != nil {
-			// Not created yet (the controller does), or the broker is away.
+			// The broker is away or busy.
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):

@@ -49,6 +49,7 @@ var (
 	pprofAddr   = flag.String("pprof", "", "serve natserve up's profiles here (NATSERVE_PPROF) and save CPU profiles of the deploy and idle phases in -profile-dir")
 	subjects    = flag.Duration("subjects", 0, "after the idle window, count the messages the broker carries by subject (first three tokens) over this long")
 	spawnRate   = flag.Float64("spawn-rate", 0, "natserve up's -spawn-rate (replica starts per second); 0: its default")
+	hold        = flag.Duration("hold", 0, "after the run, keep the cluster up this long (its address and credentials are printed) before stopping it")
 	profileDir  = flag.String("profile-dir", ".", "where -pprof's profiles go (scale-deploy.pprof, scale-idle.pprof)")
 )
 
@@ -206,7 +207,7 @@ func run() error {
 	// stream made (the controller makes them one after another, and they
 	// trail all HEALTHY by up to a minute at 1,000) with its consumer —
 	// and the starts have settled.
-	waitStreams(ctx, c.Conn(), n, n, start)
+	accountStreams(ctx, c.Conn())
 	time.Sleep(5 * time.Second)
 	reps := descendants(up.Process.Pid)
 	for _, a := range procs {
@@ -325,8 +326,31 @@ func run() error {
 		fmt.Printf("kill -9 a replica of %s → HEALTHY again with a new one: %v (load average %s)\n", name, time.Since(s).Round(time.Millisecond), loadavg())
 	}
 
+	// Stored requests: the first to a deployment makes its stream and
+	// consumer (and its idle replica starts pulling on the broker's
+	// announcement); the second finds them.
+	for i := 0; i < 2; i++ {
+		name := fmt.Sprintf("d%04d", (n/5)%n) // d0200 at 1,000
+		s := time.Now()
+		id, err := c.Handle(name).Method("OtherMethod").Submit(ctx, "x")
+		if err != nil {
+			return fmt.Errorf("submit to %s: %w", name, err)
+		}
+		stored := time.Since(s)
+		st, err := c.Wait(ctx, id)
+		if err != nil || st.Status != "succeeded" {
+			return fmt.Errorf("stored request %s to %s: %v %+v", id, name, err, st)
+		}
+		fmt.Printf("stored request %d to %s: stored in %v, succeeded %v after the submit (load average %s)\n", i+1, name,
+			stored.Round(time.Millisecond), time.Since(s).Round(time.Millisecond), loadavg())
+	}
+
 	out, _ := exec.Command("du", "-sh", filepath.Join(dir, "data")).Output()
 	fmt.Printf("JetStream storage (du -sh of the data directory): %s", out)
+	if *hold > 0 {
+		fmt.Printf("holding the cluster for %v: NATSERVE_URL=%s NATSERVE_CREDS=%s, binaries in %s\n", *hold, url, os.Getenv(client.CredsEnv), bin)
+		time.Sleep(*hold)
+	}
 	return nil
 }
 
@@ -552,31 +576,19 @@ func traceBringUp(ctx context.Context, nc *nats.Conn, start time.Time, seen map[
 	return nil
 }
 
-// waitStreams waits (at most 3 minutes) until the account holds at least
-// streams request streams (plus the KV buckets') and consumers consumers,
-// and says how long after the apply at start that was.
-func waitStreams(ctx context.Context, nc *nats.Conn, streams, consumers int, start time.Time) {
+// accountStreams prints the streams and consumers the account holds: the
+// buckets' and the stored requests' own, not one per deployment (a
+// deployment's request stream is made on its first stored request).
+func accountStreams(ctx context.Context, nc *nats.Conn) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		fmt.Println("streams:", err)
 		return
 	}
-	giveUp := time.Now().Add(3 * time.Minute)
-	for {
-		ai, err := js.AccountInfo(ctx)
-		if err == nil && ai.Streams >= streams && ai.Consumers >= consumers {
-			fmt.Printf("request streams and consumers all made %v after the apply (%d streams, %d consumers; load average %s)\n",
-				time.Since(start).Round(100*time.Millisecond), ai.Streams, ai.Consumers, loadavg())
-			return
-		}
-		if time.Now().After(giveUp) {
-			if err != nil {
-				fmt.Println("streams:", err)
-			} else {
-				fmt.Printf("streams: after 3 minutes %d streams and %d consumers, want %d and %d; measuring anyway\n", ai.Streams, ai.Consumers, streams, consumers)
-			}
-			return
-		}
-		time.Sleep(time.Second)
+	ai, err := js.AccountInfo(ctx)
+	if err != nil {
+		fmt.Println("streams:", err)
+		return
 	}
+	fmt.Printf("JetStream: %d streams, %d consumers (request streams are made on a deployment's first stored request)\n", ai.Streams, ai.Consumers)
 }

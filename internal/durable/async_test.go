@@ -111,15 +111,25 @@ func TestStoredRequests(t *testing.T) {
 	if _, err := nc.Subscribe(wire.DeploymentSubject("fault-exec"), func(m *nats.Msg) { mu.Lock(); execs[string(m.Data)]++; mu.Unlock() }); err != nil {
 		t.Fatal(err)
 	}
-	waitStream := func(dep string) {
-		js, _ := jetstream.New(nc)
-		testutil.Eventually(t, 20*time.Second, func() error {
-			_, err := js.Consumer(e2e.Ctx(2*time.Second), wire.AsyncStream(dep), wire.AsyncConsumer)
-			return err
-		})
-	}
+	// A deployment has no request stream until its first stored request
+	// (each subtest's first submission makes its deployment's; the
+	// replicas, up since before, start pulling on the consumer's creation
+	// advisory, well within the subtests' 30 s waits: their fallback
+	// lookup is every 10 minutes).
+	js, _ := jetstream.New(nc)
 	for _, d := range []string{"p", "cnt", "capped", "st"} {
-		waitStream(d)
+		if _, err := js.Stream(e2e.Ctx(5*time.Second), wire.AsyncStream(d)); !errorsIs(err, jetstream.ErrStreamNotFound) {
+			t.Fatalf("%s has a request stream before its first stored request (%v)", d, err)
+		}
+	}
+	if _, err := s.Client.Handle("nosuch").Submit(e2e.Ctx(10 * time.Second)); !errorsIs(err, client.ErrNoAsync) || !strings.Contains(err.Error(), "no such deployment") {
+		t.Errorf("submit to a deployment that does not exist: %v, want ErrNoAsync (no such deployment)", err)
+	}
+	if _, code, _, body := submitHTTP(t, "POST", base+"/nosuch", "x"); code != 404 {
+		t.Errorf("HTTP submit to no route: %d %s, want 404", code, body)
+	}
+	if _, err := js.Stream(e2e.Ctx(5*time.Second), wire.AsyncStream("nosuch")); !errorsIs(err, jetstream.ErrStreamNotFound) {
+		t.Errorf("a submission to no deployment made a stream (%v)", err)
 	}
 
 	t.Run("http", func(t *testing.T) {
@@ -281,7 +291,6 @@ func TestStoredRequests(t *testing.T) {
 		// max_ongoing_requests 4: stored requests take at most 2 slots at
 		// once (batched pulls fill both), synchronous calls keep the others.
 		s.Deploy(client.DeploymentSpec{Name: "share", Class: "Probe", InitArgs: json.RawMessage(`["s"]`), MaxOngoingRequests: 4})
-		waitStream("share")
 		h := s.Client.Handle("share").Method("Work")
 		var ids []string
 		for i := 0; i < 10; i++ {
@@ -371,13 +380,12 @@ func TestStoredRequests(t *testing.T) {
 
 	t.Run("wake from zero", func(t *testing.T) {
 		// Scaled to zero: the spec applies (not HEALTHY with no replica to
-		// wait for), the stream appears, and stored work wakes it.
+		// wait for); the first stored request makes its stream and wakes it.
 		spec := client.DeploymentSpec{Name: "zero", Class: "Counter", AutoscalingConfig: &client.AutoscalingConfig{
 			MinReplicas: e2e.Ptr(0), InitialReplicas: e2e.Ptr(0), MaxReplicas: 1, DownscaleToZeroDelayS: e2e.Ptr(600.0)}}
 		if _, err := s.Client.Deploy(e2e.Ctx(10*time.Second), spec); err != nil {
 			t.Fatal(err)
 		}
-		waitStream("zero")
 		id, err := s.Client.Handle("zero").Submit(e2e.Ctx(10*time.Second), 1)
 		if err != nil {
 			t.Fatal(err)

@@ -165,6 +165,9 @@ func consumerLeader(t *testing.T, s *e2e.Stack, dep string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Client.OpenRequestStream(e2e.Ctx(time.Minute), dep); err != nil { // made on the first stored request otherwise
+		t.Fatal(err)
+	}
 	var leader string
 	testutil.Eventually(t, 60*time.Second, func() error {
 		c, err := js.Consumer(e2e.Ctx(2*time.Second), wire.AsyncStream(dep), wire.AsyncConsumer)

@@ -77,6 +77,9 @@ func TestNothingLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Client.OpenRequestStream(e2e.Ctx(time.Minute), "tally"); err != nil { // made on the first stored request otherwise
+		t.Fatal(err)
+	}
 	testutil.Eventually(t, 20*time.Second, func() error {
 		_, err := js.Consumer(e2e.Ctx(2*time.Second), wire.AsyncStream("tally"), wire.AsyncConsumer)
 		return err

@@ -46,15 +46,25 @@ const maxWait = 30 * time.Second
 // chunkSize is the part of a large result one chunk operation returns.
 const chunkSize = 512 << 10
 
+// Opener makes a deployment's request stream and consumer if they are not
+// there (wire.AsyncOpOpen), from its spec as stored. It returns an error
+// wrapping ErrNoDeployment when there is no such deployment.
+type Opener func(ctx context.Context, deployment string) error
+
+// ErrNoDeployment is what an Opener returns for a deployment that does not
+// exist (or is a graph, which takes no stored requests).
+var ErrNoDeployment = errors.New("no such deployment")
+
 // Serve answers the requests service on nc until ctx ends. It opens the
 // requests bucket and the result object store as they appear (the leading
-// controller creates them), answering "not ready" meanwhile.
-func Serve(ctx context.Context, nc *nats.Conn, log *slog.Logger) error {
+// controller creates them), answering "not ready" meanwhile. open makes
+// request streams on demand (wire.AsyncOpOpen).
+func Serve(ctx context.Context, nc *nats.Conn, log *slog.Logger, open Opener) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
 	}
-	s := &service{nc: nc, js: js, log: log}
+	s := &service{nc: nc, js: js, log: log, open: open}
 	short, waits := make(chan struct{}, maxConcurrent), make(chan struct{}, maxWaiting)
 	var wg sync.WaitGroup
 	sub, err := nc.QueueSubscribe(wire.AsyncServiceSubject, wire.AsyncServiceQueue, func(m *nats.Msg) {
@@ -92,9 +102,10 @@ func Serve(ctx context.Context, nc *nats.Conn, log *slog.Logger) error {
 func isWait(b []byte) bool { return bytes.Contains(b, []byte(`"op":"`+wire.AsyncOpWait+`"`)) }
 
 type service struct {
-	nc  *nats.Conn
-	js  jetstream.JetStream
-	log *slog.Logger
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	log  *slog.Logger
+	open Opener
 
 	mu  sync.Mutex // guards kv, obj
 	kv  jetstream.KeyValue
@@ -184,8 +195,25 @@ func (s *service) handle(ctx context.Context, m *nats.Msg) {
 		rep = s.cancel(rctx, kv, req.ID)
 	case wire.AsyncOpChunk:
 		rep = s.chunk(rctx, req.ID, req.Offset)
+	case wire.AsyncOpOpen:
+		rep = s.openStream(rctx, req.Deployment)
 	}
 	s.respond(m, rep)
+}
+
+// openStream makes deployment's request stream and consumer (the first
+// stored request to a deployment asks for them; see controlplane/async.go).
+func (s *service) openStream(ctx context.Context, deployment string) *wire.AsyncServiceReply {
+	if s.open == nil {
+		return fail(wire.AsyncCodeNotReady, "this controller does not make request streams")
+	}
+	if err := s.open(ctx, deployment); err != nil {
+		if errors.Is(err, ErrNoDeployment) {
+			return fail(wire.AsyncCodeNotFound, "deployment %q not found", deployment)
+		}
+		return fail(wire.AsyncCodeNotReady, "making the request stream of %q: %.200s", deployment, oneLine(err.Error()))
+	}
+	return &wire.AsyncServiceReply{}
 }
 
 // decodeRequest decodes and checks a request from outside: a request it
@@ -208,6 +236,10 @@ func decodeRequest(b []byte) (*wire.AsyncServiceRequest, *wire.AsyncServiceReply
 		if _, rep := idemKey(&req); rep != nil {
 			return nil, rep
 		}
+	case wire.AsyncOpOpen:
+		if err := wire.ValidateName("deployment", req.Deployment); err != nil {
+			return nil, fail(wire.AsyncCodeInvalid, "%.200s", oneLine(err.Error()))
+		}
 	case wire.AsyncOpGet, wire.AsyncOpWait, wire.AsyncOpCancel, wire.AsyncOpChunk:
 		if !wire.ValidAsyncID(req.ID) {
 			return nil, fail(wire.AsyncCodeNotFound, "request %.40q: no such request", oneLine(req.ID))
@@ -216,7 +248,7 @@ func decodeRequest(b []byte) (*wire.AsyncServiceRequest, *wire.AsyncServiceReply
 			return nil, fail(wire.AsyncCodeInvalid, "negative offset or wait")
 		}
 	default:
-		return nil, fail(wire.AsyncCodeInvalid, "unknown operation %.20q (want record, claim, release, get, wait, cancel or chunk)", oneLine(req.Op))
+		return nil, fail(wire.AsyncCodeInvalid, "unknown operation %.20q (want record, claim, release, get, wait, cancel, chunk or open)", oneLine(req.Op))
 	}
 	return &req, nil
 }

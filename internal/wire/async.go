@@ -67,6 +67,18 @@ func AsyncSubject(deployment string) string { return asyncRoot + deployment }
 // AsyncStream is the name of deployment's request stream.
 func AsyncStream(deployment string) string { return AsyncStreamPrefix + deployment }
 
+// AsyncConsumerCreatedSubject is the broker's advisory that deployment's
+// request consumer was created: a deployment's stream and consumer are
+// made on its first stored request (AsyncOpOpen), and its replicas, which
+// found none, wait for this to start pulling.
+func AsyncConsumerCreatedSubject(deployment string) string {
+	return "$JS.EVENT.ADVISORY.CONSUMER.CREATED." + AsyncStream(deployment) + "." + AsyncConsumer
+}
+
+// AsyncStreamCreatedSubjects are the broker's advisories of created
+// streams; the leading controller picks the request streams out of them.
+const AsyncStreamCreatedSubjects = "$JS.EVENT.ADVISORY.STREAM.CREATED.*"
+
 // AsyncStreamDeployment is the deployment of a request stream name ("" if
 // name is not one).
 func AsyncStreamDeployment(name string) string {
@@ -320,6 +332,7 @@ const (
 	AsyncOpWait    = "wait"    // ID, WaitMS: the record once it has ended, or when WaitMS is up
 	AsyncOpCancel  = "cancel"  // ID: cancel; the record after it
 	AsyncOpChunk   = "chunk"   // ID, Offset: part of a result too large for one reply
+	AsyncOpOpen    = "open"    // Deployment: make its request stream and consumer if they are not there
 )
 
 // Codes of the requests service's errors.

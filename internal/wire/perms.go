@@ -114,6 +114,7 @@ func ControllerPerms() Perms {
 			AsyncServiceSubject + " " + AsyncServiceQueue, // every controller process (internal/durable)
 			subjectRoot + "evt.>",
 			in + ".>",
+			AsyncStreamCreatedSubjects, // request streams made on a first stored request (controlplane/async.go)
 		}, serviceSubs(ControllerService)...),
 		Responses:   true,
 		InboxPrefix: in,
@@ -207,7 +208,10 @@ func ReplicaPerms(deployment string) Perms {
 	// The request consumer's leader-elected advisory: an idle replica's
 	// long pull may be lost at a former leader without a status; the
 	// advisory makes it pull again at once (worker/durable.go).
-	p.Sub = append(p.Sub, AsyncCancelSubject(deployment), AsyncLeaderSubject(deployment))
+	// And the consumer's creation: the stream and consumer are made on the
+	// deployment's first stored request, and a replica that found none
+	// waits for this instead of looking again and again.
+	p.Sub = append(p.Sub, AsyncCancelSubject(deployment), AsyncLeaderSubject(deployment), AsyncConsumerCreatedSubject(deployment))
 	p.Sub = append([]string{
 		DeploymentSubject(deployment) + " " + QueueGroup(deployment),
 		muxSubjects(deployment) + " " + QueueGroup(deployment),

@@ -28,7 +28,7 @@ func TestPerms(t *testing.T) {
 		{"admin", AdminPerms(), Perms{Pub: []string{">"}, Sub: []string{">"}, InboxPrefix: "_INBOX"}},
 		{"controller", ControllerPerms(), Perms{
 			Pub: []string{"$JS.API.>", "$JS.FC.>", "$KV.>", "natserve.rep.>", "natserve.api.*", "$SRV.*", "$O.>", "$JS.ACK.>", "natserve.acancel.*", "_INBOX.>", "natserve.cb.>", "natserve.evt.exit.controller", "natserve.agent.*.health"},
-			Sub: []string{"natserve.api.* natserve-controller", "natserve.areq natserve-requests", "natserve.evt.>", "_INBOX.controller.>",
+			Sub: []string{"natserve.api.* natserve-controller", "natserve.areq natserve-requests", "natserve.evt.>", "_INBOX.controller.>", "$JS.EVENT.ADVISORY.STREAM.CREATED.*",
 				"$SRV.*", "$SRV.*.natserve-controller", "$SRV.*.natserve-controller.*"},
 			Responses: true, InboxPrefix: "_INBOX.controller",
 		}},
@@ -56,7 +56,7 @@ func TestPerms(t *testing.T) {
 				"$JS.ACK.natserve_req_A.>", "natserve.ares.A.*",
 				"$JS.API.STREAM.INFO.natserve_results", "$JS.API.DIRECT.GET.natserve_results.natserve.ares.A.*"),
 			Sub: []string{"natserve.dep.A A", "natserve.mux.A.* A", "natserve.rep.A.*.*", "_INBOX.replica.A.>", "natserve.evt.exit.>",
-				"natserve.acancel.A", "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.natserve_req_A.replicas", "$SRV.*", "$SRV.*.A", "$SRV.*.A.*"},
+				"natserve.acancel.A", "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.natserve_req_A.replicas", "$JS.EVENT.ADVISORY.CONSUMER.CREATED.natserve_req_A.replicas", "$SRV.*", "$SRV.*.A", "$SRV.*.A.*"},
 			Responses: false, InboxPrefix: "_INBOX.replica.A",
 		}},
 	} {
