@@ -42,7 +42,24 @@ func (c *Client) api(ctx context.Context, verb string, req, out any) error {
 	// "not leader" briefly.
 	for {
 		m, err := c.nc.RequestWithContext(ctx, wire.APISubject(verb), body)
-		if errors.Is(err, nats.ErrNoResponders) || (err == nil && isNotLeader(m.Data)) {
+		// One pass over the reply: its data decodes straight into out.
+		rep := apiReply{Data: out}
+		if out == nil {
+			rep.Data = new(json.RawMessage)
+		}
+		if err == nil {
+			if derr := json.Unmarshal(m.Data, &rep); derr != nil {
+				var plain wire.APIReply
+				if json.Unmarshal(m.Data, &plain) != nil {
+					return fmt.Errorf("%s: %w: reply is not JSON: %v", verb, ErrProtocol, derr)
+				}
+				if plain.Code == "" {
+					return fmt.Errorf("%s: %w: %v", verb, ErrProtocol, derr)
+				}
+				rep = apiReply{Error: plain.Error, Code: plain.Code, Name: plain.Name}
+			}
+		}
+		if errors.Is(err, nats.ErrNoResponders) || (err == nil && rep.Code == wire.APINotLeader) {
 			select {
 			case <-time.After(100 * time.Millisecond):
 				continue
@@ -56,25 +73,20 @@ func (c *Client) api(ctx context.Context, verb string, req, out any) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", verb, err)
 		}
-		var rep wire.APIReply
-		if err := json.Unmarshal(m.Data, &rep); err != nil {
-			return fmt.Errorf("%s: %w: reply is not JSON: %v", verb, ErrProtocol, err)
-		}
 		if rep.Code != "" {
-			return apiError(rep)
-		}
-		if out != nil && len(rep.Data) > 0 {
-			if err := json.Unmarshal(rep.Data, out); err != nil {
-				return fmt.Errorf("%s: %w: %v", verb, ErrProtocol, err)
-			}
+			return apiError(wire.APIReply{Error: rep.Error, Code: rep.Code, Name: rep.Name})
 		}
 		return nil
 	}
 }
 
-func isNotLeader(b []byte) bool {
-	var rep wire.APIReply
-	return json.Unmarshal(b, &rep) == nil && rep.Code == wire.APINotLeader
+// apiReply is wire.APIReply with its data decoded in the same pass, into
+// what Data points to (nil: skipped).
+type apiReply struct {
+	Data  any          `json:"data,omitempty"`
+	Error string       `json:"error,omitempty"`
+	Code  wire.APICode `json:"code,omitempty"`
+	Name  string       `json:"name,omitempty"`
 }
 
 // apiSentinels maps the control API's error codes to the errors callers
