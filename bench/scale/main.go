@@ -49,6 +49,7 @@ var (
 	pprofAddr   = flag.String("pprof", "", "serve natserve up's profiles here (NATSERVE_PPROF) and save CPU profiles of the deploy and idle phases in -profile-dir")
 	subjects    = flag.Duration("subjects", 0, "after the idle window, count the messages the broker carries by subject (first three tokens) over this long")
 	spawnRate   = flag.Float64("spawn-rate", 0, "natserve up's -spawn-rate (replica starts per second); 0: its default")
+	settle      = flag.Duration("settle", 30*time.Second, "wait this long after all HEALTHY before the idle window")
 	hold        = flag.Duration("hold", 0, "after the run, keep the cluster up this long (its address and credentials are printed) before stopping it")
 	profileDir  = flag.String("profile-dir", ".", "where -pprof's profiles go (scale-deploy.pprof, scale-idle.pprof)")
 )
@@ -208,7 +209,10 @@ func run() error {
 	// trail all HEALTHY by up to a minute at 1,000) with its consumer —
 	// and the starts have settled.
 	accountStreams(ctx, c.Conn())
-	time.Sleep(5 * time.Second)
+	// Replicas that started last are still settling (their first health
+	// checks, GC of the start-up's garbage): idle is what follows.
+	fmt.Printf("settling for %v (load average %s)\n", *settle, loadavg())
+	time.Sleep(*settle)
 	reps := descendants(up.Process.Pid)
 	for _, a := range procs {
 		reps = append(reps, descendants(a.Process.Pid)...)
