@@ -40,18 +40,19 @@ func main() {
 }
 
 var (
-	deployments = flag.Int("deployments", 1000, "deployments to create")
-	replicas    = flag.Int("replicas", 1, "replicas per deployment")
-	agents      = flag.Int("agents", 0, "extra node agents (natserve agent) besides natserve up's own")
-	idle        = flag.Duration("idle", 20*time.Second, "idle window over which CPU is measured")
-	port        = flag.Int("nats-port", 14222, "NATS port of natserve up")
-	httpAddr    = flag.String("addr", "127.0.0.1:18000", "ingress address of natserve up")
-	pprofAddr   = flag.String("pprof", "", "serve natserve up's profiles here (NATSERVE_PPROF) and save CPU profiles of the deploy and idle phases in -profile-dir")
-	subjects    = flag.Duration("subjects", 0, "after the idle window, count the messages the broker carries by subject (first three tokens) over this long")
-	spawnRate   = flag.Float64("spawn-rate", 0, "natserve up's -spawn-rate (replica starts per second); 0: its default")
-	settle      = flag.Duration("settle", 30*time.Second, "wait this long after all HEALTHY before the idle window")
-	hold        = flag.Duration("hold", 0, "after the run, keep the cluster up this long (its address and credentials are printed) before stopping it")
-	profileDir  = flag.String("profile-dir", ".", "where -pprof's profiles go (scale-deploy.pprof, scale-idle.pprof)")
+	deployments  = flag.Int("deployments", 1000, "deployments to create")
+	replicas     = flag.Int("replicas", 1, "replicas per deployment")
+	agents       = flag.Int("agents", 0, "extra node agents (natserve agent) besides natserve up's own")
+	idle         = flag.Duration("idle", 20*time.Second, "idle window over which CPU is measured")
+	port         = flag.Int("nats-port", 14222, "NATS port of natserve up")
+	httpAddr     = flag.String("addr", "127.0.0.1:18000", "ingress address of natserve up")
+	pprofAddr    = flag.String("pprof", "", "serve natserve up's profiles here (NATSERVE_PPROF) and save CPU profiles of the deploy and idle phases in -profile-dir")
+	subjects     = flag.Duration("subjects", 0, "after the idle window, count the messages the broker carries by subject (first three tokens) over this long")
+	spawnRate    = flag.Float64("spawn-rate", 0, "natserve up's -spawn-rate (replica starts per second); 0: its default")
+	healthPeriod = flag.Float64("health-period", 0, "the deployments' health_check_period_s (0: the default, 10); to price the health checks")
+	settle       = flag.Duration("settle", 30*time.Second, "wait this long after all HEALTHY before the idle window")
+	hold         = flag.Duration("hold", 0, "after the run, keep the cluster up this long (its address and credentials are printed) before stopping it")
+	profileDir   = flag.String("profile-dir", ".", "where -pprof's profiles go (scale-deploy.pprof, scale-idle.pprof)")
 )
 
 // loadavg returns the 1-minute load average as text ("?" when unknown).
@@ -173,7 +174,7 @@ func run() error {
 	cfg := &client.Config{}
 	for i := 0; i < n; i++ {
 		cfg.Deployments = append(cfg.Deployments, client.ConfigDeployment{Spec: client.DeploymentSpec{Name: fmt.Sprintf("d%04d", i), Class: "MyFirstDeployment",
-			InitArgs: json.RawMessage(fmt.Sprintf(`["d%04d"]`, i)), NumReplicas: r}})
+			InitArgs: json.RawMessage(fmt.Sprintf(`["d%04d"]`, i)), NumReplicas: r, HealthCheckPeriodS: *healthPeriod}})
 	}
 	deployProf := profileCPU(20*time.Second, "scale-deploy.pprof")
 	start := time.Now()
