@@ -279,9 +279,12 @@ func (c *Client) Submit(ctx context.Context, s Submission) (*RequestStatus, erro
 	if s.Callback != "" {
 		msg.Header[wire.HeaderCallback] = []string{s.Callback}
 	}
-	ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(wire.AsyncStream(s.Deployment)))
+	// No retries on "no responders" (nats.go waits 250 ms twice): it most
+	// likely means the deployment's first stored request, whose stream is
+	// made now; the second publish retries as usual, riding out a stream
+	// leader's election.
+	ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(wire.AsyncStream(s.Deployment)), jetstream.WithRetryAttempts(0))
 	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
-		// The deployment's first stored request: its stream is made now.
 		if err = c.OpenRequestStream(ctx, s.Deployment); err == nil {
 			ack, err = js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(wire.AsyncStream(s.Deployment)))
 		}
