@@ -99,6 +99,18 @@ func (c *Controller) asyncLoop(ctx context.Context, st *state) {
 // stored request to it). Any controller process may: the leader learns of
 // the new stream from the broker's advisory and keeps it in step.
 func (c *Controller) openStream(ctx context.Context, deployment string) error {
+	// Made already (another caller's first request, or a replica's view
+	// lagging): nothing to do, and no update racing the creator's consumer
+	// creation (nats-server updates a stream's store config unlocked
+	// against a concurrent consumer creation: a data race under -race).
+	if _, err := c.js.Consumer(ctx, wire.AsyncStream(deployment), wire.AsyncConsumer); err == nil {
+		return nil
+	}
+	c.opening.Lock() // one creation at a time in this process
+	defer c.opening.Unlock()
+	if _, err := c.js.Consumer(ctx, wire.AsyncStream(deployment), wire.AsyncConsumer); err == nil {
+		return nil
+	}
 	var spec client.DeploymentSpec
 	if _, err := store.Get(ctx, c.kv.Deployments, deployment, &spec); err != nil {
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -167,13 +179,19 @@ type madeStream struct {
 }
 
 // add records that deployment's request stream exists (announced or
-// listed): the next pass brings it in step with the spec.
+// listed): a pass after streamSettle brings it in step with the spec (its
+// creator is making its consumer meanwhile, and an update of the stream
+// then races that creation inside nats-server).
 func (ss *streamSync) add(deployment string) {
 	if _, ok := ss.made[deployment]; !ok {
-		ss.made[deployment] = madeStream{}
+		ss.made[deployment] = madeStream{retry: time.Now().Add(streamSettle)}
 		ss.walked = false
 	}
 }
+
+// streamSettle is how long after a request stream appears the leader
+// leaves it to its creator before updating it to the spec.
+const streamSettle = 2 * time.Second
 
 // streamListEvery is how often syncStreams lists the request streams, to
 // find those it was not told of (made while no controller led, or an
@@ -228,7 +246,7 @@ func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.Ke
 		live := map[string]bool{}
 		ss.seen = st.deps.each(func(name string, spec client.DeploymentSpec, rev uint64) {
 			live[name] = true
-			if m, exists := ss.made[name]; exists && (m.rev != rev || (!m.ok && now.After(m.retry))) {
+			if m, exists := ss.made[name]; exists && now.After(m.retry) && (m.rev != rev || !m.ok) {
 				todo = append(todo, keyed[client.DeploymentSpec]{name, spec, rev})
 			}
 		})
@@ -254,7 +272,7 @@ func (c *Controller) syncStreams(ctx context.Context, st *state, kv jetstream.Ke
 	}
 	ss.retries = false
 	for _, m := range ss.made {
-		if !m.ok && m.rev != 0 {
+		if !m.ok { // a failed update, or a stream found and not yet updated
 			ss.retries = true
 		}
 	}

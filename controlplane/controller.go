@@ -104,6 +104,8 @@ type Controller struct {
 	kv *store.Buckets
 	m  *ctlMetrics // nil when Config.Metrics is nil
 
+	opening sync.Mutex // serializes this process's request stream creations (openStream)
+
 	mu      sync.Mutex // guards leading, st
 	leading bool
 	st      *state // the leader's view; nil when not leading
