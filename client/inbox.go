@@ -31,25 +31,10 @@ type inbox struct {
 	reconnects atomic.Uint64
 	status     chan nats.Status
 
-	mu       sync.Mutex          // guards calls, replicas, exited
+	mu       sync.Mutex          // guards calls, replicas
 	calls    map[string]*pending // token → call waiting for messages
 	replicas map[string]*string  // replica ids seen, interned
-	// exited remembers the replicas whose exit event came, for
-	// exitMemory: an acknowledgment handled after its replica's exit event
-	// (they arrive on different subscriptions, each dispatched on its own
-	// goroutine) fails its call at once instead of leaving it to the
-	// heartbeat timeout. Replica ids are never reused.
-	exited map[string]exitNote
 }
-
-// exitNote is a replica's exit event as the inbox remembers it.
-type exitNote struct {
-	reason string
-	at     time.Time
-}
-
-// exitMemory is how long the inbox remembers an exit event.
-const exitMemory = time.Minute
 
 // pending is one attempt of a request, as its inbox sees it.
 type pending struct {
@@ -242,11 +227,6 @@ func (x *inbox) acked(cl *pending, replica []byte, flags byte, now time.Time) (w
 			x.replicas[s] = id
 		}
 		cl.replica, cl.flags = id, flags
-		if len(x.exited) > 0 {
-			if e, ok := x.exited[*id]; ok && now.Sub(e.at) < exitMemory && cl.reply == nil {
-				cl.died, wake = e.reason, true
-			}
-		}
 	}
 	cl.seen = now
 	return wake
@@ -278,22 +258,7 @@ func (x *inbox) onExit(m *nats.Msg) {
 	if reason == "" {
 		reason = "exited"
 	}
-	now := time.Now()
 	x.mu.Lock()
-	if x.exited == nil {
-		x.exited = map[string]exitNote{}
-	}
-	if len(x.exited) >= 256 {
-		for id, e := range x.exited {
-			if now.Sub(e.at) >= exitMemory {
-				delete(x.exited, id)
-			}
-		}
-		if len(x.exited) >= 4096 { // a storm of exits: forget the oldest wholesale
-			clear(x.exited)
-		}
-	}
-	x.exited[ev.Replica] = exitNote{reason, now}
 	var hit []*pending
 	for _, cl := range x.calls {
 		if cl.replica != nil && *cl.replica == ev.Replica && cl.reply == nil {
