@@ -14,7 +14,6 @@ import (
 	"errors"
 	"log/slog"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/natserve/natserve/internal/natsconn"
 )
@@ -87,13 +86,6 @@ func once(ctx context.Context, cfg Config, h Handler, log *slog.Logger) (synced 
 		}
 		return false
 	}
-	// A reconnect re-establishes the watch at once: its consumer may be
-	// gone with the server the connection left (a broker restarted after a
-	// kill -9 keeps no ephemeral consumer), and the watcher would notice
-	// only when its heartbeats stop coming, ~10 s of changes later (a
-	// node's heartbeats unseen: the controller took it for lost).
-	reconnected := cfg.JetStream.Conn().StatusChanged(nats.CONNECTED)
-	defer cfg.JetStream.Conn().RemoveStatusListener(reconnected)
 	w, err := kv.Watch(ctx, cfg.Keys)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -109,9 +101,6 @@ func once(ctx context.Context, cfg Config, h Handler, log *slog.Logger) (synced 
 	for {
 		select {
 		case <-ctx.Done():
-			return synced
-		case <-reconnected:
-			log.Debug("reconnected; re-establishing the watch")
 			return synced
 		case e, ok := <-w.Updates():
 			if !ok {
