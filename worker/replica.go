@@ -19,6 +19,7 @@ import (
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/discovery"
 	"github.com/natserve/natserve/internal/metrics"
+	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/tracing"
 	"github.com/natserve/natserve/internal/wire"
 	"github.com/vmihailenco/msgpack/v5"
@@ -153,6 +154,8 @@ func (r *Replica) Run(ctx context.Context) error {
 			r.stored.reconnected() // a pull request waiting at the old server is gone: pull again
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { r.Stop() }),
+		// Replies of calls served together leave in one write.
+		natsconn.Coalescing(nats.DefaultTimeout),
 	}, r.spec.tls().Options()...)
 	if r.spec.Creds != "" {
 		jwt, seed, err := parseCreds(r.spec.Creds)

@@ -447,8 +447,10 @@ func run(ctx context.Context, cfg config) error {
 						}
 						cpu0 := cpuTicks(x.pids)
 						parts0 := make([]int64, len(x.pids))
+						sys0 := make([][2]int64, len(x.pids))
 						for i, pid := range x.pids {
 							parts0[i] = cpuTicks([]int{pid})
+							sys0[i][0], sys0[i][1] = syscalls([]int{pid})
 						}
 						r0, w0 := syscalls(x.pids)
 						m, err := load(ctx, fmt.Sprintf("%s?size=%d", x.url, size), conc, cfg.duration)
@@ -471,6 +473,12 @@ func run(ctx context.Context, cfg config) error {
 						fmt.Fprintf(os.Stderr, "r%d %s c=%d size=%d N=%d: %.0f req/s p50 %.0fµs p99 %.0fµs cpu %.1fµs/req syscalls/req %.2f read %.2f write errors %d\n", r, x.name, conc, size, m.N, m.RPS, m.P50us, m.P99us, m.CPUus, m.Reads, m.Writes, m.Errors)
 						if len(m.CPUParts) > 1 {
 							fmt.Fprintf(os.Stderr, "    cpu µs/req by process: %.1f\n", m.CPUParts)
+							var rw []string
+							for i, pid := range x.pids {
+								r1, w1 := syscalls([]int{pid})
+								rw = append(rw, fmt.Sprintf("%.2f+%.2f", float64(r1-sys0[i][0])/float64(m.Samples), float64(w1-sys0[i][1])/float64(m.Samples)))
+							}
+							fmt.Fprintf(os.Stderr, "    reads+writes /req by process: %s\n", strings.Join(rw, " "))
 						}
 						if x.name == "D" && conc == 64 && size == 20 && n == 1 {
 							res.Memory["replica_loaded_max"] = max(res.Memory["replica_loaded_max"], maxRSS(replicaPIDs))
