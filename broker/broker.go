@@ -30,6 +30,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/internal/auth"
+	"github.com/natserve/natserve/internal/natsconn"
 	"github.com/natserve/natserve/internal/wire"
 )
 
@@ -401,6 +402,23 @@ func (b *Broker) Server() *server.Server {
 
 // InProcessOption connects a nats.Conn to this broker without TCP.
 func (b *Broker) InProcessOption() nats.Option { return nats.InProcessServer(b.Server()) }
+
+// InProcessCoalescingOption connects a nats.Conn to this broker without
+// TCP, its writes coalesced (natsconn.Coalescing): for a part that
+// publishes from many goroutines, the ingress.
+func (b *Broker) InProcessCoalescingOption() nats.Option {
+	return nats.InProcessServer(coalescingInProcess{b.Server()})
+}
+
+type coalescingInProcess struct{ s *server.Server }
+
+func (p coalescingInProcess) InProcessConn() (net.Conn, error) {
+	c, err := p.s.InProcessConn()
+	if err != nil {
+		return nil, err
+	}
+	return natsconn.NewCoalescingConn(c, natsconn.WriteTimeout), nil
+}
 
 // Auth returns the credentials the broker trusts, or nil without
 // authentication.
