@@ -79,8 +79,10 @@ type coalescingConn struct {
 	done    chan struct{} // closed by Close: the writer returns
 	once    sync.Once
 
-	wmu      sync.Mutex // held around writes to the socket
-	deadline time.Time  // the socket's write deadline (under wmu)
+	wmu      sync.Mutex  // held around writes to the socket
+	deadline time.Time   // the socket's write deadline (under wmu)
+	bufs     net.Buffers // what write sends (under wmu), in two: no allocation
+	two      [2][]byte
 
 	mu      sync.Mutex
 	drained *sync.Cond // len(buf) fell below maxPending, or err was set
@@ -110,8 +112,10 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 		pending := c.buf
 		c.buf = nil
 		c.mu.Unlock()
-		bufs := net.Buffers{pending, p}
-		_, err := c.write(&bufs)
+		c.two = [2][]byte{pending, p}
+		c.bufs = c.two[:]
+		_, err := c.write(&c.bufs)
+		c.two = [2][]byte{}
 		c.wmu.Unlock()
 		c.finish(err)
 		if err != nil {
@@ -184,8 +188,10 @@ func (c *coalescingConn) flush() bool {
 		c.spare = b
 		return true
 	}
-	bufs := net.Buffers{b}
-	_, err := c.write(&bufs)
+	c.two = [2][]byte{b}
+	c.bufs = c.two[:1]
+	_, err := c.write(&c.bufs)
+	c.two = [2][]byte{}
 	c.mu.Lock()
 	if c.spare == nil && cap(b) <= maxPending+directWrite {
 		c.spare = b[:0]
