@@ -267,6 +267,8 @@ func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	reg := mf.registry()
 	cfg.NATSURL, cfg.NATSOptions, cfg.Logger, cfg.Metrics = *url, tlsFiles.Options(), log, registerer(reg)
+	// Requests published together leave in one write (as natserve up's).
+	cfg.NATSOptions = append(cfg.NATSOptions, natsconn.Coalescing(nats.DefaultTimeout))
 	if *creds != "" {
 		copts, err := client.CredsOptions(*creds)
 		if err != nil {
