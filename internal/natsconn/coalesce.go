@@ -208,11 +208,36 @@ func (c *coalescingConn) SetWriteDeadline(time.Time) error { return nil }
 // SetDeadline sets the read deadline only (see SetWriteDeadline).
 func (c *coalescingConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
 
-// Close writes what is buffered, then closes the socket.
+// closeWait bounds how long Close waits to write what is buffered: a
+// write already under way that long (a peer that does not read) is cut
+// off by closing the socket, as closing a plain connection would.
+const closeWait = 2 * time.Second
+
+// Close writes what is buffered (for up to closeWait), then closes the
+// socket.
 func (c *coalescingConn) Close() error {
 	err := errConnClosed
 	c.once.Do(func() {
-		c.flush()
+		deadline := time.Now().Add(closeWait)
+		locked := c.wmu.TryLock()
+		for !locked && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+			locked = c.wmu.TryLock()
+		}
+		if locked {
+			c.mu.Lock()
+			b := c.buf
+			c.buf = nil
+			failed := c.err != nil
+			c.mu.Unlock()
+			if !failed && len(b) > 0 {
+				c.deadline = deadline
+				if c.Conn.SetWriteDeadline(deadline) == nil {
+					_, _ = c.Conn.Write(b)
+				}
+			}
+			c.wmu.Unlock()
+		}
 		c.mu.Lock()
 		if c.err == nil {
 			c.err = errConnClosed

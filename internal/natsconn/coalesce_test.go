@@ -194,3 +194,41 @@ func TestCoalescingNATS(t *testing.T) {
 	}
 	call(2)
 }
+
+// Close does not wait for a write stuck on a peer that does not read (the
+// write timeout is ten minutes here): it cuts it off, as closing a plain
+// connection would, and the writes waiting behind it fail. nats.go closes
+// the connection so when it finds it stale, to reconnect.
+func TestCoalescingConnCloseCutsOffStuckWrite(t *testing.T) {
+	c, _ := pair(t, 10*time.Minute)
+	errs := make(chan error, 1)
+	go func() {
+		p := make([]byte, 16<<10)
+		for {
+			if _, err := c.Write(p); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	// Let the kernel's buffers and the connection's fill up.
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case err := <-errs:
+		t.Fatalf("a write failed before Close: %v", err)
+	default:
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close waited for a write to a peer that does not read")
+	}
+	select {
+	case err := <-errs:
+		t.Logf("the waiting writer got: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("a write waiting for room did not fail after Close")
+	}
+}
