@@ -212,16 +212,16 @@ type upParts struct {
 
 // start starts the controller, the node agent and the ingress.
 func (u *upParts) start(runCtx context.Context, b *broker.Broker, f *upFlags, log *slog.Logger, stderr io.Writer) error {
-	ctlOpts, err := inprocAs(b, f.credsPath(wire.RoleController))
+	ctlOpts, err := inprocAs(b.InProcessOption(), f.credsPath(wire.RoleController))
 	if err != nil {
 		return err
 	}
-	agentOpts, err := inprocAs(b, f.credsPath("node-"+f.node))
+	agentOpts, err := inprocAs(b.InProcessOption(), f.credsPath("node-"+f.node))
 	if err != nil {
 		return err
 	}
-	ingOpts, err := inprocAs(b, f.credsPath(wire.RoleIngress))
-	ingOpts = append(ingOpts, b.InProcessCoalescingOption()) // requests published together leave together
+	// The ingress's requests published together leave together.
+	ingOpts, err := inprocAs(b.InProcessCoalescingOption(), f.credsPath(wire.RoleIngress))
 	if err != nil {
 		return err
 	}
@@ -375,11 +375,12 @@ func upMaxProcs() int {
 	return 1
 }
 
-// inprocAs returns the options of a part that connects in-process with
+// inprocAs returns the options of a part that connects in-process
+// (inproc: the broker's InProcessOption or InProcessCoalescingOption) with
 // the credentials in credsPath.
-func inprocAs(b *broker.Broker, credsPath string) ([]nats.Option, error) {
+func inprocAs(inproc nats.Option, credsPath string) ([]nats.Option, error) {
 	opts, err := credsOptions(credsPath)
-	return append([]nats.Option{b.InProcessOption()}, opts...), err
+	return append([]nats.Option{inproc}, opts...), err
 }
 
 // credsOptions are the options of credsPath; none for "" (-no-auth).
@@ -413,7 +414,7 @@ func (f *upFlags) signer() *auth.Signer {
 // applyAtStart applies the config file once a controller leads and the
 // local node is registered, and waits for the deployments.
 func applyAtStart(ctx context.Context, b *broker.Broker, adminCreds string, ing *ingress.Ingress, cfg *client.Config, stdout io.Writer) error {
-	opts, err := inprocAs(b, adminCreds)
+	opts, err := inprocAs(b.InProcessOption(), adminCreds)
 	if err != nil {
 		return err
 	}

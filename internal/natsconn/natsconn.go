@@ -3,8 +3,9 @@
 // connect options, the TLS files of a client connection (TLS), and the one
 // retry policy, Backoff.
 //
-// Data passes through it only on a Coalescing connection (a replica's),
-// which batches nats.go's writes; the rest builds nats.Options and waits.
+// Data passes through it only on a Coalescing connection (a replica's, an
+// ingress's), which batches nats.go's writes; the rest builds nats.Options
+// and waits.
 package natsconn
 
 import (
