@@ -95,7 +95,7 @@ func main() {
 	flag.StringVar(&cfg.otlp, "otlp-endpoint", "", "OTLP/HTTP endpoint for -tracing (default: the harness's own receiver)")
 	flag.StringVar(&cfg.baseline, "baseline", "", "path of another natserve binary (e.g. built from the commit before a change) run as one more natserve up with its defaults, row \"D baseline\" of the same interleave")
 	configs := flag.String("configs", "A,E,N,D", "configurations measured (A, E, N, D), comma-separated; -variants and -baseline rows are measured whatever this says, C and H with -nats and D")
-	variants := flag.String("variants", "", "more natserve up processes (one replica) measured as rows of the same interleave: metrics-off, log-off, obs-off (both), auth-off (natserve up -no-auth), comma-separated")
+	variants := flag.String("variants", "", "more natserve up processes (one replica) measured as rows of the same interleave: metrics-off, log-off, obs-off (both), auth-off (natserve up -no-auth), idempotent (Hello declared idempotent_methods: [*], so no confirmation round), comma-separated")
 	flag.Parse()
 	cfg.configs = map[string]bool{}
 	for _, c := range strings.Split(*configs, ",") {
@@ -323,7 +323,7 @@ func run(ctx context.Context, cfg config) error {
 		os.Setenv("NATSERVE_PPROF", pprofUp)
 		os.Setenv("NATSERVE_REPLICA_PPROF", pprofReplica)
 	}
-	mainD, err := startUp(ctx, &ps, bins["natserve"], filepath.Join(tmp, "data"), cfg, cfg.metrics, cfg.accessLog, false, 2)
+	mainD, err := startUp(ctx, &ps, bins["natserve"], filepath.Join(tmp, "data"), cfg, cfg.metrics, cfg.accessLog, false, false, 2)
 	if err != nil {
 		return err
 	}
@@ -336,8 +336,10 @@ func run(ctx context.Context, cfg config) error {
 	var variants []*upRun
 	variantPprof := map[string][2]string{} // variant → its up's and replica's pprof addresses (with -profile)
 	for _, v := range cfg.variants {
-		metrics, accessLog, noAuth := cfg.metrics, cfg.accessLog, false
+		metrics, accessLog, noAuth, idem := cfg.metrics, cfg.accessLog, false, false
 		switch v {
+		case "idempotent":
+			idem = true
 		case "auth-off":
 			noAuth = true
 		case "metrics-off":
@@ -347,14 +349,14 @@ func run(ctx context.Context, cfg config) error {
 		case "obs-off":
 			metrics, accessLog = false, false
 		default:
-			return fmt.Errorf("-variants: unknown variant %q (metrics-off, log-off, obs-off, auth-off)", v)
+			return fmt.Errorf("-variants: unknown variant %q (metrics-off, log-off, obs-off, auth-off, idempotent)", v)
 		}
 		if cfg.profile != "" { // each variant's up and replica, profiled into a directory of its own
 			variantPprof[v] = [2]string{fmt.Sprintf("127.0.0.1:%d", freePort()), fmt.Sprintf("127.0.0.1:%d", freePort())}
 			os.Setenv("NATSERVE_PPROF", variantPprof[v][0])
 			os.Setenv("NATSERVE_REPLICA_PPROF", variantPprof[v][1])
 		}
-		u, err := startUp(ctx, &ps, bins["natserve"], filepath.Join(tmp, "data-"+v), cfg, metrics, accessLog, noAuth, 1)
+		u, err := startUp(ctx, &ps, bins["natserve"], filepath.Join(tmp, "data-"+v), cfg, metrics, accessLog, noAuth, idem, 1)
 		os.Unsetenv("NATSERVE_PPROF")
 		os.Unsetenv("NATSERVE_REPLICA_PPROF")
 		if err != nil {
@@ -370,7 +372,7 @@ func run(ctx context.Context, cfg config) error {
 			os.Setenv("NATSERVE_PPROF", variantPprof["baseline"][0])
 			os.Setenv("NATSERVE_REPLICA_PPROF", variantPprof["baseline"][1])
 		}
-		u, err := startUp(ctx, &ps, cfg.baseline, filepath.Join(tmp, "data-baseline"), cfg, cfg.metrics, cfg.accessLog, false, 1)
+		u, err := startUp(ctx, &ps, cfg.baseline, filepath.Join(tmp, "data-baseline"), cfg, cfg.metrics, cfg.accessLog, false, false, 1)
 		os.Unsetenv("NATSERVE_PPROF")
 		os.Unsetenv("NATSERVE_REPLICA_PPROF")
 		if err != nil {
@@ -937,7 +939,7 @@ func (u *upRun) url() string { return fmt.Sprintf("http://127.0.0.1:%d/hello1", 
 
 // startUp starts natserve up with the given observability settings and
 // deploys Hello with 1..maxN replicas (hello1, hello2, ...).
-func startUp(ctx context.Context, ps *procs, bin, data string, cfg config, metrics, accessLog, noAuth bool, maxN int) (*upRun, error) {
+func startUp(ctx context.Context, ps *procs, bin, data string, cfg config, metrics, accessLog, noAuth, idempotent bool, maxN int) (*upRun, error) {
 	natsPort, port := freePort(), freePort()
 	c := cfg
 	c.accessLog = accessLog
@@ -964,7 +966,11 @@ func startUp(ctx context.Context, ps *procs, bin, data string, cfg config, metri
 	for n := 1; n <= maxN; n++ {
 		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 			// The node agent may not have registered its classes yet.
-			_, err := u.cl.Deploy(ctx, client.DeploymentSpec{Name: fmt.Sprintf("hello%d", n), Class: "Hello", NumReplicas: n, MaxOngoingRequests: 100})
+			spec := client.DeploymentSpec{Name: fmt.Sprintf("hello%d", n), Class: "Hello", NumReplicas: n, MaxOngoingRequests: 100}
+			if idempotent {
+				spec.IdempotentMethods = []string{"*"}
+			}
+			_, err := u.cl.Deploy(ctx, spec)
 			if err == nil {
 				break
 			}

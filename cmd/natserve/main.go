@@ -18,10 +18,18 @@ import (
 	"syscall"
 
 	"github.com/natserve/natserve/internal/profile"
+	"github.com/natserve/natserve/internal/sysmon"
 	"github.com/natserve/natserve/worker"
 )
 
 func main() {
+	if len(os.Args) > 1 && hot(os.Args[1]) {
+		// Once, before anything starts: the process goes on as it is if
+		// the exec fails.
+		if err := sysmon.Reexec(); err != nil {
+			fmt.Fprintln(os.Stderr, "natserve: keeping the runtime's monitor awake (GODEBUG="+sysmon.Setting+"): "+err.Error())
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	if addr := os.Getenv("NATSERVE_PPROF"); addr != "" { // e.g. 127.0.0.1:6060, for profiling
 		go profile.Serve(ctx, addr, slog.Default()) // ends with the process
@@ -35,6 +43,18 @@ func main() {
 		}
 		os.Exit(1)
 	}
+}
+
+// hot reports whether a command runs a process on the request path, which
+// keeps the Go runtime's monitor thread out of its deep sleep (package
+// sysmon): natserve up, the broker and the ingress. Replicas get it from
+// their agent; the controller and the agent are not on the request path.
+func hot(cmd string) bool {
+	switch cmd {
+	case "up", "broker", "ingress":
+		return true
+	}
+	return false
 }
 
 const usage = `usage: natserve <command> [flags]

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/natserve/natserve/client"
 	"github.com/natserve/natserve/internal/e2e"
+	"github.com/natserve/natserve/internal/sysmon"
 	"github.com/natserve/natserve/internal/testutil"
 )
 
@@ -130,6 +132,9 @@ func TestStopLeavesNoReplicas(t *testing.T) {
 			if len(replicas) < 6 {
 				t.Fatalf("natserve up has %d child processes, want the quick start's 6 replicas", len(replicas))
 			}
+			if sig == syscall.SIGTERM { // once is enough
+				checkAwake(t, u.proc.PID(), replicas)
+			}
 			if err := u.proc.Signal(sig); err != nil {
 				t.Fatal(err)
 			}
@@ -146,6 +151,40 @@ func TestStopLeavesNoReplicas(t *testing.T) {
 			})
 			t.Logf("%s: natserve up and its %d replicas (pids %v) are gone", sig, len(replicas), replicas)
 		})
+	}
+}
+
+// checkAwake: natserve up re-executed itself (same pid) with the runtime's
+// monitor kept awake, and so did one replica per CPU, no more (package
+// sysmon). Nothing here sets schedtrace in GODEBUG.
+func checkAwake(t *testing.T, up int, replicas []int) {
+	t.Helper()
+	if sysmon.Sets(os.Getenv("GODEBUG")) {
+		t.Skip("GODEBUG sets schedtrace")
+	}
+	godebug := func(pid int) string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range strings.Split(string(b), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	if g := godebug(up); !strings.Contains(g, sysmon.Setting) {
+		t.Errorf("natserve up (pid %d) runs with GODEBUG %q, without %s", up, g, sysmon.Setting)
+	}
+	awake := 0
+	for _, pid := range replicas {
+		if strings.Contains(godebug(pid), sysmon.Setting) {
+			awake++
+		}
+	}
+	if want := min(runtime.NumCPU(), len(replicas)); awake != want {
+		t.Errorf("%d of %d replicas run with %s, want %d (one per CPU)", awake, len(replicas), sysmon.Setting, want)
 	}
 }
 
