@@ -180,6 +180,13 @@ func (c *Client) goBackground(f func()) bool {
 // Connect connects to the natserve broker at url; an empty url means
 // $NATSERVE_URL, then DefaultURL. url may list several servers separated by
 // commas (a cluster).
+//
+// The connection's writes are coalesced (natsconn.Coalescing): what the
+// caller's goroutines publish while one system call is under way leaves in
+// the next one, not one write each as nats.go's flusher does when many
+// goroutines call at once (issue 18: handle calls at 64 in flight +23%,
+// the calling process's writes per call ~1 → ~0.1). A dialer among
+// WithNATSOptions replaces it.
 func Connect(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	o := buildOptions(opts)
 	if url == "" {
@@ -199,7 +206,7 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	if err := files.Validate(); err != nil {
 		return nil, err
 	}
-	extra := append(append([]nats.Option{nats.Timeout(timeout)}, files.Options()...), o.NATSOptions...)
+	extra := append(append([]nats.Option{nats.Timeout(timeout), natsconn.Coalescing(timeout)}, files.Options()...), o.NATSOptions...)
 	nopts := natsconn.Options(o.Name, extra...)
 	creds := FindCreds(o.Creds)
 	if creds != "" {

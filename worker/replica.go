@@ -957,7 +957,8 @@ func callArgs(data []byte, m *method, id string) ([]reflect.Value, error) {
 	if err := wire.CheckMsgpack(data); err != nil {
 		return nil, err
 	}
-	dec := wire.NewDecoder(data)
+	dec := wire.GetDecoder(data)
+	defer dec.Release()
 	n, err := dec.DecodeArrayLen()
 	if err != nil {
 		return nil, fmt.Errorf("arguments must be a msgpack array: %w", err)

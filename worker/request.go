@@ -120,7 +120,9 @@ func (r *Request) Arg(i int, v any) error {
 	if i < 0 || i >= len(r.args) {
 		return fmt.Errorf("argument %d requested, the call has %d", i, len(r.args))
 	}
-	if err := wire.NewDecoder(r.args[i]).Decode(v); err != nil {
+	d := wire.GetDecoder(r.args[i])
+	defer d.Release()
+	if err := d.Decode(v); err != nil {
 		return fmt.Errorf("argument %d: %w", i, err)
 	}
 	return nil

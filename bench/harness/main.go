@@ -330,7 +330,7 @@ func run(ctx context.Context, cfg config) error {
 	os.Unsetenv("NATSERVE_PPROF")
 	os.Unsetenv("NATSERVE_REPLICA_PPROF")
 	defer mainD.cl.Close()
-	up, natsURL, portD, cl := mainD.proc, mainD.natsURL, mainD.port, mainD.cl
+	up, natsURL, portD := mainD.proc, mainD.natsURL, mainD.port
 	// D variants: more natserve up processes (one replica each) measured in
 	// the same interleave, to price each feature on and off.
 	var variants []*upRun
@@ -383,10 +383,15 @@ func run(ctx context.Context, cfg config) error {
 		variants = append(variants, u)
 	}
 	os.Setenv("NATSERVE_CREDS", filepath.Join(tmp, "data", "auth", "admin.creds")) // C, H and the idle-connection ingress use the main D
-	// C: raw NATS responders, two processes.
-	for i := 0; i < 2; i++ {
-		if _, err := ps.start(bins["natsreplica"], "-nats", natsURL, "-subject", "bench.raw"); err != nil {
-			return err
+	// C: raw NATS responders, as many processes as H's deployment has
+	// replicas (bench.raw<N>, N processes).
+	if cfg.nats {
+		for _, n := range cfg.replicas {
+			for i := 0; i < n; i++ {
+				if _, err := ps.start(bins["natsreplica"], "-nats", natsURL, "-subject", fmt.Sprintf("bench.raw%d", n)); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	urlA := fmt.Sprintf("http://127.0.0.1:%d/", portA)
@@ -498,7 +503,7 @@ func run(ctx context.Context, cfg config) error {
 						if !cfg.nats || !cfg.configs["D"] {
 							break
 						}
-						m := natsLoad(ctx, which, natsURL, cl, fmt.Sprintf("hello%d", n), n, conc, size, cfg.duration)
+						m := natsLoad(ctx, which, natsURL, fmt.Sprintf("hello%d", n), n, conc, size, cfg.duration)
 						m.Repeat = r
 						res.Measurements = append(res.Measurements, m)
 						fmt.Fprintf(os.Stderr, "r%d %s c=%d size=%d N=%d: %.0f req/s p50 %.0fµs p99 %.0fµs errors %d\n", r, which, conc, size, n, m.RPS, m.P50us, m.P99us, m.Errors)
@@ -668,8 +673,10 @@ func wrk(ctx context.Context, url string, conc int, d time.Duration) (Measuremen
 }
 
 // natsLoad measures raw NATS request-reply (C) or natserve handle calls
-// (H) from conc goroutines over one connection each.
-func natsLoad(ctx context.Context, which, url string, cl *client.Client, deployment string, n, conc, size int, d time.Duration) Measurement {
+// (H) from conc goroutines over one connection: C on a stock nats.go
+// connection (nats.Connect), H on natserve's own (client.Connect, as a
+// user's program makes it), each new for the measurement.
+func natsLoad(ctx context.Context, which, url string, deployment string, n, conc, size int, d time.Duration) Measurement {
 	m := Measurement{Config: which, Conc: conc, Size: size, N: n}
 	var count, errs atomic.Int64
 	lat := make([][]time.Duration, conc)
@@ -682,9 +689,15 @@ func natsLoad(ctx context.Context, which, url string, cl *client.Client, deploym
 		return m
 	}
 	defer nc.Close()
-	hc := client.New(nc)
+	hc, err := connect(ctx, url) // $NATSERVE_CREDS
+	if err != nil {
+		m.Errors = 1
+		return m
+	}
+	defer hc.Close()
 	payload := []byte(strconv.Itoa(size))
 	h := hc.Handle(deployment)
+	raw := fmt.Sprintf("bench.raw%d", n) // n responder processes
 	start := time.Now()
 	for g := 0; g < conc; g++ {
 		wg.Add(1)
@@ -694,7 +707,7 @@ func natsLoad(ctx context.Context, which, url string, cl *client.Client, deploym
 				t := time.Now()
 				var err error
 				if which == "C" {
-					_, err = nc.Request("bench.raw", payload, 10*time.Second)
+					_, err = nc.Request(raw, payload, 10*time.Second)
 				} else {
 					var out []byte
 					err = h.Call(context.Background(), &out, size)
@@ -722,7 +735,6 @@ func natsLoad(ctx context.Context, which, url string, cl *client.Client, deploym
 	m.RPS = float64(count.Load()) / elapsed.Seconds()
 	m.Errors = int(errs.Load())
 	m.Samples = int(count.Load())
-	_ = cl
 	return m
 }
 

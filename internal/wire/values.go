@@ -59,10 +59,42 @@ func NewDecoder(b []byte) *msgpack.Decoder {
 	return d
 }
 
+// Decoder is a pooled NewDecoder (GetDecoder): a decoder and its reader
+// cost two allocations and ~0.45 µs a call otherwise (6% of a handle
+// caller's CPU at 64 calls in flight, issue 18). What it decodes is the
+// caller's (msgpack copies bytes, strings and raw values out of its
+// scratch buffer).
+type Decoder struct {
+	*msgpack.Decoder
+	r bytes.Reader
+}
+
+var decPool = sync.Pool{New: func() any { return &Decoder{Decoder: msgpack.NewDecoder(nil)} }}
+
+// GetDecoder returns a pooled decoder over b, configured like the encoder;
+// Release gives it back. The caller must have vetted b with CheckMsgpack.
+func GetDecoder(b []byte) *Decoder {
+	d := decPool.Get().(*Decoder)
+	d.r.Reset(b)
+	d.Reset(&d.r) // also clears the options and the dictionary
+	d.SetCustomStructTag("json")
+	return d
+}
+
+// Release returns d to the pool; d is not used after.
+func (d *Decoder) Release() {
+	d.r.Reset(nil)
+	d.Reset(nil)
+	decPool.Put(d)
+}
+
 // UnmarshalValue vets b and decodes it into v (a pointer).
 func UnmarshalValue(b []byte, v any) error {
 	if err := CheckMsgpack(b); err != nil {
 		return err
 	}
-	return NewDecoder(b).Decode(v)
+	d := GetDecoder(b)
+	err := d.Decode(v)
+	d.Release()
+	return err
 }
