@@ -875,21 +875,33 @@ func (r *Replica) replyResult(m *nats.Msg, oc *outcome, meth *method, ctx contex
 		}
 		return
 	}
-	var data []byte
+	var rep wire.HTTPReply
 	if isHTTP {
-		rep := httpReply(result)
+		rep = httpReply(result)
 		rep.Replica = r.id // for the ingress's access log
-		if m.Reply != "" { // published now (reply): a pooled buffer
-			bp := replyBufs.Get().(*[]byte)
-			data = wire.AppendHTTPReply((*bp)[:0], &rep)
-			r.free(slot)
-			r.reply(m, nil, data)
-			if cap(data) <= maxPooledReply {
-				*bp = data[:0]
-				replyBufs.Put(bp)
-			}
+	}
+	if m.Reply != "" {
+		// Published now: encoded straight into a pooled buffer, behind
+		// what goes before the payload, and published from it.
+		bp := replyBufs.Get().(*[]byte)
+		subject, b := replyTo(m, (*bp)[:0])
+		if isHTTP {
+			b = wire.AppendHTTPReply(b, &rep)
+		} else if b, err = wire.AppendValue(b, result); err != nil {
+			replyBufs.Put(bp)
+			r.fail(oc, m, wire.CodeInternal, fmt.Sprintf("encoding the result of %s.%s: %v", r.cls.name, name, err))
 			return
 		}
+		r.free(slot)
+		r.publishReply(subject, nil, b)
+		if cap(b) <= maxPooledReply {
+			*bp = b[:0]
+			replyBufs.Put(bp)
+		}
+		return
+	}
+	var data []byte
+	if isHTTP {
 		data = wire.AppendHTTPReply(make([]byte, 0, rep.MaxSize()), &rep)
 	} else if data, err = wire.MarshalValue(result); err != nil {
 		r.fail(oc, m, wire.CodeInternal, fmt.Sprintf("encoding the result of %s.%s: %v", r.cls.name, name, err))
@@ -914,20 +926,33 @@ func (r *Replica) reply(m *nats.Msg, h nats.Header, data []byte) {
 		h[wire.HeaderProto] = []string{wire.ProtoVersion}
 		h[wire.HeaderReplica] = []string{r.spec.Replica}
 	}
-	subject, token, coalesced := wire.ReplySubject(m.Reply)
-	if !coalesced { // a caller without the mark: its reply subject
-		subject = m.Reply
-	} else { // the caller's repeating subject, the token in the payload
-		bp := replyBufs.Get().(*[]byte)
-		b := append(wire.AppendReplyHeader((*bp)[:0], token), data...)
-		defer func() {
-			if cap(b) <= maxPooledReply {
-				*bp = b[:0]
-				replyBufs.Put(bp)
-			}
-		}()
+	bp := replyBufs.Get().(*[]byte)
+	subject, b := replyTo(m, (*bp)[:0])
+	if len(b) > 0 { // the caller's repeating subject, the token in the payload
+		b = append(b, data...)
 		data = b
 	}
+	r.publishReply(subject, h, data)
+	if cap(b) <= maxPooledReply {
+		*bp = b[:0]
+		replyBufs.Put(bp)
+	}
+}
+
+// replyTo returns the subject m is answered on and appends to b what
+// goes before the reply's payload: for a caller that takes its replies on
+// its repeating subject, the call's token (wire.ReplySubject); for others
+// (their reply subject), nothing.
+func replyTo(m *nats.Msg, b []byte) (string, []byte) {
+	subject, token, coalesced := wire.ReplySubject(m.Reply)
+	if !coalesced {
+		return m.Reply, b
+	}
+	return subject, wire.AppendReplyHeader(b, token)
+}
+
+// publishReply publishes a reply (nats.go copies data before it returns).
+func (r *Replica) publishReply(subject string, h nats.Header, data []byte) {
 	if err := r.nc.PublishMsg(&nats.Msg{Subject: subject, Header: h, Data: data}); err != nil {
 		r.log.Warn("reply failed", "err", err)
 	}

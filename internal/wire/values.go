@@ -40,6 +40,57 @@ func MarshalArgs(args []any) ([]byte, error) {
 	return bytes.Clone(e.buf.Bytes()), nil
 }
 
+// AppendValue appends v's encoding to b, as MarshalValue encodes it,
+// without a copy of its own (MarshalValue's result is a new slice).
+func AppendValue(b []byte, v any) ([]byte, error) {
+	e := encPool.Get().(*encoder)
+	defer encPool.Put(e)
+	e.buf.Reset()
+	if err := e.enc.Encode(v); err != nil {
+		return b, err
+	}
+	return append(b, e.buf.Bytes()...), nil
+}
+
+// BytesValue returns the content of b when b is exactly one msgpack bin or
+// str value (what MarshalValue makes of a []byte or a string), a slice of
+// b itself, without a copy; nil for msgpack's nil. ok is false for
+// anything else, which UnmarshalValue decodes. For a caller that owns b
+// and decodes into a *[]byte.
+func BytesValue(b []byte) (v []byte, ok bool) {
+	if len(b) == 0 {
+		return nil, false
+	}
+	c, n, h := b[0], 0, 1
+	switch {
+	case c == 0xc0: // nil
+		return nil, len(b) == 1
+	case c >= 0xa0 && c <= 0xbf: // fixstr
+		n = int(c & 0x1f)
+	case c == 0xc4 || c == 0xd9: // bin8, str8
+		if len(b) < 2 {
+			return nil, false
+		}
+		n, h = int(b[1]), 2
+	case c == 0xc5 || c == 0xda: // bin16, str16
+		if len(b) < 3 {
+			return nil, false
+		}
+		n, h = int(b[1])<<8|int(b[2]), 3
+	case c == 0xc6 || c == 0xdb: // bin32, str32
+		if len(b) < 5 {
+			return nil, false
+		}
+		n, h = int(b[1])<<24|int(b[2])<<16|int(b[3])<<8|int(b[4]), 5
+	default:
+		return nil, false
+	}
+	if n != len(b)-h {
+		return nil, false
+	}
+	return b[h:len(b):len(b)], true
+}
+
 // MarshalValue encodes one value.
 func MarshalValue(v any) ([]byte, error) {
 	e := encPool.Get().(*encoder)

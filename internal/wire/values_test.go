@@ -88,3 +88,60 @@ func BenchmarkUnmarshalValueUnpooled(b *testing.B) {
 		}
 	}
 }
+
+// TestBytesValue: BytesValue reads what MarshalValue makes of []byte and
+// string values of every length class, shares b, and refuses the rest.
+func TestBytesValue(t *testing.T) {
+	for _, n := range []int{0, 1, 31, 32, 255, 256, 65535, 65536, 100000} {
+		p := bytes.Repeat([]byte{'a'}, n)
+		for _, v := range []any{p, string(p)} {
+			b := mustMarshal(t, v)
+			got, ok := BytesValue(b)
+			if !ok || !bytes.Equal(got, p) {
+				t.Fatalf("%T of %d bytes: BytesValue = %d bytes, %v", v, n, len(got), ok)
+			}
+			if n > 0 && &got[0] != &b[len(b)-n] {
+				t.Fatalf("%T of %d bytes: a copy, not b's own bytes", v, n)
+			}
+			if len(got) > 0 && cap(got) != len(got) {
+				t.Fatalf("cap %d: an append to the result would write past it into b", cap(got))
+			}
+		}
+	}
+	if v, ok := BytesValue(mustMarshal(t, []byte(nil))); !ok || v != nil {
+		t.Fatalf("nil: %v %v", v, ok)
+	}
+	for _, v := range []any{1, -1, 3.5, true, map[string]int{"a": 1}, []int{1}, []string{"a"}} {
+		if _, ok := BytesValue(mustMarshal(t, v)); ok {
+			t.Errorf("%T %v: taken for bytes", v, v)
+		}
+	}
+	b := mustMarshal(t, []byte("hello"))
+	for _, bad := range [][]byte{nil, {}, b[:len(b)-1], append(b[:len(b):len(b)], 0), {0xc4}, {0xc5, 0}, {0xc6, 0, 0, 0}, {0xc0, 0xc0}} {
+		if v, ok := BytesValue(bad); ok {
+			t.Errorf("% x: taken for bytes (%q)", bad, v)
+		}
+	}
+}
+
+// FuzzBytesValue: whatever BytesValue takes, msgpack decodes into a
+// []byte to the same bytes.
+func FuzzBytesValue(f *testing.F) {
+	for _, v := range []any{[]byte("x"), "hello", []byte(nil), bytes.Repeat([]byte{1}, 300), 7} {
+		b, _ := MarshalValue(v)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		v, ok := BytesValue(b)
+		if !ok {
+			return
+		}
+		var want []byte
+		if err := UnmarshalValue(b, &want); err != nil {
+			t.Fatalf("BytesValue took % x, msgpack refuses it: %v", b, err)
+		}
+		if !bytes.Equal(v, want) || (v == nil) != (want == nil) {
+			t.Fatalf("% x: BytesValue %q, msgpack %q", b, v, want)
+		}
+	})
+}
