@@ -60,7 +60,7 @@ scale: ## control plane at scale (not in CI): natserve up with 1,000 deployments
 	$(GO) run ./bench/scale $(SCALE_FLAGS)
 
 microbench: ## hot-path micro benchmarks, each beside its baseline
-	$(GO) test -run XXX -bench . -benchmem ./bench/ ./ingress/ ./controlplane/ ./worker/
+	$(GO) test -run XXX -bench . -benchmem ./bench/ ./ingress/ ./controlplane/ ./worker/ ./internal/wire/
 
 fault: ## the fault and bad-input suite with full-length outages
 	NATSERVE_FAULT_FULL=1 $(GO) test -count=1 -v -run TestFaultSuite ./internal/fault/

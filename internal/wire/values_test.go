@@ -145,3 +145,27 @@ func FuzzBytesValue(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkResultBytes10KB: a 10 KB []byte result taken by BytesValue
+// (Handle.Call's path) beside UnmarshalValue (its baseline: a decode and a
+// copy).
+func BenchmarkResultBytes10KB(b *testing.B) {
+	src, _ := MarshalValue(bytes.Repeat([]byte{'x'}, 10240))
+	b.Run("BytesValue", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if v, ok := BytesValue(src); !ok || len(v) != 10240 {
+				b.Fatal(len(v), ok)
+			}
+		}
+	})
+	b.Run("UnmarshalValue", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var out []byte
+			if err := UnmarshalValue(src, &out); err != nil || len(out) != 10240 {
+				b.Fatal(len(out), err)
+			}
+		}
+	})
+}
