@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/natserve/natserve/internal/gcheadroom"
 	"io"
 	"log/slog"
 	"os"
@@ -269,6 +270,7 @@ func runIngress(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cfg.NATSURL, cfg.NATSOptions, cfg.Logger, cfg.Metrics = *url, tlsFiles.Options(), log, registerer(reg)
 	// Requests published together leave in one write (as natserve up's).
 	cfg.NATSOptions = append(cfg.NATSOptions, natsconn.Coalescing(nats.DefaultTimeout))
+	defer gcheadroom.Start(gcHeadroom).Stop() // as natserve up's
 	if *creds != "" {
 		copts, err := client.CredsOptions(*creds)
 		if err != nil {
