@@ -96,7 +96,23 @@ func main() {
 	flag.StringVar(&cfg.baseline, "baseline", "", "path of another natserve binary (e.g. built from the commit before a change) run as one more natserve up with its defaults, row \"D baseline\" of the same interleave")
 	configs := flag.String("configs", "A,E,N,D", "configurations measured (A, E, N, D), comma-separated; -variants and -baseline rows are measured whatever this says, C and H with -nats and D")
 	variants := flag.String("variants", "", "more natserve up processes (one replica) measured as rows of the same interleave: metrics-off, log-off, obs-off (both), auth-off (natserve up -no-auth), idempotent (Hello declared idempotent_methods: [*], so no confirmation round), comma-separated")
+	replot := flag.Bool("replot", false, "measure nothing: draw -out's throughput.png again from its results.json (gnuplot)")
 	flag.Parse()
+	if *replot {
+		var res Results
+		b, err := os.ReadFile(filepath.Join(cfg.out, "results.json"))
+		if err == nil {
+			err = json.Unmarshal(b, &res)
+		}
+		if err == nil {
+			err = plot(cfg.out, &res)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "harness -replot:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	cfg.configs = map[string]bool{}
 	for _, c := range strings.Split(*configs, ",") {
 		if c = strings.TrimSpace(c); c != "" {
