@@ -1095,7 +1095,8 @@ var (
 	jsonHeaders  = []string{"Content-Type", "application/json"}[0:2:2]
 )
 
-// replyBufs holds the buffers HTTP replies are encoded into: a reply is
+// replyBufs holds the buffers replies (HTTP envelopes, values, the token
+// of a repeating subject) are encoded into: a reply is
 // published at once, and nats.go copies it into its write buffer before
 // PublishMsg returns, so the buffer is free again right after.
 var replyBufs = sync.Pool{New: func() any { return new([]byte) }}
