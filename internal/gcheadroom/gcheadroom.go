@@ -24,7 +24,6 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
-	"sync/atomic"
 )
 
 // maxPercent bounds the GOGC Start sets (a live heap of a few hundred KB
@@ -42,21 +41,23 @@ func Percent(base int, live, headroom uint64) int {
 	return max(base, p)
 }
 
-// Headroom is a running Start.
-type Headroom struct{ h *hook }
+// base is the GOGC Start raises from, and Stop restores: Go's default
+// (Start does nothing when $GOGC says otherwise).
+const base = 100
 
-type hook struct {
-	base, headroom uint64
-	set            atomic.Int64 // the GOGC last set
-	stopped        atomic.Bool
-	sample         []metrics.Sample
-	mu             sync.Mutex // guards sample and orders adjust against Stop
+// Headroom is a running Start.
+type Headroom struct {
+	mu       sync.Mutex // orders the finalizer's adjustments against Stop
+	headroom uint64
+	set      int // the GOGC last set
+	stopped  bool
+	sample   []metrics.Sample
 }
 
 // sentinel is garbage at once; its finalizer runs after the next
 // collection (a pointer field: the tiny allocator's objects may never be
 // finalized).
-type sentinel struct{ h *hook }
+type sentinel struct{ r *Headroom }
 
 // Start keeps at least headroom bytes of allocation between collections,
 // until Stop. It does nothing (nil) when $GOGC is set: the user's choice,
@@ -65,11 +66,10 @@ func Start(headroom uint64) *Headroom {
 	if os.Getenv("GOGC") != "" || headroom == 0 {
 		return nil
 	}
-	h := &hook{base: 100, headroom: headroom, sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
-	h.set.Store(100)
-	h.adjust()
-	h.arm()
-	return &Headroom{h: h}
+	r := &Headroom{headroom: headroom, set: base, sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
+	r.adjust()
+	r.arm()
+	return r
 }
 
 // Stop ends it and restores GOGC 100. A nil Headroom does nothing.
@@ -77,46 +77,48 @@ func (r *Headroom) Stop() {
 	if r == nil {
 		return
 	}
-	r.h.mu.Lock()
-	defer r.h.mu.Unlock()
-	r.h.stopped.Store(true)
-	debug.SetGCPercent(int(r.h.base))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopped = true
+	debug.SetGCPercent(base)
 }
 
 // Percent is the GOGC it last set (100 for a nil Headroom).
 func (r *Headroom) Percent() int {
 	if r == nil {
-		return 100
+		return base
 	}
-	return int(r.h.set.Load())
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.set
 }
 
-func (h *hook) arm() {
-	runtime.SetFinalizer(&sentinel{h: h}, func(s *sentinel) {
-		if s.h.stopped.Load() {
-			return
+// arm has adjust run after the next collection, and again after each
+// one until Stop.
+func (r *Headroom) arm() {
+	runtime.SetFinalizer(&sentinel{r: r}, func(s *sentinel) {
+		if s.r.adjust() {
+			s.r.arm()
 		}
-		s.h.adjust()
-		s.h.arm()
 	})
 }
 
 // adjust sets GOGC for the live heap now, when it differs by more than a
-// tenth from what is set.
-func (h *hook) adjust() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.stopped.Load() {
-		return
+// tenth from what is set; false once stopped.
+func (r *Headroom) adjust() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped {
+		return false
 	}
-	metrics.Read(h.sample)
+	metrics.Read(r.sample)
 	var live uint64
-	if h.sample[0].Value.Kind() == metrics.KindUint64 {
-		live = h.sample[0].Value.Uint64()
+	if r.sample[0].Value.Kind() == metrics.KindUint64 {
+		live = r.sample[0].Value.Uint64()
 	}
-	p := int64(Percent(int(h.base), live, h.headroom))
-	if cur := h.set.Load(); p*10 < cur*9 || p*10 > cur*11 {
-		h.set.Store(p)
-		debug.SetGCPercent(int(p))
+	if p := Percent(base, live, r.headroom); p*10 < r.set*9 || p*10 > r.set*11 {
+		r.set = p
+		debug.SetGCPercent(p)
 	}
+	return true
 }

@@ -24,7 +24,9 @@ func decodedBytes(b []byte) uint64 {
 	var v any
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	_ = NewDecoder(b).Decode(&v)
+	d := GetDecoder(b) // as UnmarshalValue decodes
+	_ = d.Decode(&v)
+	d.Release()
 	runtime.ReadMemStats(&after)
 	runtime.KeepAlive(v)
 	return after.TotalAlloc - before.TotalAlloc

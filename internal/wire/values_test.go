@@ -83,7 +83,9 @@ func BenchmarkUnmarshalValueUnpooled(b *testing.B) {
 		if err := CheckMsgpack(src); err != nil {
 			b.Fatal(err)
 		}
-		if err := NewDecoder(src).Decode(&out); err != nil {
+		d := msgpack.NewDecoder(bytes.NewReader(src))
+		d.SetCustomStructTag("json")
+		if err := d.Decode(&out); err != nil {
 			b.Fatal(err)
 		}
 	}
